@@ -1,0 +1,56 @@
+"""Data: the perturbation-dataset schema, validation, preprocessing, registry, splits."""
+
+from __future__ import annotations
+
+from aivc.data import _public  # noqa: F401  (registers the public datasets)
+from aivc.data._preprocess import (
+    CONDITION_SEP,
+    condition_labels,
+    differential_expression,
+    highly_variable_genes,
+    log_normalize,
+    prepare,
+    pseudobulk,
+)
+from aivc.data._registry import (
+    DatasetEntry,
+    RemoteFile,
+    dataset_entry,
+    list_datasets,
+    load,
+    register_dataset,
+    schema_of,
+)
+from aivc.data._schema import PerturbationSchema
+from aivc.data._validate import (
+    DataValidationError,
+    check_gene_panel,
+    check_perturbation_labels,
+    get_counts,
+    read_h5ad,
+    validate,
+)
+
+__all__ = [
+    "CONDITION_SEP",
+    "DataValidationError",
+    "DatasetEntry",
+    "PerturbationSchema",
+    "RemoteFile",
+    "check_gene_panel",
+    "check_perturbation_labels",
+    "condition_labels",
+    "dataset_entry",
+    "differential_expression",
+    "get_counts",
+    "highly_variable_genes",
+    "list_datasets",
+    "load",
+    "log_normalize",
+    "prepare",
+    "pseudobulk",
+    "read_h5ad",
+    "register_dataset",
+    "schema_of",
+    "validate",
+]

@@ -1,0 +1,134 @@
+"""Knowledge-based gene representations from the Gene Ontology and gene tables."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from aivc._settings import settings
+
+__all__ = ["KNOWLEDGE_FOLDER", "gene_symbols", "go_embedding", "knowledge_path"]
+
+logger = logging.getLogger(__name__)
+
+#: Folder of the gene-knowledge tables under the data directory.
+KNOWLEDGE_FOLDER = "genes"
+
+
+def knowledge_path(filename: str, data_dir: str | Path | None = None) -> Path:
+    """Path of a gene-knowledge table, with a clear error when it is missing."""
+    base = Path(data_dir) if data_dir is not None else settings.data_dir
+    path = base / KNOWLEDGE_FOLDER / filename
+    if not path.exists():
+        msg = (
+            f"Gene-knowledge table {filename!r} not found under {str(base / KNOWLEDGE_FOLDER)!r}. "
+            "Set AIVC_DATA_DIR to the folder that holds the 'genes' tables."
+        )
+        raise FileNotFoundError(msg)
+    return path
+
+
+def _file_digest(paths: list[Path], extra: str) -> str:
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=4)
+def _gene_symbols_cached(path: str) -> frozenset[str]:
+    table = pd.read_csv(path, sep="\t", usecols=["symbol"], dtype=str)
+    return frozenset(table["symbol"].dropna())
+
+
+def gene_symbols(data_dir: str | Path | None = None) -> frozenset[str]:
+    """Official symbols of all human genes in the gene-info table."""
+    return _gene_symbols_cached(str(knowledge_path("human_gene_info.tsv.gz", data_dir)))
+
+
+def _read_gmt(path: Path) -> list[tuple[str, list[str]]]:
+    sets = []
+    with gzip.open(path, "rt") as fh:
+        for line in fh:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) > 2:
+                sets.append((parts[0], parts[2:]))
+    return sets
+
+
+def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def go_embedding(
+    *,
+    n_components: int = 64,
+    data_dir: str | Path | None = None,
+    cache: bool = True,
+) -> pd.DataFrame:
+    """Gene embeddings from Gene Ontology annotations.
+
+    Builds a gene x term matrix from the direct GO annotations (all three
+    aspects) and the ancestor-propagated GO-BP sets, weights it by inverse
+    term frequency, reduces it with a seeded truncated SVD and L2-normalises
+    the rows. Genes without any annotation are absent (callers decide their
+    fallback explicitly).
+
+    The result is cached under ``aivc.settings.cache_dir`` keyed by the input
+    files and parameters (``.npz``, no pickle).
+
+    Returns
+    -------
+    Genes x ``n_components`` DataFrame indexed by symbol.
+    """
+    ann_path = knowledge_path("human_go_annotations.tsv.gz", data_dir)
+    gmt_path = knowledge_path("go_bp_propagated_5to1000.gmt.gz", data_dir)
+    key = _file_digest([ann_path, gmt_path], f"go-v1-{n_components}")
+    cache_file = settings.cache_dir / "genes" / f"go_embedding_{key}.npz"
+    if cache and cache_file.exists():
+        with np.load(cache_file, allow_pickle=False) as z:
+            return pd.DataFrame(z["values"], index=pd.Index(z["genes"].astype(str)))
+    ann = pd.read_csv(ann_path, sep="\t", usecols=["symbol", "go_id"], dtype=str).dropna()
+    pairs = [ann[["symbol", "go_id"]].drop_duplicates()]
+    for term, genes in _read_gmt(gmt_path):
+        pairs.append(pd.DataFrame({"symbol": genes, "go_id": term}))
+    pairs_df = pd.concat(pairs, ignore_index=True).drop_duplicates()
+    # drop the three root terms, which carry no information
+    pairs_df = pairs_df[~pairs_df["go_id"].isin(["GO:0008150", "GO:0003674", "GO:0005575"])]
+    g_codes, genes = pd.factorize(pairs_df["symbol"], sort=True)
+    t_codes, _ = pd.factorize(pairs_df["go_id"], sort=True)
+    m = sp.csr_matrix((np.ones(len(g_codes)), (g_codes, t_codes)), dtype=np.float64)
+    df = np.asarray((m > 0).sum(axis=0)).ravel()
+    idf = np.log((1 + m.shape[0]) / (1 + df)) + 1.0
+    m = m @ sp.diags(idf)
+    row_norm = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    m = sp.diags(1.0 / np.maximum(row_norm, 1e-12)) @ m
+    from sklearn.decomposition import TruncatedSVD
+
+    k = min(n_components, min(m.shape) - 1)
+    z = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=7, random_state=0).fit_transform(m)
+    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    values = z.astype(np.float32)
+    if cache:
+        _save_npz_atomic(cache_file, values=values, genes=np.asarray(genes, dtype=str))
+    logger.info("GO embedding: %d genes x %d dimensions", values.shape[0], values.shape[1])
+    return pd.DataFrame(values, index=pd.Index(np.asarray(genes, dtype=str)))

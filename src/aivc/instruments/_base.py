@@ -1,0 +1,508 @@
+"""The interface every virtual instrument follows, and the perturbation-model base class.
+
+An instrument is an estimator: its constructor stores explicit keyword
+hyperparameters only, :meth:`fit` learns state into attributes ending in
+``_``, and :meth:`save` / :meth:`load` write and read a self-describing model
+directory (``config.json`` with class, parameters, schema, genes and format
+version; ``weights.safetensors`` with arrays). Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from aivc.data._preprocess import CONDITION_SEP, pseudobulk
+from aivc.data._registry import schema_of
+from aivc.data._schema import PerturbationSchema
+from aivc.data._validate import DataValidationError, check_gene_panel, check_perturbation_labels
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Instrument",
+    "NotFittedError",
+    "PerturbationModel",
+    "PerturbationSummary",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class NotFittedError(RuntimeError):
+    """The instrument was used before :meth:`fit`."""
+
+
+# ----------------------------------------------------------------------------- summary
+@dataclass
+class PerturbationSummary:
+    """Pseudobulk view of a perturbation dataset that baselines fit on.
+
+    Attributes
+    ----------
+    schema
+        The dataset schema.
+    genes
+        Measured genes (columns of every matrix).
+    perturbations
+        Perturbation label of each non-control condition.
+    contexts
+        Context of each condition (``None`` when the schema has no context).
+    mean
+        Conditions x genes mean log-expression.
+    delta
+        ``mean`` minus the control mean of the same context.
+    n_cells
+        Cells per condition.
+    control_mean
+        Context -> control mean log-expression (key ``None`` without contexts).
+    """
+
+    schema: PerturbationSchema
+    genes: pd.Index
+    perturbations: list[str]
+    contexts: list[str | None]
+    mean: np.ndarray
+    delta: np.ndarray
+    n_cells: np.ndarray
+    control_mean: dict[str | None, np.ndarray]
+
+    @classmethod
+    def from_adata(cls, adata: AnnData, schema: PerturbationSchema) -> PerturbationSummary:
+        means, info = pseudobulk(adata, schema)
+        ctrl = info["perturbation"].to_numpy() == schema.control_label
+        if not ctrl.any():
+            msg = (
+                f"The training data have no control cells (label {schema.control_label!r}); "
+                "a perturbation model needs them to measure effects."
+            )
+            raise DataValidationError(msg)
+        control_mean = {
+            (None if c is None else str(c)): means.to_numpy()[i]
+            for i, c in zip(np.flatnonzero(ctrl), info["context"].to_numpy()[ctrl], strict=True)
+        }
+        pert_rows = np.flatnonzero(~ctrl)
+        contexts = [None if c is None else str(c) for c in info["context"].to_numpy()[pert_rows]]
+        for c in set(contexts):
+            if c not in control_mean:
+                msg = f"Context {c!r} has perturbed cells but no control cells; add its controls."
+                raise DataValidationError(msg)
+        mean = means.to_numpy()[pert_rows]
+        delta = mean - np.stack([control_mean[c] for c in contexts]) if len(pert_rows) else mean
+        return cls(
+            schema=schema,
+            genes=means.columns,
+            perturbations=[str(p) for p in info["perturbation"].to_numpy()[pert_rows]],
+            contexts=contexts,
+            mean=mean,
+            delta=delta,
+            n_cells=info["n_cells"].to_numpy()[pert_rows],
+            control_mean=control_mean,
+        )
+
+
+# ----------------------------------------------------------------------------- instrument
+class Instrument(ABC):
+    """Base of all virtual instruments: parameters, fitted state, safe persistence."""
+
+    #: Registry name; set by :func:`aivc.instruments.register_instrument`.
+    name: ClassVar[str] = ""
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's keyword parameters and their current values."""
+        sig = inspect.signature(type(self).__init__)
+        return {p: getattr(self, p) for p in sig.parameters if p != "self"}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    @property
+    def is_fitted(self) -> bool:
+        return getattr(self, "fitted_", False)
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            msg = f"This {type(self).__name__} is not fitted yet; call fit(adata) first."
+            raise NotFittedError(msg)
+
+    # persistence ------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Fitted state as (arrays, JSON-serialisable metadata)."""
+        return {}, {}
+
+    def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Restore fitted state written by :meth:`_state`."""
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the fitted instrument to the directory ``path``, atomically."""
+        from safetensors.numpy import save_file
+
+        self._check_fitted()
+        path = Path(path)
+        if path.exists() and not overwrite:
+            msg = f"{str(path)!r} already exists; pass overwrite=True to replace it."
+            raise FileExistsError(msg)
+        arrays, meta = self._state()
+        config = {
+            "format_version": FORMAT_VERSION,
+            "class": type(self).__name__,
+            "instrument": type(self).name,
+            "params": self.get_params(),
+            "state": meta,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        try:
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / "weights.safetensors"))
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=_json_default))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Read an instrument written by :meth:`save`; checks the class and format version."""
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        config_file = path / "config.json"
+        if not config_file.exists():
+            msg = f"{str(path)!r} is not an aivc model directory (no config.json)."
+            raise FileNotFoundError(msg)
+        try:
+            config = json.loads(config_file.read_text())
+        except json.JSONDecodeError as e:
+            msg = f"{str(config_file)!r} is not valid JSON ({e}); the model directory is corrupted."
+            raise DataValidationError(msg) from None
+        if config.get("format_version") != FORMAT_VERSION:
+            msg = (
+                f"Model format version {config.get('format_version')!r} in {str(path)!r}; this aivc reads "
+                f"version {FORMAT_VERSION}."
+            )
+            raise DataValidationError(msg)
+        target = cls
+        if cls in (Instrument, PerturbationModel) or config["class"] != cls.__name__:
+            from aivc.instruments._registry import get_instrument_class
+
+            target = get_instrument_class(config.get("instrument") or config["class"])
+            if not issubclass(target, cls):
+                msg = f"{str(path)!r} holds a {config['class']}, not a {cls.__name__}."
+                raise DataValidationError(msg)
+        obj = target(**config["params"])
+        try:
+            arrays = load_file(str(path / "weights.safetensors"))
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            msg = f"Could not read weights from {str(path)!r} ({e}); the model directory is corrupted."
+            raise DataValidationError(msg) from None
+        obj._set_state(arrays, config["state"])
+        obj.fitted_ = True
+        return obj
+
+
+def _json_default(o: object) -> object:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    msg = f"Cannot store {type(o).__name__} in a model config."
+    raise TypeError(msg)
+
+
+# ----------------------------------------------------------------------------- perturbation models
+class PerturbationModel(Instrument):
+    """Base class of manipulators that predict the effect of perturbations.
+
+    Subclasses implement :meth:`_fit` (learn from a :class:`PerturbationSummary`
+    and, if they want them, the cells) and :meth:`_predict_delta` (the change
+    of mean log-expression for each requested condition). This class handles
+    schemas, gene panels, control means per context, label validation,
+    cell-level predictions and persistence.
+
+    Fitted attributes
+    -----------------
+    schema_
+        The training data's schema.
+    genes_
+        Measured genes, in order.
+    control_mean_
+        Context -> control mean log-expression.
+    train_perturbations_, train_contexts_
+        The training conditions.
+    known_genes_
+        Gene symbols the model accepts as targets.
+    """
+
+    #: What this model can do; read by the registry and the conformance check.
+    capabilities: ClassVar[frozenset[str]] = frozenset({"single"})
+
+    def fit(
+        self,
+        adata: AnnData,
+        schema: PerturbationSchema | None = None,
+        *,
+        known_genes: Sequence[str] | None = None,
+    ) -> Self:
+        """Fit on log-normalised data (``X``), e.g. from :func:`aivc.data.prepare`.
+
+        Parameters
+        ----------
+        adata
+            Training cells, controls included.
+        schema
+            Dataset schema; defaults to the one stored in ``adata.uns["aivc"]``.
+        known_genes
+            Gene symbols accepted as perturbation targets at prediction time,
+            in addition to the measured genes and the training targets (e.g.
+            :func:`aivc.genes.gene_symbols`).
+        """
+        schema = schema if schema is not None else schema_of(adata)
+        summary = PerturbationSummary.from_adata(adata, schema)
+        if not summary.perturbations:
+            msg = "The training data hold no perturbed cells; a perturbation model needs some."
+            raise DataValidationError(msg)
+        self.schema_ = schema
+        self.genes_ = summary.genes
+        self.control_mean_ = summary.control_mean
+        self.train_perturbations_ = list(summary.perturbations)
+        self.train_contexts_ = list(summary.contexts)
+        targets = {t for p in summary.perturbations for t in schema.targets(p)}
+        self.known_genes_ = sorted(set(self.genes_) | targets | set(known_genes or ()))
+        self._known_set = frozenset(self.known_genes_)
+        self._fit(summary, adata)
+        self.fitted_ = True
+        return self
+
+    @abstractmethod
+    def _fit(self, summary: PerturbationSummary, adata: AnnData) -> None: ...
+
+    @abstractmethod
+    def _predict_delta(
+        self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray
+    ) -> np.ndarray: ...
+
+    # prediction -----------------------------------------------------------------
+    def _resolve(
+        self,
+        perturbations: Sequence[str],
+        contexts: Sequence[str | None] | str | None,
+        control: AnnData | None,
+    ) -> tuple[list[str], list[str | None], np.ndarray]:
+        self._check_fitted()
+        perts = [str(p) for p in perturbations]
+        if isinstance(contexts, str) or contexts is None:
+            ctxs: list[str | None] = [contexts] * len(perts)
+        else:
+            ctxs = [None if c is None else str(c) for c in contexts]
+            if len(ctxs) != len(perts):
+                msg = f"Got {len(perts)} perturbations but {len(ctxs)} contexts; pass one context per perturbation."
+                raise ValueError(msg)
+        if self.schema_.context_key is None:
+            ctxs = [None] * len(perts)
+        check_perturbation_labels(perts, self.schema_, known_genes=self._known_set)
+        control_means = dict(self.control_mean_)
+        if control is not None:
+            control_means.update(self._control_means_from(control))
+        missing = sorted({str(c) for c in ctxs if c not in control_means})
+        if missing:
+            msg = (
+                f"No control cells for context(s) {missing}: the model was trained on contexts "
+                f"{sorted(str(c) for c in self.control_mean_)}. Pass control=<AnnData with the control "
+                "cells of those contexts> to predict there."
+            )
+            raise DataValidationError(msg)
+        base = np.stack([control_means[c] for c in ctxs]) if perts else np.zeros((0, len(self.genes_)))
+        return perts, ctxs, base
+
+    def _control_means_from(self, control: AnnData) -> dict[str | None, np.ndarray]:
+        schema = self.schema_
+        idx = check_gene_panel(control.var_names, list(self.genes_))
+        labels = control.obs[schema.perturbation_key].astype(str).to_numpy() if schema.perturbation_key in control.obs else None
+        is_ctrl = np.ones(control.n_obs, dtype=bool) if labels is None else labels == schema.control_label
+        if not is_ctrl.any():
+            msg = f"The control AnnData has no cells labelled {schema.control_label!r}."
+            raise DataValidationError(msg)
+        x = control.X[:, idx]
+        ctx = (
+            control.obs[schema.context_key].astype(str).to_numpy()
+            if schema.context_key is not None and schema.context_key in control.obs
+            else np.full(control.n_obs, None, dtype=object)
+        )
+        out: dict[str | None, np.ndarray] = {}
+        for c in pd.unique(ctx[is_ctrl]):
+            rows = is_ctrl & (ctx == c)
+            out[c] = np.asarray(x[rows].mean(axis=0)).ravel()
+        return out
+
+    def predict_delta(
+        self,
+        perturbations: Sequence[str],
+        *,
+        contexts: Sequence[str | None] | str | None = None,
+        control: AnnData | None = None,
+    ) -> np.ndarray:
+        """Predicted change of mean log-expression, conditions x genes.
+
+        Parameters
+        ----------
+        perturbations
+            Labels such as ``"STAT1"`` or ``"KLF1+MAP2K6"``.
+        contexts
+            One context per perturbation, or one for all (when the schema has contexts).
+        control
+            Control cells for contexts the model was not trained on
+            (log-normalised, same genes); their mean is the baseline state.
+        """
+        perts, ctxs, base = self._resolve(perturbations, contexts, control)
+        if not perts:
+            return np.zeros((0, len(self.genes_)))
+        delta = np.asarray(self._predict_delta(perts, ctxs, base), dtype=np.float64)
+        expected = (len(perts), len(self.genes_))
+        if delta.shape != expected:
+            msg = f"{type(self).__name__}._predict_delta returned shape {delta.shape}; expected {expected}."
+            raise RuntimeError(msg)
+        return delta
+
+    def predict_mean(
+        self,
+        perturbations: Sequence[str],
+        *,
+        contexts: Sequence[str | None] | str | None = None,
+        control: AnnData | None = None,
+    ) -> np.ndarray:
+        """Predicted mean log-expression (control mean of the context + predicted change)."""
+        perts, ctxs, base = self._resolve(perturbations, contexts, control)
+        return base + self.predict_delta(perts, contexts=ctxs, control=control)
+
+    def predict(
+        self,
+        perturbations: Sequence[str],
+        *,
+        control: AnnData,
+        contexts: Sequence[str | None] | str | None = None,
+        n_cells: int = 100,
+        include_control: bool = True,
+        seed: int = 0,
+    ) -> AnnData:
+        """Predicted cells for each perturbation.
+
+        Control cells of the matching context (sampled with a seed) are shifted
+        by the predicted change of mean log-expression and clipped at zero. The
+        result has the schema's perturbation (and context) columns, so it can
+        be scored against observed cells, e.g. by ``cell-eval``.
+
+        Writes ``uns["aivc"]`` with ``schema`` and ``predicted_delta``
+        (conditions x genes, ordered as ``uns["aivc"]["conditions"]``).
+        """
+        import anndata as ad
+
+        perts, ctxs, _ = self._resolve(perturbations, contexts, control)
+        delta = self.predict_delta(perts, contexts=ctxs, control=control)
+        schema = self.schema_
+        idx = check_gene_panel(control.var_names, list(self.genes_))
+        labels = control.obs[schema.perturbation_key].astype(str).to_numpy()
+        is_ctrl = labels == schema.control_label
+        ctx_col = (
+            control.obs[schema.context_key].astype(str).to_numpy()
+            if schema.context_key is not None
+            else np.full(control.n_obs, None, dtype=object)
+        )
+        rng = np.random.default_rng(seed)
+        x = sp.csr_matrix(control.X)[:, idx]
+        blocks, obs_p, obs_c = [], [], []
+        for i, (p, c) in enumerate(zip(perts, ctxs, strict=True)):
+            pool = np.flatnonzero(is_ctrl & (ctx_col == c)) if c is not None else np.flatnonzero(is_ctrl)
+            take = rng.choice(pool, n_cells, replace=len(pool) < n_cells)
+            cells = x[take].toarray() + delta[i]
+            np.clip(cells, 0.0, None, out=cells)
+            blocks.append(sp.csr_matrix(cells.astype(np.float32)))
+            obs_p += [p] * n_cells
+            obs_c += [c] * n_cells
+        if include_control:
+            for c in dict.fromkeys(ctxs):
+                pool = np.flatnonzero(is_ctrl & (ctx_col == c)) if c is not None else np.flatnonzero(is_ctrl)
+                take = rng.choice(pool, min(n_cells, len(pool)), replace=False)
+                blocks.append(sp.csr_matrix(x[take], dtype=np.float32))
+                obs_p += [schema.control_label] * len(take)
+                obs_c += [c] * len(take)
+        obs = pd.DataFrame({schema.perturbation_key: pd.Categorical(obs_p)})
+        if schema.context_key is not None:
+            obs[schema.context_key] = pd.Categorical(obs_c)
+        obs.index = [f"pred_{i}" for i in range(len(obs))]
+        out = ad.AnnData(
+            X=sp.vstack(blocks).tocsr() if blocks else sp.csr_matrix((0, len(self.genes_)), dtype=np.float32),
+            obs=obs,
+            var=pd.DataFrame(index=self.genes_.copy()),
+        )
+        out.uns["aivc"] = {
+            "schema": schema.to_dict(),
+            "model": type(self).name or type(self).__name__,
+            "conditions": [p if c is None else p + CONDITION_SEP + c for p, c in zip(perts, ctxs, strict=True)],
+            "predicted_delta": delta.astype(np.float32),
+        }
+        return out
+
+    # persistence -----------------------------------------------------------------
+    def _base_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        keys = list(self.control_mean_)
+        arrays = {"control_mean": np.stack([self.control_mean_[k] for k in keys]).astype(np.float64)}
+        meta = {
+            "schema": self.schema_.to_dict(),
+            "genes": list(map(str, self.genes_)),
+            "control_contexts": keys,
+            "train_perturbations": self.train_perturbations_,
+            "train_contexts": self.train_contexts_,
+            "known_genes": self.known_genes_,
+        }
+        return arrays, meta
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays, meta = self._base_state()
+        extra_arrays, extra_meta = self._model_state()
+        clash = set(arrays) & set(extra_arrays) | set(meta) & set(extra_meta)
+        if clash:
+            msg = f"{type(self).__name__} state keys {sorted(clash)} clash with the base state."
+            raise RuntimeError(msg)
+        return {**arrays, **extra_arrays}, {**meta, **extra_meta}
+
+    def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.schema_ = PerturbationSchema.from_dict(meta["schema"])
+        self.genes_ = pd.Index(meta["genes"])
+        self.control_mean_ = dict(zip(meta["control_contexts"], arrays["control_mean"], strict=True))
+        self.train_perturbations_ = list(meta["train_perturbations"])
+        self.train_contexts_ = list(meta["train_contexts"])
+        self.known_genes_ = list(meta["known_genes"])
+        self._known_set = frozenset(self.known_genes_)
+        self._set_model_state(arrays, meta)
+
+    def _model_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Subclass state beyond the base (arrays, metadata)."""
+        return {}, {}
+
+    def _set_model_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Restore subclass state written by :meth:`_model_state`."""

@@ -1,0 +1,429 @@
+"""The baselines every aivc model is compared with.
+
+- ``control``: no change.
+- ``train-mean``: the mean change over all training perturbations.
+- ``additive``: the sum of the measured single-gene changes (combinations).
+- ``linear`` / ``linear-knowledge``: the low-rank linear model of Ahlmann-Eltze,
+  Huber & Anders (2025), ``Y ~ G K P + b``, with perturbation embeddings from the
+  training data or from Gene Ontology knowledge.
+- ``nearest-neighbour``: the change of the most similar training condition in
+  gene-embedding (and context) space.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from aivc.instruments._base import PerturbationModel, PerturbationSummary
+from aivc.instruments._registry import register_instrument
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = [
+    "AdditiveModel",
+    "ControlModel",
+    "LinearModel",
+    "NearestNeighbourModel",
+    "TrainMeanModel",
+]
+
+logger = logging.getLogger(__name__)
+
+_EMBEDDINGS = ("data", "go")
+
+
+@register_instrument("control", description="Predicts no change: perturbed = control mean.")
+class ControlModel(PerturbationModel):
+    """Predicts no change (perturbed cells look like controls)."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination", "context"})
+
+    def __init__(self) -> None:
+        pass
+
+    def _fit(self, summary: PerturbationSummary, adata: AnnData) -> None:
+        pass
+
+    def _predict_delta(self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray) -> np.ndarray:
+        return np.zeros((len(perturbations), len(self.genes_)))
+
+
+@register_instrument(
+    "train-mean", description="Predicts the mean change over all training perturbations (Virtual Cell Challenge baseline)."
+)
+class TrainMeanModel(PerturbationModel):
+    """Predicts the mean change over all training conditions."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination", "context"})
+
+    def __init__(self) -> None:
+        pass
+
+    def _fit(self, summary: PerturbationSummary, adata: AnnData) -> None:
+        self.mean_delta_ = summary.delta.mean(axis=0)
+
+    def _predict_delta(self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray) -> np.ndarray:
+        return np.tile(self.mean_delta_, (len(perturbations), 1))
+
+    def _model_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return {"mean_delta": self.mean_delta_}, {}
+
+    def _set_model_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.mean_delta_ = arrays["mean_delta"]
+
+
+@register_instrument(
+    "additive", description="Sum of the measured single-gene changes; unmeasured singles fall back to their mean."
+)
+class AdditiveModel(PerturbationModel):
+    """change(A+B) = change(A) + change(B), from the training singles.
+
+    A target never measured as a single contributes the mean single-gene
+    change (so an unseen single is predicted like ``train-mean`` over singles).
+    Changes are taken in the query's context when measured there, otherwise
+    averaged over the contexts where they were measured.
+    """
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination"})
+
+    def __init__(self) -> None:
+        pass
+
+    def _fit(self, summary: PerturbationSummary, adata: AnnData) -> None:
+        schema = summary.schema
+        singles = [i for i, p in enumerate(summary.perturbations) if schema.order(p) == 1]
+        rows = singles if singles else list(range(len(summary.perturbations)))
+        self.fallback_delta_ = summary.delta[rows].mean(axis=0)
+        keys, deltas = [], []
+        for i in singles:
+            keys.append([summary.perturbations[i], summary.contexts[i]])
+            deltas.append(summary.delta[i])
+        self.single_keys_ = keys
+        self.single_deltas_ = np.stack(deltas) if deltas else np.zeros((0, len(self.genes_)))
+        self._index()
+
+    def _index(self) -> None:
+        self._by_ctx = {(p, c): i for i, (p, c) in enumerate(self.single_keys_)}
+        self._by_pert: dict[str, list[int]] = {}
+        for i, (p, _) in enumerate(self.single_keys_):
+            self._by_pert.setdefault(p, []).append(i)
+
+    def single_delta(self, target: str, context: str | None) -> np.ndarray | None:
+        """The measured change of a single target (``None`` when never measured)."""
+        if (target, context) in self._by_ctx:
+            return self.single_deltas_[self._by_ctx[(target, context)]]
+        if target in self._by_pert:
+            return self.single_deltas_[self._by_pert[target]].mean(axis=0)
+        return None
+
+    def _predict_delta(self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(perturbations), len(self.genes_)))
+        for i, (p, c) in enumerate(zip(perturbations, contexts, strict=True)):
+            for t in self.schema_.targets(p):
+                d = self.single_delta(t, c)
+                out[i] += self.fallback_delta_ if d is None else d
+        return out
+
+    def _model_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return {"fallback_delta": self.fallback_delta_, "single_deltas": self.single_deltas_}, {
+            "single_keys": self.single_keys_
+        }
+
+    def _set_model_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.fallback_delta_ = arrays["fallback_delta"]
+        self.single_deltas_ = arrays["single_deltas"]
+        self.single_keys_ = [list(k) for k in meta["single_keys"]]
+        self._index()
+
+
+# ----------------------------------------------------------------------------- embeddings
+class _EmbeddingMixin:
+    """Perturbation and context features shared by the linear and neighbour models."""
+
+    perturbation_embedding: str
+    n_context_components: int
+
+    def _check_embedding_param(self) -> None:
+        if self.perturbation_embedding not in _EMBEDDINGS:
+            msg = (
+                f"The 'perturbation_embedding' parameter of {type(self).__name__} must be one of "
+                f"{list(_EMBEDDINGS)}. Got {self.perturbation_embedding!r} instead."
+            )
+            raise ValueError(msg)
+
+    def _knowledge_table(self) -> pd.DataFrame:
+        from aivc.genes import go_embedding
+
+        return go_embedding()
+
+    def _set_gene_table(self, table: pd.DataFrame) -> None:
+        self.gene_table_ = table
+        self._gene_pos = {g: i for i, g in enumerate(table.index)}
+
+    def _pert_features(self, perturbations: list[str]) -> tuple[np.ndarray, list[str]]:
+        """Sum of the target embeddings of each label; also the targets that have none."""
+        table = self.gene_table_.to_numpy()
+        out = np.zeros((len(perturbations), table.shape[1]))
+        missing: list[str] = []
+        for i, p in enumerate(perturbations):
+            for t in self.schema_.targets(p):  # type: ignore[attr-defined]
+                j = self._gene_pos.get(t)
+                if j is None:
+                    missing.append(t)
+                else:
+                    out[i] += table[j]
+        return out, missing
+
+    def _fit_context_space(self, summary: PerturbationSummary) -> None:
+        keys = [k for k in summary.control_mean if k is not None]
+        if len(keys) < 2:
+            self.context_center_ = np.zeros(len(summary.genes))
+            self.context_basis_ = np.zeros((len(summary.genes), 0))
+            return
+        m = np.stack([summary.control_mean[k] for k in keys])
+        self.context_center_ = m.mean(axis=0)
+        _, s, vt = np.linalg.svd(m - self.context_center_, full_matrices=False)
+        k = min(self.n_context_components, int((s > 1e-8 * max(s[0], 1e-12)).sum()))
+        self.context_basis_ = vt[:k].T
+
+    def _context_features(self, control_mean: np.ndarray) -> np.ndarray:
+        return (control_mean - self.context_center_) @ self.context_basis_
+
+
+def _ridge_solve(a: np.ndarray, lam: float) -> np.ndarray:
+    """(A^T A + lam I)^-1 A^T, computed stably."""
+    k = a.shape[1]
+    return np.linalg.solve(a.T @ a + lam * np.eye(k), a.T)
+
+
+@register_instrument(
+    "linear",
+    description="Low-rank linear model Y ~ G K P + b (Ahlmann-Eltze et al. 2025) with perturbation embeddings from the data.",
+)
+class LinearModel(_EmbeddingMixin, PerturbationModel):
+    """The linear baseline of Ahlmann-Eltze, Huber & Anders (2025).
+
+    The training changes ``Y`` (genes x conditions) are modelled as
+    ``G K P^T + b``: ``G`` holds the top principal components of ``Y`` over
+    genes, ``P`` the embedding of each condition and ``b`` the mean change.
+    ``K`` is the ridge solution. The perturbation embedding of a target is its
+    row of ``G`` (``perturbation_embedding="data"``; targets outside the
+    measured genes get zeros, i.e. the mean change) or its Gene Ontology
+    embedding (``"go"``); combinations sum their targets' embeddings, and with
+    several contexts the principal components of the contexts' control means
+    are appended.
+
+    Parameters
+    ----------
+    n_components
+        Rank of the gene embedding ``G``.
+    ridge
+        Ridge penalty; ``None`` chooses it by leave-one-condition-out
+        cross-validation on the training conditions only.
+    perturbation_embedding
+        ``"data"`` or ``"go"``.
+    n_context_components
+        Context features kept when the data have several contexts.
+    """
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination", "context"})
+    ridge_grid: ClassVar[tuple[float, ...]] = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+    def __init__(
+        self,
+        *,
+        n_components: int = 10,
+        ridge: float | None = None,
+        perturbation_embedding: str = "data",
+        n_context_components: int = 5,
+    ) -> None:
+        self.n_components = n_components
+        self.ridge = ridge
+        self.perturbation_embedding = perturbation_embedding
+        self.n_context_components = n_context_components
+
+    def _fit(self, summary: PerturbationSummary, adata: AnnData) -> None:
+        self._check_embedding_param()
+        if self.perturbation_embedding == "go":
+            self._set_gene_table(self._knowledge_table())
+        self._fit_context_space(summary)
+        perts, ctxs, y = summary.perturbations, summary.contexts, summary.delta
+        base = np.stack([summary.control_mean[c] for c in ctxs])
+        if self.ridge is None:
+            self.ridge_ = self._choose_ridge(perts, ctxs, y, base)
+        else:
+            self.ridge_ = float(self.ridge)
+        self._solve(perts, y, base, self.ridge_)
+
+    def _features(self, perturbations: list[str], control_mean: np.ndarray, g: np.ndarray | None = None) -> np.ndarray:
+        if self.perturbation_embedding == "data":
+            table = pd.DataFrame(g if g is not None else self.g_, index=self.genes_)
+            self._set_gene_table(table)
+        pf, missing = self._pert_features(perturbations)
+        if missing and not getattr(self, "_warned", False):
+            logger.info(
+                "%s: %d target(s) have no %s embedding and get the mean change, e.g. %s",
+                type(self).__name__, len(set(missing)), self.perturbation_embedding, sorted(set(missing))[:5],
+            )
+        return np.hstack([pf, self._context_features(control_mean)])
+
+    def _solve(self, perts: list[str], y: np.ndarray, base: np.ndarray, lam: float) -> None:
+        self.b_ = y.mean(axis=0)
+        yc = y - self.b_
+        k = max(1, min(self.n_components, yc.shape[0] - 1, yc.shape[1]))
+        u, _, _ = np.linalg.svd(yc.T, full_matrices=False)
+        self.g_ = u[:, :k]
+        p = self._features(perts, base, self.g_)
+        # K = (G^T G + lam I)^-1 G^T Yc^T P (P^T P + lam I)^-1
+        left = _ridge_solve(self.g_, lam)
+        right = _ridge_solve(p, lam).T
+        self.k_ = left @ yc.T @ right
+
+    def _choose_ridge(self, perts: list[str], ctxs: list[str | None], y: np.ndarray, base: np.ndarray) -> float:
+        n = len(perts)
+        if n < 3:
+            return 1.0
+        errors = []
+        for lam in self.ridge_grid:
+            err = 0.0
+            for i in range(n):
+                keep = np.arange(n) != i
+                self._solve([perts[j] for j in np.flatnonzero(keep)], y[keep], base[keep], lam)
+                pred = self._predict_raw([perts[i]], base[i : i + 1])
+                err += float(np.mean((pred - y[i]) ** 2))
+            errors.append(err / n)
+        return float(self.ridge_grid[int(np.argmin(errors))])
+
+    def _predict_raw(self, perturbations: list[str], control_mean: np.ndarray) -> np.ndarray:
+        p = self._features(perturbations, control_mean)
+        return p @ self.k_.T @ self.g_.T + self.b_
+
+    def _predict_delta(self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray) -> np.ndarray:
+        return self._predict_raw(perturbations, control_mean)
+
+    def _model_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {
+            "g": self.g_,
+            "k": self.k_,
+            "b": self.b_,
+            "context_center": self.context_center_,
+            "context_basis": self.context_basis_,
+        }
+        meta: dict[str, Any] = {"ridge": self.ridge_}
+        if self.perturbation_embedding == "go":
+            arrays["gene_table"] = self.gene_table_.to_numpy()
+            meta["gene_table_index"] = list(map(str, self.gene_table_.index))
+        return arrays, meta
+
+    def _set_model_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.g_, self.k_, self.b_ = arrays["g"], arrays["k"], arrays["b"]
+        self.context_center_, self.context_basis_ = arrays["context_center"], arrays["context_basis"]
+        self.ridge_ = meta["ridge"]
+        if self.perturbation_embedding == "go":
+            self._set_gene_table(pd.DataFrame(arrays["gene_table"], index=meta["gene_table_index"]))
+
+
+@register_instrument(
+    "linear-knowledge",
+    description="The linear baseline with perturbation embeddings from Gene Ontology knowledge.",
+)
+class KnowledgeLinearModel(LinearModel):
+    """:class:`LinearModel` with Gene Ontology perturbation embeddings by default."""
+
+    def __init__(
+        self,
+        *,
+        n_components: int = 10,
+        ridge: float | None = None,
+        perturbation_embedding: str = "go",
+        n_context_components: int = 5,
+    ) -> None:
+        super().__init__(
+            n_components=n_components,
+            ridge=ridge,
+            perturbation_embedding=perturbation_embedding,
+            n_context_components=n_context_components,
+        )
+
+
+@register_instrument(
+    "nearest-neighbour",
+    description="The change of the most similar training condition in gene-embedding (and context) space.",
+)
+class NearestNeighbourModel(_EmbeddingMixin, PerturbationModel):
+    """Copies the change of the nearest training condition.
+
+    Similarity is the cosine of the perturbation embeddings (sum of the
+    targets' Gene Ontology or data embeddings) plus the cosine of the context
+    features (principal components of the contexts' control means). A query
+    whose targets have no embedding gets the mean training change.
+
+    Parameters
+    ----------
+    perturbation_embedding
+        ``"go"`` (knowledge) or ``"data"`` (principal components of the training changes).
+    n_context_components
+        Context features kept when the data have several contexts.
+    """
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination", "context"})
+
+    def __init__(self, *, perturbation_embedding: str = "go", n_context_components: int = 5) -> None:
+        self.perturbation_embedding = perturbation_embedding
+        self.n_context_components = n_context_components
+
+    def _fit(self, summary: PerturbationSummary, adata: AnnData) -> None:
+        self._check_embedding_param()
+        if self.perturbation_embedding == "go":
+            self._set_gene_table(self._knowledge_table())
+        else:
+            yc = summary.delta - summary.delta.mean(axis=0)
+            k = max(1, min(10, yc.shape[0] - 1))
+            u, _, _ = np.linalg.svd(yc.T, full_matrices=False)
+            self._set_gene_table(pd.DataFrame(u[:, :k], index=summary.genes))
+        self._fit_context_space(summary)
+        self.train_delta_ = summary.delta
+        self.mean_delta_ = summary.delta.mean(axis=0)
+        base = np.stack([summary.control_mean[c] for c in summary.contexts])
+        self.train_pert_features_, _ = self._pert_features(summary.perturbations)
+        self.train_context_features_ = self._context_features(base)
+
+    @staticmethod
+    def _unit(x: np.ndarray) -> np.ndarray:
+        n = np.linalg.norm(x, axis=1, keepdims=True)
+        return np.divide(x, n, out=np.zeros_like(x), where=n > 1e-12)
+
+    def _predict_delta(self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray) -> np.ndarray:
+        qp, _ = self._pert_features(perturbations)
+        qc = self._context_features(control_mean)
+        sim = self._unit(qp) @ self._unit(self.train_pert_features_).T
+        if qc.shape[1]:
+            sim = sim + self._unit(qc) @ self._unit(self.train_context_features_).T
+        out = self.train_delta_[np.argmax(sim, axis=1)].copy()
+        no_info = (np.linalg.norm(qp, axis=1) < 1e-12) & (qc.shape[1] == 0)
+        out[no_info] = self.mean_delta_
+        return out
+
+    def _model_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return {
+            "gene_table": self.gene_table_.to_numpy(),
+            "train_delta": self.train_delta_,
+            "mean_delta": self.mean_delta_,
+            "train_pert_features": self.train_pert_features_,
+            "train_context_features": self.train_context_features_,
+            "context_center": self.context_center_,
+            "context_basis": self.context_basis_,
+        }, {"gene_table_index": list(map(str, self.gene_table_.index))}
+
+    def _set_model_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self._set_gene_table(pd.DataFrame(arrays["gene_table"], index=meta["gene_table_index"]))
+        self.train_delta_ = arrays["train_delta"]
+        self.mean_delta_ = arrays["mean_delta"]
+        self.train_pert_features_ = arrays["train_pert_features"]
+        self.train_context_features_ = arrays["train_context_features"]
+        self.context_center_, self.context_basis_ = arrays["context_center"], arrays["context_basis"]
