@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aivc.data import _public  # noqa: F401  (registers the public datasets)
+from aivc.data._download import download_dataset as download
 from aivc.data._preprocess import (
     CONDITION_SEP,
     condition_labels,
@@ -41,6 +42,7 @@ __all__ = [
     "check_perturbation_labels",
     "condition_labels",
     "dataset_entry",
+    "download",
     "differential_expression",
     "get_counts",
     "highly_variable_genes",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 CONDITION_SEP = " | "
 
 
-def log_normalize(counts: object, *, target_sum: float | None = None) -> tuple[sp.csr_matrix, float]:
+def log_normalize(counts: object, *, target_sum: float | None = 1e4) -> tuple[sp.csr_matrix, float]:
     """Library-size normalisation followed by ``log1p``.
 
     Parameters
@@ -41,7 +42,8 @@ def log_normalize(counts: object, *, target_sum: float | None = None) -> tuple[s
     counts
         Cells x genes raw counts (dense or sparse).
     target_sum
-        Total each cell is scaled to; ``None`` uses the median library size.
+        Total each cell is scaled to (default 10,000, the usual convention and
+        the scale of published reference numbers); ``None`` uses the median library size.
 
     Returns
     -------
@@ -62,7 +64,7 @@ def prepare(
     adata: AnnData,
     schema: PerturbationSchema,
     *,
-    target_sum: float | None = None,
+    target_sum: float | None = 1e4,
     known_genes: Sequence[str] | None = None,
     validate_input: bool = True,
 ) -> tuple[AnnData, PerturbationSchema]:
@@ -243,10 +245,13 @@ def differential_expression(
             keep[idx] = True
         sub = adata[keep].copy()
         sub.obs["_aivc_group"] = pd.Categorical(group[keep].to_numpy())
-        sc.tl.rank_genes_groups(
-            sub, "_aivc_group", groups=wanted, reference="__control__", method="wilcoxon",
-            key_added="_aivc_de", tie_correct=True,
-        )
+        with warnings.catch_warnings():
+            # scanpy fills its result table column by column (pandas PerformanceWarning)
+            warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
+            sc.tl.rank_genes_groups(
+                sub, "_aivc_group", groups=wanted, reference="__control__", method="wilcoxon",
+                key_added="_aivc_de", tie_correct=True,
+            )
         for p in wanted:
             df = sc.get.rank_genes_groups_df(sub, group=p, key="_aivc_de").set_index("names")
             df = df[["scores", "logfoldchanges", "pvals_adj"]].rename(

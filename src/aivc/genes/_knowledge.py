@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from aivc._settings import settings
 
-__all__ = ["KNOWLEDGE_FOLDER", "gene_symbols", "go_embedding", "knowledge_path"]
+__all__ = ["KNOWLEDGE_FOLDER", "gene_aliases", "gene_symbols", "go_embedding", "knowledge_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +46,30 @@ def _file_digest(paths: list[Path], extra: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def _gene_symbols_cached(path: str) -> frozenset[str]:
-    table = pd.read_csv(path, sep="\t", usecols=["symbol"], dtype=str)
-    return frozenset(table["symbol"].dropna())
+def _gene_table_cached(path: str) -> tuple[frozenset[str], dict[str, str]]:
+    table = pd.read_csv(path, sep="\t", usecols=["symbol", "aliases"], dtype=str)
+    symbols = frozenset(table["symbol"].dropna())
+    pairs = table.dropna().assign(alias=lambda t: t["aliases"].str.split(";")).explode("alias")
+    pairs = pairs[(pairs["alias"] != pairs["symbol"]) & ~pairs["alias"].isin(symbols)]
+    counts = pairs["alias"].value_counts()
+    unique = pairs[pairs["alias"].isin(counts.index[counts == 1])]
+    return symbols, dict(zip(unique["alias"], unique["symbol"], strict=True))
 
 
-def gene_symbols(data_dir: str | Path | None = None) -> frozenset[str]:
-    """Official symbols of all human genes in the gene-info table."""
-    return _gene_symbols_cached(str(knowledge_path("human_gene_info.tsv.gz", data_dir)))
+def gene_symbols(data_dir: str | Path | None = None, *, include_aliases: bool = True) -> frozenset[str]:
+    """Symbols of all human genes in the gene-info table.
+
+    With ``include_aliases`` (default) unambiguous previous symbols and aliases
+    (e.g. ``MARCH8`` for ``MARCHF8``) are included, so data labelled with an
+    older nomenclature validate.
+    """
+    symbols, aliases = _gene_table_cached(str(knowledge_path("human_gene_info.tsv.gz", data_dir)))
+    return symbols | frozenset(aliases) if include_aliases else symbols
+
+
+def gene_aliases(data_dir: str | Path | None = None) -> dict[str, str]:
+    """Unambiguous alias -> official symbol (aliases that are someone's symbol are left out)."""
+    return dict(_gene_table_cached(str(knowledge_path("human_gene_info.tsv.gz", data_dir)))[1])
 
 
 def _read_gmt(path: Path) -> list[tuple[str, list[str]]]:

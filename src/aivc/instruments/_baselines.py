@@ -157,9 +157,20 @@ class _EmbeddingMixin:
             raise ValueError(msg)
 
     def _knowledge_table(self) -> pd.DataFrame:
-        from aivc.genes import go_embedding
+        """GO embedding, with rows added for unambiguous aliases of embedded genes."""
+        from aivc.genes import gene_aliases, go_embedding
 
-        return go_embedding()
+        table = go_embedding()
+        try:
+            aliases = gene_aliases()
+        except FileNotFoundError:
+            return table
+        extra = {a: s for a, s in aliases.items() if s in table.index and a not in table.index}
+        if extra:
+            alias_rows = table.loc[list(extra.values())]
+            alias_rows.index = list(extra.keys())
+            table = pd.concat([table, alias_rows])
+        return table
 
     def _set_gene_table(self, table: pd.DataFrame) -> None:
         self.gene_table_ = table
@@ -265,8 +276,8 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
             table = pd.DataFrame(g if g is not None else self.g_, index=self.genes_)
             self._set_gene_table(table)
         pf, missing = self._pert_features(perturbations)
-        if missing and not getattr(self, "_warned", False):
-            logger.info(
+        if missing:
+            logger.debug(
                 "%s: %d target(s) have no %s embedding and get the mean change, e.g. %s",
                 type(self).__name__, len(set(missing)), self.perturbation_embedding, sorted(set(missing))[:5],
             )

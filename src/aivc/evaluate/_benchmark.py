@@ -1,0 +1,727 @@
+"""The benchmark runner: every model and every baseline, same splits, same metrics.
+
+``run_benchmark("unseen-single", out="results/unseen-single")`` loads the
+task's dataset, makes seeded splits, fits each model on each training split,
+predicts the held-out conditions, scores them with aivc's pseudobulk metrics
+and cell-eval's Virtual Cell Challenge metrics, scales each metric between
+the train-mean baseline and a split-half replicate of the data, and writes
+``results.json``, ``results.md``, ``splits.json`` and ``per_condition.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from aivc._progress import progress
+from aivc._settings import settings
+from aivc.data._preprocess import CONDITION_SEP, differential_expression, highly_variable_genes, prepare, pseudobulk
+from aivc.data._registry import load, schema_of
+from aivc.data._schema import PerturbationSchema
+from aivc.data.splits import Split, kfold_perturbations, leave_one_context_out, leave_one_double_out, save_splits
+from aivc.evaluate._memory import ResourceMeter
+from aivc.evaluate._metrics import (
+    METRICS,
+    centroid_accuracy,
+    direction_acc_de20,
+    energy_distance,
+    mse_de20,
+    pearson_delta,
+    pearson_delta_de20,
+    scaled_score,
+    systema_pearson_delta,
+    top_de_mask,
+)
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["TASKS", "BenchmarkTask", "run_benchmark"]
+
+logger = logging.getLogger(__name__)
+
+BASELINE = "train-mean"
+REPLICATE = "replicate"
+
+
+@dataclass(frozen=True)
+class BenchmarkTask:
+    """A benchmark task: dataset, split family, models and preprocessing."""
+
+    name: str
+    dataset: str
+    description: str
+    split_kind: str
+    models: tuple[str, ...]
+    make_splits: Callable[[AnnData, PerturbationSchema, Sequence[int]], list[Split]]
+    n_top_genes: int | None = None
+    n_folds: int | None = None
+    max_cells_per_condition: int = 500
+    max_control_cells: int = 2000
+    notes: str = ""
+    model_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _perts(adata: AnnData, schema: PerturbationSchema) -> list[str]:
+    return sorted(set(adata.obs[schema.perturbation_key].astype(str)))
+
+
+def _unseen_single_splits(adata: AnnData, schema: PerturbationSchema, seeds: Sequence[int]) -> list[Split]:
+    return kfold_perturbations(_perts(adata, schema), schema, n_folds=5, seeds=seeds)
+
+
+def _combination_splits(adata: AnnData, schema: PerturbationSchema, seeds: Sequence[int]) -> list[Split]:
+    return leave_one_double_out(_perts(adata, schema), schema)
+
+
+def _context_splits(adata: AnnData, schema: PerturbationSchema, seeds: Sequence[int]) -> list[Split]:
+    assert schema.context_key is not None
+    return leave_one_context_out(adata.obs[schema.context_key].astype(str), _perts(adata, schema), schema)
+
+
+_COMMON = ("control", "train-mean", "linear", "linear-knowledge", "nearest-neighbour")
+
+TASKS: dict[str, BenchmarkTask] = {
+    t.name: t
+    for t in [
+        BenchmarkTask(
+            name="unseen-single",
+            dataset="papalexi2021",
+            description="Predict never-seen CRISPR knockouts (5-fold leave-perturbations-out, 3 seeds)",
+            split_kind="leave-perturbations-out",
+            n_folds=5,
+            models=(*_COMMON, "gears"),
+            make_splits=_unseen_single_splits,
+        ),
+        BenchmarkTask(
+            name="combinations",
+            dataset="norman2019_subset",
+            description="Predict a held-out double from the singles and the other doubles (leave-one-double-out)",
+            split_kind="leave-one-double-out",
+            models=("control", "train-mean", "additive", "linear", "linear-knowledge", "nearest-neighbour", "gears"),
+            make_splits=_combination_splits,
+        ),
+        BenchmarkTask(
+            name="unseen-cell-type",
+            dataset="kang2018",
+            description="Predict a held-out cell type's IFN-beta response from its control cells (leave-one-cell-type-out)",
+            split_kind="leave-one-context-out",
+            models=("control", "train-mean", "linear", "nearest-neighbour"),
+            make_splits=_context_splits,
+            n_top_genes=2000,
+            notes="additive and linear-knowledge need several perturbations and are not defined for one stimulus; "
+            "GEARS does not model cell types.",
+        ),
+    ]
+}
+
+
+# ----------------------------------------------------------------------------- data views
+@dataclass
+class _Observed:
+    """Everything about the observed data that does not depend on a model."""
+
+    adata: AnnData
+    schema: PerturbationSchema
+    conditions: list[str]  # condition labels (perturbation | context)
+    pert_of: dict[str, str]
+    ctx_of: dict[str, str | None]
+    delta: pd.DataFrame  # condition x genes
+    control_mean: dict[str | None, np.ndarray]
+    exclude: pd.DataFrame  # condition x genes bool (targets)
+    de20: pd.DataFrame  # condition x genes bool
+    reference: np.ndarray  # mean perturbed centroid (as a change)
+    labels: np.ndarray  # condition label per cell (or control label)
+
+
+def _condition(p: str, c: str | None) -> str:
+    return p if c is None else p + CONDITION_SEP + c
+
+
+def _observe(adata: AnnData, schema: PerturbationSchema, seed: int) -> _Observed:
+    means, info = pseudobulk(adata, schema)
+    is_ctrl = info["perturbation"].to_numpy() == schema.control_label
+    control_mean = {
+        (None if c is None else str(c)): means.to_numpy()[i]
+        for i, c in zip(np.flatnonzero(is_ctrl), info["context"].to_numpy()[is_ctrl], strict=True)
+    }
+    rows = info[~is_ctrl]
+    conds = list(rows.index)
+    ctx_of = {k: (None if c is None else str(c)) for k, c in rows["context"].items()}
+    pert_of = {k: str(p) for k, p in rows["perturbation"].items()}
+    delta = means.loc[conds] - np.stack([control_mean[ctx_of[k]] for k in conds])
+    genes = adata.var_names
+    exclude = pd.DataFrame(False, index=conds, columns=genes)
+    for k in conds:
+        targets = [t for t in schema.targets(pert_of[k]) if t in genes]
+        exclude.loc[k, targets] = True
+    de = differential_expression(adata, schema, seed=seed)
+    gpos = {g: i for i, g in enumerate(genes)}
+    ranks = [[gpos[g] for g in de[k].index] for k in conds]
+    de20 = pd.DataFrame(top_de_mask(ranks, len(genes), exclude.to_numpy()), index=conds, columns=genes)
+    pert = adata.obs[schema.perturbation_key].astype(str).to_numpy()
+    if schema.context_key is None:
+        labels = pert
+    else:
+        ctx = adata.obs[schema.context_key].astype(str).to_numpy()
+        labels = np.where(pert == schema.control_label, pert, np.char.add(np.char.add(pert.astype(str), CONDITION_SEP), ctx.astype(str)))
+    return _Observed(
+        adata=adata, schema=schema, conditions=conds, pert_of=pert_of, ctx_of=ctx_of, delta=delta,
+        control_mean=control_mean, exclude=exclude, de20=de20, reference=delta.to_numpy().mean(axis=0),
+        labels=np.asarray(labels, dtype=object),
+    )
+
+
+def _cells(obs: _Observed, cond: str) -> np.ndarray:
+    return np.flatnonzero(obs.labels == cond)
+
+
+def _control_cells(obs: _Observed, ctx: str | None) -> np.ndarray:
+    schema = obs.schema
+    mask = obs.labels == schema.control_label
+    if ctx is not None:
+        mask &= (obs.adata.obs[schema.context_key].astype(str) == ctx).to_numpy()
+    return np.flatnonzero(mask)
+
+
+def _dense_rows(x: object, rows: np.ndarray) -> np.ndarray:
+    sub = x[rows]  # type: ignore[index]
+    return sub.toarray() if sp.issparse(sub) else np.asarray(sub)
+
+
+# ----------------------------------------------------------------------------- metrics
+def _pseudobulk_scores(obs: _Observed, conds: list[str], pred: np.ndarray, observed: np.ndarray | None = None) -> pd.DataFrame:
+    o = obs.delta.loc[conds].to_numpy() if observed is None else observed
+    ex = obs.exclude.loc[conds].to_numpy()
+    de = obs.de20.loc[conds].to_numpy()
+    return pd.DataFrame(
+        {
+            "pearson_delta": pearson_delta(pred, o, ex),
+            "pearson_delta_de20": pearson_delta_de20(pred, o, de),
+            "mse_de20": mse_de20(pred, o, de),
+            "direction_acc_de20": direction_acc_de20(pred, o, de),
+            "systema_pearson_delta": systema_pearson_delta(pred, o, obs.reference, ex),
+        },
+        index=conds,
+    )
+
+
+class _EnergyScorer:
+    """Energy distance in the PCA space of each context's observed cells."""
+
+    def __init__(self, obs: _Observed, *, n_components: int = 20, max_cells: int = 300, seed: int = 0) -> None:
+        from sklearn.decomposition import PCA
+
+        self.obs = obs
+        self.max_cells = max_cells
+        self.rng = np.random.default_rng(seed)
+        self.pca: dict[str | None, Any] = {}
+        x = obs.adata.X
+        for ctx in {obs.ctx_of[c] for c in obs.conditions}:
+            rows = np.concatenate([_control_cells(obs, ctx)] + [_cells(obs, c) for c in obs.conditions if obs.ctx_of[c] == ctx])
+            rows = self._sample(rows, 4000)
+            data = _dense_rows(x, rows)
+            k = min(n_components, data.shape[1] - 1, data.shape[0] - 1)
+            self.pca[ctx] = PCA(n_components=k, random_state=0).fit(data)
+
+    def _sample(self, rows: np.ndarray, n: int) -> np.ndarray:
+        return rows if len(rows) <= n else self.rng.choice(rows, n, replace=False)
+
+    def embed(self, ctx: str | None, cells: np.ndarray) -> np.ndarray:
+        return self.pca[ctx].transform(cells)
+
+    def observed(self, cond: str) -> np.ndarray:
+        rows = self._sample(_cells(self.obs, cond), self.max_cells)
+        return self.embed(self.obs.ctx_of[cond], _dense_rows(self.obs.adata.X, rows))
+
+    def control(self, ctx: str | None) -> np.ndarray:
+        rows = self._sample(_control_cells(self.obs, ctx), self.max_cells)
+        return self.embed(ctx, _dense_rows(self.obs.adata.X, rows))
+
+    def relative(self, cond: str, predicted_cells: np.ndarray) -> float:
+        ctx = self.obs.ctx_of[cond]
+        o = self.observed(cond)
+        p = self.embed(ctx, predicted_cells[: self.max_cells])
+        base = energy_distance(self.control(ctx), o)
+        return float(energy_distance(p, o) / base) if base > 1e-12 else float("nan")
+
+
+def _celleval_frames(
+    obs: _Observed,
+    conds: list[str],
+    cells_of: dict[str, np.ndarray],
+    control_rows: np.ndarray,
+    seed: int,
+    real_rows_of: dict[str, np.ndarray] | None = None,
+) -> tuple[AnnData, AnnData]:
+    """Real and predicted AnnData for cell-eval with condition labels as perturbations."""
+    import anndata as ad
+
+    schema = obs.schema
+    key = schema.perturbation_key
+    rng = np.random.default_rng(seed)
+    real_rows, real_labels, pred_blocks, pred_labels = [], [], [], []
+    for c in conds:
+        rows = _cells(obs, c) if real_rows_of is None else real_rows_of[c]
+        rows = rows if len(rows) <= 300 else rng.choice(rows, 300, replace=False)
+        real_rows.append(rows)
+        real_labels += [c] * len(rows)
+        pred_blocks.append(cells_of[c])
+        pred_labels += [c] * len(cells_of[c])
+    ctrl = control_rows if len(control_rows) <= 600 else rng.choice(control_rows, 600, replace=False)
+    x = obs.adata.X
+    real_x = sp.vstack([sp.csr_matrix(x[np.concatenate([*real_rows, ctrl])])]).tocsr()
+    real_obs = pd.DataFrame({key: [*real_labels, *[schema.control_label] * len(ctrl)]})
+    real_obs.index = [f"r{i}" for i in range(len(real_obs))]
+    pred_ctrl = sp.csr_matrix(x[rng.choice(control_rows, min(len(control_rows), 600), replace=False)])
+    pred_x = sp.vstack([*(sp.csr_matrix(b) for b in pred_blocks), pred_ctrl]).tocsr()
+    pred_obs = pd.DataFrame({key: [*pred_labels, *[schema.control_label] * pred_ctrl.shape[0]]})
+    pred_obs.index = [f"p{i}" for i in range(len(pred_obs))]
+    var = pd.DataFrame(index=obs.adata.var_names.copy())
+    real = ad.AnnData(X=real_x.astype(np.float32), obs=real_obs, var=var)
+    pred = ad.AnnData(X=pred_x.astype(np.float32), obs=pred_obs, var=var.copy())
+    return real, pred
+
+
+# ----------------------------------------------------------------------------- the runner
+def _training_view(obs: _Observed, split: Split) -> AnnData:
+    schema = obs.schema
+    pert = obs.adata.obs[schema.perturbation_key].astype(str).to_numpy()
+    train = np.isin(pert, [*split.train_perturbations, schema.control_label])
+    if split.test_contexts is not None:
+        ctx = obs.adata.obs[schema.context_key].astype(str).to_numpy()
+        train &= ~(np.isin(ctx, split.test_contexts) & (pert != schema.control_label))
+    return obs.adata[train].copy()
+
+
+def _test_conditions(obs: _Observed, split: Split) -> list[str]:
+    out = []
+    for c in obs.conditions:
+        if obs.pert_of[c] not in split.test_perturbations:
+            continue
+        if split.test_contexts is not None and obs.ctx_of[c] not in split.test_contexts:
+            continue
+        out.append(c)
+    return out
+
+
+def _replicate(obs: _Observed, energy: _EnergyScorer, n_halvings: int, seed: int) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+    """Per-condition scores of one half of the cells predicting the other half (mean of halvings)."""
+    rng = np.random.default_rng(seed + 10_000)
+    x = obs.adata.X
+    tables, halves = [], []
+    for _ in range(n_halvings):
+        a_delta, b_delta, cells_a, rows_b = [], [], {}, {}
+        for c in obs.conditions:
+            rows = rng.permutation(_cells(obs, c))
+            h = len(rows) // 2
+            base = obs.control_mean[obs.ctx_of[c]]
+            a = _dense_rows(x, rows[:h])
+            b = _dense_rows(x, rows[h : 2 * h])
+            a_delta.append(a.mean(0) - base)
+            b_delta.append(b.mean(0) - base)
+            cells_a[c] = a
+            rows_b[c] = rows[h : 2 * h]
+        pa, pb = np.asarray(a_delta), np.asarray(b_delta)
+        t = _pseudobulk_scores(obs, obs.conditions, pa, observed=pb)
+        t["energy_distance_rel"] = [energy.relative(c, cells_a[c]) for c in obs.conditions]
+        tables.append(t)
+        halves.append({"pred": pa, "obs": pb, "cells_a": cells_a, "rows_b": rows_b})
+    table = sum(tables[1:], tables[0]) / len(tables)
+    return table, {"halves": halves}  # type: ignore[dict-item]
+
+
+def _finite_mean(v: pd.Series | np.ndarray) -> float:
+    v = np.asarray(v, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
+def _summary(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+
+
+def run_benchmark(
+    task: str,
+    *,
+    out: str | Path,
+    dataset: str | None = None,
+    models: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    data_dir: str | Path | None = None,
+    n_halvings: int = 5,
+    cell_eval: bool = True,
+) -> dict[str, Any]:
+    """Run a benchmark task and write its results.
+
+    Parameters
+    ----------
+    task
+        One of :data:`TASKS` (``unseen-single``, ``combinations``, ``unseen-cell-type``).
+    out
+        Output directory (created).
+    dataset
+        Registered dataset to use instead of the task's default (same schema roles).
+    models
+        Registered instrument names; default: the task's models (``gears`` only where installed).
+    seeds
+        Seeds; each seed repeats the splits (for k-fold: reshuffled folds) and cell sampling.
+    data_dir
+        Data directory (default ``aivc.settings.data_dir``).
+    n_halvings
+        Random halvings of the cells averaged for the replicate ceiling.
+    cell_eval
+        Also compute cell-eval's Virtual Cell Challenge metrics.
+
+    Returns
+    -------
+    The content of ``results.json``.
+    """
+    from aivc import __version__
+    from aivc.instruments._registry import get_instrument_class
+
+    if task not in TASKS:
+        msg = f"Unknown benchmark task {task!r}; expected one of {sorted(TASKS)}."
+        raise ValueError(msg)
+    spec = TASKS[task]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = list(seeds)
+    if len(seeds) < 1:
+        msg = "At least one seed is needed."
+        raise ValueError(msg)
+    model_names = list(models) if models else list(spec.models)
+    if models is None and "gears" in model_names:
+        try:
+            get_instrument_class("gears")
+            import gears  # noqa: F401
+        except (ImportError, KeyError):
+            logger.warning("GEARS is not installed; its row is left out (pip install cell-gears)")
+            model_names.remove("gears")
+    for m in model_names:
+        get_instrument_class(m)  # fail early on unknown names
+    if BASELINE not in model_names:
+        model_names.insert(0, BASELINE)
+
+    dataset_name = dataset or spec.dataset
+    raw = load(dataset_name, data_dir=data_dir)
+    schema = schema_of(raw)
+    known = None
+    try:
+        from aivc.genes import gene_symbols
+
+        known = sorted(gene_symbols(data_dir))
+    except FileNotFoundError:
+        logger.info("No gene table in the data directory; targets are checked against the measured genes only")
+    adata, schema = prepare(raw, schema, known_genes=known)
+    if spec.n_top_genes is not None:
+        mask = highly_variable_genes(adata, schema, n_top_genes=spec.n_top_genes)
+        adata = adata[:, mask].copy()
+    splits = spec.make_splits(adata, schema, seeds)
+    if spec.split_kind != "leave-perturbations-out":
+        # deterministic split families are repeated once per seed (cell sampling differs)
+        splits = [
+            Split(f"seed{s}-{sp_.name}", sp_.kind, s, sp_.test_perturbations, sp_.train_perturbations, sp_.test_contexts, sp_.categories)
+            for s in seeds
+            for sp_ in splits
+        ]
+    save_splits(splits, out / "splits.json")
+    logger.info("%s on %s: %d cells x %d genes, %d splits, models %s", task, dataset_name, adata.n_obs, adata.n_vars, len(splits), model_names)
+
+    obs = _observe(adata, schema, seed=seeds[0])
+    energy = _EnergyScorer(obs, seed=seeds[0])
+    replicate_table, replicate_halves = _replicate(obs, energy, n_halvings, seeds[0])
+
+    records: list[pd.DataFrame] = []
+    wall: dict[str, float] = dict.fromkeys(model_names, 0.0)
+    peak: dict[str, float] = dict.fromkeys(model_names, 0.0)
+    # predictions per model and seed: condition -> (delta, cells)
+    preds: dict[tuple[str, int], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for split in progress(splits, desc=f"{task}: splits", unit="split"):
+        train = _training_view(obs, split)
+        conds = _test_conditions(obs, split)
+        if not conds:
+            continue
+        perts = [obs.pert_of[c] for c in conds]
+        ctxs = [obs.ctx_of[c] for c in conds]
+        ctx_set = {c for c in ctxs}
+        control_rows = np.concatenate([_control_cells(obs, c) for c in ctx_set])
+        control = obs.adata[control_rows].copy()
+        for name in model_names:
+            cls = get_instrument_class(name)
+            model = cls(**spec.model_params.get(name, {}))
+            rng_seed = split.seed
+            with ResourceMeter() as meter:
+                if "seed" in model.get_params():
+                    model.seed = rng_seed
+                model.fit(train, schema, known_genes=known)
+                delta = model.predict_delta(perts, contexts=ctxs, control=control)
+                n_cells = [min(len(_cells(obs, c)), 300) for c in conds]
+                cells = model.predict(perts, contexts=ctxs, control=control, n_cells=max(n_cells), include_control=False, seed=rng_seed)
+            wall[name] += meter.wall_seconds
+            peak[name] = max(peak[name], meter.peak_increase_mb)
+            x = cells.X.toarray() if sp.issparse(cells.X) else np.asarray(cells.X)
+            table = _pseudobulk_scores(obs, conds, delta)
+            by = cells.obs[schema.perturbation_key].astype(str).to_numpy()
+            cctx = cells.obs[schema.context_key].astype(str).to_numpy() if schema.context_key else None
+            for i, c in enumerate(conds):
+                sel = by == perts[i]
+                if cctx is not None:
+                    sel &= cctx == str(ctxs[i])
+                pc = x[sel][: n_cells[i]]
+                preds.setdefault((name, split.seed), {})[c] = (delta[i], pc)
+            table["energy_distance_rel"] = [energy.relative(c, preds[(name, split.seed)][c][1]) for c in conds]
+            table["model"] = name
+            table["seed"] = split.seed
+            table["split"] = split.name
+            table["category"] = [split.categories.get(obs.pert_of[c], "") for c in conds]
+            records.append(table.rename_axis("condition").reset_index())
+    per_condition = pd.concat(records, ignore_index=True)
+
+    # pooled metrics per seed: centroid accuracy and cell-eval ----------------------------------
+    pooled: list[pd.DataFrame] = []
+    celleval_rep: pd.DataFrame | None = None
+    groups = _celleval_groups(obs, splits)
+    for (name, seed), by_cond in preds.items():
+        conds = [c for c in obs.conditions if c in by_cond]
+        pred = np.stack([by_cond[c][0] for c in conds])
+        ca = centroid_accuracy(pred, obs.delta.loc[conds].to_numpy(), obs.exclude.loc[conds].to_numpy())
+        t = pd.DataFrame({"centroid_accuracy": ca}, index=conds)
+        if cell_eval:
+            t = t.join(_run_celleval(obs, groups, {c: by_cond[c][1] for c in conds}, seed, cache=_DE_CACHE))
+        t["model"], t["seed"] = name, seed
+        pooled.append(t.rename_axis("condition").reset_index())
+    pooled_df = pd.concat(pooled, ignore_index=True)
+    per_condition = per_condition.merge(pooled_df, on=["condition", "model", "seed"], how="left")
+
+    # replicate ceiling ---------------------------------------------------------------------------
+    h0 = replicate_halves["halves"]
+    rep_pooled = []
+    for h in h0:
+        ca = centroid_accuracy(h["pred"], h["obs"], obs.exclude.loc[obs.conditions].to_numpy())
+        t = pd.DataFrame({"centroid_accuracy": ca}, index=obs.conditions)
+        if cell_eval:
+            t = t.join(_run_celleval_halves(obs, groups, h["cells_a"], h["rows_b"], seeds[0]))
+        rep_pooled.append(t)
+    celleval_rep = sum(rep_pooled[1:], rep_pooled[0]) / len(rep_pooled)
+    replicate_table = replicate_table.join(celleval_rep)
+    _DE_CACHE.clear()
+
+    result = _assemble(spec, dataset_name, splits, seeds, model_names, per_condition, replicate_table, wall, peak, __version__, adata)
+    per_condition.to_csv(out / "per_condition.csv", index=False)
+    replicate_table.rename_axis("condition").to_csv(out / "replicate.csv")
+    _write_json_atomic(out / "results.json", result)
+    (out / "results.md").write_text(results_markdown(result))
+    return _json_safe(result)
+
+
+_DE_CACHE: dict[Any, Any] = {}
+
+
+def _celleval_groups(obs: _Observed, splits: Sequence[Split]) -> dict[str | None, list[str]]:
+    """Conditions scored together by cell-eval: all of one context at once."""
+    groups: dict[str | None, list[str]] = {}
+    for c in obs.conditions:
+        groups.setdefault(obs.ctx_of[c], []).append(c)
+    return groups
+
+
+def _run_celleval(
+    obs: _Observed,
+    groups: dict[str | None, list[str]],
+    cells_of: dict[str, np.ndarray],
+    seed: int,
+    cache: dict[Any, Any],
+    real_rows_of: dict[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    from aivc.evaluate._celleval import CELL_EVAL_METRICS, cell_eval_metrics
+
+    frames = []
+    for ctx, conds in groups.items():
+        conds = [c for c in conds if c in cells_of]
+        if not conds:
+            continue
+        real, pred = _celleval_frames(obs, conds, cells_of, _control_cells(obs, ctx), seed, real_rows_of)
+        key = (ctx, tuple(conds), seed)
+        table, de_real = cell_eval_metrics(pred, real, obs.schema, de_real=cache.get(key), num_threads=settings.n_jobs)
+        cache[key] = de_real
+        frames.append(table[list(CELL_EVAL_METRICS)])
+    return pd.concat(frames)
+
+
+def _run_celleval_halves(
+    obs: _Observed,
+    groups: dict[str | None, list[str]],
+    cells_a: dict[str, np.ndarray],
+    rows_b: dict[str, np.ndarray],
+    seed: int,
+) -> pd.DataFrame:
+    """cell-eval scores of one half of the cells (as a prediction) against the other half."""
+    return _run_celleval(obs, groups, cells_a, seed, cache={}, real_rows_of=rows_b)
+
+
+def _assemble(
+    spec: BenchmarkTask,
+    dataset: str,
+    splits: Sequence[Split],
+    seeds: Sequence[int],
+    model_names: Sequence[str],
+    per_condition: pd.DataFrame,
+    replicate: pd.DataFrame,
+    wall: dict[str, float],
+    peak: dict[str, float],
+    version: str,
+    adata: AnnData,
+) -> dict[str, Any]:
+    metric_names = [m for m in METRICS if m in per_condition.columns]
+    rep_means = {m: _finite_mean(replicate[m]) for m in metric_names if m in replicate}
+    models: dict[str, dict[str, Any]] = {}
+    seed_means: dict[str, dict[str, list[float]]] = {}
+    for name in model_names:
+        sub = per_condition[per_condition["model"] == name]
+        seed_means[name] = {m: [_finite_mean(sub[sub["seed"] == s][m]) for s in seeds] for m in metric_names}
+    for name in model_names:
+        entry: dict[str, Any] = {}
+        for m in metric_names:
+            s = _summary(seed_means[name][m])
+            vals = per_condition.loc[per_condition["model"] == name, m].to_numpy(dtype=float)
+            vals = vals[np.isfinite(vals)]
+            s["sd_conditions"] = float(vals.std()) if vals.size else float("nan")
+            entry[m] = s
+            scaled = [
+                scaled_score(u, b, rep_means.get(m, float("nan")))
+                for u, b in zip(seed_means[name][m], seed_means[BASELINE][m], strict=True)
+            ]
+            entry[f"{m}_scaled"] = _summary(scaled)
+        cats = per_condition.loc[per_condition["model"] == name, "category"]
+        if cats.astype(bool).any():
+            entry["by_category"] = {
+                cat: {m: _finite_mean(g[m]) for m in metric_names}
+                for cat, g in per_condition[per_condition["model"] == name].groupby("category")
+                if cat
+            }
+        models[name] = entry
+    first = splits[0]
+    split_info: dict[str, Any] = {"kind": spec.split_kind, "seeds": list(seeds), "n_splits": len(splits)}
+    if spec.n_folds:
+        split_info["folds"] = spec.n_folds
+    return {
+        "task": spec.name,
+        "dataset": dataset,
+        "description": spec.description,
+        "split": split_info,
+        "n_cells": int(adata.n_obs),
+        "n_genes": int(adata.n_vars),
+        "n_conditions": int(per_condition["condition"].nunique()),
+        "models": models,
+        "replicate": {m: {"mean": v} for m, v in rep_means.items()},
+        "baseline_for_scaling": BASELINE,
+        "metrics": {m: {"higher_is_better": METRICS[m].higher_is_better, "source": METRICS[m].source, "description": METRICS[m].description} for m in metric_names},
+        "wall_seconds": {k: round(v, 3) for k, v in wall.items()},
+        "peak_memory_mb": {k: round(v, 1) for k, v in peak.items()},
+        "peak_memory_note": "peak resident memory of fit+predict above the process's memory before the model ran (max over splits)",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "aivc": version,
+        },
+        "notes": spec.notes,
+        "example_split": first.to_dict(),
+    }
+
+
+def _json_safe(obj: Any) -> Any:
+    """Replace NaN/inf by None so the file is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(_json_safe(obj), fh, indent=2, allow_nan=False)
+    os.replace(tmp, path)
+
+
+_TABLE_METRICS = (
+    "pearson_delta",
+    "pearson_delta_de20",
+    "mse_de20",
+    "direction_acc_de20",
+    "systema_pearson_delta",
+    "centroid_accuracy",
+    "energy_distance_rel",
+    "overlap_at_N",
+    "discrimination_score_l1",
+    "discrimination_score_cosine",
+    "mae",
+)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def results_markdown(result: dict[str, Any]) -> str:
+    """A human-readable table of a ``results.json``."""
+    models = result["models"]
+    metrics = [m for m in _TABLE_METRICS if any(m in v for v in models.values())]
+    arrows = {m: ("↑" if result["metrics"][m]["higher_is_better"] else "↓") for m in metrics}
+    lines = [
+        f"# {result['task']} on {result['dataset']}",
+        "",
+        result.get("description", ""),
+        "",
+        f"Split: {result['split']['kind']}, seeds {result['split']['seeds']}, {result['split']['n_splits']} splits; "
+        f"{result['n_conditions']} test conditions, {result['n_cells']} cells x {result['n_genes']} genes. "
+        "Mean ± sd over seeds (each seed scores every condition once).",
+        "",
+        "| model | " + " | ".join(f"{m} {arrows[m]}" for m in metrics) + " | wall s | peak MB |",
+        "|---|" + "---|" * (len(metrics) + 2),
+    ]
+    for name, entry in models.items():
+        cells = []
+        for m in metrics:
+            s = entry.get(m, {})
+            cells.append(f"{_fmt(s.get('mean'))} ± {_fmt(s.get('sd'))}")
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {result['wall_seconds'].get(name, 0):.1f} | {result['peak_memory_mb'].get(name, 0):.0f} |"
+        )
+    rep = result["replicate"]
+    lines.append("| *replicate (split-half)* | " + " | ".join(_fmt(rep.get(m, {}).get("mean")) for m in metrics) + " | | |")
+    lines += ["", "Scaled scores (0 = train-mean, 1 = split-half replicate):", ""]
+    lines.append("| model | " + " | ".join(metrics) + " |")
+    lines.append("|---|" + "---|" * len(metrics))
+    for name, entry in models.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(entry.get(m + "_scaled", {}).get("mean"), 2) for m in metrics) + " |")
+    cats = {c for e in models.values() for c in e.get("by_category", {})}
+    if cats:
+        lines += ["", "By category (mean over conditions):", ""]
+        lines.append("| model | category | pearson_delta_de20 | mse_de20 |")
+        lines.append("|---|---|---|---|")
+        for name, entry in models.items():
+            for cat, vals in sorted(entry.get("by_category", {}).items()):
+                lines.append(f"| {name} | {cat} | {_fmt(vals['pearson_delta_de20'])} | {_fmt(vals['mse_de20'])} |")
+    m = result["machine"]
+    lines += ["", f"Machine: {m['cpus']} CPUs, Python {m['python']}, aivc {m['aivc']}. {result.get('notes', '')}", ""]
+    return "\n".join(lines)

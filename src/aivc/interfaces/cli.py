@@ -1,0 +1,176 @@
+"""The ``aivc`` command line: a thin layer over the Python API.
+
+Heavy libraries are imported inside each command so ``aivc --help`` is instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="aivc",
+    help="aivc: the AI virtual cell. Representations of genes, cells and tissues; "
+    "instruments that predict perturbation responses; evaluation that cannot flatter.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+datasets_app = typer.Typer(help="List and download datasets.", no_args_is_help=True)
+instruments_app = typer.Typer(help="List virtual instruments (models and baselines).", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(instruments_app, name="instruments")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Folder holding the datasets (default: AIVC_DATA_DIR)."),
+]
+Verbosity = Annotated[str, typer.Option("--verbosity", "-v", help="debug, info, warning or error.")]
+
+
+def _setup(verbosity: str, data_dir: Path | None) -> None:
+    from aivc import settings
+
+    settings.verbosity = verbosity
+    settings.configure_logging()
+    if data_dir is not None:
+        settings.data_dir = data_dir
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def version() -> None:
+    """Print the aivc version."""
+    from aivc import __version__
+
+    typer.echo(__version__)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the table and plot.")] = Path("aivc-demo"),
+    dataset: Annotated[str, typer.Option(help="Registered perturbation dataset.")] = "papalexi2021",
+    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    data_dir: DataDir = None,
+    verbosity: Verbosity = "info",
+) -> None:
+    """Short end-to-end run on real data: predict held-out knockouts with every baseline.
+
+    Loads the dataset, holds out a fifth of its perturbations, fits the
+    baselines on the rest, predicts the held-out perturbations, scores them,
+    prints the table and writes demo_results.csv, demo_results.md and demo.png.
+    """
+    _setup(verbosity, data_dir)
+    from aivc.interfaces._demo import run_demo
+
+    try:
+        table = run_demo(out=out, dataset=dataset, seed=seed)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        _fail(str(e))
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"aivc demo: unseen knockouts in {dataset} (held-out fold, seed {seed})")
+    t.add_column("model")
+    for c in table.columns:
+        t.add_column(c, justify="right")
+    for name, row in table.iterrows():
+        t.add_row(str(name), *(f"{v:.3f}" for v in row))
+    Console().print(t)
+    typer.echo(f"wrote {out / 'demo_results.csv'}, {out / 'demo_results.md'} and {out / 'demo.png'}")
+
+
+@app.command()
+def benchmark(
+    task: Annotated[str, typer.Argument(help="unseen-single, combinations or unseen-cell-type.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory for results.json and results.md.")],
+    dataset: Annotated[str | None, typer.Option(help="Registered dataset instead of the task's default.")] = None,
+    models: Annotated[
+        list[str] | None, typer.Option("--models", help="Instrument names (repeat or comma-separate).")
+    ] = None,
+    seeds: Annotated[list[int] | None, typer.Option("--seeds", help="Seeds (repeat the option).")] = None,
+    no_cell_eval: Annotated[bool, typer.Option("--no-cell-eval", help="Skip cell-eval's metrics.")] = False,
+    data_dir: DataDir = None,
+    verbosity: Verbosity = "info",
+) -> None:
+    """Run a benchmark task: every baseline and model on the same seeded splits."""
+    _setup(verbosity, data_dir)
+    from aivc.evaluate import TASKS, run_benchmark
+
+    if task not in TASKS:
+        _fail(f"unknown task {task!r}; expected one of {sorted(TASKS)}.")
+    names = [m for item in (models or []) for m in item.split(",") if m] or None
+    try:
+        result = run_benchmark(
+            task, out=out, dataset=dataset, models=names, seeds=seeds or (0, 1, 2), cell_eval=not no_cell_eval
+        )
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        _fail(str(e))
+    typer.echo((out / "results.md").read_text())
+    typer.echo(f"wrote {out / 'results.json'} ({len(result['models'])} models)")
+
+
+@datasets_app.command("list")
+def datasets_list(data_dir: DataDir = None) -> None:
+    """List registered datasets and whether each is present locally."""
+    _setup("warning", data_dir)
+    from rich.console import Console
+    from rich.table import Table
+
+    from aivc.data import list_datasets
+
+    t = Table(title="aivc datasets")
+    for c in ("name", "kind", "local", "download", "description"):
+        t.add_column(c)
+    for e in list_datasets():
+        t.add_row(e.name, e.kind, "yes" if e.path().exists() else "no", "yes" if e.remote else "-", e.description)
+    Console().print(t)
+
+
+@datasets_app.command("download")
+def datasets_download(
+    name: Annotated[str, typer.Argument(help="Registered dataset name.")],
+    force: Annotated[bool, typer.Option(help="Download again even if present.")] = False,
+    data_dir: DataDir = None,
+    verbosity: Verbosity = "info",
+) -> None:
+    """Download a public dataset into the data directory (verifies its checksum)."""
+    _setup(verbosity, data_dir)
+    from aivc.data import download
+
+    try:
+        path = download(name, force=force)
+    except (FileNotFoundError, ValueError, KeyError, ConnectionError) as e:
+        _fail(str(e))
+    typer.echo(f"ready: {path}")
+
+
+@instruments_app.command("list")
+def instruments_list() -> None:
+    """List registered instruments with what they can do."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from aivc.instruments import list_instruments
+
+    t = Table(title="aivc instruments")
+    for c in ("name", "kind", "capabilities", "description"):
+        t.add_column(c)
+    for info in list_instruments():
+        t.add_row(info.name, info.kind, ", ".join(sorted(info.capabilities)), info.description)
+    Console().print(t)
+
+
+def main() -> None:
+    """Entry point of the ``aivc`` command."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

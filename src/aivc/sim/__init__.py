@@ -1,0 +1,63 @@
+"""Mechanistic simulator of single-cell perturbation experiments ("virtual cell 1.0").
+
+A random but biologically shaped gene-regulatory network (:func:`random_network`)
+drives Hill-type transcription kinetics (:class:`Kinetics`); cell types are
+settings of master regulators; cells vary through extrinsic factors and a
+cell-cycle program propagated through the network; CRISPR knockouts,
+knockdowns, activations and multi-target drugs act on the dynamics; a
+measurement model (:class:`MeasurementModel`) turns expression into counts with
+library-size variation, overdispersion, dropout and batch effects.
+
+:class:`VirtualCellSimulator` simulates designed experiments in memory and keeps
+the :class:`GroundTruth` apart from the measured AnnData; :class:`VirtualLab`
+answers experiment requests with measurements only; :func:`write_simulation`
+streams large simulations to ``.h5ad`` or ``.zarr``.
+"""
+
+from __future__ import annotations
+
+from aivc.sim._cells import CellVariation, cell_type_names, random_cell_types
+from aivc.sim._dynamics import Kinetics, RateInputs, SteadyState
+from aivc.sim._interventions import MODALITIES, DrugLibrary, drug_names, random_drugs
+from aivc.sim._lab import LabCost, VirtualLab
+from aivc.sim._measure import BatchEffect, MeasurementModel
+from aivc.sim._network import GeneNetwork, gene_names, random_network
+from aivc.sim._simulator import (
+    CONTROL,
+    NO_SIGNAL,
+    SolvedConditions,
+    VirtualCellSimulator,
+    simulation_schema,
+)
+from aivc.sim._truth import GroundTruth, truth_path_for
+from aivc.sim._write import SimulationFiles, default_design, write_simulation
+
+__all__ = [
+    "CONTROL",
+    "MODALITIES",
+    "NO_SIGNAL",
+    "BatchEffect",
+    "CellVariation",
+    "DrugLibrary",
+    "GeneNetwork",
+    "GroundTruth",
+    "Kinetics",
+    "LabCost",
+    "MeasurementModel",
+    "RateInputs",
+    "SimulationFiles",
+    "SolvedConditions",
+    "SteadyState",
+    "VirtualCellSimulator",
+    "VirtualLab",
+    "cell_type_names",
+    "default_design",
+    "drug_names",
+    "gene_names",
+    "random_cell_types",
+    "random_drugs",
+    "random_network",
+    "simulation_schema",
+    "truth_path_for",
+    "write_simulation",
+]
