@@ -245,8 +245,9 @@ def differential_expression(
             keep[idx] = True
         sub = adata[keep].copy()
         sub.obs["_aivc_group"] = pd.Categorical(group[keep].to_numpy())
-        with warnings.catch_warnings():
-            # scanpy fills its result table column by column (pandas PerformanceWarning)
+        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+            # scanpy fills its result table column by column (pandas PerformanceWarning);
+            # genes never detected in either group give 0/0 Wilcoxon scores (set to 0 below)
             warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
             sc.tl.rank_genes_groups(
                 sub, "_aivc_group", groups=wanted, reference="__control__", method="wilcoxon",
@@ -257,6 +258,7 @@ def differential_expression(
             df = df[["scores", "logfoldchanges", "pvals_adj"]].rename(
                 columns={"scores": "score", "logfoldchanges": "logfoldchange"}
             )
+            df["score"] = df["score"].fillna(0.0)
             df = df.iloc[np.argsort(-np.abs(df["score"].to_numpy()), kind="stable")]
             key = p if ctx is None else p + CONDITION_SEP + ctx
             out[key] = df

@@ -283,31 +283,51 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
             )
         return np.hstack([pf, self._context_features(control_mean)])
 
-    def _solve(self, perts: list[str], y: np.ndarray, base: np.ndarray, lam: float) -> None:
-        self.b_ = y.mean(axis=0)
-        yc = y - self.b_
+    @staticmethod
+    def _gene_basis(yc: np.ndarray, k: int) -> np.ndarray:
+        """Top-``k`` left singular vectors of ``yc.T`` (genes x k), via the small Gram matrix."""
+        evals, evecs = np.linalg.eigh(yc @ yc.T)
+        order = np.argsort(evals)[::-1][:k]
+        s = np.sqrt(np.clip(evals[order], 0, None))
+        keep = s > 1e-10 * max(float(s[0]) if s.size else 0.0, 1e-300)
+        u = yc.T @ evecs[:, order[keep]] / s[keep]
+        if u.shape[1] == 0:
+            u = np.zeros((yc.shape[1], 1))
+        return u
+
+    def _decompose(
+        self, perts: list[str], y: np.ndarray, base: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """b, centred Y, G and P for a set of training conditions (independent of the ridge)."""
+        b = y.mean(axis=0)
+        yc = y - b
         k = max(1, min(self.n_components, yc.shape[0] - 1, yc.shape[1]))
-        u, _, _ = np.linalg.svd(yc.T, full_matrices=False)
-        self.g_ = u[:, :k]
-        p = self._features(perts, base, self.g_)
+        g = self._gene_basis(yc, k)
+        self.g_ = g
+        p = self._features(perts, base, g)
+        return b, yc, g, p
+
+    def _solve(self, perts: list[str], y: np.ndarray, base: np.ndarray, lam: float) -> None:
+        b, yc, g, p = self._decompose(perts, y, base)
+        self._set_solution(b, yc, g, p, lam)
+
+    def _set_solution(self, b: np.ndarray, yc: np.ndarray, g: np.ndarray, p: np.ndarray, lam: float) -> None:
         # K = (G^T G + lam I)^-1 G^T Yc^T P (P^T P + lam I)^-1
-        left = _ridge_solve(self.g_, lam)
-        right = _ridge_solve(p, lam).T
-        self.k_ = left @ yc.T @ right
+        self.b_, self.g_ = b, g
+        self.k_ = _ridge_solve(g, lam) @ yc.T @ _ridge_solve(p, lam).T
 
     def _choose_ridge(self, perts: list[str], ctxs: list[str | None], y: np.ndarray, base: np.ndarray) -> float:
         n = len(perts)
         if n < 3:
             return 1.0
-        errors = []
-        for lam in self.ridge_grid:
-            err = 0.0
-            for i in range(n):
-                keep = np.arange(n) != i
-                self._solve([perts[j] for j in np.flatnonzero(keep)], y[keep], base[keep], lam)
+        errors = np.zeros(len(self.ridge_grid))
+        for i in range(n):
+            keep = np.flatnonzero(np.arange(n) != i)
+            b, yc, g, p = self._decompose([perts[j] for j in keep], y[keep], base[keep])
+            for j, lam in enumerate(self.ridge_grid):
+                self._set_solution(b, yc, g, p, lam)
                 pred = self._predict_raw([perts[i]], base[i : i + 1])
-                err += float(np.mean((pred - y[i]) ** 2))
-            errors.append(err / n)
+                errors[j] += float(np.mean((pred - y[i]) ** 2))
         return float(self.ridge_grid[int(np.argmin(errors))])
 
     def _predict_raw(self, perturbations: list[str], control_mean: np.ndarray) -> np.ndarray:
@@ -395,8 +415,7 @@ class NearestNeighbourModel(_EmbeddingMixin, PerturbationModel):
         else:
             yc = summary.delta - summary.delta.mean(axis=0)
             k = max(1, min(10, yc.shape[0] - 1))
-            u, _, _ = np.linalg.svd(yc.T, full_matrices=False)
-            self._set_gene_table(pd.DataFrame(u[:, :k], index=summary.genes))
+            self._set_gene_table(pd.DataFrame(LinearModel._gene_basis(yc, k), index=summary.genes))
         self._fit_context_space(summary)
         self.train_delta_ = summary.delta
         self.mean_delta_ = summary.delta.mean(axis=0)

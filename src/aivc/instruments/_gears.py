@@ -602,7 +602,12 @@ class GearsModel(PerturbationModel):
             n_train = sum(len(pert_data.dataset_processed[c]) for c in split["train"])
             pert_data.get_dataloader(batch_size=min(self.batch_size, n_train), test_batch_size=self.batch_size)
             pert_data.dataloader.pop("test_loader", None)
+            # GEARS 0.1.2 indexes X with a pandas mask here, which current scipy sparse matrices
+            # refuse; it gets a dense X for its constructor, and the sparse one back for the rest.
+            sparse_x = pert_data.adata.X
+            pert_data.adata.X = sparse_x.toarray()
             model = gears.GEARS(pert_data, device="cpu")
+            pert_data.adata.X = sparse_x
             model.model_initialize(
                 hidden_size=self.hidden_size,
                 num_go_gnn_layers=self.num_go_gnn_layers,

@@ -22,7 +22,9 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.integrate import solve_ivp
+from scipy.sparse.linalg import splu
 from scipy.special import expit
 
 from aivc.sim._network import GeneNetwork
@@ -353,13 +355,33 @@ class Kinetics:
             reg = (term[:, :, self.regulators] * h[:, None, :]).reshape(b * k, -1)
             term = np.asarray(reg @ self.weights).reshape(b, k, self.n_genes) * g[:, None, :]
             total += term
-            if float(np.abs(term).max(initial=0.0)) < tol:
+            size = float(np.abs(term).max(initial=0.0))
+            if size < tol or size > 1e3:
                 break
-        else:
-            logger.warning(
-                "Noise propagation did not converge within %d orders (strong feedback); "
-                "sensitivities are clipped to +-%g.",
-                max_order,
-                clip,
+        # feedback loops with a gain above one make the series diverge although the
+        # steady state is stable; solve (I - J) S^T = loadings^T exactly for those
+        bad = np.flatnonzero(np.abs(term).max(axis=(1, 2), initial=0.0) >= tol)
+        if len(bad):
+            logger.debug(
+                "Exact noise propagation for %d conditions with strong feedback.", len(bad)
             )
+        for i in bad:
+            total[i] = self._solve_sensitivity(g[i], h[i], base[i])
         return np.clip(total, -clip, clip)
+
+    def _solve_sensitivity(self, g: np.ndarray, h: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """``base (I - J^T)^{-1}`` for one condition by a sparse LU solve."""
+        w = self.weights.tocoo()
+        src = self.regulators[w.row]
+        jac = sp.csr_matrix(
+            (g[w.col] * w.data * h[w.row], (w.col, src)), shape=(self.n_genes, self.n_genes)
+        )
+        lhs = sp.identity(self.n_genes, format="csc") - jac.tocsc()
+        try:
+            sol = splu(lhs).solve(np.ascontiguousarray(base.T))
+        except RuntimeError:  # singular: the state sits on a bifurcation
+            logger.warning(
+                "Noise propagation hit a singular Jacobian; using the first-order term only."
+            )
+            return base
+        return sol.T

@@ -238,7 +238,7 @@ class VirtualLab:
         if has_drug and not lo < dose <= hi:
             msg = (
                 f"dose {dose:g} µM is out of range for drug perturbations: expected {lo:g} < dose <= {hi:g} µM. "
-                "Choose a dose within VirtualLab.dose_range."
+                "Drugs need a dose; choose one within VirtualLab.dose_range."
             )
             raise ValueError(msg)
         if not has_drug and dose != 0:

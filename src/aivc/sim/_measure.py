@@ -63,7 +63,7 @@ class MeasurementModel:
     """
 
     library_size: float = 1500.0
-    library_size_sd: float = 0.45
+    library_size_sd: float = 0.5
     dispersion: float = 0.25
     dispersion_sd: float = 0.6
     dropout: float = 0.1

@@ -289,8 +289,12 @@ def random_network(
     log_pop = -hub_exponent * np.log1p(rank)
 
     # in-degree per gene
-    k = np.minimum(1 + rng.poisson(mean_in_degree - 1, n_genes), max_in_degree)
+    # (regulators are regulated by one more regulator on average and are never
+    # constitutive: regulatory cascades are what spreads a perturbation's effect)
+    k = 1 + rng.poisson(mean_in_degree - 1, n_genes)
     k[rng.random(n_genes) < unregulated_fraction] = 0
+    k[regulators] = 1 + rng.poisson(mean_in_degree, n_reg)
+    k = np.minimum(k, max_in_degree)
     k[masters] = 0
     allowed = level[:, None] > np.arange(n_reg)[None, :]  # regulator j may regulate gene i
     k = np.minimum(k, allowed.sum(axis=1))
@@ -339,11 +343,11 @@ def random_network(
     # (feedback edges repress more often: negative feedback is the common motif)
     p_act = np.where(feedback, min(activation_fraction, 0.3), activation_fraction)
     sign = np.where(rng.random(len(src)) < p_act, 1.0, -1.0)
-    magnitude = rng.lognormal(np.log(2.5), 0.35, len(src))
+    magnitude = rng.lognormal(np.log(3.0), 0.35, len(src))
     weight = sign * magnitude
 
     # gene kinetics
-    max_rate = rng.lognormal(np.log(20.0), 1.5, n_genes)
+    max_rate = rng.lognormal(np.log(20.0), 1.8, n_genes)
     max_rate[regulators] = rng.lognormal(
         np.log(40.0), 0.5, n_reg
     )  # regulators: moderate, less spread

@@ -13,6 +13,7 @@ import pandas as pd
 
 from aivc._progress import progress
 from aivc.sim._interventions import MODALITIES
+from aivc.sim._network import GeneNetwork
 from aivc.sim._simulator import BLOCK, CONTROL, VirtualCellSimulator, measured_uns
 from aivc.sim._truth import truth_path_for
 
@@ -30,6 +31,7 @@ def default_design(
     n_cells: int,
     max_singles: int = 200,
     double_fraction: float = 0.25,
+    pathway_fraction: float = 0.67,
     n_design_drugs: int = 4,
     doses: tuple[float, ...] = DEFAULT_DOSES,
     control_weight: float = 5.0,
@@ -56,6 +58,10 @@ def default_design(
         Most single perturbations per cell type.
     double_fraction
         Doubles per single.
+    pathway_fraction
+        Fraction of doubles whose two genes are in one pathway (one regulates
+        the other or they share a target), as screens pick pairs likely to
+        interact; the rest are random pairs.
     n_design_drugs
         Drugs in the design, each at every dose in ``doses``.
     doses
@@ -100,12 +106,7 @@ def default_design(
     names = net.gene_names
     single_labels = [str(names[g]) for g in np.sort(singles)]
     pool = np.sort(regs[:n_reg]) if n_reg >= 2 else np.sort(singles)
-    pairs: set[tuple[int, int]] = set()
-    tries = 0
-    while len(pairs) < n_doubles and len(pool) >= 2 and tries < 50 * max(n_doubles, 1):
-        a, b = sorted(rng.choice(pool, 2, replace=False).tolist())
-        pairs.add((a, b))
-        tries += 1
+    pairs = _choose_pairs(net, pool, n_doubles, pathway_fraction, rng)
     double_labels = [f"{names[a]}+{names[b]}" for a, b in sorted(pairs)]
     drug_labels = simulator.drugs[:n_drugs]
 
@@ -141,6 +142,32 @@ def default_design(
         len(types),
     )
     return design
+
+
+def _choose_pairs(
+    net: GeneNetwork,
+    pool: np.ndarray,
+    n_pairs: int,
+    pathway_fraction: float,
+    rng: np.random.Generator,
+) -> list[tuple[int, int]]:
+    """Distinct unordered pairs of genes from ``pool``, a share of them in one pathway."""
+    if len(pool) < 2 or n_pairs <= 0:
+        return []
+    adj = net.adjacency().tocsr()
+    adj.data[:] = 1.0
+    sub = adj[pool]
+    related = (sub @ sub.T).toarray() > 0
+    linked = sub[:, pool].toarray() > 0
+    related |= linked | linked.T
+    iu = np.triu_indices(len(pool), 1)
+    is_path = related[iu]
+    all_pairs = np.column_stack([pool[iu[0]], pool[iu[1]]])
+    n_path = min(int(round(pathway_fraction * n_pairs)), int(is_path.sum()))
+    chosen = list(rng.permutation(np.flatnonzero(is_path))[:n_path])
+    rest = rng.permutation(np.setdiff1d(np.arange(len(all_pairs)), chosen))
+    chosen += list(rest[: n_pairs - n_path])
+    return sorted((int(all_pairs[i, 0]), int(all_pairs[i, 1])) for i in chosen)
 
 
 @dataclass(frozen=True)

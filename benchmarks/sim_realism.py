@@ -1,0 +1,285 @@
+"""How realistic is the simulator? Compare simulated with real perturbation data.
+
+Two real datasets from the local data directory (``AIVC_DATA_DIR``) are
+compared with simulations of the same design size:
+
+* ``papalexi2021``: THP-1 CRISPR knockouts (25 targets, ~20k cells, 299 random genes);
+  simulated as knockouts of 25 genes in one cell type, 3 batches, on 300 random
+  genes of a 2,000-gene virtual cell.
+* ``norman2019_subset``: K562 CRISPRa (18 singles, 15 doubles, 100 cells each, 500
+  genes); simulated as activations with the same numbers, on 500 random genes.
+
+Statistics: slope of log variance against log mean of control cells,
+fraction of overdispersed genes, median dispersion, zero fraction, library-size
+CV, the spread of gene means, and the number of differentially expressed
+genes per perturbation (Welch t-test on log-normalised values,
+Benjamini-Hochberg FDR 0.05). Finally, the non-additivity of the simulated
+doubles of the default design is measured on the true means.
+
+Run: ``python benchmarks/sim_realism.py`` (about a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy import stats
+
+import aivc.data
+from aivc.data import log_normalize
+from aivc.sim import CONTROL, MeasurementModel, VirtualCellSimulator, default_design
+
+
+# ----------------------------------------------------------------------------- output
+def markdown(table: pd.DataFrame, *, digits: int = 3) -> str:
+    """A DataFrame as a markdown table (index as the first column)."""
+
+    def fmt(v: object) -> str:
+        if isinstance(v, float | np.floating):
+            return f"{v:.{digits}g}"
+        return str(v)
+
+    header = ["", *map(str, table.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for idx, row in table.iterrows():
+        lines.append("| " + " | ".join([str(idx), *map(fmt, row.tolist())]) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- statistics
+def _bh(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values along the last axis."""
+    p = np.asarray(p, dtype=np.float64)
+    m = p.shape[-1]
+    order = np.argsort(p, axis=-1)
+    ranked = np.take_along_axis(p, order, axis=-1) * m / np.arange(1, m + 1)
+    ranked = np.minimum.accumulate(ranked[..., ::-1], axis=-1)[..., ::-1]
+    out = np.empty_like(p)
+    np.put_along_axis(out, order, np.minimum(ranked, 1.0), axis=-1)
+    return out
+
+
+def _group_moments(
+    x: sp.csr_matrix, codes: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ind = sp.csr_matrix(
+        (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_groups, len(codes))
+    )
+    n = np.asarray(ind.sum(axis=1)).ravel()
+    s1 = np.asarray((ind @ x).todense())
+    s2 = np.asarray((ind @ x.multiply(x)).todense())
+    mean = s1 / n[:, None]
+    var = (s2 - n[:, None] * mean**2) / np.maximum(n[:, None] - 1, 1)
+    return n, mean, np.maximum(var, 0.0)
+
+
+def n_de_genes(
+    counts: sp.csr_matrix, labels: np.ndarray, *, control: str = CONTROL, fdr: float = 0.05
+) -> pd.Series:
+    """DE genes per perturbation: Welch t-test on log-normalised values vs controls, BH-corrected."""
+    x, _ = log_normalize(counts)
+    x = sp.csr_matrix(x, dtype=np.float64)
+    groups, codes = np.unique(labels, return_inverse=True)
+    n, mean, var = _group_moments(x, codes, len(groups))
+    c = int(np.flatnonzero(groups == control)[0])
+    se2 = var / n[:, None] + var[c] / n[c]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (mean - mean[c]) / np.sqrt(se2)
+        df = se2**2 / (
+            (var / n[:, None]) ** 2 / np.maximum(n[:, None] - 1, 1)
+            + (var[c] / n[c]) ** 2 / max(n[c] - 1, 1)
+        )
+    p = 2 * stats.t.sf(np.abs(t), df)
+    p[~np.isfinite(p)] = 1.0
+    q = _bh(p)
+    keep = groups != control
+    return pd.Series((q[keep] < fdr).sum(axis=1), index=groups[keep])
+
+
+def summarize(
+    counts: sp.csr_matrix, labels: np.ndarray, *, control: str = CONTROL
+) -> dict[str, float]:
+    """Noise and effect statistics of a count matrix."""
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    ctrl = counts[labels == control]
+    m = np.asarray(ctrl.mean(axis=0)).ravel()
+    v = np.asarray(ctrl.multiply(ctrl).mean(axis=0)).ravel() - m**2
+    v *= ctrl.shape[0] / max(ctrl.shape[0] - 1, 1)
+    ok = m > 0
+    slope = np.polyfit(np.log10(m[ok]), np.log10(np.maximum(v[ok], 1e-12)), 1)[0]
+    mid = m > 0.1
+    phi = (v[mid] - m[mid]) / m[mid] ** 2
+    lib = np.asarray(counts.sum(axis=1)).ravel()
+    de = n_de_genes(counts, labels, control=control)
+    return {
+        "cells": counts.shape[0],
+        "genes": counts.shape[1],
+        "median library size": float(np.median(lib)),
+        "library-size CV": float(lib.std() / lib.mean()),
+        "zero fraction": 1.0 - counts.nnz / np.prod(counts.shape),
+        "median log10 gene mean (controls)": float(np.median(np.log10(m[ok]))),
+        "sd log10 gene mean (controls)": float(np.std(np.log10(m[ok]))),
+        "slope log var ~ log mean": float(slope),
+        "overdispersed genes (var > 1.2 mean, mean > 0.1)": float(np.mean(v[mid] > 1.2 * m[mid])),
+        "median dispersion (mean > 0.1)": float(np.median(phi)),
+        "DE genes / perturbation (median)": float(np.median(de)),
+        "DE genes / perturbation (mean)": float(np.mean(de)),
+        "DE genes / perturbation (% of genes)": float(100 * np.mean(de) / counts.shape[1]),
+        "perturbations with >= 1 DE gene": float(np.mean(de > 0)),
+    }
+
+
+# ----------------------------------------------------------------------------- data
+def real(name: str) -> tuple[sp.csr_matrix, np.ndarray]:
+    adata = aivc.data.load(name)
+    schema = aivc.data.schema_of(adata)
+    counts = sp.csr_matrix(aivc.data.get_counts(adata, schema))
+    labels = adata.obs[schema.perturbation_key].astype(str).to_numpy()
+    labels = np.where(labels == schema.control_label, CONTROL, labels)
+    return counts, labels
+
+
+def simulated_like(
+    labels: np.ndarray,
+    real_counts: sp.csr_matrix,
+    *,
+    modality: str,
+    n_batches: int,
+    seed: int,
+    n_genes: int = 2000,
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Simulate the design of a real dataset on a random gene panel of the same size.
+
+    Same labels and cell numbers; targets are ~60% regulators, chosen with
+    probability proportional to their out-degree as a focused screen picks
+    known regulators, and ~40% other genes. Sequencing depth per measured gene
+    is matched to the real data; every other parameter is the default.
+    """
+    n_measured = real_counts.shape[1]
+    depth = float(np.median(np.asarray(real_counts.sum(axis=1)).ravel())) * n_genes / n_measured
+    sim = VirtualCellSimulator(
+        n_genes=n_genes, seed=seed, measurement=MeasurementModel(library_size=depth)
+    ).build()
+    rng = np.random.default_rng(seed)
+    real_targets = sorted({t for lbl in set(labels) - {CONTROL} for t in lbl.split("+")})
+    net = sim.network_
+    n_reg = round(0.6 * len(real_targets))
+    weight = net.out_degree()[net.regulators].astype(np.float64)
+    picks = np.concatenate(
+        [
+            rng.choice(net.regulators, n_reg, replace=False, p=weight / weight.sum()),
+            rng.choice(
+                np.setdiff1d(np.arange(net.n_genes), net.regulators),
+                len(real_targets) - n_reg,
+                replace=False,
+            ),
+        ]
+    )
+    mapping = {
+        t: str(net.gene_names[g]) for t, g in zip(real_targets, rng.permutation(picks), strict=True)
+    }
+    sim_labels = np.asarray(
+        [
+            CONTROL if lbl == CONTROL else "+".join(mapping[t] for t in lbl.split("+"))
+            for lbl in labels
+        ]
+    )
+    design = (
+        pd.Series(sim_labels).value_counts().rename_axis("perturbation").reset_index(name="n_cells")
+    )
+    design["modality"] = modality
+    adata, _ = sim.simulate(design, n_batches=n_batches, seed=seed)
+    panel = np.sort(rng.choice(net.n_genes, n_measured, replace=False))
+    return sp.csr_matrix(adata.X[:, panel]), adata.obs["perturbation"].astype(str).to_numpy()
+
+
+# ----------------------------------------------------------------------------- additivity
+def additivity(n_genes: int = 2000, n_cells: int = 100_000, seed: int = 0) -> pd.DataFrame:
+    """Deviation of the simulated doubles of the default design from additivity (true means).
+
+    For a double ``A+B`` the deviation is ``e(A+B) - e(A) - e(B)`` with
+    ``e(P) = log mean(P) - log mean(control)`` (natural log of the true
+    population means, the perturbed genes themselves excluded), and, on the
+    scale of measured data, the same with ``log1p`` of the expected counts at
+    the median library size.
+    """
+    sim = VirtualCellSimulator(n_genes=n_genes, seed=seed).build()
+    design = default_design(sim, n_cells=n_cells, seed=seed)
+    rows = []
+    for ct in sim.cell_types:
+        labels = design.loc[
+            (design["cell_type"] == ct) & (design["dose"] == 0), "perturbation"
+        ].tolist()
+        means = sim.true_means(labels, cell_type=ct)
+        with np.errstate(divide="ignore"):
+            log_means = np.log(means)  # -inf for knocked-out genes, which are excluded below
+        for scale, logm in (
+            ("log", log_means),
+            ("log1p counts", np.log1p(means * sim.count_scale_)),
+        ):
+            eff = logm - logm.loc[CONTROL]
+            for label in labels:
+                if "+" not in label:
+                    continue
+                a, b = label.split("+")
+                keep = ~means.columns.isin([a, b])
+                add = (eff.loc[a] + eff.loc[b]).to_numpy()[keep]
+                dev = eff.loc[label].to_numpy()[keep] - add
+                rows.append(
+                    {
+                        "scale": scale,
+                        "cell_type": ct,
+                        "double": label,
+                        "max_abs_dev": float(np.abs(dev).max()),
+                        "rel_dev": float(np.linalg.norm(dev) / max(np.linalg.norm(add), 1e-12)),
+                        "genes_dev_0.1": int((np.abs(dev) > 0.1).sum()),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    columns: dict[str, dict[str, float]] = {}
+    p_counts, p_labels = real("papalexi2021")
+    columns["papalexi2021 (real)"] = summarize(p_counts, p_labels)
+    s_counts, s_labels = simulated_like(
+        p_labels, p_counts, modality="knockout", n_batches=3, seed=args.seed
+    )
+    columns["papalexi-like (sim)"] = summarize(s_counts, s_labels)
+    n_counts, n_labels = real("norman2019_subset")
+    columns["norman2019 (real)"] = summarize(n_counts, n_labels)
+    s_counts, s_labels = simulated_like(
+        n_labels, n_counts, modality="activation", n_batches=2, seed=args.seed
+    )
+    columns["norman-like (sim)"] = summarize(s_counts, s_labels)
+    table = pd.DataFrame(columns)
+    print("## Simulated vs real data\n")
+    print(markdown(table))
+
+    add = additivity(seed=args.seed)
+    print("\n## Non-additivity of the simulated doubles (default design, true means)\n")
+    summary = {}
+    for scale, d in add.groupby("scale", sort=False):
+        summary[scale] = {
+            "doubles (2 cell types)": len(d),
+            "share with a gene deviating > 0.1": float((d["max_abs_dev"] > 0.1).mean()),
+            "share with a gene deviating > 0.5": float((d["max_abs_dev"] > 0.5).mean()),
+            "median max |deviation|": float(d["max_abs_dev"].median()),
+            "90th percentile max |deviation|": float(d["max_abs_dev"].quantile(0.9)),
+            "median relative deviation |dev| / |additive|": float(d["rel_dev"].median()),
+            "median genes deviating > 0.1 per double": float(d["genes_dev_0.1"].median()),
+        }
+    print(markdown(pd.DataFrame(summary)))
+    print(f"\n(total {time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The benchmark runner and the command line, on the real datasets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from aivc.interfaces.cli import app
+
+EXPECTED_TOP = {"task", "dataset", "split", "models", "wall_seconds", "peak_memory_mb", "machine"}
+
+
+def test_help_is_fast_and_lists_commands():
+    out = subprocess.run([sys.executable, "-m", "aivc.interfaces.cli", "--help"], capture_output=True, text=True, check=True)
+    for cmd in ("demo", "benchmark", "datasets", "instruments"):
+        assert cmd in out.stdout
+    code = "import sys, aivc.interfaces.cli; print(sorted(m for m in ('torch', 'scanpy', 'anndata') if m in sys.modules))"
+    mods = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert mods.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_benchmark_combinations_results_json(data_dir, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        ["benchmark", "combinations", "--out", str(tmp_path), "--models", "control,train-mean,additive,linear", "--seeds", "0", "--seeds", "1", "--seeds", "2"],
+    )
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert EXPECTED_TOP <= set(result)
+    assert result["task"] == "combinations" and result["dataset"] == "norman2019_subset"
+    assert set(result["models"]) == {"control", "train-mean", "additive", "linear"}
+    for name, entry in result["models"].items():
+        for metric in ("pearson_delta", "pearson_delta_de20", "mse_de20", "direction_acc_de20", "overlap_at_N",
+                       "discrimination_score_l1", "discrimination_score_cosine", "mae", "systema_pearson_delta",
+                       "centroid_accuracy", "energy_distance_rel"):
+            assert {"mean", "sd"} <= set(entry[metric]), (name, metric)
+        assert entry["mse_de20_scaled"]["n"] == 3
+        assert result["wall_seconds"][name] >= 0
+    assert result["models"]["train-mean"]["mse_de20_scaled"]["mean"] == pytest.approx(0.0)
+    assert (tmp_path / "results.md").read_text().startswith("# combinations")
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    assert all(len(s["test_perturbations"]) == 1 for s in splits)
+
+
+@pytest.mark.slow
+def test_papalexi_reference_numbers(data_dir):
+    """The harness reproduces the published sanity numbers for train-mean (leave-one-perturbation-out)."""
+    from aivc.data import load, prepare, schema_of
+    from aivc.data.splits import Split
+    from aivc.evaluate._benchmark import _observe, _pseudobulk_scores, _training_view
+    from aivc.genes import gene_symbols
+    from aivc.instruments import ControlModel, TrainMeanModel
+
+    known = gene_symbols()
+    raw = load("papalexi2021")
+    adata, schema = prepare(raw, schema_of(raw))
+    obs = _observe(adata, schema, seed=0)
+    perts = [obs.pert_of[c] for c in obs.conditions]
+    scores = {"train-mean": [], "control": []}
+    for p in perts:
+        split = Split(p, "loo", 0, (p,), tuple(sorted(set(perts) - {p})))
+        train = _training_view(obs, split)
+        for name, cls in (("train-mean", TrainMeanModel), ("control", ControlModel)):
+            delta = cls().fit(train, schema, known_genes=known).predict_delta([p])
+            scores[name].append(_pseudobulk_scores(obs, [p], delta).iloc[0])
+    tm = {k: np.nanmean([s[k] for s in scores["train-mean"]]) for k in ("pearson_delta_de20", "mse_de20")}
+    ctrl_mse = np.nanmean([s["mse_de20"] for s in scores["control"]])
+    assert 0.30 < tm["pearson_delta_de20"] < 0.45
+    assert 0.17 < tm["mse_de20"] < 0.25
+    assert 0.22 < ctrl_mse < 0.31
+
+
+@pytest.mark.slow
+def test_demo_writes_table_and_plot(data_dir, tmp_path):
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    text = (tmp_path / "demo_results.md").read_text()
+    for model in ("train-mean", "linear", "linear-knowledge", "nearest-neighbour"):
+        assert f"| {model} |" in text
+
+
+def test_cli_reports_unknown_task(tmp_path):
+    res = CliRunner().invoke(app, ["benchmark", "nope", "--out", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "unknown task 'nope'" in res.output
