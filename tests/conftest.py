@@ -28,7 +28,9 @@ def data_dir() -> Path:
 def synthetic():
     from aivc.data._synthetic import synthetic_perturbation_data
 
-    return synthetic_perturbation_data(n_genes=60, n_singles=8, n_doubles=3, cells_per_condition=20, n_control_cells=40)
+    return synthetic_perturbation_data(
+        n_genes=60, n_singles=8, n_doubles=3, cells_per_condition=20, n_control_cells=40
+    )
 
 
 @pytest.fixture

@@ -16,7 +16,12 @@ EXPECTED_TOP = {"task", "dataset", "split", "models", "wall_seconds", "peak_memo
 
 
 def test_help_is_fast_and_lists_commands():
-    out = subprocess.run([sys.executable, "-m", "aivc.interfaces.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "aivc.interfaces.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for cmd in ("demo", "benchmark", "datasets", "instruments"):
         assert cmd in out.stdout
     code = "import sys, aivc.interfaces.cli; print(sorted(m for m in ('torch', 'scanpy', 'anndata') if m in sys.modules))"
@@ -29,7 +34,20 @@ def test_benchmark_combinations_results_json(data_dir, tmp_path):
     runner = CliRunner()
     res = runner.invoke(
         app,
-        ["benchmark", "combinations", "--out", str(tmp_path), "--models", "control,train-mean,additive,linear", "--seeds", "0", "--seeds", "1", "--seeds", "2"],
+        [
+            "benchmark",
+            "combinations",
+            "--out",
+            str(tmp_path),
+            "--models",
+            "control,train-mean,additive,linear",
+            "--seeds",
+            "0",
+            "--seeds",
+            "1",
+            "--seeds",
+            "2",
+        ],
     )
     assert res.exit_code == 0, res.output
     result = json.loads((tmp_path / "results.json").read_text())
@@ -37,9 +55,19 @@ def test_benchmark_combinations_results_json(data_dir, tmp_path):
     assert result["task"] == "combinations" and result["dataset"] == "norman2019_subset"
     assert set(result["models"]) == {"control", "train-mean", "additive", "linear"}
     for name, entry in result["models"].items():
-        for metric in ("pearson_delta", "pearson_delta_de20", "mse_de20", "direction_acc_de20", "overlap_at_N",
-                       "discrimination_score_l1", "discrimination_score_cosine", "mae", "systema_pearson_delta",
-                       "centroid_accuracy", "energy_distance_rel"):
+        for metric in (
+            "pearson_delta",
+            "pearson_delta_de20",
+            "mse_de20",
+            "direction_acc_de20",
+            "overlap_at_N",
+            "discrimination_score_l1",
+            "discrimination_score_cosine",
+            "mae",
+            "systema_pearson_delta",
+            "centroid_accuracy",
+            "energy_distance_rel",
+        ):
             assert {"mean", "sd"} <= set(entry[metric]), (name, metric)
         assert entry["mse_de20_scaled"]["n"] == 3
         assert result["wall_seconds"][name] >= 0
@@ -70,7 +98,10 @@ def test_papalexi_reference_numbers(data_dir):
         for name, cls in (("train-mean", TrainMeanModel), ("control", ControlModel)):
             delta = cls().fit(train, schema, known_genes=known).predict_delta([p])
             scores[name].append(_pseudobulk_scores(obs, [p], delta).iloc[0])
-    tm = {k: np.nanmean([s[k] for s in scores["train-mean"]]) for k in ("pearson_delta_de20", "mse_de20")}
+    tm = {
+        k: np.nanmean([s[k] for s in scores["train-mean"]])
+        for k in ("pearson_delta_de20", "mse_de20")
+    }
     ctrl_mse = np.nanmean([s["mse_de20"] for s in scores["control"]])
     assert 0.30 < tm["pearson_delta_de20"] < 0.45
     assert 0.17 < tm["mse_de20"] < 0.25

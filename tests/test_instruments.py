@@ -45,7 +45,14 @@ def test_conformance_knowledge_models(data_dir):
 
 def test_registry_lists_baselines_and_rejects_duplicates():
     names = {i.name for i in list_instruments()}
-    assert {"control", "train-mean", "additive", "linear", "linear-knowledge", "nearest-neighbour"} <= names
+    assert {
+        "control",
+        "train-mean",
+        "additive",
+        "linear",
+        "linear-knowledge",
+        "nearest-neighbour",
+    } <= names
     with pytest.raises(ValueError, match=r"already registered"):
         register_instrument("control", description="x")(ControlModel)
 
@@ -98,7 +105,9 @@ def test_save_load_is_safe(prepared, tmp_path):
     path = model.save(tmp_path / "m")
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "weights.safetensors"]
     config = json.loads((path / "config.json").read_text())
-    assert config["class"] == "LinearModel" and config["state"]["schema"]["control_label"] == "control"
+    assert (
+        config["class"] == "LinearModel" and config["state"]["schema"]["control_label"] == "control"
+    )
     loaded = PerturbationModel.load(path)
     assert_allclose(loaded.predict_delta(["GENE001"]), model.predict_delta(["GENE001"]))
     with pytest.raises(FileExistsError, match=r"already exists"):

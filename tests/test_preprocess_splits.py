@@ -5,7 +5,13 @@ import pytest
 import scipy.sparse as sp
 from numpy.testing import assert_allclose
 
-from aivc.data import differential_expression, highly_variable_genes, log_normalize, prepare, pseudobulk
+from aivc.data import (
+    differential_expression,
+    highly_variable_genes,
+    log_normalize,
+    prepare,
+    pseudobulk,
+)
 from aivc.data.splits import (
     combination_splits,
     kfold_perturbations,
@@ -48,7 +54,9 @@ def test_pseudobulk_matches_manual(prepared):
     adata, schema = prepared
     means, info = pseudobulk(adata, schema)
     sel = (adata.obs["perturbation"] == "control").to_numpy()
-    assert_allclose(means.loc["control"].to_numpy(), np.asarray(adata.X[sel].mean(0)).ravel(), rtol=1e-5)
+    assert_allclose(
+        means.loc["control"].to_numpy(), np.asarray(adata.X[sel].mean(0)).ravel(), rtol=1e-5
+    )
     assert info.loc["control", "n_cells"] == sel.sum()
 
 

@@ -2,11 +2,21 @@ from __future__ import annotations
 
 import pytest
 
-from aivc.data import DatasetEntry, PerturbationSchema, dataset_entry, list_datasets, load, register_dataset, schema_of
+from aivc.data import (
+    DatasetEntry,
+    PerturbationSchema,
+    dataset_entry,
+    list_datasets,
+    load,
+    register_dataset,
+    schema_of,
+)
 
 
 def test_schema_roundtrip_and_targets():
-    s = PerturbationSchema(perturbation_key="p", control_label="ctrl", context_key="cell_type", counts_layer="counts")
+    s = PerturbationSchema(
+        perturbation_key="p", control_label="ctrl", context_key="cell_type", counts_layer="counts"
+    )
     assert PerturbationSchema.from_json(s.to_json()) == s
     assert s.targets("A+B") == ("A", "B")
     assert s.targets("ctrl") == ()
@@ -15,12 +25,17 @@ def test_schema_roundtrip_and_targets():
 
 
 def test_schema_rejects_bad_fields():
-    with pytest.raises(ValueError, match=r"The 'control_label' field of PerturbationSchema must be a non-empty string"):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'control_label' field of PerturbationSchema must be a non-empty string",
+    ):
         PerturbationSchema(perturbation_key="p", control_label="")
     with pytest.raises(ValueError, match=r"contains the combination separator"):
         PerturbationSchema(perturbation_key="p", control_label="a+b")
     with pytest.raises(ValueError, match=r"Unknown PerturbationSchema fields \['colour'\]"):
-        PerturbationSchema.from_dict({"perturbation_key": "p", "control_label": "c", "colour": "red"})
+        PerturbationSchema.from_dict(
+            {"perturbation_key": "p", "control_label": "c", "colour": "red"}
+        )
 
 
 def test_registry_rejects_duplicates():
@@ -35,7 +50,9 @@ def test_unknown_dataset_suggests():
 
 
 def test_missing_dataset_says_where(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"is not in the data directory .* Set AIVC_DATA_DIR"):
+    with pytest.raises(
+        FileNotFoundError, match=r"is not in the data directory .* Set AIVC_DATA_DIR"
+    ):
         load("papalexi2021", data_dir=tmp_path)
 
 

@@ -69,6 +69,24 @@ def test_steady_state_is_a_fixed_point(sim: VirtualCellSimulator) -> None:
     assert np.abs(np.log(ss.x[0] + 1e-9) - np.log(ss.x[1] + 1e-9)).max() > 1.0
 
 
+def test_noise_propagation_matches_finite_differences(sim: VirtualCellSimulator) -> None:
+    kin = sim.kinetics_
+    inputs = kin.neutral_inputs(1)
+    inputs.scale[:, sim.network_.master_regulators] = sim.master_levels_[0]
+    x = kin.steady_state(inputs, x0=sim.control_states_[:1]).x
+    loadings = sim.variation_.loadings
+    sens = kin.propagate(x, inputs, loadings)[0]
+    eps = 1e-5
+    for j in range(loadings.shape[0]):
+        factor = np.exp(eps * loadings[j])
+        shifted = kin.neutral_inputs(1)
+        shifted.scale[:] = inputs.scale * factor
+        shifted.add[:] = inputs.add * factor
+        x2 = kin.steady_state(shifted, x0=x, tol=1e-13).x
+        numeric = (np.log(x2) - np.log(x))[0] / eps
+        np.testing.assert_allclose(sens[j], numeric, atol=2e-3 * max(1.0, np.abs(numeric).max()))
+
+
 # -------------------------------------------------------------- interventions
 def test_knockout_of_gene_without_targets_changes_only_itself(sim: VirtualCellSimulator) -> None:
     net = sim.network_
@@ -221,7 +239,7 @@ def test_same_seed_same_data_and_different_seed_different_data(sim: VirtualCellS
 
 def test_measurement_noise_is_realistic(sim: VirtualCellSimulator) -> None:
     design = pd.DataFrame({"perturbation": [CONTROL], "n_cells": [2000]})
-    adata, truth = sim.simulate(design, n_batches=1, seed=3)
+    adata, _ = sim.simulate(design, n_batches=1, seed=3)
     x = adata.X.toarray().astype(np.float64)
     lib = x.sum(axis=1)
     assert 0.3 < lib.std() / lib.mean() < 1.0
@@ -234,6 +252,22 @@ def test_measurement_noise_is_realistic(sim: VirtualCellSimulator) -> None:
     expressed = m > 1.0
     assert np.mean(v[expressed] > 1.5 * m[expressed]) > 0.8  # overdispersed
     assert 0.3 < np.mean(x == 0) < 0.95
+
+
+@pytest.mark.parametrize(
+    ("mu", "phi"), [(0.05, 0.3), (0.8, 0.25), (4.0, 1.0), (9.5, 0.1), (30.0, 0.5), (2.0, 0.0)]
+)
+def test_count_sampler_is_negative_binomial(mu: float, phi: float) -> None:
+    n = 100_000
+    model = MeasurementModel(dropout=0.0)
+    counts = model.sample(
+        np.full((n, 1), np.log(mu), dtype=np.float32), np.asarray([phi]), np.random.default_rng(0)
+    )
+    x = counts.toarray().ravel()
+    p0 = (1 + phi * mu) ** (-1 / phi) if phi > 0 else np.exp(-mu)
+    np.testing.assert_allclose(x.mean(), mu, rtol=0.02, atol=0.002)
+    np.testing.assert_allclose(x.var(), mu + phi * mu**2, rtol=0.06)
+    np.testing.assert_allclose(np.mean(x == 0), p0, atol=0.004)
 
 
 def test_batches_scale_genes_differently(sim: VirtualCellSimulator) -> None:

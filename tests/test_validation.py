@@ -24,13 +24,18 @@ def test_valid_data_passes(synthetic):
 def test_missing_perturbation_column(synthetic):
     adata, _ = synthetic
     schema = PerturbationSchema(perturbation_key="guide_target", control_label="control")
-    with pytest.raises(DataValidationError, match=r"adata.obs has no column 'guide_target' \(the schema's perturbation column\)"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"adata.obs has no column 'guide_target' \(the schema's perturbation column\)",
+    ):
         validate(adata, schema)
 
 
 def test_missing_optional_column_is_named(synthetic):
     adata, _ = synthetic
-    schema = PerturbationSchema(perturbation_key="perturbation", control_label="control", dose_key="dose")
+    schema = PerturbationSchema(
+        perturbation_key="perturbation", control_label="control", dose_key="dose"
+    )
     with pytest.raises(DataValidationError, match=r"no column 'dose' \(the schema's dose column\)"):
         validate(adata, schema)
 
@@ -38,7 +43,9 @@ def test_missing_optional_column_is_named(synthetic):
 def test_no_control_cells(synthetic):
     adata, schema = synthetic
     adata = adata[adata.obs["perturbation"] != "control"].copy()
-    with pytest.raises(DataValidationError, match=r"No control cells: no cell has the label 'control'"):
+    with pytest.raises(
+        DataValidationError, match=r"No control cells: no cell has the label 'control'"
+    ):
         validate(adata, schema)
 
 
@@ -61,14 +68,21 @@ def test_negative_counts(synthetic):
 def test_non_integer_counts(synthetic):
     adata, schema = synthetic
     adata.X = sp.csr_matrix(np.log1p(adata.X.toarray()))
-    with pytest.raises(DataValidationError, match=r"values are not integers .* looks normalised or log-transformed"):
+    with pytest.raises(
+        DataValidationError, match=r"values are not integers .* looks normalised or log-transformed"
+    ):
         validate(adata, schema)
 
 
 def test_counts_layer_missing(synthetic):
     adata, _ = synthetic
-    schema = PerturbationSchema(perturbation_key="perturbation", control_label="control", counts_layer="counts")
-    with pytest.raises(DataValidationError, match=r"raw counts are in layers\['counts'\], but the AnnData has layers \[\]"):
+    schema = PerturbationSchema(
+        perturbation_key="perturbation", control_label="control", counts_layer="counts"
+    )
+    with pytest.raises(
+        DataValidationError,
+        match=r"raw counts are in layers\['counts'\], but the AnnData has layers \[\]",
+    ):
         validate(adata, schema)
 
 
@@ -78,7 +92,9 @@ def test_nan_and_inf(synthetic, bad):
     x = adata.X.toarray()
     x[1, 2] = bad
     adata.X = sp.csr_matrix(x)
-    with pytest.raises(DataValidationError, match=r"adata.X contains \d+ NaN and \d+ infinite values"):
+    with pytest.raises(
+        DataValidationError, match=r"adata.X contains \d+ NaN and \d+ infinite values"
+    ):
         validate(adata, schema)
 
 
@@ -87,7 +103,10 @@ def test_duplicate_gene_names(synthetic):
     names = list(adata.var_names)
     names[1] = names[0]
     adata.var_names = names
-    with pytest.raises(DataValidationError, match=r"Duplicate gene \(var\) names: \['GENE000'\].*var_names_make_unique"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"Duplicate gene \(var\) names: \['GENE000'\].*var_names_make_unique",
+    ):
         validate(adata, schema)
 
 
@@ -96,14 +115,20 @@ def test_duplicate_cell_names(synthetic):
     names = list(adata.obs_names)
     names[1] = names[0]
     adata.obs_names = names
-    with pytest.raises(DataValidationError, match=r"Duplicate cell \(obs\) names: \['cell0'\].*obs_names_make_unique"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"Duplicate cell \(obs\) names: \['cell0'\].*obs_names_make_unique",
+    ):
         validate(adata, schema)
 
 
 def test_empty_perturbation_group(synthetic):
     adata, schema = synthetic
     adata.obs["perturbation"] = adata.obs["perturbation"].cat.add_categories(["GENE999"])
-    with pytest.raises(DataValidationError, match=r"Perturbation groups \['GENE999'\] .* have no cells.*remove_unused_categories"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"Perturbation groups \['GENE999'\] .* have no cells.*remove_unused_categories",
+    ):
         validate(adata, schema)
 
 
@@ -121,7 +146,9 @@ def test_missing_perturbation_label(synthetic):
     labels = adata.obs["perturbation"].astype(object).to_numpy()
     labels[3] = None
     adata.obs["perturbation"] = pd.Series(labels, index=adata.obs_names)
-    with pytest.raises(DataValidationError, match=r"1 cells have no value in obs\['perturbation'\]"):
+    with pytest.raises(
+        DataValidationError, match=r"1 cells have no value in obs\['perturbation'\]"
+    ):
         validate(adata, schema)
 
 
@@ -131,7 +158,10 @@ def test_combination_with_unknown_gene(synthetic):
     labels[labels == labels[-1]] = "GENE001+NOTAGENE"
     adata.obs["perturbation"] = pd.Categorical(labels)
     known = set(adata.var_names)
-    with pytest.raises(DataValidationError, match=r"The combination 'GENE001\+NOTAGENE' names unknown gene\(s\) \['NOTAGENE'\]"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"The combination 'GENE001\+NOTAGENE' names unknown gene\(s\) \['NOTAGENE'\]",
+    ):
         validate(adata, schema, known_genes=known)
 
 
@@ -153,7 +183,10 @@ def test_unknown_gene_suggests_close_symbol():
 
 
 def test_gene_panel_mismatch():
-    with pytest.raises(DataValidationError, match=r"The gene panel does not match the trained model: 2 of its 3 genes are missing"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"The gene panel does not match the trained model: 2 of its 3 genes are missing",
+    ):
         check_gene_panel(["A", "X", "Y"], ["A", "B", "C"])
     idx = check_gene_panel(["C", "B", "A", "Z"], ["A", "B", "C"])
     assert list(idx) == [2, 1, 0]
@@ -172,7 +205,10 @@ def test_gene_panel_mismatch_at_prediction(prepared):
 def test_not_h5ad(tmp_path):
     path = tmp_path / "table.h5ad"
     path.write_text("gene,count\nA,1\n")
-    with pytest.raises(DataValidationError, match=r"is not a valid h5ad file: it does not start with the HDF5 signature"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"is not a valid h5ad file: it does not start with the HDF5 signature",
+    ):
         read_h5ad(path)
 
 
@@ -183,7 +219,9 @@ def test_truncated_h5ad(tmp_path, synthetic):
     data = path.read_bytes()
     cut = tmp_path / "cut.h5ad"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataValidationError, match=r"could not be read as h5ad; the file is truncated or corrupted"):
+    with pytest.raises(
+        DataValidationError, match=r"could not be read as h5ad; the file is truncated or corrupted"
+    ):
         read_h5ad(cut)
 
 
@@ -195,8 +233,13 @@ def test_missing_file(tmp_path):
 def test_dose_must_be_numeric(synthetic):
     adata, _ = synthetic
     adata.obs["dose"] = ["high"] * adata.n_obs
-    schema = PerturbationSchema(perturbation_key="perturbation", control_label="control", dose_key="dose")
-    with pytest.raises(DataValidationError, match=r"obs\['dose'\] \(the schema's dose column\) must be finite numbers"):
+    schema = PerturbationSchema(
+        perturbation_key="perturbation", control_label="control", dose_key="dose"
+    )
+    with pytest.raises(
+        DataValidationError,
+        match=r"obs\['dose'\] \(the schema's dose column\) must be finite numbers",
+    ):
         validate(adata, schema)
 
 

@@ -34,7 +34,16 @@ _SUBMODULES = {
 __all__ = ["__version__", "settings", *sorted(_SUBMODULES)]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from aivc import cells, data, evaluate, experiments, genes, instruments, sim, tissues
+    from aivc import (  # noqa: F401
+        cells,
+        data,
+        evaluate,
+        experiments,
+        genes,
+        instruments,
+        sim,
+        tissues,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,9 @@ T = TypeVar("T")
 __all__ = ["progress"]
 
 
-def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it"
+) -> Iterator[T]:
     """Wrap ``iterable`` in a progress bar when :attr:`aivc.settings.progress` is on.
 
     The bar goes to stderr and disappears when stderr is not a terminal and

@@ -9,7 +9,12 @@ from pathlib import Path
 
 __all__ = ["Settings", "settings"]
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def _default_cache_dir() -> Path:
@@ -55,14 +60,18 @@ class Settings:
 
     seed: int = field(default_factory=lambda: int(os.environ.get("AIVC_SEED", "0")))
     verbosity: str = field(default_factory=lambda: os.environ.get("AIVC_VERBOSITY", "info"))
-    n_jobs: int = field(default_factory=lambda: int(os.environ.get("AIVC_N_JOBS", str(os.cpu_count() or 1))))
+    n_jobs: int = field(
+        default_factory=lambda: int(os.environ.get("AIVC_N_JOBS", str(os.cpu_count() or 1)))
+    )
     data_dir: Path = field(default_factory=_default_data_dir)
     cache_dir: Path = field(default_factory=_default_cache_dir)
     progress: bool = True
 
     def __setattr__(self, name: str, value: object) -> None:
         if name == "verbosity" and value not in _LEVELS:
-            msg = f"The 'verbosity' setting must be one of {sorted(_LEVELS)}. Got {value!r} instead."
+            msg = (
+                f"The 'verbosity' setting must be one of {sorted(_LEVELS)}. Got {value!r} instead."
+            )
             raise ValueError(msg)
         if name in {"data_dir", "cache_dir"}:
             value = Path(value).expanduser()  # type: ignore[arg-type]

@@ -117,9 +117,15 @@ def highly_variable_genes(
 
     if n_top_genes >= adata.n_vars:
         return np.ones(adata.n_vars, dtype=bool)
-    stats = sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor="seurat", inplace=False)
+    stats = sc.pp.highly_variable_genes(
+        adata, n_top_genes=n_top_genes, flavor="seurat", inplace=False
+    )
     mask = stats["highly_variable"].to_numpy(dtype=bool)
-    targets = {t for label in adata.obs[schema.perturbation_key].astype(str).unique() for t in schema.targets(label)}
+    targets = {
+        t
+        for label in adata.obs[schema.perturbation_key].astype(str).unique()
+        for t in schema.targets(label)
+    }
     forced = targets | set(keep or ())
     mask |= adata.var_names.isin(list(forced))
     return mask
@@ -137,7 +143,9 @@ def condition_labels(adata: AnnData, schema: PerturbationSchema) -> pd.Series:
 def _group_means(x: object, groups: pd.Series) -> tuple[np.ndarray, pd.Index, np.ndarray]:
     codes, uniques = pd.factorize(groups, sort=True)
     n = len(uniques)
-    indicator = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n, len(codes)))
+    indicator = sp.csr_matrix(
+        (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n, len(codes))
+    )
     sizes = np.asarray(indicator.sum(axis=1)).ravel()
     sums = indicator @ x
     sums = sums.toarray() if sp.issparse(sums) else np.asarray(sums)
@@ -171,9 +179,19 @@ def pseudobulk(
     x = adata.X if layer is None else adata.layers[layer]
     cond = condition_labels(adata, schema)
     means, index, sizes = _group_means(x, cond)
-    pert = adata.obs[schema.perturbation_key].astype(str).groupby(cond.to_numpy(), observed=True).first()
+    pert = (
+        adata.obs[schema.perturbation_key]
+        .astype(str)
+        .groupby(cond.to_numpy(), observed=True)
+        .first()
+    )
     if schema.context_key is not None:
-        ctx = adata.obs[schema.context_key].astype(str).groupby(cond.to_numpy(), observed=True).first()
+        ctx = (
+            adata.obs[schema.context_key]
+            .astype(str)
+            .groupby(cond.to_numpy(), observed=True)
+            .first()
+        )
         context = ctx.reindex(index).to_numpy()
     else:
         context = np.full(len(index), None, dtype=object)
@@ -222,11 +240,19 @@ def differential_expression(
     import scanpy as sc
 
     pert = adata.obs[schema.perturbation_key].astype(str)
-    contexts = [None] if schema.context_key is None else sorted(adata.obs[schema.context_key].astype(str).unique())
+    contexts = (
+        [None]
+        if schema.context_key is None
+        else sorted(adata.obs[schema.context_key].astype(str).unique())
+    )
     rng = np.random.default_rng(seed)
     out: dict[str, pd.DataFrame] = {}
     for ctx in contexts:
-        in_ctx = np.ones(adata.n_obs, dtype=bool) if ctx is None else (adata.obs[schema.context_key].astype(str) == ctx).to_numpy()
+        in_ctx = (
+            np.ones(adata.n_obs, dtype=bool)
+            if ctx is None
+            else (adata.obs[schema.context_key].astype(str) == ctx).to_numpy()
+        )
         is_ctrl = in_ctx & (pert == schema.control_label).to_numpy()
         if not is_ctrl.any():
             msg = f"No control cells in context {ctx!r}; differential expression needs them."
@@ -250,8 +276,13 @@ def differential_expression(
             # genes never detected in either group give 0/0 Wilcoxon scores (set to 0 below)
             warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
             sc.tl.rank_genes_groups(
-                sub, "_aivc_group", groups=wanted, reference="__control__", method="wilcoxon",
-                key_added="_aivc_de", tie_correct=True,
+                sub,
+                "_aivc_group",
+                groups=wanted,
+                reference="__control__",
+                method="wilcoxon",
+                key_added="_aivc_de",
+                tie_correct=True,
             )
         for p in wanted:
             df = sc.get.rank_genes_groups_df(sub, group=p, key="_aivc_de").set_index("names")

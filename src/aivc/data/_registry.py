@@ -21,7 +21,14 @@ from aivc.data._validate import read_h5ad
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["DatasetEntry", "dataset_entry", "list_datasets", "load", "register_dataset", "schema_of"]
+__all__ = [
+    "DatasetEntry",
+    "dataset_entry",
+    "list_datasets",
+    "load",
+    "register_dataset",
+    "schema_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +198,10 @@ register_dataset(
         folder="papalexi2021_thp1_eccite_sceptre",
         filename="papalexi2021_thp1_eccite_sceptre.h5ad",
         schema=PerturbationSchema(
-            perturbation_key="perturbation", control_label="control", batch_key="batch", context_key=None
+            perturbation_key="perturbation",
+            control_label="control",
+            batch_key="batch",
+            context_key=None,
         ),
         citation="Papalexi E. et al. Nature Genetics 53:322-331 (2021). doi:10.1038/s41588-021-00778-2",
         license="MIT (sceptredata example data); GEO GSE153056",
@@ -205,7 +215,10 @@ register_dataset(
         folder="norman2019_perturbench_subset",
         filename="norman2019_perturbench_subset.h5ad",
         schema=PerturbationSchema(
-            perturbation_key="perturbation", control_label="control", batch_key="gemgroup", counts_layer="counts"
+            perturbation_key="perturbation",
+            control_label="control",
+            batch_key="gemgroup",
+            counts_layer="counts",
         ),
         citation="Norman T.M. et al. Science 365:786-793 (2019). doi:10.1126/science.aax4438",
         license="BSD-3-Clause (PerturBench development subset); GEO GSE133344",
@@ -219,7 +232,10 @@ register_dataset(
         folder="kang2018_ifnb_pbmc_scgen",
         filename="kang2018_ifnb_pbmc_scgen_valid.h5ad",
         schema=PerturbationSchema(
-            perturbation_key="perturbation", control_label="control", context_key="cell_type", counts_layer="counts"
+            perturbation_key="perturbation",
+            control_label="control",
+            context_key="cell_type",
+            counts_layer="counts",
         ),
         citation=(
             "Kang H.M. et al. Nature Biotechnology 36:89-94 (2018). doi:10.1038/nbt.4042; "

@@ -125,7 +125,9 @@ class PerturbationSchema:
         d = dict(d)
         version = d.pop("schema_version", SCHEMA_VERSION)
         if version != SCHEMA_VERSION:
-            msg = f"Unsupported schema version {version!r}; this aivc reads version {SCHEMA_VERSION}."
+            msg = (
+                f"Unsupported schema version {version!r}; this aivc reads version {SCHEMA_VERSION}."
+            )
             raise ValueError(msg)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)

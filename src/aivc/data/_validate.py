@@ -214,7 +214,11 @@ def validate(
     for axis, names in (("cell (obs)", adata.obs_names), ("gene (var)", adata.var_names)):
         dup = names[names.duplicated()]
         if len(dup):
-            fix = "adata.obs_names_make_unique()" if axis.startswith("cell") else "adata.var_names_make_unique()"
+            fix = (
+                "adata.obs_names_make_unique()"
+                if axis.startswith("cell")
+                else "adata.var_names_make_unique()"
+            )
             msg = (
                 f"Duplicate {axis} names: {_preview(pd.unique(dup), 5)}. Names must be unique; "
                 f"run {fix} or aggregate the duplicates."
@@ -291,7 +295,9 @@ def validate(
     # values ---------------------------------------------------------------------------
     _check_finite(adata.X, "adata.X")
     if require_counts:
-        where = "adata.X" if schema.counts_layer is None else f"adata.layers[{schema.counts_layer!r}]"
+        where = (
+            "adata.X" if schema.counts_layer is None else f"adata.layers[{schema.counts_layer!r}]"
+        )
         _check_counts(get_counts(adata, schema), where)
 
 

@@ -100,7 +100,15 @@ def kfold_perturbations(
         for f, idx in enumerate(np.array_split(order, n_folds)):
             test = sorted(perts[i] for i in idx)
             train = sorted(set(perts) - set(test))
-            out.append(Split(f"seed{seed}-fold{f}", "leave-perturbations-out", seed, tuple(test), tuple(train)))
+            out.append(
+                Split(
+                    f"seed{seed}-fold{f}",
+                    "leave-perturbations-out",
+                    seed,
+                    tuple(test),
+                    tuple(train),
+                )
+            )
     return out
 
 
@@ -141,9 +149,9 @@ def combination_splits(
     out = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        n_s = int(round(test_single_fraction * len(singles)))
+        n_s = round(test_single_fraction * len(singles))
         test_singles = set(rng.choice(singles, n_s, replace=False)) if n_s else set()
-        n_d = int(round(test_double_fraction * len(doubles)))
+        n_d = round(test_double_fraction * len(doubles))
         test_doubles = set(rng.choice(doubles, n_d, replace=False)) if n_d else set()
         train_singles = set(singles) - test_singles
         categories = {p: "unseen single" for p in test_singles}
@@ -153,7 +161,11 @@ def combination_splits(
         test = sorted(test_singles | test_doubles)
         out.append(
             Split(
-                f"seed{seed}", "combination", seed, tuple(test), tuple(sorted(set(perts) - set(test))),
+                f"seed{seed}",
+                "combination",
+                seed,
+                tuple(test),
+                tuple(sorted(set(perts) - set(test))),
                 categories={k: categories[k] for k in sorted(categories)},
             )
         )
@@ -175,7 +187,10 @@ def leave_one_context_out(
         msg = f"leave-one-context-out needs at least 2 contexts; got {ctxs}."
         raise ValueError(msg)
     perts = tuple(_non_control(perturbations, schema))
-    return [Split(f"context-{c}", "leave-one-context-out", 0, perts, perts, test_contexts=(c,)) for c in ctxs]
+    return [
+        Split(f"context-{c}", "leave-one-context-out", 0, perts, perts, test_contexts=(c,))
+        for c in ctxs
+    ]
 
 
 def save_splits(splits: Sequence[Split], path: str | Path) -> Path:

@@ -26,10 +26,22 @@ import scipy.sparse as sp
 
 from aivc._progress import progress
 from aivc._settings import settings
-from aivc.data._preprocess import CONDITION_SEP, differential_expression, highly_variable_genes, prepare, pseudobulk
+from aivc.data._preprocess import (
+    CONDITION_SEP,
+    differential_expression,
+    highly_variable_genes,
+    prepare,
+    pseudobulk,
+)
 from aivc.data._registry import load, schema_of
 from aivc.data._schema import PerturbationSchema
-from aivc.data.splits import Split, kfold_perturbations, leave_one_context_out, leave_one_double_out, save_splits
+from aivc.data.splits import (
+    Split,
+    kfold_perturbations,
+    leave_one_context_out,
+    leave_one_double_out,
+    save_splits,
+)
 from aivc.evaluate._memory import ResourceMeter
 from aivc.evaluate._metrics import (
     METRICS,
@@ -77,17 +89,25 @@ def _perts(adata: AnnData, schema: PerturbationSchema) -> list[str]:
     return sorted(set(adata.obs[schema.perturbation_key].astype(str)))
 
 
-def _unseen_single_splits(adata: AnnData, schema: PerturbationSchema, seeds: Sequence[int]) -> list[Split]:
+def _unseen_single_splits(
+    adata: AnnData, schema: PerturbationSchema, seeds: Sequence[int]
+) -> list[Split]:
     return kfold_perturbations(_perts(adata, schema), schema, n_folds=5, seeds=seeds)
 
 
-def _combination_splits(adata: AnnData, schema: PerturbationSchema, seeds: Sequence[int]) -> list[Split]:
+def _combination_splits(
+    adata: AnnData, schema: PerturbationSchema, seeds: Sequence[int]
+) -> list[Split]:
     return leave_one_double_out(_perts(adata, schema), schema)
 
 
-def _context_splits(adata: AnnData, schema: PerturbationSchema, seeds: Sequence[int]) -> list[Split]:
+def _context_splits(
+    adata: AnnData, schema: PerturbationSchema, seeds: Sequence[int]
+) -> list[Split]:
     assert schema.context_key is not None
-    return leave_one_context_out(adata.obs[schema.context_key].astype(str), _perts(adata, schema), schema)
+    return leave_one_context_out(
+        adata.obs[schema.context_key].astype(str), _perts(adata, schema), schema
+    )
 
 
 _COMMON = ("control", "train-mean", "linear", "linear-knowledge", "nearest-neighbour")
@@ -109,7 +129,15 @@ TASKS: dict[str, BenchmarkTask] = {
             dataset="norman2019_subset",
             description="Predict a held-out double from the singles and the other doubles (leave-one-double-out)",
             split_kind="leave-one-double-out",
-            models=("control", "train-mean", "additive", "linear", "linear-knowledge", "nearest-neighbour", "gears"),
+            models=(
+                "control",
+                "train-mean",
+                "additive",
+                "linear",
+                "linear-knowledge",
+                "nearest-neighbour",
+                "gears",
+            ),
             make_splits=_combination_splits,
         ),
         BenchmarkTask(
@@ -169,16 +197,30 @@ def _observe(adata: AnnData, schema: PerturbationSchema, seed: int) -> _Observed
     de = differential_expression(adata, schema, seed=seed)
     gpos = {g: i for i, g in enumerate(genes)}
     ranks = [[gpos[g] for g in de[k].index] for k in conds]
-    de20 = pd.DataFrame(top_de_mask(ranks, len(genes), exclude.to_numpy()), index=conds, columns=genes)
+    de20 = pd.DataFrame(
+        top_de_mask(ranks, len(genes), exclude.to_numpy()), index=conds, columns=genes
+    )
     pert = adata.obs[schema.perturbation_key].astype(str).to_numpy()
     if schema.context_key is None:
         labels = pert
     else:
         ctx = adata.obs[schema.context_key].astype(str).to_numpy()
-        labels = np.where(pert == schema.control_label, pert, np.char.add(np.char.add(pert.astype(str), CONDITION_SEP), ctx.astype(str)))
+        labels = np.where(
+            pert == schema.control_label,
+            pert,
+            np.char.add(np.char.add(pert.astype(str), CONDITION_SEP), ctx.astype(str)),
+        )
     return _Observed(
-        adata=adata, schema=schema, conditions=conds, pert_of=pert_of, ctx_of=ctx_of, delta=delta,
-        control_mean=control_mean, exclude=exclude, de20=de20, reference=delta.to_numpy().mean(axis=0),
+        adata=adata,
+        schema=schema,
+        conditions=conds,
+        pert_of=pert_of,
+        ctx_of=ctx_of,
+        delta=delta,
+        control_mean=control_mean,
+        exclude=exclude,
+        de20=de20,
+        reference=delta.to_numpy().mean(axis=0),
         labels=np.asarray(labels, dtype=object),
     )
 
@@ -201,7 +243,9 @@ def _dense_rows(x: object, rows: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- metrics
-def _pseudobulk_scores(obs: _Observed, conds: list[str], pred: np.ndarray, observed: np.ndarray | None = None) -> pd.DataFrame:
+def _pseudobulk_scores(
+    obs: _Observed, conds: list[str], pred: np.ndarray, observed: np.ndarray | None = None
+) -> pd.DataFrame:
     o = obs.delta.loc[conds].to_numpy() if observed is None else observed
     ex = obs.exclude.loc[conds].to_numpy()
     de = obs.de20.loc[conds].to_numpy()
@@ -220,7 +264,9 @@ def _pseudobulk_scores(obs: _Observed, conds: list[str], pred: np.ndarray, obser
 class _EnergyScorer:
     """Energy distance in the PCA space of each context's observed cells."""
 
-    def __init__(self, obs: _Observed, *, n_components: int = 20, max_cells: int = 300, seed: int = 0) -> None:
+    def __init__(
+        self, obs: _Observed, *, n_components: int = 20, max_cells: int = 300, seed: int = 0
+    ) -> None:
         from sklearn.decomposition import PCA
 
         self.obs = obs
@@ -229,7 +275,10 @@ class _EnergyScorer:
         self.pca: dict[str | None, Any] = {}
         x = obs.adata.X
         for ctx in {obs.ctx_of[c] for c in obs.conditions}:
-            rows = np.concatenate([_control_cells(obs, ctx)] + [_cells(obs, c) for c in obs.conditions if obs.ctx_of[c] == ctx])
+            rows = np.concatenate(
+                [_control_cells(obs, ctx)]
+                + [_cells(obs, c) for c in obs.conditions if obs.ctx_of[c] == ctx]
+            )
             rows = self._sample(rows, 4000)
             data = _dense_rows(x, rows)
             k = min(n_components, data.shape[1] - 1, data.shape[0] - 1)
@@ -279,12 +328,16 @@ def _celleval_frames(
         real_labels += [c] * len(rows)
         pred_blocks.append(cells_of[c])
         pred_labels += [c] * len(cells_of[c])
-    ctrl = control_rows if len(control_rows) <= 600 else rng.choice(control_rows, 600, replace=False)
+    ctrl = (
+        control_rows if len(control_rows) <= 600 else rng.choice(control_rows, 600, replace=False)
+    )
     x = obs.adata.X
     real_x = sp.vstack([sp.csr_matrix(x[np.concatenate([*real_rows, ctrl])])]).tocsr()
     real_obs = pd.DataFrame({key: [*real_labels, *[schema.control_label] * len(ctrl)]})
     real_obs.index = [f"r{i}" for i in range(len(real_obs))]
-    pred_ctrl = sp.csr_matrix(x[rng.choice(control_rows, min(len(control_rows), 600), replace=False)])
+    pred_ctrl = sp.csr_matrix(
+        x[rng.choice(control_rows, min(len(control_rows), 600), replace=False)]
+    )
     pred_x = sp.vstack([*(sp.csr_matrix(b) for b in pred_blocks), pred_ctrl]).tocsr()
     pred_obs = pd.DataFrame({key: [*pred_labels, *[schema.control_label] * pred_ctrl.shape[0]]})
     pred_obs.index = [f"p{i}" for i in range(len(pred_obs))]
@@ -316,7 +369,9 @@ def _test_conditions(obs: _Observed, split: Split) -> list[str]:
     return out
 
 
-def _replicate(obs: _Observed, energy: _EnergyScorer, n_halvings: int, seed: int) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+def _replicate(
+    obs: _Observed, energy: _EnergyScorer, n_halvings: int, seed: int
+) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
     """Per-condition scores of one half of the cells predicting the other half (mean of halvings)."""
     rng = np.random.default_rng(seed + 10_000)
     x = obs.adata.X
@@ -352,7 +407,11 @@ def _summary(values: Sequence[float]) -> dict[str, float]:
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
     if v.size == 0:
         return {"mean": float("nan"), "sd": float("nan"), "n": 0}
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+    return {
+        "mean": float(v.mean()),
+        "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "n": int(v.size),
+    }
 
 
 def run_benchmark(
@@ -426,7 +485,9 @@ def run_benchmark(
 
         known = sorted(gene_symbols(data_dir))
     except FileNotFoundError:
-        logger.info("No gene table in the data directory; targets are checked against the measured genes only")
+        logger.info(
+            "No gene table in the data directory; targets are checked against the measured genes only"
+        )
     adata, schema = prepare(raw, schema, known_genes=known)
     if spec.n_top_genes is not None:
         mask = highly_variable_genes(adata, schema, n_top_genes=spec.n_top_genes)
@@ -435,12 +496,28 @@ def run_benchmark(
     if spec.split_kind != "leave-perturbations-out":
         # deterministic split families are repeated once per seed (cell sampling differs)
         splits = [
-            Split(f"seed{s}-{sp_.name}", sp_.kind, s, sp_.test_perturbations, sp_.train_perturbations, sp_.test_contexts, sp_.categories)
+            Split(
+                f"seed{s}-{sp_.name}",
+                sp_.kind,
+                s,
+                sp_.test_perturbations,
+                sp_.train_perturbations,
+                sp_.test_contexts,
+                sp_.categories,
+            )
             for s in seeds
             for sp_ in splits
         ]
     save_splits(splits, out / "splits.json")
-    logger.info("%s on %s: %d cells x %d genes, %d splits, models %s", task, dataset_name, adata.n_obs, adata.n_vars, len(splits), model_names)
+    logger.info(
+        "%s on %s: %d cells x %d genes, %d splits, models %s",
+        task,
+        dataset_name,
+        adata.n_obs,
+        adata.n_vars,
+        len(splits),
+        model_names,
+    )
 
     obs = _observe(adata, schema, seed=seeds[0])
     energy = _EnergyScorer(obs, seed=seeds[0])
@@ -471,20 +548,31 @@ def run_benchmark(
                 model.fit(train, schema, known_genes=known)
                 delta = model.predict_delta(perts, contexts=ctxs, control=control)
                 n_cells = [min(len(_cells(obs, c)), 300) for c in conds]
-                cells = model.predict(perts, contexts=ctxs, control=control, n_cells=max(n_cells), include_control=False, seed=rng_seed)
+                cells = model.predict(
+                    perts,
+                    contexts=ctxs,
+                    control=control,
+                    n_cells=max(n_cells),
+                    include_control=False,
+                    seed=rng_seed,
+                )
             wall[name] += meter.wall_seconds
             peak[name] = max(peak[name], meter.peak_increase_mb)
             x = cells.X.toarray() if sp.issparse(cells.X) else np.asarray(cells.X)
             table = _pseudobulk_scores(obs, conds, delta)
             by = cells.obs[schema.perturbation_key].astype(str).to_numpy()
-            cctx = cells.obs[schema.context_key].astype(str).to_numpy() if schema.context_key else None
+            cctx = (
+                cells.obs[schema.context_key].astype(str).to_numpy() if schema.context_key else None
+            )
             for i, c in enumerate(conds):
                 sel = by == perts[i]
                 if cctx is not None:
                     sel &= cctx == str(ctxs[i])
                 pc = x[sel][: n_cells[i]]
                 preds.setdefault((name, split.seed), {})[c] = (delta[i], pc)
-            table["energy_distance_rel"] = [energy.relative(c, preds[(name, split.seed)][c][1]) for c in conds]
+            table["energy_distance_rel"] = [
+                energy.relative(c, preds[(name, split.seed)][c][1]) for c in conds
+            ]
             table["model"] = name
             table["seed"] = split.seed
             table["split"] = split.name
@@ -499,10 +587,14 @@ def run_benchmark(
     for (name, seed), by_cond in preds.items():
         conds = [c for c in obs.conditions if c in by_cond]
         pred = np.stack([by_cond[c][0] for c in conds])
-        ca = centroid_accuracy(pred, obs.delta.loc[conds].to_numpy(), obs.exclude.loc[conds].to_numpy())
+        ca = centroid_accuracy(
+            pred, obs.delta.loc[conds].to_numpy(), obs.exclude.loc[conds].to_numpy()
+        )
         t = pd.DataFrame({"centroid_accuracy": ca}, index=conds)
         if cell_eval:
-            t = t.join(_run_celleval(obs, groups, {c: by_cond[c][1] for c in conds}, seed, cache=_DE_CACHE))
+            t = t.join(
+                _run_celleval(obs, groups, {c: by_cond[c][1] for c in conds}, seed, cache=_DE_CACHE)
+            )
         t["model"], t["seed"] = name, seed
         pooled.append(t.rename_axis("condition").reset_index())
     pooled_df = pd.concat(pooled, ignore_index=True)
@@ -521,7 +613,19 @@ def run_benchmark(
     replicate_table = replicate_table.join(celleval_rep)
     _DE_CACHE.clear()
 
-    result = _assemble(spec, dataset_name, splits, seeds, model_names, per_condition, replicate_table, wall, peak, __version__, adata)
+    result = _assemble(
+        spec,
+        dataset_name,
+        splits,
+        seeds,
+        model_names,
+        per_condition,
+        replicate_table,
+        wall,
+        peak,
+        __version__,
+        adata,
+    )
     per_condition.to_csv(out / "per_condition.csv", index=False)
     replicate_table.rename_axis("condition").to_csv(out / "replicate.csv")
     _write_json_atomic(out / "results.json", result)
@@ -555,9 +659,13 @@ def _run_celleval(
         conds = [c for c in conds if c in cells_of]
         if not conds:
             continue
-        real, pred = _celleval_frames(obs, conds, cells_of, _control_cells(obs, ctx), seed, real_rows_of)
+        real, pred = _celleval_frames(
+            obs, conds, cells_of, _control_cells(obs, ctx), seed, real_rows_of
+        )
         key = (ctx, tuple(conds), seed)
-        table, de_real = cell_eval_metrics(pred, real, obs.schema, de_real=cache.get(key), num_threads=settings.n_jobs)
+        table, de_real = cell_eval_metrics(
+            pred, real, obs.schema, de_real=cache.get(key), num_threads=settings.n_jobs
+        )
         cache[key] = de_real
         frames.append(table[list(CELL_EVAL_METRICS)])
     return pd.concat(frames)
@@ -593,7 +701,9 @@ def _assemble(
     seed_means: dict[str, dict[str, list[float]]] = {}
     for name in model_names:
         sub = per_condition[per_condition["model"] == name]
-        seed_means[name] = {m: [_finite_mean(sub[sub["seed"] == s][m]) for s in seeds] for m in metric_names}
+        seed_means[name] = {
+            m: [_finite_mean(sub[sub["seed"] == s][m]) for s in seeds] for m in metric_names
+        }
     for name in model_names:
         entry: dict[str, Any] = {}
         for m in metric_names:
@@ -616,7 +726,11 @@ def _assemble(
             }
         models[name] = entry
     first = splits[0]
-    split_info: dict[str, Any] = {"kind": spec.split_kind, "seeds": list(seeds), "n_splits": len(splits)}
+    split_info: dict[str, Any] = {
+        "kind": spec.split_kind,
+        "seeds": list(seeds),
+        "n_splits": len(splits),
+    }
     if spec.n_folds:
         split_info["folds"] = spec.n_folds
     return {
@@ -630,7 +744,14 @@ def _assemble(
         "models": models,
         "replicate": {m: {"mean": v} for m, v in rep_means.items()},
         "baseline_for_scaling": BASELINE,
-        "metrics": {m: {"higher_is_better": METRICS[m].higher_is_better, "source": METRICS[m].source, "description": METRICS[m].description} for m in metric_names},
+        "metrics": {
+            m: {
+                "higher_is_better": METRICS[m].higher_is_better,
+                "source": METRICS[m].source,
+                "description": METRICS[m].description,
+            }
+            for m in metric_names
+        },
         "wall_seconds": {k: round(v, 3) for k, v in wall.items()},
         "peak_memory_mb": {k: round(v, 1) for k, v in peak.items()},
         "peak_memory_note": "peak resident memory of fit+predict above the process's memory before the model ran (max over splits)",
@@ -705,15 +826,25 @@ def results_markdown(result: dict[str, Any]) -> str:
             s = entry.get(m, {})
             cells.append(f"{_fmt(s.get('mean'))} ± {_fmt(s.get('sd'))}")
         lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {result['wall_seconds'].get(name, 0):.1f} | {result['peak_memory_mb'].get(name, 0):.0f} |"
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {result['wall_seconds'].get(name, 0):.1f} | {result['peak_memory_mb'].get(name, 0):.0f} |"
         )
     rep = result["replicate"]
-    lines.append("| *replicate (split-half)* | " + " | ".join(_fmt(rep.get(m, {}).get("mean")) for m in metrics) + " | | |")
+    lines.append(
+        "| *replicate (split-half)* | "
+        + " | ".join(_fmt(rep.get(m, {}).get("mean")) for m in metrics)
+        + " | | |"
+    )
     lines += ["", "Scaled scores (0 = train-mean, 1 = split-half replicate):", ""]
     lines.append("| model | " + " | ".join(metrics) + " |")
     lines.append("|---|" + "---|" * len(metrics))
     for name, entry in models.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(entry.get(m + "_scaled", {}).get("mean"), 2) for m in metrics) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_fmt(entry.get(m + "_scaled", {}).get("mean"), 2) for m in metrics)
+            + " |"
+        )
     cats = {c for e in models.values() for c in e.get("by_category", {})}
     if cats:
         lines += ["", "By category (mean over conditions):", ""]
@@ -721,7 +852,13 @@ def results_markdown(result: dict[str, Any]) -> str:
         lines.append("|---|---|---|---|")
         for name, entry in models.items():
             for cat, vals in sorted(entry.get("by_category", {}).items()):
-                lines.append(f"| {name} | {cat} | {_fmt(vals['pearson_delta_de20'])} | {_fmt(vals['mse_de20'])} |")
+                lines.append(
+                    f"| {name} | {cat} | {_fmt(vals['pearson_delta_de20'])} | {_fmt(vals['mse_de20'])} |"
+                )
     m = result["machine"]
-    lines += ["", f"Machine: {m['cpus']} CPUs, Python {m['python']}, aivc {m['aivc']}. {result.get('notes', '')}", ""]
+    lines += [
+        "",
+        f"Machine: {m['cpus']} CPUs, Python {m['python']}, aivc {m['aivc']}. {result.get('notes', '')}",
+        "",
+    ]
     return "\n".join(lines)

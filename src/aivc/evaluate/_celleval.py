@@ -22,7 +22,12 @@ __all__ = ["CELL_EVAL_METRICS", "cell_eval_metrics"]
 logger = logging.getLogger(__name__)
 
 #: The ``vcc`` profile plus the cosine variant of perturbation discrimination.
-CELL_EVAL_METRICS = ("overlap_at_N", "discrimination_score_l1", "discrimination_score_cosine", "mae")
+CELL_EVAL_METRICS = (
+    "overlap_at_N",
+    "discrimination_score_l1",
+    "discrimination_score_cosine",
+    "mae",
+)
 
 
 @contextlib.contextmanager

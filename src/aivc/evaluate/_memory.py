@@ -51,7 +51,10 @@ class ResourceMeter:
             self.peak_mb = max(self.peak_mb, _rss_mb())
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.wall_seconds = time.perf_counter() - self._t0
         self._stop.set()

@@ -50,21 +50,68 @@ def _register(name: str, description: str, *, higher_is_better: bool, source: st
 
 for _name, _desc, _hib, _src in [
     ("pearson_delta", "Pearson r of predicted vs observed change over all genes", True, "aivc"),
-    ("pearson_delta_de20", "Pearson r of the change over the observed top-20 DE genes", True, "aivc"),
-    ("mse_de20", "Mean squared error of the change over the observed top-20 DE genes", False, "aivc"),
-    ("direction_acc_de20", "Fraction of top-20 DE genes whose change has the right sign", True, "aivc"),
-    ("systema_pearson_delta", "Pearson r after removing the mean perturbed centroid (Systema)", True, "aivc"),
-    ("centroid_accuracy", "Prediction nearest to its own observed centroid among test conditions", True, "aivc"),
-    ("energy_distance_rel", "Energy distance predicted vs observed cells / control vs observed", False, "aivc"),
-    ("overlap_at_N", "Overlap of predicted and observed DE genes at N = observed DE count", True, "cell-eval"),
-    ("discrimination_score_l1", "Perturbation discrimination (L1), normalised rank", True, "cell-eval"),
-    ("discrimination_score_cosine", "Perturbation discrimination (cosine), normalised rank", True, "cell-eval"),
+    (
+        "pearson_delta_de20",
+        "Pearson r of the change over the observed top-20 DE genes",
+        True,
+        "aivc",
+    ),
+    (
+        "mse_de20",
+        "Mean squared error of the change over the observed top-20 DE genes",
+        False,
+        "aivc",
+    ),
+    (
+        "direction_acc_de20",
+        "Fraction of top-20 DE genes whose change has the right sign",
+        True,
+        "aivc",
+    ),
+    (
+        "systema_pearson_delta",
+        "Pearson r after removing the mean perturbed centroid (Systema)",
+        True,
+        "aivc",
+    ),
+    (
+        "centroid_accuracy",
+        "Prediction nearest to its own observed centroid among test conditions",
+        True,
+        "aivc",
+    ),
+    (
+        "energy_distance_rel",
+        "Energy distance predicted vs observed cells / control vs observed",
+        False,
+        "aivc",
+    ),
+    (
+        "overlap_at_N",
+        "Overlap of predicted and observed DE genes at N = observed DE count",
+        True,
+        "cell-eval",
+    ),
+    (
+        "discrimination_score_l1",
+        "Perturbation discrimination (L1), normalised rank",
+        True,
+        "cell-eval",
+    ),
+    (
+        "discrimination_score_cosine",
+        "Perturbation discrimination (cosine), normalised rank",
+        True,
+        "cell-eval",
+    ),
     ("mae", "Mean absolute error of pseudobulk expression", False, "cell-eval"),
 ]:
     _register(_name, _desc, higher_is_better=_hib, source=_src)
 
 
-def _check(pred: np.ndarray, obs: np.ndarray, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _check(
+    pred: np.ndarray, obs: np.ndarray, exclude: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pred = np.atleast_2d(np.asarray(pred, dtype=np.float64))
     obs = np.atleast_2d(np.asarray(obs, dtype=np.float64))
     if pred.shape != obs.shape:
@@ -92,7 +139,9 @@ def _rowwise_pearson(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarr
     return r
 
 
-def top_de_mask(de_rank: Sequence[Sequence[int]], n_genes: int, exclude: np.ndarray, k: int = 20) -> np.ndarray:
+def top_de_mask(
+    de_rank: Sequence[Sequence[int]], n_genes: int, exclude: np.ndarray, k: int = 20
+) -> np.ndarray:
     """Mask of each condition's top-``k`` DE genes, skipping excluded genes.
 
     ``de_rank[i]`` lists gene indices of condition ``i`` ordered by decreasing
@@ -106,7 +155,9 @@ def top_de_mask(de_rank: Sequence[Sequence[int]], n_genes: int, exclude: np.ndar
     return mask
 
 
-def pearson_delta(pred: np.ndarray, obs: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+def pearson_delta(
+    pred: np.ndarray, obs: np.ndarray, exclude: np.ndarray | None = None
+) -> np.ndarray:
     """Pearson r of predicted vs observed change over all non-excluded genes, per condition."""
     pred, obs, exclude = _check(pred, obs, exclude)
     return _rowwise_pearson(pred, obs, ~exclude)
@@ -147,7 +198,9 @@ def systema_pearson_delta(
     return _rowwise_pearson(pred - ref, obs - ref, ~exclude)
 
 
-def centroid_accuracy(pred: np.ndarray, obs: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+def centroid_accuracy(
+    pred: np.ndarray, obs: np.ndarray, exclude: np.ndarray | None = None
+) -> np.ndarray:
     """1 where a prediction is nearer its own observed centroid than any other condition's.
 
     Distances are Euclidean over genes excluded for neither condition... to

@@ -56,7 +56,9 @@ def _gene_table_cached(path: str) -> tuple[frozenset[str], dict[str, str]]:
     return symbols, dict(zip(unique["alias"], unique["symbol"], strict=True))
 
 
-def gene_symbols(data_dir: str | Path | None = None, *, include_aliases: bool = True) -> frozenset[str]:
+def gene_symbols(
+    data_dir: str | Path | None = None, *, include_aliases: bool = True
+) -> frozenset[str]:
     """Symbols of all human genes in the gene-info table.
 
     With ``include_aliases`` (default) unambiguous previous symbols and aliases
@@ -141,7 +143,9 @@ def go_embedding(
     from sklearn.decomposition import TruncatedSVD
 
     k = min(n_components, min(m.shape) - 1)
-    z = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=7, random_state=0).fit_transform(m)
+    z = TruncatedSVD(
+        n_components=k, algorithm="randomized", n_iter=7, random_state=0
+    ).fit_transform(m)
     z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
     values = z.astype(np.float32)
     if cache:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT_VERSION",
+    "shift_cells",
     "Instrument",
     "NotFittedError",
     "PerturbationModel",
@@ -119,7 +120,7 @@ class PerturbationSummary:
 
 
 # ----------------------------------------------------------------------------- instrument
-class Instrument(ABC):
+class Instrument(ABC):  # noqa: B024 (no abstract method: every instrument may keep the default state)
     """Base of all virtual instruments: parameters, fitted state, safe persistence."""
 
     #: Registry name; set by :func:`aivc.instruments.register_instrument`.
@@ -148,7 +149,7 @@ class Instrument(ABC):
         """Fitted state as (arrays, JSON-serialisable metadata)."""
         return {}, {}
 
-    def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:  # noqa: B027
         """Restore fitted state written by :meth:`_state`."""
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -171,8 +172,13 @@ class Instrument(ABC):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
         try:
-            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / "weights.safetensors"))
-            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=_json_default))
+            save_file(
+                {k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                str(tmp / "weights.safetensors"),
+            )
+            (tmp / "config.json").write_text(
+                json.dumps(config, indent=2, sort_keys=True, default=_json_default)
+            )
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)
@@ -232,6 +238,38 @@ def _json_default(o: object) -> object:
         return str(o)
     msg = f"Cannot store {type(o).__name__} in a model config."
     raise TypeError(msg)
+
+
+def shift_cells(cells: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Move log-normalised cells so that each gene's mean is ``target``.
+
+    Each gene is scaled in linear space, ``log1p(f * expm1(x))``, with the
+    factor ``f`` found by bisection so the mean over cells matches ``target``;
+    zeros stay zeros. A gene with no expression in any cell but a positive
+    target is switched on in a random fraction of cells at the level of one
+    typical count.
+    """
+    cells = np.asarray(cells, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    lin = np.expm1(cells)
+    lo = np.full(cells.shape[1], -12.0)
+    hi = np.full(cells.shape[1], 12.0)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        too_high = np.log1p(lin * np.exp(mid)).mean(axis=0) > target
+        hi = np.where(too_high, mid, hi)
+        lo = np.where(too_high, lo, mid)
+    out = np.log1p(lin * np.exp((lo + hi) / 2))
+    silent = (lin.max(axis=0) <= 0) & (target > 1e-9)
+    if silent.any():
+        positive = cells[cells > 0]
+        level = float(np.median(positive)) if positive.size else 1.0
+        n = cells.shape[0]
+        for g in np.flatnonzero(silent):
+            k = int(min(n, max(1, round(n * target[g] / level))))
+            on = rng.choice(n, k, replace=False)
+            out[on, g] = target[g] * n / k
+    return np.clip(out, 0.0, 14.0)
 
 
 # ----------------------------------------------------------------------------- perturbation models
@@ -336,14 +374,22 @@ class PerturbationModel(Instrument):
                 "cells of those contexts> to predict there."
             )
             raise DataValidationError(msg)
-        base = np.stack([control_means[c] for c in ctxs]) if perts else np.zeros((0, len(self.genes_)))
+        base = (
+            np.stack([control_means[c] for c in ctxs]) if perts else np.zeros((0, len(self.genes_)))
+        )
         return perts, ctxs, base
 
     def _control_means_from(self, control: AnnData) -> dict[str | None, np.ndarray]:
         schema = self.schema_
         idx = check_gene_panel(control.var_names, list(self.genes_))
-        labels = control.obs[schema.perturbation_key].astype(str).to_numpy() if schema.perturbation_key in control.obs else None
-        is_ctrl = np.ones(control.n_obs, dtype=bool) if labels is None else labels == schema.control_label
+        labels = (
+            control.obs[schema.perturbation_key].astype(str).to_numpy()
+            if schema.perturbation_key in control.obs
+            else None
+        )
+        is_ctrl = (
+            np.ones(control.n_obs, dtype=bool) if labels is None else labels == schema.control_label
+        )
         if not is_ctrl.any():
             msg = f"The control AnnData has no cells labelled {schema.control_label!r}."
             raise DataValidationError(msg)
@@ -411,8 +457,10 @@ class PerturbationModel(Instrument):
     ) -> AnnData:
         """Predicted cells for each perturbation.
 
-        Control cells of the matching context (sampled with a seed) are shifted
-        by the predicted change of mean log-expression and clipped at zero. The
+        Control cells of the matching context (sampled with a seed) are moved
+        to the predicted mean log-expression by :func:`shift_cells`, which
+        scales expression in linear space gene by gene (so zeros stay zeros
+        and the spread across cells is kept, as in real perturbed cells). The
         result has the schema's perturbation (and context) columns, so it can
         be scored against observed cells, e.g. by ``cell-eval``.
 
@@ -436,16 +484,25 @@ class PerturbationModel(Instrument):
         x = sp.csr_matrix(control.X)[:, idx]
         blocks, obs_p, obs_c = [], [], []
         for i, (p, c) in enumerate(zip(perts, ctxs, strict=True)):
-            pool = np.flatnonzero(is_ctrl & (ctx_col == c)) if c is not None else np.flatnonzero(is_ctrl)
+            pool = (
+                np.flatnonzero(is_ctrl & (ctx_col == c))
+                if c is not None
+                else np.flatnonzero(is_ctrl)
+            )
             take = rng.choice(pool, n_cells, replace=len(pool) < n_cells)
-            cells = x[take].toarray() + delta[i]
-            np.clip(cells, 0.0, None, out=cells)
+            cells = x[take].toarray()
+            target = np.clip(np.asarray(x[pool].mean(axis=0)).ravel() + delta[i], 0.0, None)
+            cells = shift_cells(cells, target, rng)
             blocks.append(sp.csr_matrix(cells.astype(np.float32)))
             obs_p += [p] * n_cells
             obs_c += [c] * n_cells
         if include_control:
             for c in dict.fromkeys(ctxs):
-                pool = np.flatnonzero(is_ctrl & (ctx_col == c)) if c is not None else np.flatnonzero(is_ctrl)
+                pool = (
+                    np.flatnonzero(is_ctrl & (ctx_col == c))
+                    if c is not None
+                    else np.flatnonzero(is_ctrl)
+                )
                 take = rng.choice(pool, min(n_cells, len(pool)), replace=False)
                 blocks.append(sp.csr_matrix(x[take], dtype=np.float32))
                 obs_p += [schema.control_label] * len(take)
@@ -455,14 +512,18 @@ class PerturbationModel(Instrument):
             obs[schema.context_key] = pd.Categorical(obs_c)
         obs.index = [f"pred_{i}" for i in range(len(obs))]
         out = ad.AnnData(
-            X=sp.vstack(blocks).tocsr() if blocks else sp.csr_matrix((0, len(self.genes_)), dtype=np.float32),
+            X=sp.vstack(blocks).tocsr()
+            if blocks
+            else sp.csr_matrix((0, len(self.genes_)), dtype=np.float32),
             obs=obs,
             var=pd.DataFrame(index=self.genes_.copy()),
         )
         out.uns["aivc"] = {
             "schema": schema.to_dict(),
             "model": type(self).name or type(self).__name__,
-            "conditions": [p if c is None else p + CONDITION_SEP + c for p, c in zip(perts, ctxs, strict=True)],
+            "conditions": [
+                p if c is None else p + CONDITION_SEP + c for p, c in zip(perts, ctxs, strict=True)
+            ],
             "predicted_delta": delta.astype(np.float32),
         }
         return out
@@ -470,7 +531,9 @@ class PerturbationModel(Instrument):
     # persistence -----------------------------------------------------------------
     def _base_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         keys = list(self.control_mean_)
-        arrays = {"control_mean": np.stack([self.control_mean_[k] for k in keys]).astype(np.float64)}
+        arrays = {
+            "control_mean": np.stack([self.control_mean_[k] for k in keys]).astype(np.float64)
+        }
         meta = {
             "schema": self.schema_.to_dict(),
             "genes": list(map(str, self.genes_)),
@@ -493,7 +556,9 @@ class PerturbationModel(Instrument):
     def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.schema_ = PerturbationSchema.from_dict(meta["schema"])
         self.genes_ = pd.Index(meta["genes"])
-        self.control_mean_ = dict(zip(meta["control_contexts"], arrays["control_mean"], strict=True))
+        self.control_mean_ = dict(
+            zip(meta["control_contexts"], arrays["control_mean"], strict=True)
+        )
         self.train_perturbations_ = list(meta["train_perturbations"])
         self.train_contexts_ = list(meta["train_contexts"])
         self.known_genes_ = list(meta["known_genes"])

@@ -49,12 +49,15 @@ class ControlModel(PerturbationModel):
     def _fit(self, summary: PerturbationSummary, adata: AnnData) -> None:
         pass
 
-    def _predict_delta(self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray) -> np.ndarray:
+    def _predict_delta(
+        self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray
+    ) -> np.ndarray:
         return np.zeros((len(perturbations), len(self.genes_)))
 
 
 @register_instrument(
-    "train-mean", description="Predicts the mean change over all training perturbations (Virtual Cell Challenge baseline)."
+    "train-mean",
+    description="Predicts the mean change over all training perturbations (Virtual Cell Challenge baseline).",
 )
 class TrainMeanModel(PerturbationModel):
     """Predicts the mean change over all training conditions."""
@@ -67,7 +70,9 @@ class TrainMeanModel(PerturbationModel):
     def _fit(self, summary: PerturbationSummary, adata: AnnData) -> None:
         self.mean_delta_ = summary.delta.mean(axis=0)
 
-    def _predict_delta(self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray) -> np.ndarray:
+    def _predict_delta(
+        self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray
+    ) -> np.ndarray:
         return np.tile(self.mean_delta_, (len(perturbations), 1))
 
     def _model_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -78,7 +83,8 @@ class TrainMeanModel(PerturbationModel):
 
 
 @register_instrument(
-    "additive", description="Sum of the measured single-gene changes; unmeasured singles fall back to their mean."
+    "additive",
+    description="Sum of the measured single-gene changes; unmeasured singles fall back to their mean.",
 )
 class AdditiveModel(PerturbationModel):
     """change(A+B) = change(A) + change(B), from the training singles.
@@ -121,7 +127,9 @@ class AdditiveModel(PerturbationModel):
             return self.single_deltas_[self._by_pert[target]].mean(axis=0)
         return None
 
-    def _predict_delta(self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray) -> np.ndarray:
+    def _predict_delta(
+        self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray
+    ) -> np.ndarray:
         out = np.zeros((len(perturbations), len(self.genes_)))
         for i, (p, c) in enumerate(zip(perturbations, contexts, strict=True)):
             for t in self.schema_.targets(p):
@@ -271,7 +279,9 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
             self.ridge_ = float(self.ridge)
         self._solve(perts, y, base, self.ridge_)
 
-    def _features(self, perturbations: list[str], control_mean: np.ndarray, g: np.ndarray | None = None) -> np.ndarray:
+    def _features(
+        self, perturbations: list[str], control_mean: np.ndarray, g: np.ndarray | None = None
+    ) -> np.ndarray:
         if self.perturbation_embedding == "data":
             table = pd.DataFrame(g if g is not None else self.g_, index=self.genes_)
             self._set_gene_table(table)
@@ -279,7 +289,10 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         if missing:
             logger.debug(
                 "%s: %d target(s) have no %s embedding and get the mean change, e.g. %s",
-                type(self).__name__, len(set(missing)), self.perturbation_embedding, sorted(set(missing))[:5],
+                type(self).__name__,
+                len(set(missing)),
+                self.perturbation_embedding,
+                sorted(set(missing))[:5],
             )
         return np.hstack([pf, self._context_features(control_mean)])
 
@@ -311,12 +324,16 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         b, yc, g, p = self._decompose(perts, y, base)
         self._set_solution(b, yc, g, p, lam)
 
-    def _set_solution(self, b: np.ndarray, yc: np.ndarray, g: np.ndarray, p: np.ndarray, lam: float) -> None:
+    def _set_solution(
+        self, b: np.ndarray, yc: np.ndarray, g: np.ndarray, p: np.ndarray, lam: float
+    ) -> None:
         # K = (G^T G + lam I)^-1 G^T Yc^T P (P^T P + lam I)^-1
         self.b_, self.g_ = b, g
         self.k_ = _ridge_solve(g, lam) @ yc.T @ _ridge_solve(p, lam).T
 
-    def _choose_ridge(self, perts: list[str], ctxs: list[str | None], y: np.ndarray, base: np.ndarray) -> float:
+    def _choose_ridge(
+        self, perts: list[str], ctxs: list[str | None], y: np.ndarray, base: np.ndarray
+    ) -> float:
         n = len(perts)
         if n < 3:
             return 1.0
@@ -334,7 +351,9 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         p = self._features(perturbations, control_mean)
         return p @ self.k_.T @ self.g_.T + self.b_
 
-    def _predict_delta(self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray) -> np.ndarray:
+    def _predict_delta(
+        self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray
+    ) -> np.ndarray:
         return self._predict_raw(perturbations, control_mean)
 
     def _model_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -353,7 +372,10 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
 
     def _set_model_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.g_, self.k_, self.b_ = arrays["g"], arrays["k"], arrays["b"]
-        self.context_center_, self.context_basis_ = arrays["context_center"], arrays["context_basis"]
+        self.context_center_, self.context_basis_ = (
+            arrays["context_center"],
+            arrays["context_basis"],
+        )
         self.ridge_ = meta["ridge"]
         if self.perturbation_embedding == "go":
             self._set_gene_table(pd.DataFrame(arrays["gene_table"], index=meta["gene_table_index"]))
@@ -404,7 +426,9 @@ class NearestNeighbourModel(_EmbeddingMixin, PerturbationModel):
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination", "context"})
 
-    def __init__(self, *, perturbation_embedding: str = "go", n_context_components: int = 5) -> None:
+    def __init__(
+        self, *, perturbation_embedding: str = "go", n_context_components: int = 5
+    ) -> None:
         self.perturbation_embedding = perturbation_embedding
         self.n_context_components = n_context_components
 
@@ -428,7 +452,9 @@ class NearestNeighbourModel(_EmbeddingMixin, PerturbationModel):
         n = np.linalg.norm(x, axis=1, keepdims=True)
         return np.divide(x, n, out=np.zeros_like(x), where=n > 1e-12)
 
-    def _predict_delta(self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray) -> np.ndarray:
+    def _predict_delta(
+        self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray
+    ) -> np.ndarray:
         qp, _ = self._pert_features(perturbations)
         qc = self._context_features(control_mean)
         sim = self._unit(qp) @ self._unit(self.train_pert_features_).T
@@ -456,4 +482,7 @@ class NearestNeighbourModel(_EmbeddingMixin, PerturbationModel):
         self.mean_delta_ = arrays["mean_delta"]
         self.train_pert_features_ = arrays["train_pert_features"]
         self.train_context_features_ = arrays["train_context_features"]
-        self.context_center_, self.context_basis_ = arrays["context_center"], arrays["context_basis"]
+        self.context_center_, self.context_basis_ = (
+            arrays["context_center"],
+            arrays["context_basis"],
+        )

@@ -59,7 +59,10 @@ def check_instrument(
     sig = inspect.signature(cls.__init__)
     for p in sig.parameters.values():
         if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-            _fail("explicit-params", f"{cls.__name__}.__init__ takes *{p.name}; use explicit keyword parameters.")
+            _fail(
+                "explicit-params",
+                f"{cls.__name__}.__init__ takes *{p.name}; use explicit keyword parameters.",
+            )
     model = cls(**params)
     got = model.get_params()
     for k, v in params.items():
@@ -104,7 +107,10 @@ def check_instrument(
         ctxs.append(held_context)
     pred = model.predict_delta(queries, contexts=ctxs, control=control)
     if pred.shape != (len(queries), adata.n_vars) or not np.isfinite(pred).all():
-        _fail("predict-shape", f"predict_delta gave shape {pred.shape} (finite={np.isfinite(pred).all()}).")
+        _fail(
+            "predict-shape",
+            f"predict_delta gave shape {pred.shape} (finite={np.isfinite(pred).all()}).",
+        )
     passed.append("predict-shape")
 
     again = cls(**params).fit(train, schema).predict_delta(queries, contexts=ctxs, control=control)
@@ -120,7 +126,10 @@ def check_instrument(
         loaded = type(model).load(path)
         again = loaded.predict_delta(queries, contexts=ctxs, control=control)
         if not np.allclose(pred, again, atol=atol):
-            _fail("save-load", f"loaded model predicts differently (max diff {np.abs(pred - again).max():g}).")
+            _fail(
+                "save-load",
+                f"loaded model predicts differently (max diff {np.abs(pred - again).max():g}).",
+            )
         generic = PerturbationModel.load(path)
         if type(generic) is not type(model):
             _fail("save-load", f"PerturbationModel.load gave a {type(generic).__name__}.")
@@ -133,7 +142,9 @@ def check_instrument(
         passed.append("unknown-gene")
 
     try:
-        model.predict_delta([held_single], contexts=ctxs[:1], control=control[:, : adata.n_vars // 2].copy())
+        model.predict_delta(
+            [held_single], contexts=ctxs[:1], control=control[:, : adata.n_vars // 2].copy()
+        )
         _fail("gene-panel", "a control AnnData missing half the genes was accepted.")
     except DataValidationError:
         passed.append("gene-panel")

@@ -6,7 +6,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ["InstrumentInfo", "get_instrument_class", "list_instruments", "make_instrument", "register_instrument"]
+__all__ = [
+    "InstrumentInfo",
+    "get_instrument_class",
+    "list_instruments",
+    "make_instrument",
+    "register_instrument",
+]
 
 T = TypeVar("T", bound=type)
 
@@ -25,7 +31,9 @@ class InstrumentInfo:
 _INSTRUMENTS: dict[str, InstrumentInfo] = {}
 
 
-def register_instrument(name: str, *, description: str, kind: str = "manipulator") -> Callable[[T], T]:
+def register_instrument(
+    name: str, *, description: str, kind: str = "manipulator"
+) -> Callable[[T], T]:
     """Class decorator adding an instrument to the registry under ``name``.
 
     A duplicate name raises; third-party instruments register the same way.

@@ -33,7 +33,7 @@ def run_demo(*, out: str | Path, dataset: str = "papalexi2021", seed: int = 0) -
 
     from aivc.data import load, prepare, schema_of
     from aivc.data.splits import kfold_perturbations
-    from aivc.evaluate._benchmark import _observe, _pseudobulk_scores, _training_view
+    from aivc.evaluate._benchmark import _finite_mean, _observe, _pseudobulk_scores, _training_view
     from aivc.genes import gene_symbols
     from aivc.instruments import make_instrument
 
@@ -48,7 +48,11 @@ def run_demo(*, out: str | Path, dataset: str = "papalexi2021", seed: int = 0) -
     adata, schema = prepare(raw, schema, known_genes=known)
     perts = sorted(set(adata.obs[schema.perturbation_key].astype(str)))
     split = kfold_perturbations(perts, schema, n_folds=5, seeds=[seed])[0]
-    logger.info("held out %d perturbations: %s", len(split.test_perturbations), ", ".join(split.test_perturbations))
+    logger.info(
+        "held out %d perturbations: %s",
+        len(split.test_perturbations),
+        ", ".join(split.test_perturbations),
+    )
     obs = _observe(adata, schema, seed=seed)
     train = _training_view(obs, split)
     conds = [c for c in obs.conditions if obs.pert_of[c] in split.test_perturbations]
@@ -59,28 +63,35 @@ def run_demo(*, out: str | Path, dataset: str = "papalexi2021", seed: int = 0) -
         delta = model.predict_delta([obs.pert_of[c] for c in conds])  # type: ignore[attr-defined]
         preds[name] = delta
         scores = _pseudobulk_scores(obs, conds, delta)
-        rows[name] = {m: float(np.nanmean(scores[m])) for m in DEMO_METRICS}
+        rows[name] = {m: _finite_mean(scores[m]) for m in DEMO_METRICS}
     table = pd.DataFrame(rows).T[list(DEMO_METRICS)]
     table.index.name = "model"
     table.to_csv(out / "demo_results.csv")
     md = ["| model | " + " | ".join(DEMO_METRICS) + " |", "|---|" + "---|" * len(DEMO_METRICS)]
     md += [f"| {n} | " + " | ".join(f"{v:.3f}" for v in r) + " |" for n, r in table.iterrows()]
     (out / "demo_results.md").write_text(
-        f"Held-out perturbations of {dataset} (seed {seed}): {', '.join(split.test_perturbations)}\n\n" + "\n".join(md) + "\n"
+        f"Held-out perturbations of {dataset} (seed {seed}): {', '.join(split.test_perturbations)}\n\n"
+        + "\n".join(md)
+        + "\n"
     )
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     colors = ["#9e9e9e", "#616161", "#1e88e5", "#43a047", "#fb8c00"]
     for ax, metric in zip(axes[:2], ("pearson_delta_de20", "mse_de20"), strict=True):
         ax.bar(table.index, table[metric], color=colors[: len(table)])
-        ax.set_title(metric + (" (higher is better)" if metric.startswith("pearson") else " (lower is better)"))
+        ax.set_title(
+            metric
+            + (" (higher is better)" if metric.startswith("pearson") else " (lower is better)")
+        )
         ax.tick_params(axis="x", rotation=30)
     best = table["mse_de20"].drop("control").idxmin()
     de = obs.de20.loc[conds].to_numpy()
     observed = obs.delta.loc[conds].to_numpy()[de]
     predicted = preds[best][de]
     axes[2].scatter(observed, predicted, s=10, alpha=0.6, color="#1e88e5", label=best)
-    axes[2].scatter(observed, preds["train-mean"][de], s=10, alpha=0.4, color="#616161", label="train-mean")
+    axes[2].scatter(
+        observed, preds["train-mean"][de], s=10, alpha=0.4, color="#616161", label="train-mean"
+    )
     lim = float(np.abs(np.concatenate([observed, predicted])).max()) * 1.05
     axes[2].plot([-lim, lim], [-lim, lim], color="black", lw=0.8)
     axes[2].set_xlabel("observed change (log-normalised), top-20 DE genes")

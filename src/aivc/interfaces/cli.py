@@ -19,7 +19,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 datasets_app = typer.Typer(help="List and download datasets.", no_args_is_help=True)
-instruments_app = typer.Typer(help="List virtual instruments (models and baselines).", no_args_is_help=True)
+instruments_app = typer.Typer(
+    help="List virtual instruments (models and baselines).", no_args_is_help=True
+)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(instruments_app, name="instruments")
 
@@ -54,7 +56,9 @@ def version() -> None:
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Where to write the table and plot.")] = Path("aivc-demo"),
+    out: Annotated[Path, typer.Option("--out", help="Where to write the table and plot.")] = Path(
+        "aivc-demo"
+    ),
     dataset: Annotated[str, typer.Option(help="Registered perturbation dataset.")] = "papalexi2021",
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
     data_dir: DataDir = None,
@@ -83,19 +87,30 @@ def demo(
     for name, row in table.iterrows():
         t.add_row(str(name), *(f"{v:.3f}" for v in row))
     Console().print(t)
-    typer.echo(f"wrote {out / 'demo_results.csv'}, {out / 'demo_results.md'} and {out / 'demo.png'}")
+    typer.echo(
+        f"wrote {out / 'demo_results.csv'}, {out / 'demo_results.md'} and {out / 'demo.png'}"
+    )
 
 
 @app.command()
 def benchmark(
     task: Annotated[str, typer.Argument(help="unseen-single, combinations or unseen-cell-type.")],
-    out: Annotated[Path, typer.Option("--out", help="Output directory for results.json and results.md.")],
-    dataset: Annotated[str | None, typer.Option(help="Registered dataset instead of the task's default.")] = None,
-    models: Annotated[
-        list[str] | None, typer.Option("--models", help="Instrument names (repeat or comma-separate).")
+    out: Annotated[
+        Path, typer.Option("--out", help="Output directory for results.json and results.md.")
+    ],
+    dataset: Annotated[
+        str | None, typer.Option(help="Registered dataset instead of the task's default.")
     ] = None,
-    seeds: Annotated[list[int] | None, typer.Option("--seeds", help="Seeds (repeat the option).")] = None,
-    no_cell_eval: Annotated[bool, typer.Option("--no-cell-eval", help="Skip cell-eval's metrics.")] = False,
+    models: Annotated[
+        list[str] | None,
+        typer.Option("--models", help="Instrument names (repeat or comma-separate)."),
+    ] = None,
+    seeds: Annotated[
+        list[int] | None, typer.Option("--seeds", help="Seeds (repeat the option).")
+    ] = None,
+    no_cell_eval: Annotated[
+        bool, typer.Option("--no-cell-eval", help="Skip cell-eval's metrics.")
+    ] = False,
     data_dir: DataDir = None,
     verbosity: Verbosity = "info",
 ) -> None:
@@ -108,7 +123,12 @@ def benchmark(
     names = [m for item in (models or []) for m in item.split(",") if m] or None
     try:
         result = run_benchmark(
-            task, out=out, dataset=dataset, models=names, seeds=seeds or (0, 1, 2), cell_eval=not no_cell_eval
+            task,
+            out=out,
+            dataset=dataset,
+            models=names,
+            seeds=seeds or (0, 1, 2),
+            cell_eval=not no_cell_eval,
         )
     except (FileNotFoundError, ValueError, KeyError) as e:
         _fail(str(e))
@@ -129,7 +149,13 @@ def datasets_list(data_dir: DataDir = None) -> None:
     for c in ("name", "kind", "local", "download", "description"):
         t.add_column(c)
     for e in list_datasets():
-        t.add_row(e.name, e.kind, "yes" if e.path().exists() else "no", "yes" if e.remote else "-", e.description)
+        t.add_row(
+            e.name,
+            e.kind,
+            "yes" if e.path().exists() else "no",
+            "yes" if e.remote else "-",
+            e.description,
+        )
     Console().print(t)
 
 

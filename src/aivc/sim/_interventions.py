@@ -143,12 +143,17 @@ class DrugLibrary:
         pair_cond = np.repeat(cond, counts)
         offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         inter = order[np.repeat(starts, counts) + offsets]
+        target_pos = regulator_index[self.gene[inter]]
+        if np.any(target_pos < 0):
+            bad = sorted({int(g) for g in self.gene[inter][target_pos < 0]})
+            msg = f"Drugs may only bind regulators (they act on regulator activity); genes {bad} are not regulators."
+            raise ValueError(msg)
         c = np.asarray(doses, dtype=np.float64)[pair_cond]
         n = self.hill[self.drug[inter]]
         with np.errstate(divide="ignore"):
             frac = 1.0 / (1.0 + np.exp(n * (np.log(self.ec50[inter]) - np.log(np.maximum(c, 0.0)))))
         factor = 1.0 + self.effect[inter] * frac
-        np.multiply.at(out, (pair_cond, regulator_index[self.gene[inter]]), factor)
+        np.multiply.at(out, (pair_cond, target_pos), factor)
         return out
 
     def to_arrays(self, prefix: str = "drugs_") -> dict[str, np.ndarray]:

@@ -228,6 +228,13 @@ class VirtualCellSimulator:
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
                 msg = f"The '{name}' parameter of VirtualCellSimulator must be an integer >= {low}. Got {value!r} instead."
                 raise ValueError(msg)
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int | np.integer)
+            or self.seed < 0
+        ):
+            msg = f"The 'seed' parameter of VirtualCellSimulator must be a non-negative integer. Got {self.seed!r} instead."
+            raise ValueError(msg)
         if self.n_genes < 50:
             msg = f"The 'n_genes' parameter of VirtualCellSimulator must be >= 50. Got {self.n_genes!r} instead."
             raise ValueError(msg)
@@ -481,7 +488,7 @@ class VirtualCellSimulator:
             )
         return inputs
 
-    def solve(self, conditions: pd.DataFrame, *, batch_size: int = 256) -> SolvedConditions:
+    def solve(self, conditions: pd.DataFrame, *, batch_size: int | None = None) -> SolvedConditions:
         """Solve conditions: states, population means and noise sensitivities.
 
         Parameters
@@ -489,7 +496,8 @@ class VirtualCellSimulator:
         conditions
             Condition table (see :meth:`normalize_design`; ``n_cells`` is not needed).
         batch_size
-            Conditions propagated at once (bounds memory).
+            Conditions propagated at once (bounds memory); default: as many as
+            keep the temporary arrays near 100 MB.
         """
         self._ensure_built()
         cond = self.normalize_design(conditions)
@@ -515,6 +523,9 @@ class VirtualCellSimulator:
             state[dynamic] = traj[t_pos, inverse]
             logger.debug("Integrated %d time courses to %g h.", len(uniq), float(times.max()))
         k = self.variation_.n_factors
+        if batch_size is None:
+            per = 8 * 6 * k * self.n_genes
+            batch_size = int(np.clip(100e6 // per, 1, 512))
         sens = np.empty((n, k, self.n_genes), dtype=np.float32)
         mean = np.empty((n, self.n_genes))
         for s in range(0, n, batch_size):
@@ -666,31 +677,28 @@ class VirtualCellSimulator:
         key: Sequence[int],
     ) -> sp.csr_matrix:
         m = self.measurement_model
-        n = stop - start
-        rngs = [np.random.default_rng([*key, b]) for b in range(start // BLOCK, -(-stop // BLOCK))]
-        z = np.empty((n, self.variation_.n_factors), dtype=np.float32)
-        cap = np.empty(n, dtype=np.float32)
-        for i, rng in enumerate(rngs):
-            a, b = i * BLOCK, min((i + 1) * BLOCK, n)
-            z[a:b] = self.variation_.sample(b - a, rng)
-            cap[a:b] = m.draw_capture(b - a, rng)
-        cond = cell_condition[start:stop]
-        batch = cell_batch[start:stop]
-        log_mu = np.empty((n, self.n_genes), dtype=np.float32)
-        order = np.argsort(cond, kind="stable")
-        uniq, first = np.unique(cond[order], return_index=True)
-        bounds = [*first.tolist(), n]
-        for j, c in enumerate(uniq):
-            rows = order[bounds[j] : bounds[j + 1]]
-            log_mu[rows] = log_state[c] + z[rows] @ sens[c]
-        for bi in np.unique(batch):
-            rows = np.flatnonzero(batch == bi)
-            log_mu[rows] += gene_scale[bi]
-        log_mu += (cap + lib[batch] + offset)[:, None]
+        n_batches = len(lib)
         parts = []
-        for i, rng in enumerate(rngs):
-            a, b = i * BLOCK, min((i + 1) * BLOCK, n)
-            parts.append(m.sample(log_mu[a:b], self.dispersion_, rng))
+        for block in range(start // BLOCK, -(-stop // BLOCK)):
+            a, b = block * BLOCK, min((block + 1) * BLOCK, stop)
+            rng = np.random.default_rng([*key, block])
+            z = self.variation_.sample(b - a, rng).astype(np.float32)
+            cell_offset = (m.draw_capture(b - a, rng) + lib[cell_batch[a:b]] + offset).astype(
+                np.float32
+            )
+            # cells of one condition and batch share their mean; only z and capture differ
+            group = cell_condition[a:b] * n_batches + cell_batch[a:b]
+            order = np.argsort(group, kind="stable")
+            uniq, first = np.unique(group[order], return_index=True)
+            bounds = [*first.tolist(), b - a]
+            log_mu = np.empty((b - a, self.n_genes), dtype=np.float32)
+            for j, key_j in enumerate(uniq.tolist()):
+                rows = order[bounds[j] : bounds[j + 1]]
+                c, bi = divmod(key_j, n_batches)
+                log_mu[rows] = (
+                    (log_state[c] + gene_scale[bi]) + z[rows] @ sens[c] + cell_offset[rows, None]
+                )
+            parts.append(m.sample(log_mu, self.dispersion_, rng))
         return sp.vstack(parts, format="csr", dtype=np.int32)
 
     def cell_plan(

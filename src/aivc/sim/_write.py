@@ -163,7 +163,7 @@ def _choose_pairs(
     iu = np.triu_indices(len(pool), 1)
     is_path = related[iu]
     all_pairs = np.column_stack([pool[iu[0]], pool[iu[1]]])
-    n_path = min(int(round(pathway_fraction * n_pairs)), int(is_path.sum()))
+    n_path = min(round(pathway_fraction * n_pairs), int(is_path.sum()))
     chosen = list(rng.permutation(np.flatnonzero(is_path))[:n_path])
     rest = rng.permutation(np.setdiff1d(np.arange(len(all_pairs)), chosen))
     chosen += list(rest[: n_pairs - n_path])
