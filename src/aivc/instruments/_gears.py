@@ -76,7 +76,8 @@ def _import_gears() -> Any:
     """Import the ``gears`` package without keeping its import-time side effects.
 
     Importing GEARS sets a global "ignore all warnings" filter, seeds torch's
-    global generator and silences scanpy; all three are restored here.
+    global generator and silences scanpy; all three are restored here. Warnings
+    its dependencies raise while importing are not shown.
     """
     try:
         import scanpy as sc
@@ -88,6 +89,7 @@ def _import_gears() -> Any:
     verbosity = sc.settings.verbosity
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             gears = importlib.import_module("gears")
             importlib.import_module("gears.model")
     except ImportError as e:
