@@ -156,15 +156,21 @@ def simulated_like(
 
     Same labels and cell numbers; targets are ~60% regulators, chosen with
     probability proportional to their out-degree as a focused screen picks
-    known regulators, and ~40% other genes. Sequencing depth per measured gene
-    is matched to the real data; every other parameter is the default.
+    known regulators, and ~40% other genes. Sequencing depth is set so that the
+    median library size of the panel matches the real data; every other
+    parameter is the default.
     """
     n_measured = real_counts.shape[1]
-    depth = float(np.median(np.asarray(real_counts.sum(axis=1)).ravel())) * n_genes / n_measured
+    rng = np.random.default_rng(seed)
+    panel = np.sort(rng.choice(n_genes, n_measured, replace=False))
+    # sequencing depth such that the panel's median library matches the real one
+    probe = VirtualCellSimulator(n_genes=n_genes, seed=seed).build()
+    control_mean = probe.true_means([CONTROL]).to_numpy()[0]
+    share = control_mean[panel].sum() / control_mean.sum()
+    depth = float(np.median(np.asarray(real_counts.sum(axis=1)).ravel())) / share
     sim = VirtualCellSimulator(
         n_genes=n_genes, seed=seed, measurement=MeasurementModel(library_size=depth)
     ).build()
-    rng = np.random.default_rng(seed)
     real_targets = sorted({t for lbl in set(labels) - {CONTROL} for t in lbl.split("+")})
     net = sim.network_
     n_reg = round(0.6 * len(real_targets))
@@ -193,7 +199,6 @@ def simulated_like(
     )
     design["modality"] = modality
     adata, _ = sim.simulate(design, n_batches=n_batches, seed=seed)
-    panel = np.sort(rng.choice(net.n_genes, n_measured, replace=False))
     return sp.csr_matrix(adata.X[:, panel]), adata.obs["perturbation"].astype(str).to_numpy()
 
 

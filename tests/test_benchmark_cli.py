@@ -122,3 +122,16 @@ def test_cli_reports_unknown_task(tmp_path):
     res = CliRunner().invoke(app, ["benchmark", "nope", "--out", str(tmp_path)])
     assert res.exit_code == 2
     assert "unknown task 'nope'" in res.output
+
+
+def test_simulate_command(tmp_path):
+    from aivc.data import read_h5ad, schema_of, validate
+
+    out = tmp_path / "sim.h5ad"
+    res = CliRunner().invoke(app, ["simulate", "--cells", "600", "--genes", "120", "--out", str(out), "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    adata = read_h5ad(out)
+    assert adata.shape == (600, 120)
+    validate(adata, schema_of(adata))
+    assert (tmp_path / "sim.truth.npz").exists()
+    assert not any("truth" in str(k) for k in adata.uns)

@@ -24,11 +24,16 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 from scipy.integrate import solve_ivp
+from scipy.sparse.csgraph import connected_components
+from scipy.sparse.linalg import splu
 from scipy.special import expit
 
 from aivc.sim._network import GeneNetwork
 
 __all__ = ["Kinetics", "RateInputs", "SteadyState"]
+
+#: Most ODE variables (conditions x genes) integrated at once.
+_MAX_ODE_VARIABLES = 200_000
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +108,12 @@ class Kinetics:
         self.degradation = np.asarray(network.degradation, dtype=np.float64)
         # a floor for relative convergence checks: far below any level a gene reaches
         self._floor = 1e-9 * self.max_rate / self.degradation
-        self._w_rr: sp.csr_matrix | None = None
+        self._w_rr: sp.csr_matrix = self.weights[:, self.regulators].tocsr()
+        # feedback loops: strongly connected groups of regulators; the Jacobian is
+        # block-triangular over them, so stability is decided block by block
+        n_comp, labels = connected_components(self._w_rr, directed=True, connection="strong")
+        sizes = np.bincount(labels, minlength=n_comp)
+        self._loops = [np.flatnonzero(labels == c) for c in np.flatnonzero(sizes > 1)]
 
     @property
     def n_genes(self) -> int:
@@ -152,7 +162,8 @@ class Kinetics:
         *,
         x0: np.ndarray | None = None,
         tol: float = 1e-10,
-        max_iter: int = 3000,
+        max_iter: int = 2000,
+        fallback: bool = True,
     ) -> SteadyState:
         """Steady states of a batch of conditions.
 
@@ -160,20 +171,27 @@ class Kinetics:
         forward Euler in a time rescaled per gene by its degradation rate, so it
         settles into the attractor the dynamics reach from ``x0``. The damping
         ``alpha`` of a condition is halved whenever its residual grows (negative
-        feedback loops) and relaxed back towards 1 while it shrinks. Conditions
-        that still miss the tolerance are integrated in time and iterated again.
+        feedback loops) and relaxed back towards 1 while it shrinks.
+
+        Conditions that miss the tolerance are integrated in time. If the
+        trajectory settles, the iteration polishes its end point; if it keeps
+        moving (a feedback loop oscillates), the state returned is its average
+        over the last stretch of the trajectory, which is the population mean of
+        cells oscillating out of phase; such conditions are flagged as not
+        converged.
 
         Parameters
         ----------
         inputs
             Condition inputs.
         x0
-            Starting states, ``(B, n_genes)``; default: the maximal levels ``m/d``
-            scaled by the basal fraction.
+            Starting states, ``(B, n_genes)``; default: half the maximal levels ``m/d``.
         tol
             Largest relative change ``|P/d - x| / x`` accepted.
         max_iter
             Iterations before falling back to integration.
+        fallback
+            Integrate conditions the iteration does not settle.
         """
         n = inputs.n
         if x0 is None:
@@ -181,26 +199,43 @@ class Kinetics:
         else:
             x = np.array(x0, dtype=np.float64, copy=True)
         x, converged, n_iter = self._iterate(x, inputs, tol=tol, max_iter=max_iter)
-        if not converged.all():
-            bad = np.flatnonzero(~converged)
-            logger.info(
-                "%d of %d conditions did not settle by iteration; integrating them.", len(bad), n
+        # the iteration can also settle on an unstable equilibrium of a feedback loop
+        # (the centre of an oscillation); those are not steady states of the cells
+        converged &= ~self.unstable(x, inputs)
+        if converged.all() or not fallback:
+            return SteadyState(x=x, converged=converged, n_iter=n_iter)
+        bad = np.flatnonzero(~converged)
+        logger.info(
+            "%d of %d conditions did not settle by iteration; integrating them.", len(bad), n
+        )
+        slow = 1.0 / float(self.degradation.min())
+        times = np.linspace(10.0 * slow, 20.0 * slow, 41)
+        xb = np.empty((len(bad), self.n_genes))
+        settled = np.zeros(len(bad), dtype=bool)
+        step = max(1, _MAX_ODE_VARIABLES // self.n_genes)
+        for s in range(0, len(bad), step):
+            part = np.arange(s, min(s + step, len(bad)))
+            traj = self.trajectory(x[bad[part]], inputs.take(bad[part]), times)
+            late = np.log(traj[20:] + self._floor)
+            settled[part] = np.max(np.abs(late - late[-1]), axis=(0, 2)) < 1e-3
+            # settled: the end point; oscillating: the average over the late window
+            xb[part] = np.where(settled[part, None], traj[-1], traj[20:].mean(axis=0))
+        if settled.any():
+            sub = np.flatnonzero(settled)
+            polished, ok, extra = self._iterate(
+                xb[sub], inputs.take(bad[sub]), tol=tol, max_iter=max_iter, alpha0=0.2
             )
-            horizon = 40.0 / float(self.degradation.min())
-            traj = self.trajectory(x[bad], inputs.take(bad), np.asarray([horizon]))
-            xb, conv_b, extra = self._iterate(
-                traj[-1], inputs.take(bad), tol=tol, max_iter=max_iter, alpha0=0.2
-            )
-            x[bad] = xb
-            converged[bad] = conv_b
+            ok &= ~self.unstable(polished, inputs.take(bad[sub]))
+            xb[sub] = polished
+            converged[bad[sub]] = ok
             n_iter += extra
-            if not conv_b.all():
-                logger.warning(
-                    "%d conditions oscillate or converge slowly; their steady state is approximate "
-                    "(tolerance %.0e not met).",
-                    int((~conv_b).sum()),
-                    tol,
-                )
+        x[bad] = xb
+        if not settled.all():
+            logger.warning(
+                "%d conditions oscillate (a feedback loop does not settle); their state is the "
+                "average over an oscillation window.",
+                int((~settled).sum()),
+            )
         return SteadyState(x=x, converged=converged, n_iter=n_iter)
 
     def _iterate(
@@ -237,6 +272,27 @@ class Kinetics:
                 break
         return x, converged, it
 
+    def unstable(self, x: np.ndarray, inputs: RateInputs) -> np.ndarray:
+        """Whether each equilibrium ``x`` is unstable (a feedback loop would oscillate or switch).
+
+        At an equilibrium the ODE Jacobian is similar to ``D (J - I)``, with ``J``
+        the log-space Jacobian; it is block-triangular over the strongly connected
+        groups of regulators (the feedback loops), so only the eigenvalues of
+        those small blocks decide stability.
+        """
+        out = np.zeros(x.shape[0], dtype=bool)
+        if not self._loops:
+            return out
+        g, h = self._log_gains(x, inputs)
+        dense = self._w_rr
+        for loop in self._loops:
+            genes = self.regulators[loop]
+            w = dense[loop][:, loop].toarray()  # w[j, i]: edge from loop[j] to loop[i]
+            jac = g[:, genes, None] * w.T[None] * h[:, None, loop]
+            block = self.degradation[genes][None, :, None] * (jac - np.eye(len(loop))[None])
+            out |= np.linalg.eigvals(block).real.max(axis=1) > 1e-9
+        return out
+
     # ------------------------------------------------------------ trajectories
     def trajectory(
         self,
@@ -270,6 +326,33 @@ class Kinetics:
         if t_end <= 0.0:
             out[:] = x0[None]
             return out
+        atol = float(np.min(self._floor)) * 1e3
+        step = max(1, _MAX_ODE_VARIABLES // g)
+        for s in range(0, b, step):
+            rows = np.arange(s, min(s + step, b))
+            sub = inputs.take(rows)
+            nb = len(rows)
+
+            def rhs(_t: float, y: np.ndarray, sub: RateInputs = sub, nb: int = nb) -> np.ndarray:
+                xs = np.maximum(y.reshape(nb, g), 0.0)
+                return self.derivative(xs, sub).ravel()
+
+            # explicit Runge-Kutta: the systems are not stiff, and implicit methods
+            # would build dense Jacobians of (conditions x genes)^2 entries
+            sol = solve_ivp(
+                rhs,
+                (0.0, t_end),
+                np.asarray(x0[rows], dtype=np.float64).ravel(),
+                method="RK45",
+                t_eval=t_sorted,
+                rtol=rtol,
+                atol=atol,
+            )
+            if not sol.success:  # pragma: no cover - smooth, bounded systems
+                msg = f"Integration of the gene-regulatory ODEs failed: {sol.message}"
+                raise RuntimeError(msg)
+            out[order, s : s + nb] = np.maximum(sol.y.T.reshape(len(t_sorted), nb, g), 0.0)
+        return out
 
         def rhs(_t: float, y: np.ndarray) -> np.ndarray:
             xs = np.maximum(y.reshape(b, g), 0.0)
@@ -311,7 +394,7 @@ class Kinetics:
         inputs: RateInputs,
         loadings: np.ndarray,
         *,
-        max_order: int = 200,
+        max_order: int = 100,
         tol: float = 1e-7,
         clip: float = 5.0,
     ) -> np.ndarray:
@@ -329,7 +412,7 @@ class Kinetics:
         ``S = L + g * ((U * h) @ W)``. ``U`` is summed as the Neumann series
         ``sum_t L_R M^t`` (sparse products for all conditions at once); where
         strong feedback makes the series diverge or converge slowly, ``U`` is
-        solved exactly with a dense ``R x R`` system.
+        solved exactly with a sparse LU factorisation of ``I - M``.
 
         Parameters
         ----------
@@ -356,8 +439,6 @@ class Kinetics:
         g, h = self._log_gains(x, inputs)
         produced = (inputs.scale + inputs.add) > 0
         base = np.broadcast_to(loadings[None], (b, k, self.n_genes)) * produced[:, None, :]
-        if self._w_rr is None:
-            self._w_rr = self.weights[:, self.regulators].tocsr()
         g_r = g[:, self.regulators]
         # Neumann series on the regulators (cheap: the regulator network is sparse
         # and close to acyclic) ...
@@ -378,16 +459,21 @@ class Kinetics:
             logger.debug(
                 "Exact noise propagation for %d conditions with strong feedback.", len(bad)
             )
-            w_rr = self._w_rr.toarray()
+            w = self._w_rr.tocoo()
+            eye = sp.identity(r, format="csc")
             for i in bad:
-                lhs = np.eye(r) - h[i][:, None] * w_rr * g_r[i][None, :]
+                # (I - M)^T U^T = L_R^T with M = diag(h) W_RR diag(g_R), sparse like W_RR
+                m_t = sp.csc_matrix(
+                    (g_r[i][w.col] * w.data * h[i][w.row], (w.col, w.row)), shape=(r, r)
+                )
+                rhs = np.ascontiguousarray(base[i][:, self.regulators].T)
                 try:
-                    u[i] = np.linalg.solve(lhs.T, base[i][:, self.regulators].T).T
-                except np.linalg.LinAlgError:
+                    u[i] = splu(eye - m_t).solve(rhs).T
+                except RuntimeError:
                     logger.warning(
                         "Noise propagation met a singular Jacobian (a bifurcation); using least squares."
                     )
-                    u[i] = np.linalg.lstsq(lhs.T, base[i][:, self.regulators].T, rcond=None)[0].T
+                    u[i] = np.linalg.lstsq((eye - m_t).toarray(), rhs, rcond=None)[0].T
         u *= h[:, None, :]
         pushed = np.asarray(u.reshape(b * k, r) @ self.weights).reshape(b, k, self.n_genes)
         return np.clip(base + pushed * g[:, None, :], -clip, clip)

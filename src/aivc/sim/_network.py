@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.csgraph import breadth_first_order
 
 __all__ = ["GeneNetwork", "gene_names", "random_network"]
 
@@ -309,16 +310,25 @@ def random_network(
     feedback = np.zeros(len(src), dtype=bool)
 
     # feedback loops: a regulator-to-regulator edge i -> j is closed by j -> i,
-    # or a two-step path i -> j -> m by m -> i
+    # or a two-step path i -> j -> m by m -> i. Loops are kept apart: no regulator
+    # is in two loops and no other path runs between a loop's members, so every
+    # loop stays a small, separate motif.
     if n_feedback_loops is None:
         n_feedback_loops = max(2, n_reg // 25)
     is_reg = np.zeros(n_genes, dtype=bool)
     is_reg[regulators] = True
-    rr = np.flatnonzero(is_reg[tgt] & ~np.isin(src, masters))
+    pos = np.full(n_genes, -1, dtype=np.int64)
+    pos[regulators] = np.arange(n_reg)
+    rr_edges = is_reg[tgt]
+    dag = sp.csr_matrix(
+        (np.ones(int(rr_edges.sum())), (pos[src[rr_edges]], pos[tgt[rr_edges]])),
+        shape=(n_reg, n_reg),
+    )
+    rr = np.flatnonzero(rr_edges & ~np.isin(src, masters))
     new_src: list[int] = []
     new_tgt: list[int] = []
-    existing = set(zip(src.tolist(), tgt.tolist(), strict=True))
-    for e in rng.permutation(rr)[: 4 * n_feedback_loops]:
+    used: set[int] = set()
+    for e in rng.permutation(rr)[: 20 * n_feedback_loops]:
         if len(new_src) >= n_feedback_loops:
             break
         i, j = int(src[e]), int(tgt[e])
@@ -326,11 +336,20 @@ def random_network(
         onward = tgt[(src == j) & is_reg[tgt]]
         if len(onward) and rng.random() < 0.5:
             back_from = int(rng.choice(onward))
-        if back_from == i or (back_from, i) in existing:
+        members = {i, j, back_from}
+        if back_from == i or members & used or np.count_nonzero(tgt == i) >= max_in_degree:
+            continue
+        # the loop's strongly connected set: regulators downstream of i and upstream of back_from
+        down = breadth_first_order(dag, pos[i], directed=True, return_predecessors=False)
+        up = breadth_first_order(
+            dag.T.tocsr(), pos[back_from], directed=True, return_predecessors=False
+        )
+        if len(np.intersect1d(down, up)) != len(members):
             continue
         new_src.append(back_from)
         new_tgt.append(i)
-        existing.add((back_from, i))
+        used |= members
+        dag = dag + sp.csr_matrix(([1.0], ([pos[back_from]], [pos[i]])), shape=(n_reg, n_reg))
     n_fb = len(new_src)
     if n_fb:
         src = np.concatenate([src, np.asarray(new_src)])

@@ -15,7 +15,7 @@ import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -279,6 +279,21 @@ class VirtualCellSimulator:
             typical = np.exp(np.mean(np.log(states[:, network.regulators] + 1e-12), axis=0))
             network = network.with_threshold(typical * jitter)
             kinetics = Kinetics(network)
+        # cell types are steady states: damp feedback loops that would oscillate
+        for _ in range(8):
+            check = kinetics.steady_state(
+                self._type_inputs(kinetics, network, master_levels), x0=states, fallback=False
+            )
+            if check.converged.all():
+                break
+            logger.info(
+                "A feedback loop keeps a cell type from settling; weakening feedback edges."
+            )
+            network = replace(
+                network, weight=np.where(network.feedback, 0.5 * network.weight, network.weight)
+            )
+            kinetics = Kinetics(network)
+            states = check.x
         self.network_: GeneNetwork = network
         self.kinetics_: Kinetics = kinetics
         self.master_levels_: np.ndarray = master_levels
@@ -490,6 +505,14 @@ class VirtualCellSimulator:
 
     def solve(self, conditions: pd.DataFrame, *, batch_size: int | None = None) -> SolvedConditions:
         """Solve conditions: states, population means and noise sensitivities.
+
+        Steady-state conditions start from their cell type's control state, so a
+        perturbation reaches the attractor the unperturbed cells move into.
+        Conditions with ``time > 0`` start from the steady state under the
+        intervention in the starting cell type and are integrated for ``time``
+        hours under the master-regulator levels of the ``signal`` cell type;
+        their cells are taken to vary around the trajectory as they would
+        around a steady state with the inputs acting at that time.
 
         Parameters
         ----------

@@ -210,11 +210,13 @@ def write_simulation(
 ) -> SimulationFiles:
     """Simulate an experiment and stream it to ``.h5ad`` (or ``.zarr``) chunk by chunk.
 
-    Cells are drawn :data:`~aivc.sim._simulator.BLOCK` at a time from
-    per-block random streams, so memory stays bounded by ``chunk_size`` times
-    the number of genes (times a small factor per worker thread) however many
-    cells are written, and the result depends only on the parameters and the
-    seed. The ground truth goes to ``<name>.truth.npz`` beside the data.
+    Cells are drawn in blocks of 1,024, each from its own random stream, so
+    memory stays bounded by ``chunk_size`` times the number of genes (times a
+    small factor per worker thread) however many cells are written, and the
+    result depends only on the parameters and the seed (not on ``chunk_size``
+    or ``n_jobs``). The data are written to ``<path>.partial`` and renamed when
+    complete. The ground truth goes to ``<name>.truth.npz`` beside the data.
+    Zarr output uses the Zarr v2 format.
 
     Parameters
     ----------
