@@ -50,11 +50,14 @@ def _data_dir() -> Path | None:
 @pytest.fixture(scope="module")
 def setup() -> Iterator[dict[str, object]]:
     """A small papalexi2021 training set (6 perturbations, <=100 cells each) and its fitted model."""
+    from aivc.genes import gene_aliases
     from aivc.instruments._gears import GearsModel, go_gene_terms
 
     base = _data_dir()
     if base is None:
-        pytest.skip("papalexi2021 and the gene tables are not in the data directory (set AIVC_DATA_DIR)")
+        pytest.skip(
+            "papalexi2021 and the gene tables are not in the data directory (set AIVC_DATA_DIR)"
+        )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(aivc.settings, "data_dir", base)
         raw = data.load("papalexi2021")
@@ -63,7 +66,10 @@ def setup() -> Iterator[dict[str, object]]:
         labels = adata.obs[schema.perturbation_key].astype(str).to_numpy()
         targets = sorted(set(labels) - {schema.control_label})
         annotated = go_gene_terms()
-        no_go = next(g for g in adata.var_names if g not in annotated)
+        aliases = gene_aliases()
+        no_go = next(
+            g for g in adata.var_names if g not in annotated and aliases.get(g) not in annotated
+        )
         train_perts = targets[:N_TRAIN]
         rng = np.random.default_rng(0)
         rows = [rng.permutation(np.flatnonzero(labels == schema.control_label))[:300]]

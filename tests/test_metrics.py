@@ -36,7 +36,7 @@ def test_de20_metrics_and_mask():
     assert mask.tolist() == [[True, True, False, False, False]]
     assert_allclose(mse_de20(pred, obs, mask), [(1 + 9) / 2])
     assert_allclose(direction_acc_de20(pred, obs, mask), [0.5])
-    assert_allclose(pearson_delta_de20(pred, obs, mask), [-1.0])
+    assert_allclose(pearson_delta_de20(pred, obs, mask), [1.0])
 
 
 def test_systema_removes_shared_response():

@@ -6,12 +6,15 @@ from aivc.data import _public  # noqa: F401  (registers the public datasets)
 from aivc.data._download import download_dataset as download
 from aivc.data._preprocess import (
     CONDITION_SEP,
+    DOSE_SEP,
     condition_labels,
+    dose_label,
     differential_expression,
     highly_variable_genes,
     log_normalize,
     prepare,
     pseudobulk,
+    treatment_labels,
 )
 from aivc.data._registry import (
     DatasetEntry,
@@ -34,6 +37,7 @@ from aivc.data._validate import (
 
 __all__ = [
     "CONDITION_SEP",
+    "DOSE_SEP",
     "DataValidationError",
     "DatasetEntry",
     "PerturbationSchema",
@@ -43,6 +47,7 @@ __all__ = [
     "condition_labels",
     "dataset_entry",
     "differential_expression",
+    "dose_label",
     "download",
     "get_counts",
     "highly_variable_genes",
@@ -54,5 +59,6 @@ __all__ = [
     "read_h5ad",
     "register_dataset",
     "schema_of",
+    "treatment_labels",
     "validate",
 ]

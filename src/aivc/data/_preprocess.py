@@ -20,18 +20,42 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONDITION_SEP",
+    "DOSE_SEP",
     "condition_labels",
+    "dose_label",
     "differential_expression",
     "highly_variable_genes",
     "log_normalize",
     "prepare",
     "pseudobulk",
+    "treatment_labels",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Separator between perturbation and context in a condition label.
 CONDITION_SEP = " | "
+#: Separator between perturbation and dose in a treatment label (``"D001 @ 10"``).
+DOSE_SEP = " @ "
+
+
+def dose_label(perturbation: str, dose: float | None) -> str:
+    """The treatment label of a perturbation at a dose (the plain label when the dose is 0/None)."""
+    if dose is None or not np.isfinite(dose) or dose == 0:
+        return perturbation
+    return f"{perturbation}{DOSE_SEP}{float(dose):g}"
+
+
+def treatment_labels(adata: AnnData, schema: PerturbationSchema) -> pd.Series:
+    """Perturbation of each cell, with its dose when the schema has a dose column and it is non-zero."""
+    pert = adata.obs[schema.perturbation_key].astype(str)
+    if schema.dose_key is None:
+        return pert.rename("treatment")
+    dose = pd.to_numeric(adata.obs[schema.dose_key], errors="coerce").to_numpy(dtype=float)
+    has_dose = np.isfinite(dose) & (dose != 0) & (pert != schema.control_label).to_numpy()
+    out = pert.to_numpy().astype(object)
+    out[has_dose] = [dose_label(p, d) for p, d in zip(out[has_dose], dose[has_dose], strict=True)]
+    return pd.Series(out, index=adata.obs_names, name="treatment")
 
 
 def log_normalize(counts: object, *, target_sum: float | None = 1e4) -> tuple[sp.csr_matrix, float]:
@@ -132,8 +156,8 @@ def highly_variable_genes(
 
 
 def condition_labels(adata: AnnData, schema: PerturbationSchema) -> pd.Series:
-    """The condition of each cell: its perturbation, and its context when the schema has one."""
-    pert = adata.obs[schema.perturbation_key].astype(str)
+    """The condition of each cell: its treatment (perturbation and dose), and its context when declared."""
+    pert = treatment_labels(adata, schema)
     if schema.context_key is None:
         return pert.rename("condition")
     ctx = adata.obs[schema.context_key].astype(str)
@@ -174,7 +198,7 @@ def pseudobulk(
     means
         Conditions x genes means.
     info
-        One row per condition: ``perturbation``, ``context``, ``n_cells``.
+        One row per condition: ``perturbation``, ``context``, ``dose`` (0 without one), ``n_cells``.
     """
     x = adata.X if layer is None else adata.layers[layer]
     cond = condition_labels(adata, schema)
@@ -195,8 +219,23 @@ def pseudobulk(
         context = ctx.reindex(index).to_numpy()
     else:
         context = np.full(len(index), None, dtype=object)
+    if schema.dose_key is not None:
+        dose_values = pd.to_numeric(adata.obs[schema.dose_key], errors="coerce").fillna(0.0)
+        dose = (
+            dose_values.groupby(cond.to_numpy(), observed=True)
+            .first()
+            .reindex(index)
+            .to_numpy(dtype=float)
+        )
+    else:
+        dose = np.zeros(len(index))
     info = pd.DataFrame(
-        {"perturbation": pert.reindex(index).to_numpy(), "context": context, "n_cells": sizes},
+        {
+            "perturbation": pert.reindex(index).to_numpy(),
+            "context": context,
+            "dose": dose,
+            "n_cells": sizes,
+        },
         index=index,
     )
     return pd.DataFrame(means, index=index, columns=adata.var_names.copy()), info
@@ -239,7 +278,7 @@ def differential_expression(
     """
     import scanpy as sc
 
-    pert = adata.obs[schema.perturbation_key].astype(str)
+    pert = treatment_labels(adata, schema)
     contexts = (
         [None]
         if schema.context_key is None

@@ -117,7 +117,10 @@ class PerturbationSchema:
     def to_dict(self) -> dict[str, object]:
         """Plain dict of the declared fields (unset optional fields are left out, so the
         dict can be stored in ``AnnData.uns`` and written to h5ad)."""
-        return {"schema_version": SCHEMA_VERSION, **{k: v for k, v in asdict(self).items() if v is not None}}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            **{k: v for k, v in asdict(self).items() if v is not None},
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -25,6 +25,7 @@ from aivc.instruments._baselines import (
     TrainMeanModel,
 )
 from aivc.instruments._conformance import check_instrument
+from aivc.instruments._gears import GearsModel
 from aivc.instruments._registry import (
     InstrumentInfo,
     get_instrument_class,
@@ -37,6 +38,7 @@ __all__ = [
     "FORMAT_VERSION",
     "AdditiveModel",
     "ControlModel",
+    "GearsModel",
     "Instrument",
     "InstrumentInfo",
     "KnowledgeLinearModel",

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -74,6 +74,12 @@ class PerturbationSummary:
         Cells per condition.
     control_mean
         Context -> control mean log-expression (key ``None`` without contexts).
+    doses
+        Dose of each condition (0 for perturbations without a dose).
+    features
+        Optional numeric description of perturbation targets (e.g. drug
+        fingerprints), indexed by target name; models may use it in place of
+        gene embeddings.
     """
 
     schema: PerturbationSchema
@@ -84,6 +90,8 @@ class PerturbationSummary:
     delta: np.ndarray
     n_cells: np.ndarray
     control_mean: dict[str | None, np.ndarray]
+    doses: list[float] = field(default_factory=list)
+    features: pd.DataFrame | None = None
 
     @classmethod
     def from_adata(cls, adata: AnnData, schema: PerturbationSchema) -> PerturbationSummary:
@@ -116,6 +124,7 @@ class PerturbationSummary:
             delta=delta,
             n_cells=info["n_cells"].to_numpy()[pert_rows],
             control_mean=control_mean,
+            doses=[float(d) for d in info["dose"].to_numpy()[pert_rows]],
         )
 
 
@@ -272,6 +281,21 @@ def shift_cells(cells: np.ndarray, target: np.ndarray, rng: np.random.Generator)
     return np.clip(out, 0.0, 14.0)
 
 
+def _broadcast_doses(doses: Sequence[float] | float | None, n: int) -> list[float]:
+    if doses is None:
+        return [0.0] * n
+    if isinstance(doses, int | float | np.integer | np.floating):
+        return [float(doses)] * n
+    out = [0.0 if d is None else float(d) for d in doses]
+    if len(out) != n:
+        msg = f"Got {n} perturbations but {len(out)} doses; pass one dose per perturbation."
+        raise ValueError(msg)
+    if any(not np.isfinite(d) or d < 0 for d in out):
+        msg = f"Doses must be finite and non-negative. Got {out} instead."
+        raise ValueError(msg)
+    return out
+
+
 # ----------------------------------------------------------------------------- perturbation models
 class PerturbationModel(Instrument):
     """Base class of manipulators that predict the effect of perturbations.
@@ -305,6 +329,7 @@ class PerturbationModel(Instrument):
         schema: PerturbationSchema | None = None,
         *,
         known_genes: Sequence[str] | None = None,
+        perturbation_features: pd.DataFrame | None = None,
     ) -> Self:
         """Fit on log-normalised data (``X``), e.g. from :func:`aivc.data.prepare`.
 
@@ -318,9 +343,19 @@ class PerturbationModel(Instrument):
             Gene symbols accepted as perturbation targets at prediction time,
             in addition to the measured genes and the training targets (e.g.
             :func:`aivc.genes.gene_symbols`).
+        perturbation_features
+            Optional numeric features of perturbation targets that are not genes
+            (e.g. drug descriptors), one row per target name. Their names are
+            accepted as targets; models that use features read them from here.
         """
         schema = schema if schema is not None else schema_of(adata)
         summary = PerturbationSummary.from_adata(adata, schema)
+        if perturbation_features is not None:
+            values = np.asarray(perturbation_features, dtype=np.float64)
+            if not np.isfinite(values).all():
+                msg = "perturbation_features contains NaN or infinite values; expected finite numbers."
+                raise DataValidationError(msg)
+            summary.features = pd.DataFrame(values, index=perturbation_features.index.astype(str))
         if not summary.perturbations:
             msg = "The training data hold no perturbed cells; a perturbation model needs some."
             raise DataValidationError(msg)
@@ -330,7 +365,8 @@ class PerturbationModel(Instrument):
         self.train_perturbations_ = list(summary.perturbations)
         self.train_contexts_ = list(summary.contexts)
         targets = {t for p in summary.perturbations for t in schema.targets(p)}
-        self.known_genes_ = sorted(set(self.genes_) | targets | set(known_genes or ()))
+        extra = set(summary.features.index) if summary.features is not None else set()
+        self.known_genes_ = sorted(set(self.genes_) | targets | set(known_genes or ()) | extra)
         self._known_set = frozenset(self.known_genes_)
         self._fit(summary, adata)
         self.fitted_ = True
@@ -410,6 +446,7 @@ class PerturbationModel(Instrument):
         perturbations: Sequence[str],
         *,
         contexts: Sequence[str | None] | str | None = None,
+        doses: Sequence[float] | float | None = None,
         control: AnnData | None = None,
     ) -> np.ndarray:
         """Predicted change of mean log-expression, conditions x genes.
@@ -420,6 +457,9 @@ class PerturbationModel(Instrument):
             Labels such as ``"STAT1"`` or ``"KLF1+MAP2K6"``.
         contexts
             One context per perturbation, or one for all (when the schema has contexts).
+        doses
+            One dose per perturbation, or one for all (0 or None: no dose). Models
+            without the ``"dose"`` capability ignore doses.
         control
             Control cells for contexts the model was not trained on
             (log-normalised, same genes); their mean is the baseline state.
@@ -427,7 +467,12 @@ class PerturbationModel(Instrument):
         perts, ctxs, base = self._resolve(perturbations, contexts, control)
         if not perts:
             return np.zeros((0, len(self.genes_)))
-        delta = np.asarray(self._predict_delta(perts, ctxs, base), dtype=np.float64)
+        dose_list = _broadcast_doses(doses, len(perts))
+        if "dose" in type(self).capabilities:
+            raw = self._predict_delta(perts, ctxs, base, doses=dose_list)  # type: ignore[call-arg]
+        else:
+            raw = self._predict_delta(perts, ctxs, base)
+        delta = np.asarray(raw, dtype=np.float64)
         expected = (len(perts), len(self.genes_))
         if delta.shape != expected:
             msg = f"{type(self).__name__}._predict_delta returned shape {delta.shape}; expected {expected}."
@@ -439,11 +484,12 @@ class PerturbationModel(Instrument):
         perturbations: Sequence[str],
         *,
         contexts: Sequence[str | None] | str | None = None,
+        doses: Sequence[float] | float | None = None,
         control: AnnData | None = None,
     ) -> np.ndarray:
         """Predicted mean log-expression (control mean of the context + predicted change)."""
         perts, ctxs, base = self._resolve(perturbations, contexts, control)
-        return base + self.predict_delta(perts, contexts=ctxs, control=control)
+        return base + self.predict_delta(perts, contexts=ctxs, doses=doses, control=control)
 
     def predict(
         self,
@@ -451,6 +497,7 @@ class PerturbationModel(Instrument):
         *,
         control: AnnData,
         contexts: Sequence[str | None] | str | None = None,
+        doses: Sequence[float] | float | None = None,
         n_cells: int = 100,
         include_control: bool = True,
         seed: int = 0,
@@ -470,7 +517,7 @@ class PerturbationModel(Instrument):
         import anndata as ad
 
         perts, ctxs, _ = self._resolve(perturbations, contexts, control)
-        delta = self.predict_delta(perts, contexts=ctxs, control=control)
+        delta = self.predict_delta(perts, contexts=ctxs, doses=doses, control=control)
         schema = self.schema_
         idx = check_gene_panel(control.var_names, list(self.genes_))
         labels = control.obs[schema.perturbation_key].astype(str).to_numpy()
@@ -482,7 +529,8 @@ class PerturbationModel(Instrument):
         )
         rng = np.random.default_rng(seed)
         x = sp.csr_matrix(control.X)[:, idx]
-        blocks, obs_p, obs_c = [], [], []
+        dose_list = _broadcast_doses(doses, len(perts))
+        blocks, obs_p, obs_c, obs_d = [], [], [], []
         for i, (p, c) in enumerate(zip(perts, ctxs, strict=True)):
             pool = (
                 np.flatnonzero(is_ctrl & (ctx_col == c))
@@ -496,6 +544,7 @@ class PerturbationModel(Instrument):
             blocks.append(sp.csr_matrix(cells.astype(np.float32)))
             obs_p += [p] * n_cells
             obs_c += [c] * n_cells
+            obs_d += [dose_list[i]] * n_cells
         if include_control:
             for c in dict.fromkeys(ctxs):
                 pool = (
@@ -507,9 +556,12 @@ class PerturbationModel(Instrument):
                 blocks.append(sp.csr_matrix(x[take], dtype=np.float32))
                 obs_p += [schema.control_label] * len(take)
                 obs_c += [c] * len(take)
+                obs_d += [0.0] * len(take)
         obs = pd.DataFrame({schema.perturbation_key: pd.Categorical(obs_p)})
         if schema.context_key is not None:
             obs[schema.context_key] = pd.Categorical(obs_c)
+        if schema.dose_key is not None:
+            obs[schema.dose_key] = np.asarray(obs_d, dtype=float)
         obs.index = [f"pred_{i}" for i in range(len(obs))]
         out = ad.AnnData(
             X=sp.vstack(blocks).tocsr()

@@ -95,45 +95,66 @@ class AdditiveModel(PerturbationModel):
     averaged over the contexts where they were measured.
     """
 
-    capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination", "dose"})
 
     def __init__(self) -> None:
         pass
 
     def _fit(self, summary: PerturbationSummary, adata: AnnData) -> None:
         schema = summary.schema
+        doses = summary.doses or [0.0] * len(summary.perturbations)
         singles = [i for i, p in enumerate(summary.perturbations) if schema.order(p) == 1]
         rows = singles if singles else list(range(len(summary.perturbations)))
         self.fallback_delta_ = summary.delta[rows].mean(axis=0)
         keys, deltas = [], []
         for i in singles:
-            keys.append([summary.perturbations[i], summary.contexts[i]])
+            keys.append([summary.perturbations[i], summary.contexts[i], float(doses[i])])
             deltas.append(summary.delta[i])
         self.single_keys_ = keys
         self.single_deltas_ = np.stack(deltas) if deltas else np.zeros((0, len(self.genes_)))
         self._index()
 
     def _index(self) -> None:
-        self._by_ctx = {(p, c): i for i, (p, c) in enumerate(self.single_keys_)}
         self._by_pert: dict[str, list[int]] = {}
-        for i, (p, _) in enumerate(self.single_keys_):
-            self._by_pert.setdefault(p, []).append(i)
+        for i, key in enumerate(self.single_keys_):
+            self._by_pert.setdefault(key[0], []).append(i)
 
-    def single_delta(self, target: str, context: str | None) -> np.ndarray | None:
-        """The measured change of a single target (``None`` when never measured)."""
-        if (target, context) in self._by_ctx:
-            return self.single_deltas_[self._by_ctx[(target, context)]]
-        if target in self._by_pert:
-            return self.single_deltas_[self._by_pert[target]].mean(axis=0)
-        return None
+    def single_delta(
+        self, target: str, context: str | None, dose: float = 0.0
+    ) -> np.ndarray | None:
+        """The measured change of a single target (``None`` when never measured).
+
+        Prefers the query's context; among the measured doses takes the one
+        nearest in log-dose (so an unmeasured dose gets its nearest measured
+        neighbour), averaging over contexts when the target was not measured in
+        the query's.
+        """
+        rows = self._by_pert.get(target)
+        if not rows:
+            return None
+        in_ctx = [i for i in rows if self.single_keys_[i][1] == context]
+        rows = in_ctx or rows
+
+        def dist(i: int) -> float:
+            d = float(self.single_keys_[i][2] if len(self.single_keys_[i]) > 2 else 0.0)
+            return abs(np.log10(d + 1e-6) - np.log10(dose + 1e-6))
+
+        best = min(dist(i) for i in rows)
+        chosen = [i for i in rows if dist(i) == best]
+        return self.single_deltas_[chosen].mean(axis=0)
 
     def _predict_delta(
-        self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray
+        self,
+        perturbations: list[str],
+        contexts: list[str | None],
+        control_mean: np.ndarray,
+        doses: list[float] | None = None,
     ) -> np.ndarray:
+        doses = doses or [0.0] * len(perturbations)
         out = np.zeros((len(perturbations), len(self.genes_)))
         for i, (p, c) in enumerate(zip(perturbations, contexts, strict=True)):
             for t in self.schema_.targets(p):
-                d = self.single_delta(t, c)
+                d = self.single_delta(t, c, doses[i])
                 out[i] += self.fallback_delta_ if d is None else d
         return out
 
@@ -184,19 +205,65 @@ class _EmbeddingMixin:
         self.gene_table_ = table
         self._gene_pos = {g: i for i, g in enumerate(table.index)}
 
-    def _pert_features(self, perturbations: list[str]) -> tuple[np.ndarray, list[str]]:
-        """Sum of the target embeddings of each label; also the targets that have none."""
+    def _set_feature_table(self, features: pd.DataFrame | None) -> None:
+        """Standardised features of non-gene targets (drugs), or None."""
+        if features is None or features.shape[0] == 0:
+            self.feature_table_ = None
+            self._feature_pos: dict[str, int] = {}
+            return
+        values = features.to_numpy(dtype=np.float64)
+        sd = values.std(axis=0)
+        values = (values - values.mean(axis=0)) / np.where(sd > 1e-12, sd, 1.0)
+        self.feature_table_ = pd.DataFrame(values, index=features.index.astype(str))
+        self._feature_pos = {g: i for i, g in enumerate(self.feature_table_.index)}
+
+    def _pert_features(
+        self, perturbations: list[str], doses: list[float] | None = None
+    ) -> tuple[np.ndarray, list[str]]:
+        """Features of each label and the targets without any.
+
+        The sum of the targets' gene embeddings, followed, when non-gene target
+        features were given, by the sum of those features and the same sum
+        scaled by log10(dose).
+        """
         table = self.gene_table_.to_numpy()
         out = np.zeros((len(perturbations), table.shape[1]))
+        feats = getattr(self, "feature_table_", None)
+        extra = None if feats is None else np.zeros((len(perturbations), 2 * feats.shape[1]))
         missing: list[str] = []
         for i, p in enumerate(perturbations):
             for t in self.schema_.targets(p):  # type: ignore[attr-defined]
+                if extra is not None and t in self._feature_pos:
+                    f = feats.to_numpy()[self._feature_pos[t]]
+                    dose = 0.0 if doses is None else float(doses[i])
+                    extra[i, : len(f)] += f
+                    extra[i, len(f) :] += f * (np.log10(dose) if dose > 0 else 0.0)
+                    continue
                 j = self._gene_pos.get(t)
                 if j is None:
                     missing.append(t)
                 else:
                     out[i] += table[j]
+        if extra is not None:
+            out = np.hstack([out, extra])
         return out, missing
+
+    def _feature_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        if getattr(self, "feature_table_", None) is None:
+            return {}, {}
+        return {"feature_table": self.feature_table_.to_numpy()}, {
+            "feature_table_index": list(map(str, self.feature_table_.index))
+        }
+
+    def _set_feature_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        if "feature_table" in arrays:
+            self.feature_table_ = pd.DataFrame(
+                arrays["feature_table"], index=meta["feature_table_index"]
+            )
+            self._feature_pos = {g: i for i, g in enumerate(self.feature_table_.index)}
+        else:
+            self.feature_table_ = None
+            self._feature_pos = {}
 
     def _fit_context_space(self, summary: PerturbationSummary) -> None:
         keys = [k for k in summary.control_mean if k is not None]
@@ -250,7 +317,7 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         Context features kept when the data have several contexts.
     """
 
-    capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination", "context"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination", "context", "dose"})
     ridge_grid: ClassVar[tuple[float, ...]] = (0.01, 0.1, 1.0, 10.0, 100.0)
 
     def __init__(
@@ -270,22 +337,28 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         self._check_embedding_param()
         if self.perturbation_embedding == "go":
             self._set_gene_table(self._knowledge_table())
+        self._set_feature_table(summary.features)
         self._fit_context_space(summary)
         perts, ctxs, y = summary.perturbations, summary.contexts, summary.delta
+        doses = summary.doses or [0.0] * len(perts)
         base = np.stack([summary.control_mean[c] for c in ctxs])
         if self.ridge is None:
-            self.ridge_ = self._choose_ridge(perts, ctxs, y, base)
+            self.ridge_ = self._choose_ridge(perts, doses, y, base)
         else:
             self.ridge_ = float(self.ridge)
-        self._solve(perts, y, base, self.ridge_)
+        self._solve(perts, doses, y, base, self.ridge_)
 
     def _features(
-        self, perturbations: list[str], control_mean: np.ndarray, g: np.ndarray | None = None
+        self,
+        perturbations: list[str],
+        doses: list[float],
+        control_mean: np.ndarray,
+        g: np.ndarray | None = None,
     ) -> np.ndarray:
         if self.perturbation_embedding == "data":
             table = pd.DataFrame(g if g is not None else self.g_, index=self.genes_)
             self._set_gene_table(table)
-        pf, missing = self._pert_features(perturbations)
+        pf, missing = self._pert_features(perturbations, doses)
         if missing:
             logger.debug(
                 "%s: %d target(s) have no %s embedding and get the mean change, e.g. %s",
@@ -309,7 +382,7 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         return u
 
     def _decompose(
-        self, perts: list[str], y: np.ndarray, base: np.ndarray
+        self, perts: list[str], doses: list[float], y: np.ndarray, base: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """b, centred Y, G and P for a set of training conditions (independent of the ridge)."""
         b = y.mean(axis=0)
@@ -317,11 +390,13 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         k = max(1, min(self.n_components, yc.shape[0] - 1, yc.shape[1]))
         g = self._gene_basis(yc, k)
         self.g_ = g
-        p = self._features(perts, base, g)
+        p = self._features(perts, doses, base, g)
         return b, yc, g, p
 
-    def _solve(self, perts: list[str], y: np.ndarray, base: np.ndarray, lam: float) -> None:
-        b, yc, g, p = self._decompose(perts, y, base)
+    def _solve(
+        self, perts: list[str], doses: list[float], y: np.ndarray, base: np.ndarray, lam: float
+    ) -> None:
+        b, yc, g, p = self._decompose(perts, doses, y, base)
         self._set_solution(b, yc, g, p, lam)
 
     def _set_solution(
@@ -332,39 +407,59 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         self.k_ = _ridge_solve(g, lam) @ yc.T @ _ridge_solve(p, lam).T
 
     def _choose_ridge(
-        self, perts: list[str], ctxs: list[str | None], y: np.ndarray, base: np.ndarray
+        self, perts: list[str], doses: list[float], y: np.ndarray, base: np.ndarray
     ) -> float:
+        """Ridge penalty with the lowest cross-validated error on the training conditions.
+
+        Leave-one-condition-out up to 30 conditions, seeded 5-fold above.
+        """
         n = len(perts)
         if n < 3:
             return 1.0
+        if n <= 30:
+            folds = [np.array([i]) for i in range(n)]
+        else:
+            folds = np.array_split(np.random.default_rng(0).permutation(n), 5)
         errors = np.zeros(len(self.ridge_grid))
-        for i in range(n):
-            keep = np.flatnonzero(np.arange(n) != i)
-            b, yc, g, p = self._decompose([perts[j] for j in keep], y[keep], base[keep])
+        for held in folds:
+            keep = np.setdiff1d(np.arange(n), held)
+            b, yc, g, p = self._decompose(
+                [perts[j] for j in keep], [doses[j] for j in keep], y[keep], base[keep]
+            )
             for j, lam in enumerate(self.ridge_grid):
                 self._set_solution(b, yc, g, p, lam)
-                pred = self._predict_raw([perts[i]], base[i : i + 1])
-                errors[j] += float(np.mean((pred - y[i]) ** 2))
+                pred = self._predict_raw(
+                    [perts[i] for i in held], [doses[i] for i in held], base[held]
+                )
+                errors[j] += float(np.sum((pred - y[held]) ** 2))
         return float(self.ridge_grid[int(np.argmin(errors))])
 
-    def _predict_raw(self, perturbations: list[str], control_mean: np.ndarray) -> np.ndarray:
-        p = self._features(perturbations, control_mean)
+    def _predict_raw(
+        self, perturbations: list[str], doses: list[float], control_mean: np.ndarray
+    ) -> np.ndarray:
+        p = self._features(perturbations, doses, control_mean)
         return p @ self.k_.T @ self.g_.T + self.b_
 
     def _predict_delta(
-        self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray
+        self,
+        perturbations: list[str],
+        contexts: list[str | None],
+        control_mean: np.ndarray,
+        doses: list[float] | None = None,
     ) -> np.ndarray:
-        return self._predict_raw(perturbations, control_mean)
+        return self._predict_raw(perturbations, doses or [0.0] * len(perturbations), control_mean)
 
     def _model_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        feat_arrays, feat_meta = self._feature_state()
         arrays = {
             "g": self.g_,
             "k": self.k_,
             "b": self.b_,
             "context_center": self.context_center_,
             "context_basis": self.context_basis_,
+            **feat_arrays,
         }
-        meta: dict[str, Any] = {"ridge": self.ridge_}
+        meta: dict[str, Any] = {"ridge": self.ridge_, **feat_meta}
         if self.perturbation_embedding == "go":
             arrays["gene_table"] = self.gene_table_.to_numpy()
             meta["gene_table_index"] = list(map(str, self.gene_table_.index))
@@ -377,6 +472,7 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
             arrays["context_basis"],
         )
         self.ridge_ = meta["ridge"]
+        self._set_feature_state(arrays, meta)
         if self.perturbation_embedding == "go":
             self._set_gene_table(pd.DataFrame(arrays["gene_table"], index=meta["gene_table_index"]))
 
@@ -424,7 +520,7 @@ class NearestNeighbourModel(_EmbeddingMixin, PerturbationModel):
         Context features kept when the data have several contexts.
     """
 
-    capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination", "context"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination", "context", "dose"})
 
     def __init__(
         self, *, perturbation_embedding: str = "go", n_context_components: int = 5
@@ -440,11 +536,14 @@ class NearestNeighbourModel(_EmbeddingMixin, PerturbationModel):
             yc = summary.delta - summary.delta.mean(axis=0)
             k = max(1, min(10, yc.shape[0] - 1))
             self._set_gene_table(pd.DataFrame(LinearModel._gene_basis(yc, k), index=summary.genes))
+        self._set_feature_table(summary.features)
         self._fit_context_space(summary)
         self.train_delta_ = summary.delta
         self.mean_delta_ = summary.delta.mean(axis=0)
         base = np.stack([summary.control_mean[c] for c in summary.contexts])
-        self.train_pert_features_, _ = self._pert_features(summary.perturbations)
+        self.train_pert_features_, _ = self._pert_features(
+            summary.perturbations, summary.doses or None
+        )
         self.train_context_features_ = self._context_features(base)
 
     @staticmethod
@@ -453,9 +552,13 @@ class NearestNeighbourModel(_EmbeddingMixin, PerturbationModel):
         return np.divide(x, n, out=np.zeros_like(x), where=n > 1e-12)
 
     def _predict_delta(
-        self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray
+        self,
+        perturbations: list[str],
+        contexts: list[str | None],
+        control_mean: np.ndarray,
+        doses: list[float] | None = None,
     ) -> np.ndarray:
-        qp, _ = self._pert_features(perturbations)
+        qp, _ = self._pert_features(perturbations, doses)
         qc = self._context_features(control_mean)
         sim = self._unit(qp) @ self._unit(self.train_pert_features_).T
         if qc.shape[1]:
@@ -466,7 +569,9 @@ class NearestNeighbourModel(_EmbeddingMixin, PerturbationModel):
         return out
 
     def _model_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        feat_arrays, feat_meta = self._feature_state()
         return {
+            **feat_arrays,
             "gene_table": self.gene_table_.to_numpy(),
             "train_delta": self.train_delta_,
             "mean_delta": self.mean_delta_,
@@ -474,10 +579,11 @@ class NearestNeighbourModel(_EmbeddingMixin, PerturbationModel):
             "train_context_features": self.train_context_features_,
             "context_center": self.context_center_,
             "context_basis": self.context_basis_,
-        }, {"gene_table_index": list(map(str, self.gene_table_.index))}
+        }, {"gene_table_index": list(map(str, self.gene_table_.index)), **feat_meta}
 
     def _set_model_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self._set_gene_table(pd.DataFrame(arrays["gene_table"], index=meta["gene_table_index"]))
+        self._set_feature_state(arrays, meta)
         self.train_delta_ = arrays["train_delta"]
         self.mean_delta_ = arrays["mean_delta"]
         self.train_pert_features_ = arrays["train_pert_features"]

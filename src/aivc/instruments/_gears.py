@@ -7,10 +7,11 @@ precomputed GO similarity graph at run time; here all of them are built from
 the gene-knowledge tables in ``<data_dir>/genes/`` and handed to GEARS in a
 private temporary directory (the GO graph directly as tensors).
 
-Everything GEARS writes (its processed AnnData, cell graphs, split and
-co-expression files) stays in that temporary directory and is deleted after
-:meth:`GearsModel.fit`. The fitted state is the network's weights, the two
-gene graphs and a little metadata, saved as safetensors + JSON.
+The files GEARS reads (gene -> GO terms, the genes of its perturbation graph,
+the split) and writes (its co-expression graph) live in that directory, which
+is deleted when :meth:`GearsModel.fit` returns. The fitted state is the
+network's weights, the two gene graphs and a little metadata, saved as
+safetensors + JSON; loading rebuilds the network from them alone.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from aivc.data._validate import DataValidationError
 from aivc.instruments._base import PerturbationModel, PerturbationSummary
 from aivc.instruments._registry import register_instrument
 
@@ -105,13 +107,13 @@ def _import_gears() -> Any:
 def _seeded_global_rngs(seed: int) -> Iterator[None]:
     """Seed numpy's, torch's and Python's global generators, and restore them afterwards.
 
-    GEARS draws from the global generators (pairing of perturbed with control
-    cells, weight initialisation, batch order), so they are seeded for the
-    duration of a fit and put back as they were when it ends.
+    GEARS draws from the global generators (weight initialisation, batch
+    order), so they are seeded for the duration of a fit and put back as they
+    were when it ends.
     """
     import torch
 
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002
     torch_state = torch.get_rng_state()
     py_state = random.getstate()
     np.random.seed(seed)  # noqa: NPY002 - GEARS reads the global generator
@@ -295,10 +297,10 @@ def _go_graph_cached(
 
 def _gene_aliases() -> dict[str, str]:
     """Unambiguous alias -> official symbol, or nothing when the gene table is missing."""
-    from aivc.genes import _knowledge
+    from aivc.genes import gene_aliases
 
     try:
-        return _knowledge.gene_aliases()
+        return gene_aliases()
     except FileNotFoundError:
         return {}
 
@@ -351,7 +353,9 @@ class GearsModel(PerturbationModel):
     Parameters
     ----------
     epochs
-        Training epochs (GEARS halves the learning rate after each).
+        Training epochs (GEARS halves the learning rate after each). With the
+        default cell sample, one epoch leaves GEARS undertrained (its fit to
+        the training conditions themselves is near zero correlation), hence 2.
     hidden_size
         Width of GEARS' embeddings.
     batch_size
@@ -407,7 +411,7 @@ class GearsModel(PerturbationModel):
     def __init__(
         self,
         *,
-        epochs: int = 1,
+        epochs: int = 2,
         hidden_size: int = 64,
         batch_size: int = 64,
         lr: float = 1e-3,
@@ -634,7 +638,7 @@ class GearsModel(PerturbationModel):
             pert_data = gears.PertData(
                 str(work), gene_set_path=str(work / "pert_genes.pkl"), default_pert_graph=False
             )
-            _process_new_data(pert_data, cells, np.random.default_rng(self.seed))
+            _process_new_data(pert_data, cells, np.random.default_rng([self.seed, 1]))
             if list(pert_data.pert_names) != list(self.pert_list_):
                 msg = "GEARS ordered its perturbation graph differently from the GO graph built for it."
                 raise RuntimeError(msg)
@@ -728,8 +732,8 @@ class GearsModel(PerturbationModel):
             pert_idx.append([self._pert_index[t] for t in targets])
         if missing:
             logger.warning(
-                "GEARS cannot represent %d condition(s) (targets outside its GO graph); they get the mean "
-                "training change: %s",
+                "GEARS cannot represent %d condition(s) (targets outside its GO graph or more than two "
+                "targets); they get the mean training change: %s",
                 len(missing),
                 missing,
             )
@@ -781,7 +785,13 @@ class GearsModel(PerturbationModel):
         self.gene_list_ = list(meta["gears_gene_list"])
         if self.gene_list_ != list(map(str, self.genes_)):
             msg = "The stored GEARS gene list differs from the model's genes; the model directory is corrupted."
-            raise ValueError(msg)
+            raise DataValidationError(msg)
+        if self.weights_ and len(self.pert_list_) != self.config_.get("num_perts"):
+            msg = (
+                f"The stored GEARS graph has {len(self.pert_list_)} genes but the network expects "
+                f"{self.config_.get('num_perts')}; the model directory is corrupted."
+            )
+            raise DataValidationError(msg)
         self.aliases_ = dict(meta["gears_aliases"])
         self.train_conditions_ = list(meta["gears_train_conditions"])
         self.val_conditions_ = list(meta["gears_val_conditions"])

@@ -94,7 +94,9 @@ def demo(
 
 @app.command()
 def benchmark(
-    task: Annotated[str, typer.Argument(help="unseen-single, combinations or unseen-cell-type.")],
+    task: Annotated[
+        str, typer.Argument(help="unseen-single, combinations, unseen-cell-type or simulator.")
+    ],
     out: Annotated[
         Path, typer.Option("--out", help="Output directory for results.json and results.md.")
     ],
@@ -128,7 +130,7 @@ def benchmark(
             dataset=dataset,
             models=names,
             seeds=seeds or (0, 1, 2),
-            cell_eval=not no_cell_eval,
+            cell_eval=False if no_cell_eval else None,
         )
     except (FileNotFoundError, ValueError, KeyError) as e:
         _fail(str(e))
@@ -140,7 +142,9 @@ def benchmark(
 def simulate(
     cells: Annotated[int, typer.Option("--cells", help="Number of cells.")] = 10_000,
     genes: Annotated[int, typer.Option("--genes", help="Number of genes.")] = 1000,
-    out: Annotated[Path, typer.Option("--out", help="Output .h5ad or .zarr file.")] = Path("simulation.h5ad"),
+    out: Annotated[Path, typer.Option("--out", help="Output .h5ad or .zarr file.")] = Path(
+        "simulation.h5ad"
+    ),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     cell_types: Annotated[int, typer.Option("--cell-types", help="Number of cell types.")] = 2,
     batches: Annotated[int, typer.Option("--batches", help="Number of batches.")] = 3,
@@ -158,7 +162,12 @@ def simulate(
 
     try:
         files = write_simulation(
-            out, n_cells=cells, n_genes=genes, seed=seed, n_cell_types=cell_types, n_batches=batches,
+            out,
+            n_cells=cells,
+            n_genes=genes,
+            seed=seed,
+            n_cell_types=cell_types,
+            n_batches=batches,
             modality=modality,
         )
     except (ValueError, FileExistsError) as e:
