@@ -128,7 +128,9 @@ def test_simulate_command(tmp_path):
     from aivc.data import read_h5ad, schema_of, validate
 
     out = tmp_path / "sim.h5ad"
-    res = CliRunner().invoke(app, ["simulate", "--cells", "600", "--genes", "120", "--out", str(out), "--seed", "3"])
+    res = CliRunner().invoke(
+        app, ["simulate", "--cells", "600", "--genes", "120", "--out", str(out), "--seed", "3"]
+    )
     assert res.exit_code == 0, res.output
     adata = read_h5ad(out)
     assert adata.shape == (600, 120)

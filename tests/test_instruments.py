@@ -149,10 +149,27 @@ def test_predictions_are_accepted_by_cell_eval_run(prepared, tmp_path):
     real.layers = {}
     real.write_h5ad(tmp_path / "real.h5ad")
     out = subprocess.run(
-        [exe, "run", "-ap", str(tmp_path / "pred.h5ad"), "-ar", str(tmp_path / "real.h5ad"),
-         "--pert-col", "perturbation", "--control-pert", "control", "--profile", "vcc",
-         "--num-threads", "1", "-o", str(tmp_path / "ce")],
-        capture_output=True, text=True, timeout=300,
+        [
+            exe,
+            "run",
+            "-ap",
+            str(tmp_path / "pred.h5ad"),
+            "-ar",
+            str(tmp_path / "real.h5ad"),
+            "--pert-col",
+            "perturbation",
+            "--control-pert",
+            "control",
+            "--profile",
+            "vcc",
+            "--num-threads",
+            "1",
+            "-o",
+            str(tmp_path / "ce"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "ce" / "agg_results.csv").exists()

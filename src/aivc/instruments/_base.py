@@ -35,11 +35,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT_VERSION",
-    "shift_cells",
     "Instrument",
     "NotFittedError",
     "PerturbationModel",
     "PerturbationSummary",
+    "shift_cells",
 ]
 
 logger = logging.getLogger(__name__)

@@ -52,7 +52,7 @@ def register_instrument(
 
 
 def _ensure_builtin() -> None:
-    import aivc.instruments._baselines  # noqa: F401
+    import aivc.instruments._baselines
     import aivc.instruments._gears  # noqa: F401
 
 
