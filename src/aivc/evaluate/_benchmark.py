@@ -463,8 +463,10 @@ def _training_view(obs: _Observed, split: Split) -> AnnData:
     schema = obs.schema
     pert = obs.adata.obs[schema.perturbation_key].astype(str).to_numpy()
     train = np.isin(pert, [*split.train_perturbations, schema.control_label])
-    treat = treatment_labels(obs.adata, schema).to_numpy()
-    train &= ~np.isin(treat, list(split.test_perturbations))
+    if split.test_contexts is None:
+        # held-out treatments (a perturbation, or a perturbation at one dose) leave training
+        treat = treatment_labels(obs.adata, schema).to_numpy()
+        train &= ~np.isin(treat, list(split.test_perturbations))
     if split.test_contexts is not None:
         ctx = obs.adata.obs[schema.context_key].astype(str).to_numpy()
         train &= ~(np.isin(ctx, split.test_contexts) & (pert != schema.control_label))
