@@ -323,10 +323,15 @@ def differential_expression(
                 key_added="_aivc_de",
                 tie_correct=True,
             )
+        res = sub.uns["_aivc_de"]
         for p in wanted:
-            df = sc.get.rank_genes_groups_df(sub, group=p, key="_aivc_de").set_index("names")
-            df = df[["scores", "logfoldchanges", "pvals_adj"]].rename(
-                columns={"scores": "score", "logfoldchanges": "logfoldchange"}
+            df = pd.DataFrame(
+                {
+                    "score": np.asarray(res["scores"][p], dtype=float),
+                    "logfoldchange": np.asarray(res["logfoldchanges"][p], dtype=float),
+                    "pvals_adj": np.asarray(res["pvals_adj"][p], dtype=float),
+                },
+                index=pd.Index(np.asarray(res["names"][p], dtype=str), name="names"),
             )
             df["score"] = df["score"].fillna(0.0)
             df = df.iloc[np.argsort(-np.abs(df["score"].to_numpy()), kind="stable")]

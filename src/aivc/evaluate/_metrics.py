@@ -203,16 +203,16 @@ def centroid_accuracy(
 ) -> np.ndarray:
     """1 where a prediction is nearer its own observed centroid than any other condition's.
 
-    Distances are Euclidean over genes excluded for neither condition... to
-    keep one gene set for all comparisons, genes excluded for any condition
-    are dropped. Needs at least two conditions (returns nan otherwise).
+    Distances are Euclidean; to keep one gene set for all comparisons, genes
+    excluded for any condition are dropped. Needs at least two conditions
+    (returns nan otherwise).
     """
     pred, obs, exclude = _check(pred, obs, exclude)
     if len(obs) < 2:
         return np.full(len(obs), np.nan)
     keep = ~exclude.any(axis=0)
     p, o = pred[:, keep], obs[:, keep]
-    d = ((p[:, None, :] - o[None, :, :]) ** 2).sum(-1)
+    d = (p**2).sum(1)[:, None] + (o**2).sum(1)[None, :] - 2 * p @ o.T
     own = np.diag(d)
     others = d + np.diag(np.full(len(d), np.inf))
     return (own < others.min(axis=1)).astype(float)
