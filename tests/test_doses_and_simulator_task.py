@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
-from aivc.data import PerturbationSchema, dose_label, prepare, pseudobulk, treatment_labels
+from aivc.data import dose_label, prepare, pseudobulk, treatment_labels
 from aivc.instruments import AdditiveModel, LinearModel, NearestNeighbourModel, PerturbationModel
 
 
@@ -19,7 +19,14 @@ def drug_data():
     from aivc.sim import VirtualCellSimulator, default_design
 
     sim = VirtualCellSimulator(n_genes=120, n_cell_types=2, n_drugs=4, seed=1).build()
-    design = default_design(sim, n_cells=6000, max_singles=20, double_fraction=0.3, n_design_drugs=3, min_cells_per_condition=20)
+    design = default_design(
+        sim,
+        n_cells=6000,
+        max_singles=20,
+        double_fraction=0.3,
+        n_design_drugs=3,
+        min_cells_per_condition=20,
+    )
     raw, _ = sim.simulate(design, n_batches=1, seed=1)
     from aivc.data import schema_of
 
@@ -34,8 +41,18 @@ def test_treatment_labels_carry_doses(drug_data):
     drug_cells = adata.obs[schema.dose_key].to_numpy() > 0
     assert all(" @ " in t for t in labels[drug_cells])
     assert not any(" @ " in t for t in labels[~drug_cells])
-    means, info = pseudobulk(adata, schema)
-    assert (info["dose"] > 0).sum() == len({(p, d, c) for p, d, c in zip(adata.obs["perturbation"][drug_cells], adata.obs["dose"][drug_cells], adata.obs["cell_type"][drug_cells], strict=True)})
+    _, info = pseudobulk(adata, schema)
+    assert (info["dose"] > 0).sum() == len(
+        {
+            (p, d, c)
+            for p, d, c in zip(
+                adata.obs["perturbation"][drug_cells],
+                adata.obs["dose"][drug_cells],
+                adata.obs["cell_type"][drug_cells],
+                strict=True,
+            )
+        }
+    )
     assert dose_label("D001", 0.0) == "D001" and dose_label("D001", 10) == "D001 @ 10"
 
 
@@ -49,7 +66,9 @@ def test_additive_uses_nearest_measured_dose(drug_data):
     pred = model.predict_delta([drug, drug], contexts="type_A", doses=[held, doses[0]])
     assert np.isfinite(pred).all()
     # the unmeasured dose is predicted from a measured neighbour in log-dose
-    neighbours = [model.predict_delta([drug], contexts="type_A", doses=[d])[0] for d in (doses[0], doses[2])]
+    neighbours = [
+        model.predict_delta([drug], contexts="type_A", doses=[d])[0] for d in (doses[0], doses[2])
+    ]
     assert any(np.allclose(pred[0], n) for n in neighbours)
 
 
@@ -57,12 +76,17 @@ def test_models_with_drug_features_round_trip(drug_data, tmp_path):
     adata, schema, features = drug_data
     drug = sorted(set(adata.obs["perturbation"][adata.obs["dose"] > 0].astype(str)))[0]
     train = adata[(adata.obs["perturbation"] != drug).to_numpy()].copy()
-    for cls, params in ((LinearModel, {}), (NearestNeighbourModel, {"perturbation_embedding": "data"})):
+    for cls, params in (
+        (LinearModel, {}),
+        (NearestNeighbourModel, {"perturbation_embedding": "data"}),
+    ):
         model = cls(**params).fit(train, schema, perturbation_features=features)
         pred = model.predict_delta([drug, drug], contexts="type_B", doses=[0.1, 10.0])
         assert np.isfinite(pred).all()
         loaded = PerturbationModel.load(model.save(tmp_path / cls.__name__))
-        assert_allclose(loaded.predict_delta([drug, drug], contexts="type_B", doses=[0.1, 10.0]), pred)
+        assert_allclose(
+            loaded.predict_delta([drug, drug], contexts="type_B", doses=[0.1, 10.0]), pred
+        )
     with pytest.raises(ValueError, match=r"Doses must be finite and non-negative"):
         model.predict_delta([drug], contexts="type_B", doses=[-1.0])
 
@@ -88,7 +112,12 @@ def test_simulator_benchmark_runs_small(tmp_path, monkeypatch):
     monkeypatch.setitem(_benchmark.SIMULATOR_SETTINGS, "n_genes", 150)
     monkeypatch.setitem(_benchmark.SIMULATOR_SETTINGS, "n_cells", 8000)
     monkeypatch.setitem(_benchmark.SIMULATOR_SETTINGS, "max_singles", 30)
-    result = run_benchmark("simulator", out=tmp_path, models=["control", "train-mean", "additive", "linear"], seeds=[0, 1, 2])
+    result = run_benchmark(
+        "simulator",
+        out=tmp_path,
+        models=["control", "train-mean", "additive", "linear"],
+        seeds=[0, 1, 2],
+    )
     assert set(result["models"]) == {"control", "train-mean", "additive", "linear"}
     cats = set(result["models"]["additive"]["by_category"])
     assert {"unseen single", "unseen drug", "unseen dose"} <= cats

@@ -10,6 +10,7 @@ the train-mean baseline and a split-half replicate of the data, and writes
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -682,11 +683,12 @@ def run_benchmark(
             if name in peers_first_seed and split.seed != seeds[0]:
                 continue
             cls = get_instrument_class(name)
-            model = cls(**spec.model_params.get(name, {}))
+            params = dict(spec.model_params.get(name, {}))
             rng_seed = split.seed
+            if "seed" in inspect.signature(cls.__init__).parameters:
+                params["seed"] = rng_seed  # seeded models follow the split's seed
+            model = cls(**params)
             with ResourceMeter() as meter:
-                if "seed" in model.get_params():
-                    model.seed = rng_seed
                 model.fit(train, schema, known_genes=fit_known, perturbation_features=features)
                 delta = model.predict_delta(perts, contexts=ctxs, doses=doses, control=control)
                 n_cells = [min(len(_cells(obs, c)), 300) for c in conds]
