@@ -9,5 +9,15 @@ from aivc.genes._knowledge import (
     go_embedding,
     knowledge_path,
 )
+from aivc.genes._networks import NETWORKS, fused_embedding, network_embedding
 
-__all__ = ["KNOWLEDGE_FOLDER", "gene_aliases", "gene_symbols", "go_embedding", "knowledge_path"]
+__all__ = [
+    "KNOWLEDGE_FOLDER",
+    "NETWORKS",
+    "fused_embedding",
+    "gene_aliases",
+    "gene_symbols",
+    "go_embedding",
+    "knowledge_path",
+    "network_embedding",
+]

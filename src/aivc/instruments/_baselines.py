@@ -34,7 +34,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_EMBEDDINGS = ("data", "go")
+_EMBEDDINGS = ("data", "go", "string", "huri", "fused")
 
 
 @register_instrument("control", description="Predicts no change: perturbed = control mean.")
@@ -186,10 +186,16 @@ class _EmbeddingMixin:
             raise ValueError(msg)
 
     def _knowledge_table(self) -> pd.DataFrame:
-        """GO embedding, with rows added for unambiguous aliases of embedded genes."""
-        from aivc.genes import gene_aliases, go_embedding
+        """The chosen knowledge embedding (GO, STRING, HuRI or their fusion), with rows
+        added for unambiguous aliases of embedded genes."""
+        from aivc.genes import fused_embedding, gene_aliases, go_embedding, network_embedding
 
-        table = go_embedding()
+        if self.perturbation_embedding == "go":
+            table = go_embedding()
+        elif self.perturbation_embedding == "fused":
+            table = fused_embedding()[0]
+        else:
+            table = network_embedding(self.perturbation_embedding)
         try:
             aliases = gene_aliases()
         except FileNotFoundError:
@@ -300,7 +306,7 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
     ``K`` is the ridge solution. The perturbation embedding of a target is its
     row of ``G`` (``perturbation_embedding="data"``; targets outside the
     measured genes get zeros, i.e. the mean change) or its Gene Ontology
-    embedding (``"go"``); combinations sum their targets' embeddings, and with
+    embedding (``"go"``, or the STRING / HuRI / fused embeddings); combinations sum their targets' embeddings, and with
     several contexts the principal components of the contexts' control means
     are appended.
 
@@ -312,7 +318,8 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         Ridge penalty; ``None`` chooses it by leave-one-condition-out
         cross-validation on the training conditions only.
     perturbation_embedding
-        ``"data"`` or ``"go"``.
+        ``"data"``, or a knowledge embedding: ``"go"``, ``"string"``, ``"huri"`` or
+        ``"fused"`` (all three, see :func:`aivc.genes.fused_embedding`).
     n_context_components
         Context features kept when the data have several contexts.
     """
@@ -335,7 +342,7 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
 
     def _fit(self, summary: PerturbationSummary, adata: AnnData) -> None:
         self._check_embedding_param()
-        if self.perturbation_embedding == "go":
+        if self.perturbation_embedding != "data":
             self._set_gene_table(self._knowledge_table())
         self._set_feature_table(summary.features)
         self._fit_context_space(summary)
@@ -460,7 +467,7 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
             **feat_arrays,
         }
         meta: dict[str, Any] = {"ridge": self.ridge_, **feat_meta}
-        if self.perturbation_embedding == "go":
+        if self.perturbation_embedding != "data":
             arrays["gene_table"] = self.gene_table_.to_numpy()
             meta["gene_table_index"] = list(map(str, self.gene_table_.index))
         return arrays, meta
@@ -473,7 +480,7 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         )
         self.ridge_ = meta["ridge"]
         self._set_feature_state(arrays, meta)
-        if self.perturbation_embedding == "go":
+        if self.perturbation_embedding != "data":
             self._set_gene_table(pd.DataFrame(arrays["gene_table"], index=meta["gene_table_index"]))
 
 
@@ -515,7 +522,8 @@ class NearestNeighbourModel(_EmbeddingMixin, PerturbationModel):
     Parameters
     ----------
     perturbation_embedding
-        ``"go"`` (knowledge) or ``"data"`` (principal components of the training changes).
+        A knowledge embedding (``"go"``, ``"string"``, ``"huri"``, ``"fused"``) or ``"data"``
+        (principal components of the training changes).
     n_context_components
         Context features kept when the data have several contexts.
     """
@@ -530,7 +538,7 @@ class NearestNeighbourModel(_EmbeddingMixin, PerturbationModel):
 
     def _fit(self, summary: PerturbationSummary, adata: AnnData) -> None:
         self._check_embedding_param()
-        if self.perturbation_embedding == "go":
+        if self.perturbation_embedding != "data":
             self._set_gene_table(self._knowledge_table())
         else:
             yc = summary.delta - summary.delta.mean(axis=0)
