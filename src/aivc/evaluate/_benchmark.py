@@ -725,8 +725,7 @@ def run_benchmark(
 
     # pooled metrics per seed: centroid accuracy and cell-eval ----------------------------------
     pooled: list[pd.DataFrame] = []
-    celleval_rep: pd.DataFrame | None = None
-    groups = _celleval_groups(obs, splits)
+    groups = _celleval_groups(obs)
     for (name, seed), by_cond in preds.items():
         conds = [c for c in obs.conditions if c in by_cond]
         pred = np.stack([by_cond[c][0] for c in conds])
@@ -750,7 +749,11 @@ def run_benchmark(
         ca = centroid_accuracy(h["pred"], h["obs"], obs.exclude.loc[obs.conditions].to_numpy())
         t = pd.DataFrame({"centroid_accuracy": ca}, index=obs.conditions)
         if cell_eval:
-            t = t.join(_run_celleval_halves(obs, groups, h["cells_a"], h["rows_b"], seeds[0]))
+            t = t.join(
+                _run_celleval(
+                    obs, groups, h["cells_a"], seeds[0], cache={}, real_rows_of=h["rows_b"]
+                )
+            )
         rep_pooled.append(t)
     celleval_rep = sum(rep_pooled[1:], rep_pooled[0]) / len(rep_pooled)
     replicate_table = replicate_table.join(celleval_rep)
@@ -779,7 +782,7 @@ def run_benchmark(
 _DE_CACHE: dict[Any, Any] = {}
 
 
-def _celleval_groups(obs: _Observed, splits: Sequence[Split]) -> dict[str | None, list[str]]:
+def _celleval_groups(obs: _Observed) -> dict[str | None, list[str]]:
     """Conditions scored together by cell-eval: all of one context at once."""
     groups: dict[str | None, list[str]] = {}
     for c in obs.conditions:
@@ -812,17 +815,6 @@ def _run_celleval(
         cache[key] = de_real
         frames.append(table[list(CELL_EVAL_METRICS)])
     return pd.concat(frames)
-
-
-def _run_celleval_halves(
-    obs: _Observed,
-    groups: dict[str | None, list[str]],
-    cells_a: dict[str, np.ndarray],
-    rows_b: dict[str, np.ndarray],
-    seed: int,
-) -> pd.DataFrame:
-    """cell-eval scores of one half of the cells (as a prediction) against the other half."""
-    return _run_celleval(obs, groups, cells_a, seed, cache={}, real_rows_of=rows_b)
 
 
 def _assemble(

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -97,6 +98,38 @@ def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
             os.remove(tmp)
 
 
+def _load_cached(cache_file: Path) -> pd.DataFrame | None:
+    """A cached embedding, or None when there is none."""
+    if not cache_file.exists():
+        return None
+    with np.load(cache_file, allow_pickle=False) as z:
+        return pd.DataFrame(z["values"], index=pd.Index(z["genes"].astype(str)))
+
+
+def _svd_embedding(
+    matrix: sp.spmatrix,
+    genes: Sequence[str],
+    *,
+    n_components: int,
+    cache_file: Path | None,
+    label: str,
+) -> pd.DataFrame:
+    """Seeded truncated SVD of a genes x features matrix, rows L2-normalised, cached if asked."""
+    from sklearn.decomposition import TruncatedSVD
+
+    k = min(n_components, min(matrix.shape) - 1)
+    z = TruncatedSVD(
+        n_components=k, algorithm="randomized", n_iter=7, random_state=0
+    ).fit_transform(matrix)
+    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    values = z.astype(np.float32)
+    names = np.asarray(genes, dtype=str)
+    if cache_file is not None:
+        _save_npz_atomic(cache_file, values=values, genes=names)
+    logger.info("%s embedding: %d genes x %d dimensions", label, values.shape[0], values.shape[1])
+    return pd.DataFrame(values, index=pd.Index(names))
+
+
 def go_embedding(
     *,
     n_components: int = 64,
@@ -122,9 +155,9 @@ def go_embedding(
     gmt_path = knowledge_path("go_bp_propagated_5to1000.gmt.gz", data_dir)
     key = _file_digest([ann_path, gmt_path], f"go-v1-{n_components}")
     cache_file = settings.cache_dir / "genes" / f"go_embedding_{key}.npz"
-    if cache and cache_file.exists():
-        with np.load(cache_file, allow_pickle=False) as z:
-            return pd.DataFrame(z["values"], index=pd.Index(z["genes"].astype(str)))
+    cached = _load_cached(cache_file) if cache else None
+    if cached is not None:
+        return cached
     ann = pd.read_csv(ann_path, sep="\t", usecols=["symbol", "go_id"], dtype=str).dropna()
     pairs = [ann[["symbol", "go_id"]].drop_duplicates()]
     for term, genes in _read_gmt(gmt_path):
@@ -140,15 +173,6 @@ def go_embedding(
     m = m @ sp.diags(idf)
     row_norm = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
     m = sp.diags(1.0 / np.maximum(row_norm, 1e-12)) @ m
-    from sklearn.decomposition import TruncatedSVD
-
-    k = min(n_components, min(m.shape) - 1)
-    z = TruncatedSVD(
-        n_components=k, algorithm="randomized", n_iter=7, random_state=0
-    ).fit_transform(m)
-    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-    values = z.astype(np.float32)
-    if cache:
-        _save_npz_atomic(cache_file, values=values, genes=np.asarray(genes, dtype=str))
-    logger.info("GO embedding: %d genes x %d dimensions", values.shape[0], values.shape[1])
-    return pd.DataFrame(values, index=pd.Index(np.asarray(genes, dtype=str)))
+    return _svd_embedding(
+        m, genes, n_components=n_components, cache_file=cache_file if cache else None, label="GO"
+    )

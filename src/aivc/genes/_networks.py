@@ -11,7 +11,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from aivc._settings import settings
-from aivc.genes._knowledge import _file_digest, _save_npz_atomic, go_embedding, knowledge_path
+from aivc.genes._knowledge import (
+    _file_digest,
+    _load_cached,
+    _svd_embedding,
+    go_embedding,
+    knowledge_path,
+)
 
 __all__ = ["NETWORKS", "fused_embedding", "network_embedding"]
 
@@ -53,9 +59,9 @@ def network_embedding(
     path = knowledge_path(filename, data_dir)
     key = _file_digest([path], f"{source}-v1-{n_components}")
     cache_file = settings.cache_dir / "genes" / f"{source}_embedding_{key}.npz"
-    if cache and cache_file.exists():
-        with np.load(cache_file, allow_pickle=False) as z:
-            return pd.DataFrame(z["values"], index=pd.Index(z["genes"].astype(str)))
+    cached = _load_cached(cache_file) if cache else None
+    if cached is not None:
+        return cached
     cols = ["symbol_a", "symbol_b", *([weight_col] if weight_col else [])]
     edges = pd.read_csv(path, sep="\t", usecols=cols, dtype={"symbol_a": str, "symbol_b": str})
     edges = edges.dropna(subset=["symbol_a", "symbol_b"])
@@ -72,18 +78,13 @@ def network_embedding(
     deg = np.asarray(adj.sum(axis=1)).ravel()
     inv_sqrt = sp.diags(1.0 / np.sqrt(deg))
     norm = inv_sqrt @ adj @ inv_sqrt
-    from sklearn.decomposition import TruncatedSVD
-
-    k = min(n_components, n - 1)
-    z = TruncatedSVD(
-        n_components=k, algorithm="randomized", n_iter=7, random_state=0
-    ).fit_transform(norm)
-    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-    values = z.astype(np.float32)
-    if cache:
-        _save_npz_atomic(cache_file, values=values, genes=np.asarray(genes, dtype=str))
-    logger.info("%s embedding: %d genes x %d dimensions", source, values.shape[0], values.shape[1])
-    return pd.DataFrame(values, index=genes)
+    return _svd_embedding(
+        norm,
+        genes,
+        n_components=n_components,
+        cache_file=cache_file if cache else None,
+        label=source,
+    )
 
 
 def fused_embedding(
