@@ -479,6 +479,24 @@ class PerturbationModel(Instrument):
             raise RuntimeError(msg)
         return delta
 
+    def predict_interval(
+        self,
+        perturbations: Sequence[str],
+        *,
+        contexts: Sequence[str | None] | str | None = None,
+        doses: Sequence[float] | float | None = None,
+        control: AnnData | None = None,
+        level: float = 0.9,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predicted change with a per-gene interval: ``(delta, lower, upper)``, each conditions x genes.
+
+        Only models with the ``"uncertainty"`` capability give intervals; the
+        interval at ``level`` is meant to hold the measured change with that
+        probability (models document how it was calibrated).
+        """
+        msg = f"{type(self).__name__} gives no intervals (it lacks the 'uncertainty' capability)."
+        raise NotImplementedError(msg)
+
     def predict_mean(
         self,
         perturbations: Sequence[str],

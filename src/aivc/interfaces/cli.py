@@ -5,6 +5,7 @@ Heavy libraries are imported inside each command so ``aivc --help`` is instant.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Annotated
 
@@ -95,7 +96,11 @@ def demo(
 @app.command()
 def benchmark(
     task: Annotated[
-        str, typer.Argument(help="unseen-single, combinations, unseen-cell-type or simulator.")
+        str,
+        typer.Argument(
+            help="unseen-single, combinations, unseen-cell-type, simulator, calibration, "
+            "label-transfer, integration, rna-to-protein or lab-loop."
+        ),
     ],
     out: Annotated[
         Path, typer.Option("--out", help="Output directory for results.json and results.md.")
@@ -110,6 +115,9 @@ def benchmark(
     seeds: Annotated[
         list[int] | None, typer.Option("--seeds", help="Seeds (repeat the option).")
     ] = None,
+    variant: Annotated[
+        str | None, typer.Option("--variant", help="A task's variant (e.g. lab-loop no-essential).")
+    ] = None,
     no_cell_eval: Annotated[
         bool, typer.Option("--no-cell-eval", help="Skip cell-eval's metrics.")
     ] = False,
@@ -118,24 +126,25 @@ def benchmark(
 ) -> None:
     """Run a benchmark task: every baseline and model on the same seeded splits."""
     _setup(verbosity, data_dir)
-    from aivc.evaluate import TASKS, run_benchmark
+    from aivc.evaluate._tasks import run_task, task_names
 
-    if task not in TASKS:
-        _fail(f"unknown task {task!r}; expected one of {sorted(TASKS)}.")
+    if task not in task_names():
+        _fail(f"unknown task {task!r}; expected one of {task_names()}.")
     names = [m for item in (models or []) for m in item.split(",") if m] or None
     try:
-        result = run_benchmark(
+        result = run_task(
             task,
-            out=out,
+            out,
             dataset=dataset,
             models=names,
             seeds=seeds or (0, 1, 2),
+            variant=variant,
             cell_eval=False if no_cell_eval else None,
         )
     except (FileNotFoundError, ValueError, KeyError) as e:
         _fail(str(e))
     typer.echo((out / "results.md").read_text())
-    typer.echo(f"wrote {out / 'results.json'} ({len(result['models'])} models)")
+    typer.echo(f"wrote {out / 'results.json'} ({len(result.get('models', []))} models)")
 
 
 @app.command()
@@ -233,6 +242,11 @@ def instruments_list() -> None:
     for info in list_instruments():
         t.add_row(info.name, info.kind, ", ".join(sorted(info.capabilities)), info.description)
     Console().print(t)
+
+
+# Commands of each area live beside it; each module only imports typer at the top.
+for _module in ("_cli_cells", "_cli_models", "_cli_experiments", "_cli_serve"):
+    importlib.import_module(f"aivc.interfaces.{_module}").register(app)
 
 
 def main() -> None:
