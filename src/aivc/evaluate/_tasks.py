@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 EXTRA_TASKS: dict[str, str] = {
-    "label-transfer": "aivc.cells._benchmarks:run_label_transfer",
-    "integration": "aivc.cells._benchmarks:run_integration",
+    "label-transfer": "aivc.cells._label_transfer:run_label_transfer",
+    "integration": "aivc.cells._integration:run_integration",
     "rna-to-protein": "aivc.cells._protein_benchmark:run_rna_to_protein",
     "calibration": "aivc.evaluate._calibration:run_calibration",
     "lab-loop": "aivc.experiments._lab_loop:run_lab_loop",
