@@ -80,7 +80,7 @@ def run(out: Path, seeds: list[int], models: list[str], k: int) -> pd.DataFrame:
                 model.fit(adata[train_cells], schema, known_genes=genes)
                 pred = model.predict_delta(test, contexts=str(truth.cell_types[0]))
             res = edge_precision(pred, regs, targets, k=k)
-            rows.append({"seed": seed, "source": name, **res, "seconds": meter.seconds})
+            rows.append({"seed": seed, "source": name, **res, "seconds": meter.wall_seconds})
     table = pd.DataFrame(rows)
     summary = (
         table.groupby("source", sort=False)
