@@ -9,3 +9,7 @@ for task in unseen-single combinations unseen-cell-type simulator; do
     .venv/bin/python benchmarks/timed.py "$task" -- \
         .venv/bin/aivc benchmark "$task" --out "$OUT/$task" -v warning 2> "$OUT/$task.log" | tail -1
 done
+# speed of the aivc-perturb manipulator (fit on papalexi2021, 10,000 profiles with intervals)
+.venv/bin/python benchmarks/timed.py manipulator-speed -- \
+    .venv/bin/python benchmarks/manipulator_speed.py --out "$OUT/manipulator-speed.json" > "$OUT/manipulator-speed.log" 2>&1
+tail -1 "$OUT/manipulator-speed.log"

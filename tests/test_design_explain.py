@@ -45,7 +45,7 @@ def test_design_finds_the_perturbation_that_made_the_target(fitted):
 
 
 def test_design_finds_a_pair_and_its_path(fitted):
-    adata, schema, model = fitted
+    _, _, model = fitted
     double = next(p for p in model.train_perturbations_ if "+" in p)
     a, b = double.split("+")
     # A target the additive model can reach exactly: the sum of the two single effects.

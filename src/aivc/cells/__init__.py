@@ -1,10 +1,61 @@
-"""Cell representations (the cellular scale).
+"""Cell representations (the cellular scale) and the decoders that read them.
 
 A gene-panel-agnostic cell encoder reads a cell as a weighted set of the genes
 it expresses, through the gene representations of :mod:`aivc.genes`, so data
-from different panels, technologies and species map into one space.
+from different panels, technologies and species map into one space. Decoders
+read cells back out: cell type with calibrated probabilities and an "unknown"
+answer (:class:`CellTypeDecoder`), expression (:meth:`CellEncoder.decode`) and
+protein abundance from RNA (:class:`ProteinDecoder`).
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from aivc.cells._calibration import expected_calibration_error, fit_temperature
+from aivc.cells._celltype import CellTypeDecoder
+from aivc.cells._data import BackedCells, embed_file, iter_chunks, open_cells
+from aivc.cells._encoder import (
+    GENE_EMBEDDINGS,
+    CellEncoder,
+    heldout_reconstruction,
+    map_species_genes,
+)
+from aivc.cells._label_transfer import (
+    TransferConfig,
+    label_transfer_metrics,
+    run_label_transfer,
+    transfer_labels,
+)
+from aivc.cells._protein import (
+    ANTIBODY_GENES,
+    ProteinDecoder,
+    canonical_protein,
+    normalize_proteins,
+    protein_matrix,
+    rna_lognorm,
+)
+from aivc.cells._scib import integration_scores
+
+__all__: list[str] = [
+    "ANTIBODY_GENES",
+    "GENE_EMBEDDINGS",
+    "BackedCells",
+    "CellEncoder",
+    "CellTypeDecoder",
+    "ProteinDecoder",
+    "TransferConfig",
+    "canonical_protein",
+    "embed_file",
+    "expected_calibration_error",
+    "fit_temperature",
+    "heldout_reconstruction",
+    "integration_scores",
+    "iter_chunks",
+    "label_transfer_metrics",
+    "map_species_genes",
+    "normalize_proteins",
+    "open_cells",
+    "protein_matrix",
+    "rna_lognorm",
+    "run_label_transfer",
+    "transfer_labels",
+]

@@ -216,7 +216,7 @@ TASKS: dict[str, BenchmarkTask] = {
             description="Predict never-seen CRISPR knockouts (5-fold leave-perturbations-out, 3 seeds)",
             split_kind="leave-perturbations-out",
             n_folds=5,
-            models=(*_COMMON, "gears"),
+            models=(*_COMMON, "aivc-perturb", "gears"),
             make_splits=_unseen_single_splits,
         ),
         BenchmarkTask(
@@ -231,6 +231,7 @@ TASKS: dict[str, BenchmarkTask] = {
                 "linear",
                 "linear-knowledge",
                 "nearest-neighbour",
+                "aivc-perturb",
                 "gears",
             ),
             make_splits=_combination_splits,
@@ -240,7 +241,7 @@ TASKS: dict[str, BenchmarkTask] = {
             dataset="kang2018",
             description="Predict a held-out cell type's IFN-beta response from its control cells (leave-one-cell-type-out)",
             split_kind="leave-one-context-out",
-            models=("control", "train-mean", "linear", "nearest-neighbour"),
+            models=("control", "train-mean", "linear", "nearest-neighbour", "aivc-perturb"),
             make_splits=_context_splits,
             n_top_genes=2000,
             notes="additive and linear-knowledge need several perturbations and are not defined for one stimulus; "
@@ -254,7 +255,14 @@ TASKS: dict[str, BenchmarkTask] = {
                 "unseen singles, doubles with 0/1/2 genes seen, unseen drugs, unseen doses"
             ),
             split_kind="simulator-gears",
-            models=("control", "train-mean", "additive", "linear", "nearest-neighbour"),
+            models=(
+                "control",
+                "train-mean",
+                "additive",
+                "linear",
+                "nearest-neighbour",
+                "aivc-perturb",
+            ),
             make_splits=_simulator_splits,
             build=_build_simulation,
             cell_eval=False,

@@ -1,5 +1,80 @@
-"""In silico experiments: virtual screens, inverse design, explanations and the lab in the loop."""
+"""In silico experiments: virtual screens, inverse design, explanations and the lab in the loop.
+
+- :func:`screen` scores every single perturbation of a gene list, or every
+  pair of a panel, under an :class:`Objective`, ranked by predicted effect and
+  by an uncertainty-aware score; chunked, resumable, optionally on Dask.
+- :func:`inverse_design` searches single and paired perturbations (and doses)
+  that move a start state closest to a target, with the predicted path.
+- :func:`explain` says why a prediction is what it is: attribution by
+  knowledge source, enriched GO processes, responding network neighbours.
+- :func:`propose` picks the next experiments with a registered acquisition
+  strategy (``random``, ``uncertainty``, ``gp-ucb``, ``degree-prior``,
+  ``aivc-design``); :func:`run_lab_loop` benchmarks them on the simulator and
+  on real genome-wide CRISPR screens.
+- :class:`Ledger` records lab-loop projects in SQLite or PostgreSQL, with
+  versioned schema migrations (:mod:`aivc.experiments.migrations`).
+- :func:`run_loop` runs the lab in the loop (propose -> measure -> update)
+  against a :class:`SimulatorLab` or a :class:`ResultsFileLab`; a killed loop
+  resumes where it stopped.
+
+Names are imported on first use, so ``import aivc.experiments`` stays cheap and
+the database libraries are only needed by the ledger and the loop.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Ledger": "aivc.experiments._ledger",
+    "LedgerConflictError": "aivc.experiments._ledger",
+    "ModelRecord": "aivc.experiments._ledger",
+    "PredictionRecord": "aivc.experiments._ledger",
+    "ResultRecord": "aivc.experiments._ledger",
+    "RoundRecord": "aivc.experiments._ledger",
+    "LoopReport": "aivc.experiments._loop",
+    "ResultsFileLab": "aivc.experiments._loop",
+    "SimulatorLab": "aivc.experiments._loop",
+    "run_loop": "aivc.experiments._loop",
+    "Objective": "aivc.experiments._objectives",
+    "make_objective": "aivc.experiments._objectives",
+    "reference_states": "aivc.experiments._objectives",
+    "ScreenResult": "aivc.experiments._screen",
+    "screen": "aivc.experiments._screen",
+    "DesignResult": "aivc.experiments._design",
+    "inverse_design": "aivc.experiments._design",
+    "Explanation": "aivc.experiments._explain",
+    "edge_precision": "aivc.experiments._explain",
+    "explain": "aivc.experiments._explain",
+    "gene_set_enrichment": "aivc.experiments._explain",
+    "STRATEGIES": "aivc.experiments._acquisition",
+    "Strategy": "aivc.experiments._acquisition",
+    "propose": "aivc.experiments._acquisition",
+    "register_strategy": "aivc.experiments._acquisition",
+    "GPRegressor": "aivc.experiments._surrogates",
+    "batch_ucb": "aivc.experiments._surrogates",
+    "ESSENTIAL_GO_TERMS": "aivc.experiments._screens_data",
+    "SCREENS": "aivc.experiments._screens_data",
+    "essential_machinery_genes": "aivc.experiments._screens_data",
+    "load_screen": "aivc.experiments._screens_data",
+    "read_mageck_summary": "aivc.experiments._screens_data",
+    "screen_hits": "aivc.experiments._screens_data",
+    "run_lab_loop": "aivc.experiments._lab_loop",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        msg = f"module 'aivc.experiments' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
 import os
@@ -17,7 +16,15 @@ import scipy.sparse as sp
 
 from aivc._settings import settings
 
-__all__ = ["KNOWLEDGE_FOLDER", "gene_aliases", "gene_symbols", "go_embedding", "knowledge_path"]
+__all__ = [
+    "GO_PROPAGATION_RELATIONS",
+    "KNOWLEDGE_FOLDER",
+    "gene_aliases",
+    "gene_symbols",
+    "go_ancestor_closure",
+    "go_embedding",
+    "knowledge_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,16 +82,6 @@ def gene_aliases(data_dir: str | Path | None = None) -> dict[str, str]:
     return dict(_gene_table_cached(str(knowledge_path("human_gene_info.tsv.gz", data_dir)))[1])
 
 
-def _read_gmt(path: Path) -> list[tuple[str, list[str]]]:
-    sets = []
-    with gzip.open(path, "rt") as fh:
-        for line in fh:
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) > 2:
-                sets.append((parts[0], parts[2:]))
-    return sets
-
-
 def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
@@ -130,19 +127,73 @@ def _svd_embedding(
     return pd.DataFrame(values, index=pd.Index(names))
 
 
+#: GO relations along which annotations are propagated to ancestor terms (the true-path rule).
+GO_PROPAGATION_RELATIONS = ("isa", "part of")
+
+#: The three GO root terms; annotations to them carry no information.
+GO_ROOTS = ("GO:0008150", "GO:0003674", "GO:0005575")
+
+
+def go_ancestor_closure(
+    terms: Sequence[str] | None = None, *, data_dir: str | Path | None = None
+) -> tuple[sp.csr_matrix, pd.Index]:
+    """Reflexive-transitive closure of the GO hierarchy (``is_a`` and ``part_of``).
+
+    Parameters
+    ----------
+    terms
+        Extra term ids to include (e.g. annotated terms missing from the parents table).
+    data_dir
+        Data directory holding ``genes/go_term_parents.tsv.gz``.
+
+    Returns
+    -------
+    closure
+        Terms x terms boolean CSR matrix, ``closure[i, j]`` true when term ``j``
+        is term ``i`` or one of its ancestors.
+    index
+        The term ids labelling rows and columns.
+    """
+    path = knowledge_path("go_term_parents.tsv.gz", data_dir)
+    edges = pd.read_csv(path, sep="\t", usecols=["child", "parent", "relationship_type"], dtype=str)
+    edges = edges[edges["relationship_type"].isin(GO_PROPAGATION_RELATIONS)]
+    index = pd.Index(
+        sorted(set(edges["child"]) | set(edges["parent"]) | set(() if terms is None else terms))
+    )
+    n = len(index)
+    step = sp.csr_matrix(
+        (
+            np.ones(len(edges)),
+            (index.get_indexer(edges["child"]), index.get_indexer(edges["parent"])),
+        ),
+        shape=(n, n),
+    )
+    closure = sp.identity(n, format="csr")
+    while True:  # the GO graph is a DAG of depth < 30: this stops after depth + 1 rounds
+        grown = ((closure + closure @ step) > 0).astype(np.float64).tocsr()
+        if grown.nnz == closure.nnz:
+            break
+        closure = grown
+    return closure.astype(bool).tocsr(), index
+
+
 def go_embedding(
     *,
     n_components: int = 64,
     data_dir: str | Path | None = None,
     cache: bool = True,
 ) -> pd.DataFrame:
-    """Gene embeddings from Gene Ontology annotations.
+    """Gene embeddings from Gene Ontology annotations propagated up the term hierarchy.
 
-    Builds a gene x term matrix from the direct GO annotations (all three
-    aspects) and the ancestor-propagated GO-BP sets, weights it by inverse
-    term frequency, reduces it with a seeded truncated SVD and L2-normalises
-    the rows. Genes without any annotation are absent (callers decide their
-    fallback explicitly).
+    The direct annotations (all three aspects, all evidence codes) are
+    propagated to every ancestor term along ``is_a`` and ``part_of``
+    (:func:`go_ancestor_closure`, the GO true-path rule), so a gene annotated
+    to "type I interferon-mediated signaling pathway" also counts for
+    "cytokine-mediated signaling pathway". The gene x term matrix (root terms
+    and terms held by a single gene removed) is weighted by inverse term
+    frequency, L2-normalised per gene, reduced with a seeded truncated SVD
+    and the rows are L2-normalised. Genes without any annotation are absent
+    (callers decide their fallback explicitly, see :func:`aivc.genes.embed_genes`).
 
     The result is cached under ``aivc.settings.cache_dir`` keyed by the input
     files and parameters (``.npz``, no pickle).
@@ -152,23 +203,27 @@ def go_embedding(
     Genes x ``n_components`` DataFrame indexed by symbol.
     """
     ann_path = knowledge_path("human_go_annotations.tsv.gz", data_dir)
-    gmt_path = knowledge_path("go_bp_propagated_5to1000.gmt.gz", data_dir)
-    key = _file_digest([ann_path, gmt_path], f"go-v1-{n_components}")
+    parents_path = knowledge_path("go_term_parents.tsv.gz", data_dir)
+    key = _file_digest([ann_path, parents_path], f"go-v2-{n_components}")
     cache_file = settings.cache_dir / "genes" / f"go_embedding_{key}.npz"
     cached = _load_cached(cache_file) if cache else None
     if cached is not None:
         return cached
     ann = pd.read_csv(ann_path, sep="\t", usecols=["symbol", "go_id"], dtype=str).dropna()
-    pairs = [ann[["symbol", "go_id"]].drop_duplicates()]
-    for term, genes in _read_gmt(gmt_path):
-        pairs.append(pd.DataFrame({"symbol": genes, "go_id": term}))
-    pairs_df = pd.concat(pairs, ignore_index=True).drop_duplicates()
-    # drop the three root terms, which carry no information
-    pairs_df = pairs_df[~pairs_df["go_id"].isin(["GO:0008150", "GO:0003674", "GO:0005575"])]
-    g_codes, genes = pd.factorize(pairs_df["symbol"], sort=True)
-    t_codes, _ = pd.factorize(pairs_df["go_id"], sort=True)
-    m = sp.csr_matrix((np.ones(len(g_codes)), (g_codes, t_codes)), dtype=np.float64)
-    df = np.asarray((m > 0).sum(axis=0)).ravel()
+    ann = ann.drop_duplicates()
+    closure, terms = go_ancestor_closure(ann["go_id"].unique(), data_dir=data_dir)
+    g_codes, genes = pd.factorize(ann["symbol"], sort=True)
+    direct = sp.csr_matrix(
+        (np.ones(len(g_codes)), (g_codes, terms.get_indexer(ann["go_id"]))),
+        shape=(len(genes), len(terms)),
+    )
+    m = ((direct @ closure.astype(np.float64)) > 0).astype(np.float64).tocsc()
+    df = np.asarray(m.sum(axis=0)).ravel()
+    keep = (df >= 2) & ~terms.isin(GO_ROOTS)
+    m = m[:, np.flatnonzero(keep)].tocsr()
+    df = df[keep]
+    has_terms = np.asarray(m.sum(axis=1)).ravel() > 0
+    m, genes = m[np.flatnonzero(has_terms)], genes[has_terms]
     idf = np.log((1 + m.shape[0]) / (1 + df)) + 1.0
     m = m @ sp.diags(idf)
     row_norm = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())

@@ -1,9 +1,8 @@
-"""Gene representations from interaction networks (STRING, HuRI) and their fusion with GO."""
+"""Gene representations from interaction networks (STRING, HuRI)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +10,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from aivc._settings import settings
-from aivc.genes._knowledge import (
-    _file_digest,
-    _load_cached,
-    _svd_embedding,
-    go_embedding,
-    knowledge_path,
-)
+from aivc.genes._knowledge import _file_digest, _load_cached, _svd_embedding, knowledge_path
 
-__all__ = ["NETWORKS", "fused_embedding", "network_embedding"]
+__all__ = ["NETWORKS", "network_embedding"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,45 +78,3 @@ def network_embedding(
         cache_file=cache_file if cache else None,
         label=source,
     )
-
-
-def fused_embedding(
-    sources: Sequence[str] = ("go", "string", "huri"),
-    *,
-    n_components: int = 64,
-    data_dir: str | Path | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Gene embeddings that concatenate several knowledge sources.
-
-    Each source contributes one block of ``n_components`` columns, scaled by
-    ``1/sqrt(len(sources))`` so a gene covered by every source has unit norm.
-    A gene missing from a source gets zeros in that block — an explicit
-    fallback recorded in the returned coverage table, never a silent drop.
-    Leaving a source out of ``sources`` is the ablation of that source.
-
-    Returns
-    -------
-    embedding
-        Genes (union over sources) x ``len(sources) * n_components``.
-    coverage
-        Genes x sources, True where the source has the gene.
-    """
-    if not sources:
-        msg = "fused_embedding needs at least one source."
-        raise ValueError(msg)
-    tables = {}
-    for s in sources:
-        if s == "go":
-            tables[s] = go_embedding(n_components=n_components, data_dir=data_dir)
-        else:
-            tables[s] = network_embedding(s, n_components=n_components, data_dir=data_dir)
-    genes = pd.Index(sorted(set().union(*(t.index for t in tables.values()))))
-    scale = 1.0 / np.sqrt(len(sources))
-    blocks, coverage = [], {}
-    for s, t in tables.items():
-        block = t.reindex(genes).to_numpy(dtype=np.float32)
-        coverage[s] = ~np.isnan(block).any(axis=1)
-        blocks.append(np.nan_to_num(block, nan=0.0) * scale)
-    columns = [f"{s}_{i}" for s, t in tables.items() for i in range(t.shape[1])]
-    embedding = pd.DataFrame(np.hstack(blocks), index=genes, columns=columns)
-    return embedding, pd.DataFrame(coverage, index=genes)

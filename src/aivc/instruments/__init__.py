@@ -24,8 +24,25 @@ from aivc.instruments._baselines import (
     NearestNeighbourModel,
     TrainMeanModel,
 )
-from aivc.instruments._conformance import check_instrument
+from aivc.instruments._conformal import (
+    ConformalCalibrator,
+    ConformalModel,
+    CrossFitResult,
+    check_level,
+    conformal_quantile,
+    cross_fit_residuals,
+    jackknife_gene_scale,
+)
+from aivc.instruments._conformance import ConformanceError, check_decoder, check_instrument
 from aivc.instruments._gears import GearsModel
+from aivc.instruments._manipulator import PerturbModel
+from aivc.instruments._model_dir import (
+    ModelDirectory,
+    fit_model_dir,
+    load_model_dir,
+    predict_model_dir,
+    save_model_dir,
+)
 from aivc.instruments._registry import (
     InstrumentInfo,
     get_instrument_class,
@@ -37,20 +54,35 @@ from aivc.instruments._registry import (
 __all__ = [
     "FORMAT_VERSION",
     "AdditiveModel",
+    "ConformalCalibrator",
+    "ConformalModel",
+    "ConformanceError",
     "ControlModel",
+    "CrossFitResult",
     "GearsModel",
     "Instrument",
     "InstrumentInfo",
     "KnowledgeLinearModel",
     "LinearModel",
+    "ModelDirectory",
     "NearestNeighbourModel",
     "NotFittedError",
+    "PerturbModel",
     "PerturbationModel",
     "PerturbationSummary",
     "TrainMeanModel",
+    "check_decoder",
     "check_instrument",
+    "check_level",
+    "conformal_quantile",
+    "cross_fit_residuals",
+    "fit_model_dir",
     "get_instrument_class",
+    "jackknife_gene_scale",
     "list_instruments",
+    "load_model_dir",
     "make_instrument",
+    "predict_model_dir",
     "register_instrument",
+    "save_model_dir",
 ]

@@ -52,8 +52,12 @@ def register_instrument(
 
 
 def _ensure_builtin() -> None:
+    import aivc.cells._celltype
+    import aivc.cells._protein
     import aivc.instruments._baselines
-    import aivc.instruments._gears  # noqa: F401
+    import aivc.instruments._conformal
+    import aivc.instruments._gears
+    import aivc.instruments._manipulator  # noqa: F401
 
 
 def get_instrument_class(name: str) -> type:

@@ -5,8 +5,195 @@ Imported by :mod:`aivc.interfaces.cli`; heavy libraries are imported inside each
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _setup(verbosity: str, data_dir: Path | None) -> None:
+    from aivc import settings
+
+    settings.verbosity = verbosity
+    settings.configure_logging()
+    if data_dir is not None:
+        settings.data_dir = data_dir
+
+
+def fit(
+    out: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Registered dataset (aivc datasets list).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="An .h5ad file with raw counts instead.")
+    ] = None,
+    perturbation_key: Annotated[
+        str | None,
+        typer.Option("--perturbation-key", help="obs column with perturbation labels (--data)."),
+    ] = None,
+    control_label: Annotated[
+        str | None, typer.Option("--control-label", help="Label of control cells (--data).")
+    ] = None,
+    context_key: Annotated[
+        str | None, typer.Option("--context-key", help="obs column with the cell context.")
+    ] = None,
+    batch_key: Annotated[
+        str | None, typer.Option("--batch-key", help="obs column with the batch.")
+    ] = None,
+    dose_key: Annotated[
+        str | None, typer.Option("--dose-key", help="obs column with doses.")
+    ] = None,
+    counts_layer: Annotated[
+        str | None, typer.Option("--counts-layer", help="Layer with raw counts (default: X).")
+    ] = None,
+    separator: Annotated[
+        str, typer.Option("--separator", help="Separator of combination labels.")
+    ] = "+",
+    model: Annotated[
+        str, typer.Option("--model", help="Registered perturbation model (aivc instruments list).")
+    ] = "aivc-perturb",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param", help="Model parameter key=value (repeat); values are JSON or text."
+        ),
+    ] = None,
+    n_top_genes: Annotated[
+        int | None,
+        typer.Option(
+            "--n-top-genes", help="Keep this many highly variable genes (and all targets)."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --out.")
+    ] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Folder holding the datasets (default: AIVC_DATA_DIR)."),
+    ] = None,
+    verbosity: Annotated[
+        str, typer.Option("--verbosity", "-v", help="debug, info, warning or error.")
+    ] = "info",
+) -> None:
+    """Fit a perturbation model and write a self-describing model directory.
+
+    Example: aivc fit --dataset papalexi2021 --model aivc-perturb --out models/papalexi
+    """
+    _setup(verbosity, data_dir)
+    from aivc.data import DataValidationError, PerturbationSchema
+    from aivc.instruments._model_dir import fit_model_dir, parse_param
+
+    schema = None
+    keys_given = any(
+        v is not None for v in (perturbation_key, control_label, context_key, dose_key, batch_key)
+    )
+    try:
+        if data is not None and (perturbation_key or control_label):
+            if not (perturbation_key and control_label):
+                _fail("--data needs both --perturbation-key and --control-label.")
+            schema = PerturbationSchema(
+                perturbation_key=perturbation_key,  # type: ignore[arg-type]
+                control_label=control_label,  # type: ignore[arg-type]
+                combination_separator=separator,
+                context_key=context_key,
+                batch_key=batch_key,
+                dose_key=dose_key,
+                counts_layer=counts_layer,
+            )
+        elif dataset is not None and keys_given:
+            _fail("--dataset uses the dataset's registered schema; drop the column options.")
+        params = dict(parse_param(p) for p in (param or []))
+        path = fit_model_dir(
+            out,
+            model=model,
+            dataset=dataset,
+            data=data,
+            schema=schema,
+            params=params,
+            seed=seed,
+            n_top_genes=n_top_genes,
+            overwrite=overwrite,
+        )
+    except KeyError as e:
+        _fail(str(e.args[0]) if e.args else str(e))
+    except (FileNotFoundError, FileExistsError, ValueError, DataValidationError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote model directory {path}")
+
+
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory written by aivc fit.")],
+    perturbations: Annotated[
+        str,
+        typer.Option("--perturbations", help="Comma-separated labels, e.g. STAT1,IRF1+STAT1."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output .h5ad file of predicted cells.")],
+    context: Annotated[
+        str | None, typer.Option("--context", help="Context (cell type) to predict in.")
+    ] = None,
+    control: Annotated[
+        Path | None,
+        typer.Option("--control", help="Control cells (.h5ad, same genes); default: stored ones."),
+    ] = None,
+    dose: Annotated[
+        float | None, typer.Option("--dose", help="Dose for every perturbation.")
+    ] = None,
+    n_cells: Annotated[
+        int, typer.Option("--n-cells", help="Predicted cells per perturbation.")
+    ] = 100,
+    level: Annotated[float, typer.Option("--level", help="Coverage of the intervals.")] = 0.9,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the cell sampling.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --out.")
+    ] = False,
+    verbosity: Annotated[
+        str, typer.Option("--verbosity", "-v", help="debug, info, warning or error.")
+    ] = "info",
+) -> None:
+    """Predict cells, mean changes with intervals and DE calls for perturbations.
+
+    The output h5ad has the predicted cells and control cells with the model's
+    perturbation column (it can be passed to `cell-eval run -ap` as is); uns["aivc"]
+    holds predicted_delta, delta_lower/delta_upper and the DE table "de".
+    """
+    _setup(verbosity, None)
+    from aivc.data import DataValidationError, read_h5ad
+    from aivc.instruments._model_dir import predict_model_dir
+
+    if out.exists() and not overwrite:
+        _fail(f"{str(out)!r} already exists; pass --overwrite to replace it.")
+    try:
+        ctrl = read_h5ad(control) if control is not None else None
+        pred = predict_model_dir(
+            model_dir,
+            perturbations.split(","),
+            context=context,
+            control=ctrl,
+            dose=dose,
+            n_cells=n_cells,
+            level=level,
+            seed=seed,
+        )
+    except KeyError as e:
+        _fail(str(e.args[0]) if e.args else str(e))
+    except (FileNotFoundError, ValueError, DataValidationError) as e:
+        _fail(str(e))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    pred.write_h5ad(tmp)
+    tmp.replace(out)
+    n_cond = len(pred.uns["aivc"]["conditions"])
+    typer.echo(f"wrote {out} ({pred.n_obs} cells x {pred.n_vars} genes, {n_cond} conditions)")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the ``aivc`` app."""
+    app.command("fit")(fit)
+    app.command("predict")(predict)

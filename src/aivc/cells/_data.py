@@ -1,0 +1,253 @@
+"""Reading cells in chunks: in-memory AnnData, backed ``.h5ad`` files and ``.zarr`` stores.
+
+Data larger than memory are never loaded whole: the count matrix is opened
+lazily (``anndata.io.sparse_dataset`` over HDF5 or Zarr) and read one block of
+rows at a time. Embeddings are written incrementally to a ``.npy`` file on
+disk (a memory map), so peak memory is bounded by the chunk size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from aivc.data._validate import DataValidationError, _check_counts
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from aivc.cells._encoder import CellEncoder
+
+__all__ = ["BackedCells", "counts_matrix", "embed_file", "iter_chunks", "open_cells"]
+
+logger = logging.getLogger(__name__)
+
+
+def counts_matrix(adata: AnnData, layer: str | None) -> Any:
+    """The matrix in ``layers[layer]`` (``X`` when ``layer`` is None), with a clear error."""
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        msg = (
+            f"layer={layer!r} was asked for, but the AnnData has layers {sorted(adata.layers)}. "
+            "Pass the layer that holds raw counts, or layer=None if adata.X holds them."
+        )
+        raise DataValidationError(msg)
+    return adata.layers[layer]
+
+
+def check_counts(m: Any, *, layer: str | None) -> None:
+    """Raise :class:`DataValidationError` unless ``m`` holds non-negative integer counts."""
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    try:
+        _check_counts(m, where)
+    except DataValidationError as e:
+        msg = f"{e} The cell encoder reads raw counts; pass layer='counts' (or the layer holding them)."
+        raise DataValidationError(msg) from None
+
+
+def as_csr(m: Any) -> sp.csr_matrix:
+    """A CSR view (sparse input keeps its dtype) or a float32 CSR copy of a dense block of rows."""
+    if sp.issparse(m):
+        return sp.csr_matrix(m)
+    return sp.csr_matrix(np.asarray(m, dtype=np.float32))
+
+
+@dataclass
+class BackedCells:
+    """A count matrix on disk, read lazily by row blocks.
+
+    Attributes
+    ----------
+    path
+        The ``.h5ad`` file or ``.zarr`` store.
+    var_names
+        Gene names (columns).
+    n_obs
+        Number of cells (rows).
+    matrix
+        Lazily sliced matrix (``matrix[start:stop]``).
+    """
+
+    path: Path
+    var_names: pd.Index
+    n_obs: int
+    matrix: Any
+    _handle: Any = None
+
+    def read(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows ``start:stop`` as CSR."""
+        return as_csr(self.matrix[start:stop])
+
+    def obs_names(self) -> pd.Index:
+        """Cell names (read from disk on demand)."""
+        from anndata.io import read_elem
+
+        return pd.Index(read_elem(self._group()["obs"]).index)
+
+    def _group(self) -> Any:
+        return self._handle
+
+    def close(self) -> None:
+        """Close the underlying file."""
+        if self._handle is not None and hasattr(self._handle, "close"):
+            self._handle.close()
+        self._handle = None
+
+
+def open_cells(path: str | Path, *, layer: str | None = None) -> BackedCells:
+    """Open an ``.h5ad`` file or ``.zarr`` store for chunked reading.
+
+    Parameters
+    ----------
+    path
+        File written by ``AnnData.write_h5ad`` / ``write_zarr`` or :func:`aivc.sim.write_simulation`.
+    layer
+        Read ``layers[layer]`` instead of ``X``.
+    """
+    from anndata.io import read_elem, sparse_dataset
+
+    path = Path(path)
+    if not path.exists():
+        msg = f"No such file or store: {str(path)!r}."
+        raise FileNotFoundError(msg)
+    if path.name.endswith(".zarr") or path.is_dir():
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+    else:
+        import h5py
+
+        try:
+            group = h5py.File(path, "r")
+        except OSError as e:
+            msg = f"{str(path)!r} is not a readable .h5ad (HDF5) file ({e})."
+            raise DataValidationError(msg) from None
+    try:
+        if layer is None:
+            node = group["X"]
+        else:
+            if "layers" not in group or layer not in group["layers"]:
+                have = sorted(group["layers"]) if "layers" in group else []
+                msg = f"layer={layer!r} is not in {str(path)!r} (layers: {have})."
+                raise DataValidationError(msg)
+            node = group["layers"][layer]
+        var = read_elem(group["var"])
+        encoding = node.attrs.get("encoding-type", "array")
+        matrix = sparse_dataset(node) if encoding in ("csr_matrix", "csc_matrix") else node
+        if encoding == "csc_matrix":
+            logger.warning("%s stores a CSC matrix; reading rows in chunks is slow.", path)
+        n_obs = int(matrix.shape[0])
+    except Exception:
+        if hasattr(group, "close"):
+            group.close()
+        raise
+    return BackedCells(
+        path=path,
+        var_names=pd.Index(var.index.astype(str)),
+        n_obs=n_obs,
+        matrix=matrix,
+        _handle=group,
+    )
+
+
+def iter_chunks(
+    cells: AnnData | BackedCells, *, chunk_size: int, layer: str | None = None
+) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+    """Yield ``(start, stop, counts)`` blocks of rows of an AnnData (in memory or backed) or a :class:`BackedCells`."""
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int | np.integer)
+        or chunk_size < 1
+    ):
+        msg = f"The 'chunk_size' parameter must be a positive integer. Got {chunk_size!r} instead."
+        raise ValueError(msg)
+    if isinstance(cells, BackedCells):
+        n = cells.n_obs
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            yield start, stop, cells.read(start, stop)
+        return
+    m = counts_matrix(cells, layer)
+    n = cells.n_obs
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        yield start, stop, as_csr(m[start:stop])
+
+
+def embed_file(
+    encoder: CellEncoder,
+    path: str | Path,
+    out: str | Path,
+    *,
+    chunk_size: int = 20_000,
+    layer: str | None = None,
+    species: str = "human",
+) -> Path:
+    """Embed every cell of an ``.h5ad``/``.zarr`` file chunk by chunk into a ``.npy`` file.
+
+    The output is a float32 ``n_obs x n_latent`` array written through a
+    memory map as each chunk is done, so the whole matrix is never in memory
+    at once. It is written to ``<out>.partial`` and renamed when complete.
+
+    Parameters
+    ----------
+    encoder
+        A fitted :class:`aivc.cells.CellEncoder`.
+    path
+        Input file or store.
+    out
+        Output ``.npy`` file.
+    chunk_size
+        Cells read and embedded at once.
+    layer
+        Layer with raw counts (default ``X``).
+    species
+        Species of the input genes (mouse genes are mapped to human orthologs).
+
+    Returns
+    -------
+    The path of the written ``.npy`` file.
+    """
+    from aivc._progress import progress
+
+    encoder._check_fitted()
+    out = Path(out)
+    cells = open_cells(path, layer=layer)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        plan = encoder._panel_plan(cells.var_names, species=species)
+        arr = np.lib.format.open_memmap(
+            partial, mode="w+", dtype=np.float32, shape=(cells.n_obs, encoder.n_latent)
+        )
+        n_chunks = -(-cells.n_obs // chunk_size)
+        empty = 0
+        for start, stop, block in progress(
+            iter_chunks(cells, chunk_size=chunk_size),
+            desc="embedding cells",
+            total=n_chunks,
+            unit="chunk",
+        ):
+            arr[start:stop], n_empty = encoder._embed_counts(block, plan, layer=layer)
+            empty += n_empty
+            if (start // chunk_size) % 8 == 7:
+                arr.flush()
+        arr.flush()
+        del arr
+        partial.replace(out)
+        if empty:
+            logger.warning("%d cells have no counts on the genes the model reads.", empty)
+    finally:
+        cells.close()
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+    logger.info("Embedded %d cells from %s into %s.", cells.n_obs, path, out)
+    return out

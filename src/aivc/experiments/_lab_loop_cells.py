@@ -1,0 +1,477 @@
+"""The ``lab-loop`` benchmark on single-cell perturbation data: the simulator and papalexi2021.
+
+Each campaign alternates design and measurement. A strategy proposes a batch
+of single-gene perturbations; the lab measures them (the simulator's
+:class:`~aivc.sim.VirtualLab`, or, retrospectively, the cells of an existing
+screen); the aivc ``linear`` instrument is refitted on everything measured so
+far and scored on a fixed held-out set of perturbations that no strategy may
+choose. Two metrics per round:
+
+* ``hit_ratio`` -- fraction of the pool's hits measured so far (hits = the
+  candidates with the largest true effect norm, read from the ground truth
+  only for scoring);
+* model error -- mean squared error of the predicted mean log-expression
+  change of the held-out perturbations; ``error_auc`` is its area under the
+  error-vs-number-measured curve divided by the range (lower is better).
+
+Gene features need no knowledge base: a co-expression embedding of the genes
+from control cells measured before the first round (principal axes of the
+standardised control cells, the global first axis dropped), and as prior the
+co-expression degree (loading norm on the leading programmes), the analogue
+of network degree.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from aivc.experiments._acquisition import STRATEGIES, propose
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["CELL_PROTOCOLS", "coexpression_features", "run_cell_loop"]
+
+logger = logging.getLogger(__name__)
+
+CELL_MODELS = ("random", "uncertainty", "gp-ucb", "degree-prior", "aivc-design")
+
+#: Protocol per dataset: pool size, held-out test size, rounds, batch, hit fraction, cells.
+CELL_PROTOCOLS: dict[str, dict[str, Any]] = {
+    "simulator": {
+        "n_genes": 1000,
+        "n_pool": 500,
+        "n_test": 100,
+        "n_rounds": 5,
+        "batch_size": 48,
+        "hit_fraction": 0.05,
+        "cells_per_perturbation": 50,
+        "control_cells_per_round": 200,
+        "initial_control_cells": 1000,
+        "n_components": 16,
+    },
+    "papalexi2021": {
+        "n_test": 5,
+        "n_rounds": 3,
+        "batch_size": 4,
+        "hit_fraction": 0.2,
+        "n_components": 8,
+    },
+}
+
+AIVC_DESIGN_PARAMS: dict[str, Any] = {"beta": 1.0}
+
+
+def coexpression_features(
+    x_log: np.ndarray, genes: Sequence[str], *, n_components: int = 16, n_prior: int = 5
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Co-expression embedding and a co-expression "degree" of genes from control cells.
+
+    The first principal axis of the standardised control cells is dropped: in
+    single-cell data it mostly carries global variation (library size, overall
+    transcriptional capacity) shared by all genes rather than regulation.
+
+    Parameters
+    ----------
+    x_log
+        Control cells x genes, log-normalised (dense).
+    genes
+        Gene names of the columns.
+    n_components
+        Dimensions of the embedding (principal axes 2 .. n_components + 1).
+    n_prior
+        Principal axes (from the second) whose loading norm is the degree.
+
+    Returns
+    -------
+    embedding
+        Genes x ``n_components``: gene loadings (right singular vectors scaled
+        by singular value / sqrt(cells)); genes without variance get zeros.
+    degree
+        Norm of each gene's loadings on axes 2 .. ``n_prior`` + 1: how much
+        of its variation it shares with co-varying gene programmes.
+    """
+    x = np.asarray(x_log, dtype=float)
+    sd = x.std(axis=0)
+    z = np.where(sd > 0, (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0), 0.0)
+    _, sv, vt = np.linalg.svd(z, full_matrices=False)
+    loadings = (vt.T * sv) / np.sqrt(max(x.shape[0], 1))
+    emb = loadings[:, 1 : n_components + 1]
+    degree = np.linalg.norm(loadings[:, 1 : n_prior + 1], axis=1)
+    index = pd.Index([str(g) for g in genes])
+    return pd.DataFrame(emb, index=index), pd.Series(degree, index=index)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero): kernels then compare directions."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.where(norms > 0, x / np.where(norms > 0, norms, 1.0), 0.0)
+
+
+def _log_norm(counts: Any) -> np.ndarray:
+    import scipy.sparse as sp
+
+    c = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+    c = c.astype(float)
+    lib = c.sum(axis=1, keepdims=True)
+    return np.log1p(c / np.maximum(lib, 1.0) * 1e4)
+
+
+def _pseudobulk_delta(
+    adata: AnnData, perturbations: Sequence[str], control: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Change of mean log-normalised expression vs the controls of the same batch, and its z-scores."""
+    x = _log_norm(adata.X)
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    batches = adata.obs["batch"].astype(str).to_numpy()
+    delta, zscore = [], []
+    for p in perturbations:
+        rows = labels == p
+        b = batches[rows][0]
+        ctrl = (labels == control) & (batches == b)
+        d = x[rows].mean(axis=0) - x[ctrl].mean(axis=0)
+        se = np.sqrt(x[rows].var(axis=0) / rows.sum() + x[ctrl].var(axis=0) / ctrl.sum())
+        delta.append(d)
+        zscore.append(np.where(se > 0, d / np.where(se > 0, se, 1.0), 0.0))
+    return np.asarray(delta), np.asarray(zscore)
+
+
+@dataclass
+class _Campaign:
+    hit_ratio: list[float]
+    error: list[float]
+    n_measured: list[int]
+    chosen: list[list[str]]
+
+
+def _fit_and_score(
+    adata: AnnData, schema: Any, test: Sequence[str], true_delta: np.ndarray
+) -> float:
+    """MSE of the predicted change of the test perturbations, each target's own gene left out."""
+    from aivc.data import prepare
+    from aivc.instruments import make_instrument
+
+    prepared, pschema = prepare(adata, schema, validate_input=False)
+    model = make_instrument("linear")
+    model.fit(prepared, pschema, known_genes=list(test))
+    contexts = None
+    if pschema.context_key is not None:
+        contexts = [str(prepared.obs[pschema.context_key].iloc[0])] * len(test)
+    pred = np.asarray(model.predict_delta(list(test), contexts=contexts), dtype=float)
+    names = list(prepared.var_names.astype(str))
+    keep = np.ones_like(pred, dtype=bool)
+    for i, t in enumerate(test):
+        if t in names:
+            keep[i, names.index(t)] = False
+    return float(np.mean(((pred - true_delta) ** 2)[keep]))
+
+
+def _error_auc(n: Sequence[int], err: Sequence[float]) -> float:
+    n_arr, e = np.asarray(n, dtype=float), np.asarray(err, dtype=float)
+    if n_arr.size < 2:
+        return float(e.mean())
+    return float(np.trapezoid(e, n_arr) / (n_arr[-1] - n_arr[0]))
+
+
+def _simulator_campaign(
+    strategy: str, seed: int, proto: dict[str, Any]
+) -> tuple[_Campaign, dict[str, Any]]:
+    import anndata as ad
+
+    from aivc.sim import CONTROL, VirtualCellSimulator, VirtualLab, simulation_schema
+
+    sim = VirtualCellSimulator(n_genes=proto["n_genes"], n_cell_types=1, seed=seed)
+    lab = VirtualLab(simulator=sim, seed=seed)
+    cell_type = lab.cell_types[0]
+    genes = np.asarray(lab.genes)
+    world = np.random.default_rng([seed, 7])
+    picked = world.choice(genes.size, proto["n_pool"] + proto["n_test"], replace=False)
+    pool, test = genes[picked[: proto["n_pool"]]], genes[picked[proto["n_pool"] :]]
+
+    # ground truth, used only for scoring
+    truth = sim.true_means([CONTROL, *pool, *test], cell_type=cell_type)
+    m = truth.to_numpy(dtype=float)
+    logm = np.log1p(m / m.sum(axis=1, keepdims=True) * 1e4)
+    delta = logm[1:] - logm[0]
+    col = {g: i for i, g in enumerate(genes)}
+    downstream = delta.copy()
+    for i, g in enumerate([*pool, *test]):
+        downstream[i, col[g]] = 0.0
+    effect = np.linalg.norm(downstream[: pool.size], axis=1)
+    n_hits = int(np.ceil(proto["hit_fraction"] * pool.size))
+    hits = np.zeros(pool.size, dtype=bool)
+    hits[np.argsort(-effect, kind="stable")[:n_hits]] = True
+    true_test = delta[pool.size :]
+
+    controls = lab.run([CONTROL], n_cells=proto["initial_control_cells"], cell_type=cell_type)
+    emb, degree = coexpression_features(
+        _log_norm(controls.X), genes, n_components=proto["n_components"]
+    )
+    features = _unit_rows(emb.loc[pool].to_numpy())
+    prior = degree.loc[pool].to_numpy()
+    prior = (prior - prior.mean()) / (prior.std() or 1.0)
+
+    rng = np.random.default_rng([seed, 11])
+    measured = np.empty(0, dtype=int)
+    y = np.empty(0, dtype=float)
+    parts: list[AnnData] = [controls]
+    camp = _Campaign([], [], [], [])
+    params = dict(AIVC_DESIGN_PARAMS) if strategy == "aivc-design" else {}
+    schema = simulation_schema()
+    for _ in range(proto["n_rounds"]):
+        batch = propose(
+            strategy,
+            features=features,
+            measured_idx=measured,
+            measured_y=y,
+            batch_size=proto["batch_size"],
+            rng=rng,
+            prior=prior if STRATEGIES[strategy].needs_prior or strategy == "aivc-design" else None,
+            **params,
+        )
+        labels = [str(g) for g in pool[batch]]
+        n_cells = [proto["cells_per_perturbation"]] * len(labels) + [
+            proto["control_cells_per_round"]
+        ]
+        data = lab.run([*labels, CONTROL], n_cells=n_cells, cell_type=cell_type)
+        _, zs = _pseudobulk_delta(data, labels, CONTROL)
+        for j, g in enumerate(labels):
+            zs[j, col[g]] = 0.0
+        # excess of squared z-scores over their null expectation: a noise-aware effect size
+        y = np.concatenate([y, np.log1p(np.maximum(np.mean(zs**2, axis=1) - 1.0, 0.0))])
+        measured = np.concatenate([measured, batch])
+        parts.append(data)
+        merged = ad.concat(parts, join="inner", merge="same")
+        merged.uns["aivc"] = data.uns["aivc"]
+        camp.error.append(_fit_and_score(merged, schema, [str(g) for g in test], true_test))
+        camp.hit_ratio.append(float(hits[measured].sum() / hits.sum()))
+        camp.n_measured.append(int(measured.size))
+        camp.chosen.append(labels)
+    info = {
+        "n_pool": int(pool.size),
+        "n_test": int(test.size),
+        "n_hits": n_hits,
+        "n_genes": int(genes.size),
+    }
+    return camp, info
+
+
+def _papalexi_campaign(
+    strategy: str, seed: int, proto: dict[str, Any], cache: dict[str, Any]
+) -> tuple[_Campaign, dict[str, Any]]:
+    from aivc.data import load
+    from aivc.data._registry import schema_of
+
+    if "adata" not in cache:
+        adata = load("papalexi2021")
+        schema = schema_of(adata)
+        labels = adata.obs[schema.perturbation_key].astype(str).to_numpy()
+        x = _log_norm(adata.X)
+        ctrl = labels == schema.control_label
+        targets = sorted(set(labels) - {schema.control_label})
+        delta = np.asarray([x[labels == t].mean(axis=0) - x[ctrl].mean(axis=0) for t in targets])
+        # the target's own expression is left out of the effect norm
+        names = list(adata.var_names.astype(str))
+        downstream = delta.copy()
+        for i, t in enumerate(targets):
+            if t in names:
+                downstream[i, names.index(t)] = 0.0
+        emb, degree = coexpression_features(x[ctrl], names, n_components=proto["n_components"])
+        cache.update(
+            adata=adata,
+            schema=schema,
+            labels=labels,
+            targets=np.asarray(targets),
+            delta=delta,
+            effect=np.linalg.norm(downstream, axis=1),
+            emb=emb,
+            degree=degree,
+        )
+    c = cache
+    targets, effect = c["targets"], c["effect"]
+    world = np.random.default_rng([seed, 7])
+    order = world.permutation(targets.size)
+    test_idx, pool_idx = order[: proto["n_test"]], order[proto["n_test"] :]
+    pool = targets[pool_idx]
+    n_hits = int(np.ceil(proto["hit_fraction"] * pool.size))
+    hits = np.zeros(pool.size, dtype=bool)
+    hits[np.argsort(-effect[pool_idx], kind="stable")[:n_hits]] = True
+    # target features: its co-expression embedding when measured, else the STRING embedding's fallback zeros
+    emb = c["emb"].reindex(pool).fillna(0.0).to_numpy()
+    deg = c["degree"].reindex(pool).fillna(0.0).to_numpy()
+    try:
+        from aivc.genes import network_embedding
+
+        net = network_embedding("string", n_components=16).reindex(pool).fillna(0.0).to_numpy()
+        string_deg = np.linalg.norm(net, axis=1)
+        features = np.hstack([emb, net])
+    except FileNotFoundError:
+        string_deg = np.zeros(pool.size)
+        features = emb
+    features = _unit_rows(features)
+    prior = np.log1p(deg) + string_deg
+    prior = (prior - prior.mean()) / (prior.std() or 1.0)
+    rng = np.random.default_rng([seed, 11])
+    measured = np.empty(0, dtype=int)
+    camp = _Campaign([], [], [], [])
+    params = dict(AIVC_DESIGN_PARAMS) if strategy == "aivc-design" else {}
+    labels = c["labels"]
+    control = c["schema"].control_label
+    for _ in range(proto["n_rounds"]):
+        batch = propose(
+            strategy,
+            features=features,
+            measured_idx=measured,
+            measured_y=effect[pool_idx][measured],
+            batch_size=proto["batch_size"],
+            rng=rng,
+            prior=prior if STRATEGIES[strategy].needs_prior or strategy == "aivc-design" else None,
+            **params,
+        )
+        measured = np.concatenate([measured, batch])
+        keep = np.isin(labels, [control, *pool[measured]])
+        sub = c["adata"][keep].copy()
+        camp.error.append(
+            _fit_and_score(sub, c["schema"], list(targets[test_idx]), c["delta"][test_idx])
+        )
+        camp.hit_ratio.append(float(hits[measured].sum() / hits.sum()))
+        camp.n_measured.append(int(measured.size))
+        camp.chosen.append([str(g) for g in pool[batch]])
+    info = {"n_pool": int(pool.size), "n_test": int(test_idx.size), "n_hits": n_hits}
+    return camp, info
+
+
+def _summ(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray(values, dtype=float)
+    return {
+        "mean": float(v.mean()),
+        "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "n": int(v.size),
+    }
+
+
+def _n_to_reach(n: Sequence[int], err: Sequence[float], target: float) -> float | None:
+    """Smallest number measured at which the (linearly interpolated) error reaches ``target``."""
+    n_arr, e = np.asarray(n, dtype=float), np.asarray(err, dtype=float)
+    if e[0] <= target:
+        return float(n_arr[0])
+    for i in range(1, e.size):
+        if e[i] <= target:
+            frac = (e[i - 1] - target) / (e[i - 1] - e[i])
+            return float(n_arr[i - 1] + frac * (n_arr[i] - n_arr[i - 1]))
+    return None
+
+
+def compare_to_random(results: dict[str, Any]) -> None:
+    """Add, per strategy, the number measured at which it reaches random's final error and its hits vs random."""
+    if "random" not in results:
+        return
+    base = results["random"]
+    target = base["final_error"]["mean"]
+    for r in results.values():
+        mean_err = [e["mean"] for e in r["error"]]
+        r["n_to_reach_random_final_error"] = _n_to_reach(r["n_measured"], mean_err, target)
+        r["hits_vs_random"] = (
+            r["hit_ratio_final"]["mean"] / base["hit_ratio_final"]["mean"]
+            if base["hit_ratio_final"]["mean"] > 0
+            else None
+        )
+
+
+def run_cell_loop(
+    dataset: str,
+    *,
+    models: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+) -> dict[str, Any]:
+    """Design campaigns on the simulator or papalexi2021 for every strategy and seed."""
+    from aivc import __version__
+    from aivc.evaluate._memory import ResourceMeter
+
+    if dataset not in CELL_PROTOCOLS:
+        msg = f"cell lab-loop datasets are {sorted(CELL_PROTOCOLS)}; received {dataset!r}."
+        raise ValueError(msg)
+    models = list(CELL_MODELS if models is None else models)
+    unknown = [m for m in models if m not in STRATEGIES]
+    if unknown:
+        msg = f"unknown strategies {unknown}; expected names from {sorted(STRATEGIES)}."
+        raise ValueError(msg)
+    proto = CELL_PROTOCOLS[dataset]
+    cache: dict[str, Any] = {}
+    results: dict[str, Any] = {}
+    wall, peak = {}, {}
+    info: dict[str, Any] = {}
+    for name in models:
+        camps = []
+        with ResourceMeter() as meter:
+            for seed in seeds:
+                if dataset == "simulator":
+                    camp, info = _simulator_campaign(name, int(seed), proto)
+                else:
+                    camp, info = _papalexi_campaign(name, int(seed), proto, cache)
+                camps.append(camp)
+        wall[name], peak[name] = meter.wall_seconds, meter.peak_increase_mb
+        hr = np.array([c.hit_ratio for c in camps])
+        err = np.array([c.error for c in camps])
+        n_meas = camps[0].n_measured
+        results[name] = {
+            "hit_ratio": [_summ(hr[:, t]) for t in range(hr.shape[1])],
+            "hit_ratio_final": _summ(hr[:, -1]),
+            "error": [_summ(err[:, t]) for t in range(err.shape[1])],
+            "final_error": _summ(err[:, -1]),
+            "error_auc": _summ([_error_auc(n_meas, e) for e in err]),
+            "n_measured": n_meas,
+            "per_seed_hit_ratio": hr.tolist(),
+            "per_seed_error": err.tolist(),
+            "chosen": [c.chosen for c in camps],
+        }
+        logger.info(
+            "%s: hit_ratio_final %.3f, error_auc %.4f",
+            name,
+            results[name]["hit_ratio_final"]["mean"],
+            results[name]["error_auc"]["mean"],
+        )
+    compare_to_random(results)
+    description = {
+        "simulator": "mechanistic simulator (aivc.sim.VirtualLab, hidden ground truth): knockouts of single genes",
+        "papalexi2021": "Papalexi 2021 THP-1 ECCITE-seq CRISPR screen, revealed retrospectively one target at a time",
+    }[dataset]
+    return {
+        "task": "lab-loop",
+        "dataset": dataset,
+        "variant": None,
+        "description": description,
+        "protocol": {k: v for k, v in proto.items()},
+        "pool": info,
+        "seeds": [int(s) for s in seeds],
+        "models": results,
+        "features": {
+            "all": "unit-length co-expression embedding of the target gene from control cells"
+            + (" plus 16-d STRING embedding" if dataset == "papalexi2021" else ""),
+            "degree-prior": "co-expression degree (loading norm on control-cell principal axes 2-6)"
+            + (" + STRING embedding norm" if dataset == "papalexi2021" else ""),
+            "aivc-design": f"linear-kernel GP on the features, prior mean from the degree prior, GP-BUCB {AIVC_DESIGN_PARAMS}",
+            "perturbation model": "aivc 'linear' instrument refitted after every round on all measured cells",
+        },
+        "notes": "hits = largest true effect norm (target gene itself excluded); error = MSE of the "
+        "predicted log-expression change (target gene left out) on held-out perturbations that no strategy may choose; "
+        "measured y fed back to strategies = log1p of the excess mean squared z-score of the measured "
+        "pseudobulk change over the same-batch controls (target excluded).",
+        "wall_seconds": {k: round(v, 3) for k, v in wall.items()},
+        "peak_memory_mb": {k: round(v, 1) for k, v in peak.items()},
+        "peak_memory_note": "peak resident memory above the process's memory before the strategy ran (all seeds)",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "aivc": __version__,
+        },
+    }

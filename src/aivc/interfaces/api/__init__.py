@@ -1,0 +1,28 @@
+"""REST API over the Python API: datasets, models, predictions, uploads and background jobs.
+
+>>> from aivc.interfaces.api import Workspace, create_app
+>>> app = create_app(Workspace("aivc-workspace"))  # serve with uvicorn, or `aivc serve`
+"""
+
+from __future__ import annotations
+
+from aivc.interfaces.api._app import create_app
+from aivc.interfaces.api._jobs import Job, JobManager
+from aivc.interfaces.api._workspace import (
+    ConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
+    Workspace,
+    WorkspaceValidationError,
+)
+
+__all__ = [
+    "ConflictError",
+    "Job",
+    "JobManager",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "Workspace",
+    "WorkspaceValidationError",
+    "create_app",
+]

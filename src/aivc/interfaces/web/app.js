@@ -1,0 +1,396 @@
+// aivc virtual lab bench: a thin page over the REST API (/api, see /docs).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const PLOT_CONFIG = { responsive: true, displaylogo: false, displayModeBar: false };
+const state = { token: localStorage.getItem("aivc-token") || "", job: null, model: null, info: null, caps: {} };
+
+function setStatus(text, error = false) {
+  const s = $("status");
+  s.textContent = text;
+  s.className = error ? "error" : "";
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (state.token) headers["Authorization"] = "Bearer " + state.token;
+  if (options.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(options.json);
+  }
+  const r = await fetch("/api" + path, Object.assign({}, options, { headers }));
+  if (r.status === 401) {
+    $("auth").hidden = false;
+    throw new Error("this server needs a token");
+  }
+  if (r.status === 204) return null;
+  const body = await r.json();
+  if (!r.ok) {
+    const d = body.detail;
+    throw new Error(typeof d === "string" ? d : JSON.stringify(d));
+  }
+  return body;
+}
+
+function option(select, value, text) {
+  const o = document.createElement("option");
+  o.value = value;
+  o.textContent = text || value;
+  select.appendChild(o);
+}
+
+function fmt(v, digits = 3) {
+  return v === null || v === undefined ? "–" : Number(v).toFixed(digits);
+}
+
+// ---------------------------------------------------------------- setup
+async function loadLists() {
+  const [datasets, instruments] = await Promise.all([api("/datasets"), api("/instruments")]);
+  const ds = $("dataset");
+  ds.innerHTML = "";
+  datasets.forEach((d) => option(ds, d.name, d.name));
+  const ins = $("instrument");
+  ins.innerHTML = "";
+  instruments.forEach((i) => {
+    state.caps[i.name] = i.capabilities;
+    option(ins, i.name, i.name + (i.capabilities.includes("uncertainty") ? " (intervals)" : ""));
+  });
+  if ([...ins.options].some((o) => o.value === "linear-knowledge")) ins.value = "linear-knowledge";
+  await loadModels();
+}
+
+async function loadModels(select) {
+  const models = await api("/models");
+  const m = $("model");
+  m.innerHTML = "";
+  models.forEach((x) => option(m, x.id, `${x.id} (${x.instrument} on ${x.dataset})`));
+  if (select) m.value = select;
+  if (m.value) await chooseModel(m.value);
+}
+
+async function chooseModel(id) {
+  state.model = id;
+  state.info = await api("/models/" + encodeURIComponent(id));
+  const i = state.info;
+  $("model-info").textContent =
+    `${i.instrument} fitted on ${i.dataset} (${i.train_perturbations.length} training perturbations, ` +
+    `${i.n_genes} genes); held out: ${i.heldout_perturbations.join(", ") || "none"}.`;
+  const ctx = $("context");
+  ctx.innerHTML = "";
+  i.contexts.forEach((c) => option(ctx, c));
+  ctx.hidden = i.contexts.length < 2;
+  if (!$("pert-input").value && i.heldout_perturbations.length) {
+    $("pert-input").value = i.heldout_perturbations[0];
+  }
+  setStatus(`model ${id} ready`);
+  await Promise.all([drawEmbedding(i.dataset), drawCalibration()]);
+}
+
+async function drawEmbedding(dataset) {
+  const e = await api(`/datasets/${encodeURIComponent(dataset)}/embedding?n_cells=2000`);
+  state.embedding = e;
+  const counts = {};
+  e.perturbation.forEach((p) => (counts[p] = (counts[p] || 0) + 1));
+  const top = Object.keys(counts).sort((a, b) => counts[b] - counts[a]).slice(0, 10);
+  const groups = {};
+  e.perturbation.forEach((p, k) => {
+    const g = top.includes(p) ? p : "other";
+    (groups[g] = groups[g] || []).push(k);
+  });
+  const control = state.info ? state.info.control_label : null;
+  const traces = Object.keys(groups).map((g) => ({
+    type: "scatter", mode: "markers", name: g,
+    x: groups[g].map((k) => e.x[k]), y: groups[g].map((k) => e.y[k]),
+    marker: Object.assign({ size: 4, opacity: 0.6 }, g === control || g === "other" ? { color: g === control ? "#9e9e9e" : "#cfd8dc" } : {}),
+  }));
+  Plotly.react("embedding", traces, {
+    title: { text: `${dataset}: ${e.n_cells} cells (${e.method})`, font: { size: 13 } },
+    margin: { t: 40, l: 40, r: 10, b: 40 }, legend: { font: { size: 10 }, orientation: "h", y: -0.18 },
+    xaxis: { title: { text: "PC1" } }, yaxis: { title: { text: "PC2" } },
+  }, PLOT_CONFIG);
+}
+
+async function fit() {
+  const body = { dataset: $("dataset").value, instrument: $("instrument").value };
+  try {
+    const job = await api("/models", { method: "POST", json: body });
+    state.job = job.id;
+    $("cancel-btn").disabled = false;
+    $("fit-btn").disabled = true;
+    pollJob();
+  } catch (err) {
+    setStatus("fit refused: " + err.message, true);
+  }
+}
+
+async function pollJob() {
+  if (!state.job) return;
+  const j = await api("/jobs/" + state.job);
+  $("fit-progress").value = j.progress;
+  $("fit-message").textContent = `${j.state}: ${j.message}`;
+  if (["succeeded", "failed", "cancelled"].includes(j.state)) {
+    state.job = null;
+    $("cancel-btn").disabled = true;
+    $("fit-btn").disabled = false;
+    if (j.state === "succeeded") await loadModels(j.result.id);
+    else setStatus(`fit ${j.state}${j.error ? ": " + j.error : ""}`, j.state === "failed");
+    return;
+  }
+  setTimeout(pollJob, 400);
+}
+
+async function cancelJob() {
+  if (state.job) await api("/jobs/" + state.job, { method: "DELETE" }).catch((e) => setStatus(e.message, true));
+}
+
+// ---------------------------------------------------------------- predict
+let suggestTimer = null;
+function suggest() {
+  clearTimeout(suggestTimer);
+  suggestTimer = setTimeout(async () => {
+    if (!state.model) return;
+    const q = $("pert-input").value;
+    const items = await api(`/models/${encodeURIComponent(state.model)}/suggest?limit=30&q=${encodeURIComponent(q)}`);
+    const dl = $("pert-options");
+    dl.innerHTML = "";
+    items.forEach((s) => option(dl, s));
+  }, 150);
+}
+
+async function predict() {
+  const pert = $("pert-input").value.trim();
+  if (!state.model || !pert) return;
+  const body = { perturbations: [pert], top_k: 20, all_genes: true };
+  if (!$("context").hidden) body.context = $("context").value;
+  setStatus(`predicting ${pert}…`);
+  let out;
+  try {
+    out = await api(`/models/${encodeURIComponent(state.model)}/predict`, { method: "POST", json: body });
+  } catch (err) {
+    setStatus(err.message, true);
+    return;
+  }
+  const p = out.predictions[0];
+  const where = p.measured
+    ? `measured${p.observed_source && p.observed_source.startsWith("upload:") ? " in an upload" : ""} (${p.n_observed_cells} cells${p.in_training ? ", in training" : p.heldout ? ", held out of training" : ""})`
+    : "not measured";
+  $("pred-summary").textContent =
+    `${p.perturbation} with ${out.instrument}: ${where}` +
+    (p.pearson_observed !== null && p.pearson_observed !== undefined ? `; Pearson r with the observed change ${fmt(p.pearson_observed)}` : "") +
+    (p.interval_coverage !== null && p.interval_coverage !== undefined ? `; ${fmt(100 * p.interval_coverage, 0)}% of genes inside the ${out.level} interval` : "");
+  highlightCells(p.perturbation, p.embedding);
+  drawVolcano(out, p);
+  drawPredObs(p);
+  fillTop(out, p);
+  if (!$("objective").value && p.top_genes.length) $("objective").value = "down:" + p.top_genes[0].gene;
+  setStatus(`predicted ${p.perturbation}`);
+}
+
+function highlightCells(pert, emb) {
+  const e = state.embedding;
+  const g = $("embedding");
+  if (!e || !g.data) return;
+  const keep = e.perturbation.map((p, k) => (p === pert ? k : -1)).filter((k) => k >= 0);
+  const trace = {
+    type: "scatter", mode: "markers", name: `${pert} (measured cells)`,
+    x: keep.map((k) => e.x[k]), y: keep.map((k) => e.y[k]),
+    marker: { size: 5, color: "#e53935", opacity: 0.8 },
+  };
+  const old = g.data.map((t, k) => (t.meta === "overlay" ? k : -1)).filter((k) => k >= 0);
+  if (old.length) Plotly.deleteTraces(g, old);
+  const overlays = [];
+  if (keep.length) overlays.push(Object.assign(trace, { meta: "overlay" }));
+  if (emb) {
+    const arrow = (to, name, color) => ({
+      type: "scatter", mode: "lines+markers", name, meta: "overlay",
+      x: [emb.control[0], to[0]], y: [emb.control[1], to[1]],
+      line: { color, width: 3 }, marker: { size: [6, 12], color, symbol: ["circle", "diamond"] },
+    });
+    overlays.push(arrow(emb.predicted, "control → predicted mean", "#111"));
+    if (emb.observed) overlays.push(arrow(emb.observed, "control → observed mean", "#b71c1c"));
+  }
+  if (overlays.length) Plotly.addTraces(g, overlays);
+}
+
+function drawVolcano(out, p) {
+  const hw = out.has_intervals ? p.upper.map((u, k) => (u - p.lower[k]) / 2) : null;
+  const y = out.has_intervals ? p.delta.map((d, k) => Math.abs(d) / Math.max(hw[k], 1e-9)) : p.delta.map(Math.abs);
+  const topSet = new Set(p.top_genes.map((g) => g.gene));
+  const idx = p.genes.map((_, k) => k);
+  const trace = (keep, name, color) => ({
+    type: "scatter", mode: "markers", name,
+    x: idx.filter(keep).map((k) => p.delta[k]), y: idx.filter(keep).map((k) => y[k]),
+    text: idx.filter(keep).map((k) => p.genes[k]), hovertemplate: "%{text}: %{x:.3f}<extra></extra>",
+    marker: { size: 6, color },
+  });
+  Plotly.react("volcano", [
+    trace((k) => !topSet.has(p.genes[k]), "other genes", "#9fb3c8"),
+    trace((k) => topSet.has(p.genes[k]), "top 20", "#e53935"),
+  ], {
+    title: { text: `predicted change: ${p.perturbation}`, font: { size: 13 } },
+    margin: { t: 40, l: 50, r: 10, b: 40 },
+    xaxis: { title: { text: "predicted change (log-normalised)" } },
+    yaxis: { title: { text: out.has_intervals ? `|change| / interval half-width (${out.level})` : "|predicted change|" } },
+  }, PLOT_CONFIG);
+}
+
+function drawPredObs(p) {
+  if (!p.measured) {
+    Plotly.react("pred-obs", [], {
+      title: { text: `${p.perturbation} was not measured: no observed change to compare`, font: { size: 13 } },
+      xaxis: { visible: false }, yaxis: { visible: false }, margin: { t: 40 },
+    }, PLOT_CONFIG);
+    return;
+  }
+  const k = p.genes.map((_, i) => i).filter((i) => p.observed[i] !== null);
+  const obs = k.map((i) => p.observed[i]);
+  const pred = k.map((i) => p.delta[i]);
+  const lim = Math.max(...obs.map(Math.abs), ...pred.map(Math.abs)) * 1.05 || 1;
+  const traces = [{
+    type: "scatter", mode: "markers", name: "genes", x: obs, y: pred, text: k.map((i) => p.genes[i]),
+    hovertemplate: "%{text}<br>observed %{x:.3f}<br>predicted %{y:.3f}<extra></extra>",
+    marker: { size: 6, color: "#1e88e5", opacity: 0.7 },
+  }, { type: "scatter", mode: "lines", name: "y = x", x: [-lim, lim], y: [-lim, lim], line: { color: "#000", width: 1 } }];
+  if (p.lower) {
+    traces[0].error_y = { type: "data", symmetric: false, array: k.map((i) => p.upper[i] - p.delta[i]), arrayminus: k.map((i) => p.delta[i] - p.lower[i]), thickness: 0.6, width: 0, color: "#90caf9" };
+  }
+  Plotly.react("pred-obs", traces, {
+    title: { text: `predicted vs observed: ${p.perturbation}${p.heldout ? " (held out)" : p.in_training ? " (in training)" : ""}`, font: { size: 13 } },
+    margin: { t: 40, l: 50, r: 10, b: 40 },
+    xaxis: { title: { text: "observed change" } }, yaxis: { title: { text: "predicted change" } },
+  }, PLOT_CONFIG);
+}
+
+function fillTop(out, p) {
+  const tb = $("top-table").querySelector("tbody");
+  tb.innerHTML = "";
+  p.top_genes.forEach((g) => {
+    const tr = document.createElement("tr");
+    const cells = [g.gene, fmt(g.delta), out.has_intervals ? `[${fmt(g.lower)}, ${fmt(g.upper)}]` : "–", fmt(g.observed)];
+    cells.forEach((c, k) => {
+      const td = document.createElement("td");
+      td.textContent = c;
+      if (k > 0) td.className = "num";
+      tr.appendChild(td);
+    });
+    tr.dataset.perturbation = p.perturbation;
+    tb.appendChild(tr);
+  });
+}
+
+// ---------------------------------------------------------------- calibration, screen, proposals
+async function drawCalibration() {
+  const caps = state.caps[state.info.instrument] || [];
+  if (!caps.includes("uncertainty")) {
+    Plotly.purge("calibration");
+    $("calibration").innerHTML = "";
+    $("calibration-note").textContent = `${state.info.instrument} gives no intervals; fit a model with the 'uncertainty' capability (e.g. conformal) for a calibration curve.`;
+    return;
+  }
+  try {
+    const c = await api(`/models/${encodeURIComponent(state.model)}/calibration`);
+    Plotly.react("calibration", [
+      { type: "scatter", mode: "lines+markers", name: state.info.instrument, x: c.levels, y: c.coverage },
+      { type: "scatter", mode: "lines", name: "ideal", x: [0, 1], y: [0, 1], line: { dash: "dot", color: "#000" } },
+    ], {
+      title: { text: `interval calibration on ${c.n_perturbations} held-out perturbations`, font: { size: 13 } },
+      margin: { t: 40, l: 50, r: 10, b: 40 },
+      xaxis: { title: { text: "nominal level" }, range: [0.4, 1] }, yaxis: { title: { text: "observed coverage" }, range: [0.4, 1] },
+    }, PLOT_CONFIG);
+    $("calibration-note").textContent = "";
+  } catch (err) {
+    $("calibration-note").textContent = "no calibration: " + err.message;
+  }
+}
+
+function fillRanked(tableId, rows, cols) {
+  const tb = $(tableId).querySelector("tbody");
+  tb.innerHTML = "";
+  rows.forEach((r, k) => {
+    const tr = document.createElement("tr");
+    [String(k + 1), ...cols.map((c) => (typeof r[c] === "number" ? fmt(r[c]) : String(r[c] ?? "–")))].forEach((v) => {
+      const td = document.createElement("td");
+      td.textContent = v;
+      tr.appendChild(td);
+    });
+    tb.appendChild(tr);
+  });
+}
+
+async function screen() {
+  if (!state.model) return;
+  $("screen-note").textContent = "screening…";
+  try {
+    const objective = $("objective").value.trim();
+    const body = { objective, top_k: 10 };
+    if (!$("context").hidden) body.context = $("context").value;
+    const out = await api(`/models/${encodeURIComponent(state.model)}/screen`, { method: "POST", json: body });
+    fillRanked("screen-table", out.ranking, ["perturbation", "score", "score_lower", "effect_size"]);
+    $("screen-note").textContent = out.description || "";
+  } catch (err) {
+    $("screen-note").textContent = "screen unavailable: " + err.message;
+  }
+}
+
+async function propose() {
+  if (!state.model) return;
+  $("proposal-note").textContent = "proposing…";
+  try {
+    const body = { batch_size: 10, strategy: $("strategy").value };
+    if (!$("context").hidden) body.context = $("context").value;
+    const out = await api(`/models/${encodeURIComponent(state.model)}/proposals`, { method: "POST", json: body });
+    fillRanked("proposal-table", out.proposals, ["perturbation", "predicted_effect"]);
+    $("proposal-note").textContent = out.description || "";
+  } catch (err) {
+    $("proposal-note").textContent = "suggestions unavailable: " + err.message;
+  }
+}
+
+// ---------------------------------------------------------------- uploads
+async function upload() {
+  const file = $("upload-file").files[0];
+  const dataset = state.info ? state.info.dataset : $("dataset").value;
+  if (!file || !dataset) return;
+  $("upload-note").textContent = `uploading ${file.name}…`;
+  try {
+    const meta = await api(`/datasets/${encodeURIComponent(dataset)}/measurements?filename=${encodeURIComponent(file.name)}`, {
+      method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" },
+    });
+    $("upload-note").textContent =
+      `stored ${meta.filename}: ${meta.n_cells} cells, ${meta.perturbations.length} perturbations ` +
+      `(${meta.perturbations.slice(0, 5).join(", ")}${meta.perturbations.length > 5 ? ", …" : ""}); predictions now compare with it.`;
+  } catch (err) {
+    $("upload-note").textContent = "upload refused: " + err.message;
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+function init() {
+  $("token").value = state.token;
+  $("token-save").addEventListener("click", () => {
+    state.token = $("token").value.trim();
+    localStorage.setItem("aivc-token", state.token);
+    start();
+  });
+  $("fit-btn").addEventListener("click", fit);
+  $("cancel-btn").addEventListener("click", cancelJob);
+  $("model").addEventListener("change", (e) => chooseModel(e.target.value).catch((err) => setStatus(err.message, true)));
+  $("pert-input").addEventListener("input", suggest);
+  $("pert-input").addEventListener("keydown", (e) => { if (e.key === "Enter") predict(); });
+  $("predict-btn").addEventListener("click", predict);
+  $("screen-btn").addEventListener("click", screen);
+  $("propose-btn").addEventListener("click", propose);
+  $("upload-btn").addEventListener("click", upload);
+  start();
+}
+
+async function start() {
+  try {
+    await loadLists();
+    if (!state.model) setStatus("choose a dataset and an instrument, then fit");
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", init);

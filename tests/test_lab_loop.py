@@ -1,0 +1,254 @@
+"""The lab-loop benchmark: screen loaders, hits, the no-essential filter and campaigns."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aivc.data._validate import DataValidationError
+from aivc.experiments._lab_loop import lab_loop_markdown, simulate_screen_campaign
+from aivc.experiments._screens_data import (
+    SCREEN_FOLDER,
+    essential_machinery_genes,
+    load_screen,
+    read_mageck_summary,
+    screen_hits,
+)
+
+MAGECK_COLS = [
+    "id",
+    "num",
+    "neg|score",
+    "neg|p-value",
+    "neg|fdr",
+    "neg|rank",
+    "neg|goodsgrna",
+    "neg|lfc",
+    "pos|score",
+    "pos|p-value",
+    "pos|fdr",
+    "pos|rank",
+    "pos|goodsgrna",
+    "pos|lfc",
+]
+
+
+def _write_mageck(path, genes, lfc, drop=None):
+    table = pd.DataFrame({c: 1.0 for c in MAGECK_COLS if c != "id"}, index=range(len(genes)))
+    table.insert(0, "id", genes)
+    table["neg|lfc"] = lfc
+    table["pos|lfc"] = lfc
+    if drop:
+        table = table.drop(columns=drop)
+    with gzip.open(path, "wt") as fh:
+        table.to_csv(fh, sep="\t", index=False)
+
+
+# ------------------------------------------------------------------ loaders
+def test_mageck_reader_and_donor_average(tmp_path):
+    folder = tmp_path / SCREEN_FOLDER
+    folder.mkdir()
+    _write_mageck(folder / "schmidt_ifng_d1.gene_summary.txt.gz", ["A", "B", "C"], [1.0, -2.0, 0.0])
+    _write_mageck(folder / "schmidt_ifng_d2.gene_summary.txt.gz", ["C", "B", "A"], [2.0, 0.0, 3.0])
+    scores = load_screen("schmidt2022-ifng", data_dir=tmp_path)
+    assert scores.to_dict() == {"A": 2.0, "B": -1.0, "C": 1.0}
+
+
+def test_mageck_reader_rejects_missing_column(tmp_path):
+    path = tmp_path / "bad.txt.gz"
+    _write_mageck(path, ["A", "B"], [1.0, 2.0], drop=["neg|lfc"])
+    with pytest.raises(DataValidationError, match=r"lacks columns \['neg\|lfc'\]"):
+        read_mageck_summary(path)
+
+
+def test_mageck_reader_rejects_nan_and_duplicates(tmp_path):
+    path = tmp_path / "nan.txt.gz"
+    _write_mageck(path, ["A", "B", "C"], [1.0, np.nan, 2.0])
+    with pytest.raises(
+        DataValidationError, match=r"1 missing or non-numeric values \(genes \['B'\]\)"
+    ):
+        read_mageck_summary(path)
+    path = tmp_path / "dup.txt.gz"
+    _write_mageck(path, ["A", "A"], [1.0, 2.0])
+    with pytest.raises(DataValidationError, match="more than once"):
+        read_mageck_summary(path)
+
+
+def test_unknown_screen_and_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="Unknown screen"):
+        load_screen("nope")
+    with pytest.raises(FileNotFoundError, match="AIVC_DATA_DIR"):
+        load_screen("schmidt2022-il2", data_dir=tmp_path)
+
+
+# --------------------------------------------------------------------- hits
+def test_screen_hits_top_fraction_of_absolute_scores():
+    scores = np.array([0.1, -5.0, 3.0, 0.2, -0.3, 4.0, 0.0, 0.05, -0.01, 0.02])
+    hits = screen_hits(scores, fraction=0.3)
+    np.testing.assert_array_equal(np.flatnonzero(hits), [1, 2, 5])
+    # ceil: 1% of 150 genes is 2 hits
+    assert screen_hits(np.arange(150.0), fraction=0.01).sum() == 2
+    # ties at the threshold: exactly ceil(fraction * n), first by position
+    tied = screen_hits(np.array([1.0, 1.0, 1.0, 0.0]), fraction=0.5)
+    np.testing.assert_array_equal(tied, [True, True, False, False])
+
+
+@pytest.mark.parametrize(
+    ("scores", "fraction", "match"),
+    [
+        (np.array([1.0, np.nan]), 0.5, "finite"),
+        (np.ones((2, 2)), 0.5, "1-d"),
+        (np.ones(4), 0.0, "fraction"),
+    ],
+)
+def test_screen_hits_validation(scores, fraction, match):
+    with pytest.raises(ValueError, match=match):
+        screen_hits(scores, fraction=fraction)
+
+
+# -------------------------------------------------------- no-essential filter
+def test_essential_filter_follows_is_a_and_part_of_only(tmp_path):
+    genes = tmp_path / "genes"
+    genes.mkdir()
+    parents = pd.DataFrame(
+        {
+            "child": ["GO:2", "GO:3", "GO:4", "GO:5"],
+            "parent": ["GO:1", "GO:2", "GO:1", "GO:1"],
+            "relationship_type": ["isa", "part of", "regulates", "isa"],
+            "ontology": "CC",
+        }
+    )
+    parents.to_csv(genes / "go_term_parents.tsv.gz", sep="\t", index=False)
+    ann = pd.DataFrame(
+        {
+            "symbol": ["RPL1", "RPL2", "REG1", "OTHER", "RPL3"],
+            "entrez_id": ["1", "2", "3", "4", "5"],
+            "go_id": ["GO:1", "GO:3", "GO:4", "GO:9", "GO:5"],
+            "evidence": "IDA",
+            "aspect": "C",
+            "go_term": "x",
+        }
+    )
+    ann.to_csv(genes / "human_go_annotations.tsv.gz", sep="\t", index=False)
+    out = essential_machinery_genes(terms=["GO:1"], data_dir=tmp_path)
+    assert out == {"GO:1": frozenset({"RPL1", "RPL2", "RPL3"})}
+
+
+# ---------------------------------------------------------------- campaigns
+def _synthetic_screen(n=3000, seed=0):
+    """Genes in 100 gene sets (one-hot membership plus noise, like GO-set features); the hits are
+    one set, which a noisy prior favours."""
+    rng = np.random.default_rng(seed)
+    module = rng.integers(0, 100, size=n)
+    x = np.eye(100)[module] + 0.1 * rng.normal(size=(n, 100))
+    strong = module == 0
+    scores = rng.normal(scale=0.2, size=n) + strong * rng.normal(2.0, 0.3, size=n)
+    prior = strong * 1.0 + rng.normal(size=n)
+    return x, scores, prior
+
+
+def test_genedisco_protocol_informative_prior_beats_random():
+    from aivc.experiments._lab_loop import AIVC_DESIGN_PARAMS
+
+    x, scores, prior = _synthetic_screen()
+    hits = screen_hits(scores, fraction=0.01)
+    kw = {"features": x, "values": scores, "hits": hits, "n_rounds": 3, "batch_size": 60}
+    finals = {}
+    for name in ("random", "degree-prior", "aivc-design"):
+        params = AIVC_DESIGN_PARAMS if name == "aivc-design" else {}
+        ratios = [
+            simulate_screen_campaign(name, seed=s, prior=prior, **params, **kw)["hit_ratio"]
+            for s in (0, 1)
+        ]
+        for r in ratios:
+            assert len(r) == 3 and all(a <= b for a, b in itertools.pairwise(r))
+        finals[name] = float(np.mean([r[-1] for r in ratios]))
+    assert finals["random"] < 0.15
+    assert finals["degree-prior"] > finals["random"]
+    # learning from the revealed scores finds the rest of the gene set
+    assert finals["aivc-design"] > finals["degree-prior"] + 0.5
+
+
+def test_campaign_reproducible_by_seed():
+    x, scores, _prior = _synthetic_screen(n=600)
+    hits = screen_hits(scores, fraction=0.02)
+    kw = {"features": x, "values": scores, "hits": hits, "n_rounds": 2, "batch_size": 20}
+    a = simulate_screen_campaign("gp-ucb", seed=3, **kw)
+    b = simulate_screen_campaign("gp-ucb", seed=3, **kw)
+    assert a == b
+    chosen = np.concatenate(a["rounds"])
+    assert np.unique(chosen).size == chosen.size == 40
+
+
+def test_markdown_table():
+    result = {
+        "dataset": "toy",
+        "variant": "no-essential",
+        "description": "d",
+        "protocol": {"n_rounds": 2, "batch_size": 3},
+        "seeds": [0, 1],
+        "models": {
+            "random": {
+                "hit_ratio": [{"mean": 0.1, "sd": 0.0}, {"mean": 0.2, "sd": 0.0}],
+                "hit_ratio_final": {"mean": 0.2, "sd": 0.05},
+            }
+        },
+        "wall_seconds": {"random": 1.0},
+        "peak_memory_mb": {"random": 2.0},
+        "machine": {"cpus": 2, "python": "3", "aivc": "0"},
+    }
+    text = lab_loop_markdown(result)
+    assert "lab-loop on toy (variant no-essential)" in text
+    assert "| random | 0.100 | 0.200 | 0.200 ± 0.050 |" in text
+
+
+@pytest.mark.slow
+def test_simulator_loop_end_to_end(tmp_path, monkeypatch):
+    from aivc.experiments import _lab_loop_cells
+    from aivc.experiments._lab_loop import run_lab_loop
+
+    small = {
+        "n_genes": 120,
+        "n_pool": 40,
+        "n_test": 10,
+        "n_rounds": 2,
+        "batch_size": 6,
+        "hit_fraction": 0.1,
+        "cells_per_perturbation": 15,
+        "control_cells_per_round": 30,
+        "initial_control_cells": 120,
+        "n_components": 4,
+    }
+    monkeypatch.setitem(_lab_loop_cells.CELL_PROTOCOLS, "simulator", small)
+    result = run_lab_loop(tmp_path, models=["random", "aivc-design"], seeds=[0])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["models"].keys() == {"random", "aivc-design"}
+    for entry in saved["models"].values():
+        assert len(entry["hit_ratio"]) == 2
+        assert entry["error_auc"]["mean"] > 0
+        assert 0.0 <= entry["hit_ratio_final"]["mean"] <= 1.0
+    assert "error_auc" in (tmp_path / "results.md").read_text()
+    assert result["pool"]["n_hits"] == 4
+    with pytest.raises(ValueError, match="no variants"):
+        run_lab_loop(tmp_path, variant="no-essential")
+
+
+# ------------------------------------------------------------------ real data
+@pytest.mark.slow
+def test_real_schmidt_screens(data_dir):
+    ifng = load_screen("schmidt2022-ifng")
+    il2 = load_screen("schmidt2022-il2")
+    assert len(ifng) == len(il2) == 18_899
+    assert screen_hits(ifng.to_numpy()).sum() == 189
+    top = ifng.abs().sort_values(ascending=False).index[:30]
+    assert {"CD3G", "LCP2"} <= set(top)
+    ess = essential_machinery_genes()
+    removed = set().union(*ess.values())
+    assert {"RPL4", "PSMC2", "MCM2"} <= removed
+    assert "CD3G" not in removed
+    assert 500 < len(removed & set(ifng.index)) < 800

@@ -1,0 +1,127 @@
+"""The MCP server, driven by an in-process MCP client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+
+pytest.importorskip("mcp")
+
+from mcp import Client
+
+from aivc.interfaces.api import Workspace
+from aivc.interfaces.mcp_server import create_server
+
+
+def _payload(result) -> dict:
+    assert not result.is_error, result.content
+    if result.structured_content is not None:
+        return result.structured_content
+    return json.loads(result.content[0].text)
+
+
+def test_mcp_tools_end_to_end(data_dir: Path, tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    server = create_server(ws)
+
+    async def talk() -> dict:
+        out: dict = {}
+        async with Client(server) as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            out["tools"] = tools
+            out["datasets"] = _payload(await client.call_tool("list_datasets", {}))
+            out["instruments"] = _payload(await client.call_tool("list_instruments", {}))
+            out["fit"] = _payload(
+                await client.call_tool(
+                    "fit_model",
+                    {"dataset": "papalexi2021", "instrument": "train-mean", "name": "tm"},
+                )
+            )
+            out["predict"] = _payload(
+                await client.call_tool(
+                    "predict_perturbation",
+                    {"model": "tm", "perturbations": ["IFNGR1", "STAT1+JAK2"], "top_k": 5},
+                )
+            )
+            out["explain"] = _payload(
+                await client.call_tool(
+                    "explain_prediction", {"model": "tm", "perturbation": "IFNGR1"}
+                )
+            )
+            out["screen"] = _payload(
+                await client.call_tool(
+                    "run_screen", {"model": "tm", "objective": "down:JAK2", "top_k": 3}
+                )
+            )
+            out["proposals"] = _payload(
+                await client.call_tool(
+                    "propose_experiments", {"model": "tm", "strategy": "random", "batch_size": 3}
+                )
+            )
+            out["ledger"] = _payload(await client.call_tool("read_ledger", {}))
+            out["unknown_gene"] = await client.call_tool(
+                "predict_perturbation", {"model": "tm", "perturbations": ["NOTAGENE99"]}
+            )
+            out["unknown_model"] = await client.call_tool(
+                "predict_perturbation", {"model": "nope", "perturbations": ["STAT1"]}
+            )
+        return out
+
+    out = anyio.run(talk)
+    assert {
+        "list_datasets",
+        "list_instruments",
+        "fit_model",
+        "predict_perturbation",
+        "explain_prediction",
+    } <= out["tools"]
+    assert "papalexi2021" in [d["name"] for d in out["datasets"]["datasets"]]
+    assert "linear-knowledge" in [i["name"] for i in out["instruments"]["instruments"]]
+    assert out["fit"]["id"] == "tm" and len(out["fit"]["heldout_perturbations"]) == 5
+
+    preds = out["predict"]["predictions"]
+    assert [p["perturbation"] for p in preds] == ["IFNGR1", "STAT1+JAK2"]
+    assert len(preds[0]["top_genes"]) == 5 and preds[0]["measured"]
+    # the MCP answer is the same as the Python API's
+    direct = ws.predict("tm", ["IFNGR1"], top_k=5)["predictions"][0]["top_genes"]
+    assert preds[0]["top_genes"] == direct
+
+    ex = out["explain"]
+    assert ex["perturbation"] == "IFNGR1" and len(ex["top_genes"]) == 20
+    assert {"term", "name", "q_value"} <= set(ex["pathways"][0]) if ex["pathways"] else ex["notes"]
+
+    assert len(out["screen"]["ranking"]) == 3 and out["screen"]["n_candidates"] == 299
+    assert len(out["proposals"]["proposals"]) == 3
+    measured = set(out["fit"]["heldout_perturbations"])
+    assert not {p["perturbation"] for p in out["proposals"]["proposals"]} & measured
+    assert out["ledger"] == {"projects": []}
+    assert {"run_screen", "propose_experiments", "read_ledger"} <= out["tools"]
+
+    assert out["unknown_gene"].is_error and "NOTAGENE99" in out["unknown_gene"].content[0].text
+    assert out["unknown_model"].is_error and "nope" in out["unknown_model"].content[0].text
+
+
+@pytest.mark.slow
+def test_aivc_mcp_runs_on_stdio(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    from mcp import StdioServerParameters
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "aivc.interfaces.cli", "mcp", "--workspace", str(tmp_path / "ws")],
+        env={**os.environ},
+    )
+
+    async def talk() -> tuple[set[str], dict]:
+        async with Client(params) as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            models = _payload(await client.call_tool("list_models", {}))
+        return tools, models
+
+    tools, models = anyio.run(talk)
+    assert "predict_perturbation" in tools and models == {"models": []}

@@ -1,0 +1,210 @@
+"""The virtual lab bench page in a real headless Chromium, against a real ``aivc serve``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+        reason="needs chromium and chromedriver (Debian packages 'chromium', 'chromium-driver')",
+    ),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(data_dir: Path, tmp_path: Path):
+    """A real ``aivc serve`` on a free loopback port, in a subprocess."""
+    port = _free_port()
+    env = {**os.environ, "AIVC_DATA_DIR": str(data_dir), "AIVC_API_TOKEN": ""}
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aivc.interfaces.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workspace",
+            str(tmp_path / "ws"),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None:
+                pytest.fail(f"aivc serve exited: {(tmp_path / 'serve.log').read_text()}")
+            time.sleep(0.1)
+        else:
+            pytest.fail("aivc serve did not start within 30 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in (
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--headless=new",
+        "--window-size=1500,1600",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_bench_fit_predict_and_screenshot(server: str, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(server + "/")
+    # the page loads plotly.js from this server, not from a CDN
+    scripts = [s.get_attribute("src") for s in browser.find_elements(By.TAG_NAME, "script")]
+    assert all(s.startswith(server) for s in scripts if s), scripts
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "dataset")).options) > 0)
+    assert browser.execute_script("return typeof Plotly") == "object"
+
+    Select(browser.find_element(By.ID, "dataset")).select_by_value("papalexi2021")
+    Select(browser.find_element(By.ID, "instrument")).select_by_value("conformal")
+    browser.find_element(By.ID, "fit-btn").click()
+    # the fit runs as a background job; the page polls it and selects the new model
+    wait.until(lambda d: Select(d.find_element(By.ID, "model")).options)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "model-info"), "held out"))
+    info = browser.find_element(By.ID, "model-info").text
+    heldout = info.split("held out: ")[1].rstrip(".").split(", ")[0]
+
+    wait.until(
+        lambda d: (
+            d.execute_script("return (document.getElementById('embedding').data || []).length") > 0
+        )
+    )
+    box = browser.find_element(By.ID, "pert-input")
+    box.clear()
+    box.send_keys(heldout)
+    browser.find_element(By.ID, "predict-btn").click()
+    wait.until(
+        lambda d: (
+            d.find_elements(By.CSS_SELECTOR, "#top-table tbody tr")
+            and d.find_element(By.CSS_SELECTOR, "#top-table tbody tr").get_attribute(
+                "data-perturbation"
+            )
+            == heldout
+        )
+    )
+    rows = browser.find_elements(By.CSS_SELECTOR, "#top-table tbody tr")
+    assert len(rows) == 20
+    # intervals are shown for a model with the 'uncertainty' capability
+    assert rows[0].find_elements(By.TAG_NAME, "td")[2].text.startswith("[")
+    # the volcano plot and the predicted-vs-observed plot name the perturbation
+    wait.until(ec.text_to_be_present_in_element((By.ID, "volcano"), heldout))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "pred-obs"), "held out"))
+    n_points = browser.execute_script(
+        "const g = document.getElementById('volcano');"
+        "return g.data.reduce((n, t) => n + t.x.length, 0);"
+    )
+    assert n_points == 299  # every measured gene of papalexi2021
+    # the measured cells of the perturbation are highlighted in the embedding
+    names = browser.execute_script(
+        "return document.getElementById('embedding').data.map((t) => t.name);"
+    )
+    assert f"{heldout} (measured cells)" in names and "control" in names
+    # and the predicted and observed mean states are drawn as arrows from the control mean
+    assert {"control → predicted mean", "control → observed mean"} <= set(names)
+    summary = browser.find_element(By.ID, "pred-summary").text
+    assert heldout in summary and "held out of training" in summary
+    wait.until(
+        lambda d: (
+            d.execute_script("return (document.getElementById('calibration').data || []).length")
+            == 2
+        )
+    )
+
+    # a screen under the prefilled objective and suggested next experiments
+    assert browser.find_element(By.ID, "objective").get_attribute("value").startswith("down:")
+    browser.find_element(By.ID, "screen-btn").click()
+    browser.find_element(By.ID, "propose-btn").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#screen-table tbody tr")) == 10)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#proposal-table tbody tr")) == 10)
+    proposed = [
+        r.find_elements(By.TAG_NAME, "td")[1].text
+        for r in browser.find_elements(By.CSS_SELECTOR, "#proposal-table tbody tr")
+    ]
+    assert heldout not in proposed  # measured perturbations are not proposed again
+
+    shot = tmp_path / "bench.png"
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1500, min(int(height) + 140, 2400))
+    browser.execute_script("window.scrollTo(0, 0)")
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 20_000
+    target = os.environ.get("AIVC_SCREENSHOT_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(target) / "bench.png")
+
+    # upload a new measurement of the held-out knockout; the prediction is then compared with it
+    from aivc.data import load
+
+    raw = load("papalexi2021")
+    labels = raw.obs["perturbation"].astype(str).to_numpy()
+    rows = np.concatenate(
+        [np.flatnonzero(labels == "control")[:300], np.flatnonzero(labels == heldout)[:150]]
+    )
+    upload = tmp_path / "round1.h5ad"
+    raw[rows].copy().write_h5ad(upload)
+    browser.find_element(By.ID, "upload-file").send_keys(str(upload))
+    browser.find_element(By.ID, "upload-btn").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "upload-note"), "stored round1.h5ad"))
+    assert "450 cells, 1 perturbations" in browser.find_element(By.ID, "upload-note").text
+    browser.find_element(By.ID, "predict-btn").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "pred-summary"), "measured in an upload"))
+    assert "(150 cells" in browser.find_element(By.ID, "pred-summary").text
