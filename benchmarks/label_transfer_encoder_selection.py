@@ -146,7 +146,7 @@ def main() -> None:
     overall = df.groupby(keys)[["knn_acc", "decoder_acc"]].mean().add_prefix("mean_")
     table = per.join(overall).sort_values("mean_knn_acc", ascending=False)
     print("\nHeld-out-donor cell-type accuracy (reference species only), best first:\n")
-    print(table.round(3).to_markdown())
+    print(table.round(3).to_string())
 
 
 if __name__ == "__main__":

@@ -114,8 +114,10 @@ def test_demo_writes_table_and_plot(data_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     text = (tmp_path / "demo_results.md").read_text()
-    for model in ("train-mean", "linear", "linear-knowledge", "nearest-neighbour"):
+    for model in ("train-mean", "linear", "linear-knowledge", "nearest-neighbour", "aivc-perturb"):
         assert f"| {model} |" in text
+    coverage = float(text.split("aivc-perturb: ")[1].split(" of the measured")[0])
+    assert 0.7 < coverage <= 1.0
 
 
 def test_cli_reports_unknown_task(tmp_path):
