@@ -194,6 +194,13 @@ def test_intervals_and_calibration(client: TestClient) -> None:
     p = out["predictions"][0]
     lower, delta, upper = map(np.asarray, (p["lower"], p["delta"], p["upper"]))
     assert (lower <= delta).all() and (delta <= upper).all() and (upper > lower).any()
+    # DE calls: exactly the genes whose interval excludes zero, with the sign of the change.
+    excludes = (lower > 0) | (upper < 0)
+    assert len(p["de_genes"]) == int(excludes.sum())
+    for call in p["de_genes"]:
+        j = p["genes"].index(call["gene"])
+        assert call["call"] == ("up" if lower[j] > 0 else "down")
+    assert {g["de"] for g in p["top_genes"]} <= {"up", "down", "none"}
     cal = client.get(f"/api/models/{model_id}/calibration").json()
     assert cal["n_perturbations"] == 3
     assert cal["coverage"] == sorted(cal["coverage"])  # wider intervals cover more

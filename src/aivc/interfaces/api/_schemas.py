@@ -99,7 +99,16 @@ class GeneChange(BaseModel):
     delta: float
     lower: float | None = None
     upper: float | None = None
+    de: str | None = Field(
+        default=None, description="up / down when the interval excludes no change, else none."
+    )
     observed: float | None = None
+
+
+class DECall(BaseModel):
+    gene: str
+    delta: float
+    call: str
 
 
 class Prediction(BaseModel):
@@ -111,6 +120,10 @@ class Prediction(BaseModel):
     in_training: bool
     heldout: bool
     top_genes: list[GeneChange]
+    de_genes: list[DECall] | None = Field(
+        default=None,
+        description="Genes whose interval excludes no change, by |delta| (models with intervals).",
+    )
     pearson_observed: float | None = None
     interval_coverage: float | None = None
     genes: list[str] | None = None

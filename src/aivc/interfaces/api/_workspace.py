@@ -55,6 +55,11 @@ class NotFoundError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def _de_call(low: float, high: float) -> str:
+    """``up`` / ``down`` when the interval of the change excludes zero, ``none`` otherwise."""
+    return "up" if low > 0 else "down" if high < 0 else "none"
+
+
 class WorkspaceValidationError(ValueError):
     """A request that is well-formed JSON but cannot be carried out as asked (HTTP 422)."""
 
@@ -682,6 +687,7 @@ class Workspace:
                 row = {"gene": genes[j], "delta": float(d[j])}
                 if has_interval:
                     row["lower"], row["upper"] = float(lower[i, j]), float(upper[i, j])
+                    row["de"] = _de_call(lower[i, j], upper[i, j])
                 if obs_row is not None:
                     row["observed"] = _finite(obs_row[j])
                 top.append(row)
@@ -694,6 +700,20 @@ class Workspace:
                 "in_training": p in train,
                 "heldout": p in set(rec.heldout),
                 "top_genes": top,
+                # A gene is called differentially expressed when its interval excludes no change.
+                "de_genes": (
+                    [
+                        {
+                            "gene": genes[j],
+                            "delta": float(d[j]),
+                            "call": _de_call(lower[i, j], upper[i, j]),
+                        }
+                        for j in np.argsort(-np.abs(d), kind="stable")
+                        if lower[i, j] > 0 or upper[i, j] < 0
+                    ]
+                    if has_interval
+                    else None
+                ),
             }
             if obs_row is not None:
                 ok = np.isfinite(obs_row)
