@@ -10,29 +10,14 @@ from typing import Annotated
 
 import typer
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Folder holding the datasets (default: AIVC_DATA_DIR)."),
-]
-Verbosity = Annotated[str, typer.Option("--verbosity", "-v", help="debug, info, warning or error.")]
+from aivc.interfaces._cli_common import DataDir, Verbosity
+from aivc.interfaces._cli_common import fail as _fail
+from aivc.interfaces._cli_common import setup as _setup
+
 Layer = Annotated[str | None, typer.Option("--layer", help="Layer with raw counts (default: X).")]
 Species = Annotated[
     str, typer.Option("--species", help="human or mouse (mouse genes map to human orthologs).")
 ]
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
-def _setup(verbosity: str, data_dir: Path | None) -> None:
-    from aivc import settings
-
-    settings.verbosity = verbosity
-    settings.configure_logging()
-    if data_dir is not None:
-        settings.data_dir = data_dir
 
 
 def train_encoder(

@@ -10,12 +10,9 @@ from typing import Annotated
 
 import typer
 
+from aivc.interfaces._cli_common import fail as _fail
+
 ModelDir = Annotated[Path, typer.Argument(help="A saved model directory (aivc fit).")]
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def _cells(path: Path, select: str | None, what: str) -> object:

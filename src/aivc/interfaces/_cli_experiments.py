@@ -10,10 +10,7 @@ from typing import Annotated
 
 import typer
 
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+from aivc.interfaces._cli_common import fail as _fail
 
 
 def _message(e: BaseException) -> str:

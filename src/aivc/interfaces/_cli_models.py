@@ -10,19 +10,8 @@ from typing import Annotated
 
 import typer
 
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
-def _setup(verbosity: str, data_dir: Path | None) -> None:
-    from aivc import settings
-
-    settings.verbosity = verbosity
-    settings.configure_logging()
-    if data_dir is not None:
-        settings.data_dir = data_dir
+from aivc.interfaces._cli_common import fail as _fail
+from aivc.interfaces._cli_common import setup as _setup
 
 
 def fit(

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from aivc.interfaces._cli_common import fail as _fail
+
 #: Environment variable holding the API token of ``aivc serve``.
 TOKEN_ENV = "AIVC_API_TOKEN"
 
@@ -24,11 +26,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def _workspace_dir(workspace: Path | None) -> Path:

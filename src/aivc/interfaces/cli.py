@@ -11,6 +11,10 @@ from typing import Annotated
 
 import typer
 
+from aivc.interfaces._cli_common import DataDir, Verbosity
+from aivc.interfaces._cli_common import fail as _fail
+from aivc.interfaces._cli_common import setup as _setup
+
 app = typer.Typer(
     name="aivc",
     help="aivc: the AI virtual cell. Representations of genes, cells and tissues; "
@@ -25,26 +29,6 @@ instruments_app = typer.Typer(
 )
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(instruments_app, name="instruments")
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Folder holding the datasets (default: AIVC_DATA_DIR)."),
-]
-Verbosity = Annotated[str, typer.Option("--verbosity", "-v", help="debug, info, warning or error.")]
-
-
-def _setup(verbosity: str, data_dir: Path | None) -> None:
-    from aivc import settings
-
-    settings.verbosity = verbosity
-    settings.configure_logging()
-    if data_dir is not None:
-        settings.data_dir = data_dir
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command()
