@@ -539,6 +539,81 @@ def _summary(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+@dataclass
+class TaskData:
+    """A perturbation task's prepared data and splits, shared by every runner that scores it.
+
+    ``known`` holds the names models accept as targets: the measured genes and every
+    target of the dataset (the names of held-out targets are part of the question,
+    their measurements are not).
+    """
+
+    adata: AnnData
+    schema: PerturbationSchema
+    dataset: str
+    known: list[str]
+    features: pd.DataFrame | None
+    splits: list[Split]
+
+
+def task_data(
+    task: str,
+    dataset: str | None,
+    seeds: Sequence[int],
+    *,
+    data_dir: str | Path | None = None,
+) -> TaskData:
+    """Load, prepare and split the data of perturbation task ``task``."""
+    spec = TASKS[task]
+    features: pd.DataFrame | None = None
+    if spec.build is not None and dataset is None:
+        dataset_name = spec.dataset
+        raw, known, features = spec.build(seeds[0])
+        schema = schema_of(raw)
+    else:
+        dataset_name = dataset or spec.dataset
+        raw = load(dataset_name, data_dir=data_dir)
+        schema = schema_of(raw)
+        known = None
+        try:
+            from aivc.genes import gene_symbols
+
+            known = sorted(gene_symbols(data_dir))
+        except FileNotFoundError:
+            logger.info(
+                "No gene table in the data directory; targets are checked against the measured genes only"
+            )
+    adata, schema = prepare(raw, schema, known_genes=known)
+    fit_known = sorted(
+        set(adata.var_names)
+        | {
+            t
+            for p in adata.obs[schema.perturbation_key].astype(str).unique()
+            for t in schema.targets(p)
+        }
+    )
+    if spec.n_top_genes is not None:
+        mask = highly_variable_genes(adata, schema, n_top_genes=spec.n_top_genes)
+        adata = adata[:, mask].copy()
+    splits = spec.make_splits(adata, schema, list(seeds))
+    if spec.split_kind in {"leave-one-double-out", "leave-one-context-out"}:
+        # deterministic split families are repeated once per seed (cell sampling differs)
+        splits = [
+            Split(
+                f"seed{s}-{sp_.name}",
+                sp_.kind,
+                s,
+                sp_.test_perturbations,
+                sp_.train_perturbations,
+                sp_.test_contexts,
+                sp_.categories,
+            )
+            for s in seeds
+            for sp_ in splits
+        ]
+    return TaskData(adata, schema, dataset_name, fit_known, features, splits)
+
+
 def run_benchmark(
     task: str,
     *,
@@ -608,54 +683,9 @@ def run_benchmark(
     if BASELINE not in model_names:
         model_names.insert(0, BASELINE)
 
-    features: pd.DataFrame | None = None
-    if spec.build is not None and dataset is None:
-        dataset_name = spec.dataset
-        raw, known, features = spec.build(seeds[0])
-        schema = schema_of(raw)
-    else:
-        dataset_name = dataset or spec.dataset
-        raw = load(dataset_name, data_dir=data_dir)
-        schema = schema_of(raw)
-        known = None
-        try:
-            from aivc.genes import gene_symbols
-
-            known = sorted(gene_symbols(data_dir))
-        except FileNotFoundError:
-            logger.info(
-                "No gene table in the data directory; targets are checked against the measured genes only"
-            )
-    adata, schema = prepare(raw, schema, known_genes=known)
-    # models accept the measured genes and every target of the dataset (the names of the
-    # held-out targets are part of the question, their measurements are not)
-    fit_known = sorted(
-        set(adata.var_names)
-        | {
-            t
-            for p in adata.obs[schema.perturbation_key].astype(str).unique()
-            for t in schema.targets(p)
-        }
-    )
-    if spec.n_top_genes is not None:
-        mask = highly_variable_genes(adata, schema, n_top_genes=spec.n_top_genes)
-        adata = adata[:, mask].copy()
-    splits = spec.make_splits(adata, schema, seeds)
-    if spec.split_kind in {"leave-one-double-out", "leave-one-context-out"}:
-        # deterministic split families are repeated once per seed (cell sampling differs)
-        splits = [
-            Split(
-                f"seed{s}-{sp_.name}",
-                sp_.kind,
-                s,
-                sp_.test_perturbations,
-                sp_.train_perturbations,
-                sp_.test_contexts,
-                sp_.categories,
-            )
-            for s in seeds
-            for sp_ in splits
-        ]
+    data = task_data(task, dataset, seeds, data_dir=data_dir)
+    adata, schema, dataset_name = data.adata, data.schema, data.dataset
+    fit_known, features, splits = data.known, data.features, data.splits
     save_splits(splits, out / "splits.json")
     logger.info(
         "%s on %s: %d cells x %d genes, %d splits, models %s",

@@ -35,7 +35,6 @@ import logging
 import os
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +43,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from aivc._progress import progress
-from aivc.data._preprocess import condition_labels, highly_variable_genes, prepare
-from aivc.data._registry import load, schema_of
-from aivc.data.splits import Split
+from aivc.data._preprocess import condition_labels
 from aivc.evaluate._benchmark import (
     TASKS,
     _json_safe,
@@ -56,13 +53,12 @@ from aivc.evaluate._benchmark import (
     _test_conditions,
     _training_view,
     _write_json_atomic,
+    task_data,
 )
 from aivc.evaluate._memory import ResourceMeter
 
 if TYPE_CHECKING:
-    from anndata import AnnData
-
-    from aivc.data._schema import PerturbationSchema
+    pass
 
 __all__ = ["CALIBRATION_METRICS", "CALIBRATION_TASKS", "run_calibration"]
 
@@ -131,68 +127,6 @@ def _make_model(name: str, spec_params: dict[str, dict[str, Any]], seed: int) ->
 
 
 # ----------------------------------------------------------------------------- data
-@dataclass
-class _TaskData:
-    adata: AnnData
-    schema: PerturbationSchema
-    dataset: str
-    known: list[str]
-    features: pd.DataFrame | None
-    splits: list[Split]
-
-
-def _task_data(task: str, dataset: str | None, seeds: Sequence[int]) -> _TaskData:
-    """The perturbation benchmark's data and splits for ``task`` (as in :func:`run_benchmark`)."""
-    spec = TASKS[task]
-    features = None
-    if spec.build is not None and dataset is None:
-        name = spec.dataset
-        raw, known, features = spec.build(seeds[0])
-        schema = schema_of(raw)
-    else:
-        name = dataset or spec.dataset
-        raw = load(name)
-        schema = schema_of(raw)
-        known = None
-        try:
-            from aivc.genes import gene_symbols
-
-            known = sorted(gene_symbols())
-        except FileNotFoundError:
-            logger.info(
-                "No gene table in the data directory; targets are checked against the measured genes"
-            )
-    adata, schema = prepare(raw, schema, known_genes=known)
-    fit_known = sorted(
-        set(adata.var_names)
-        | {
-            t
-            for p in adata.obs[schema.perturbation_key].astype(str).unique()
-            for t in schema.targets(p)
-        }
-    )
-    if spec.n_top_genes is not None:
-        mask = highly_variable_genes(adata, schema, n_top_genes=spec.n_top_genes)
-        adata = adata[:, mask].copy()
-    splits = spec.make_splits(adata, schema, list(seeds))
-    if spec.split_kind in {"leave-one-double-out", "leave-one-context-out"}:
-        # deterministic split families are repeated once per seed (the seed moves the calibration folds)
-        splits = [
-            Split(
-                f"seed{s}-{sp_.name}",
-                sp_.kind,
-                s,
-                sp_.test_perturbations,
-                sp_.train_perturbations,
-                sp_.test_contexts,
-                sp_.categories,
-            )
-            for s in seeds
-            for sp_ in splits
-        ]
-    return _TaskData(adata, schema, name, fit_known, features, splits)
-
-
 def _standard_errors(obs: _Observed) -> pd.DataFrame:
     """Standard error of each condition's mean log-expression (cell sd / sqrt(n)), conditions x genes."""
     x = sp.csr_matrix(obs.adata.X)
@@ -254,7 +188,7 @@ def _run_task(
     task: str, dataset: str | None, models: Sequence[str] | None, seeds: Sequence[int]
 ) -> dict[str, Any]:
     spec = TASKS[task]
-    data = _task_data(task, dataset, seeds)
+    data = task_data(task, dataset, seeds)
     names = _model_names(spec.models, models)
     adata, schema = data.adata, data.schema
     logger.info(
