@@ -1,9 +1,10 @@
 """Choose the CellEncoder settings of the ``aivc`` label-transfer model on the reference species only.
 
-What it selects: the ``encoder_epochs``, ``encoder_latent`` and encoder
-``adversarial_weight`` defaults of :class:`aivc.cells._label_transfer.TransferConfig`
-(the encoder behind the ``aivc`` / ``aivc-adaptive`` models of
-``aivc benchmark label-transfer``).
+What it selects: the ``encoder_epochs`` and ``encoder_latent`` defaults of
+:class:`aivc.cells._label_transfer.TransferConfig` (the encoder behind the
+``aivc`` / ``aivc-adaptive`` models of ``aivc benchmark label-transfer``), and
+whether the encoder's ``adversarial_weight`` (CellEncoder default 1.0) should
+be changed for that benchmark.
 
 How: for each species used as a reference (Baron human: 4 donors; Baron mouse:
 2 mice), the encoder is trained on the cells of all donors but one (donor as
