@@ -17,7 +17,7 @@
 
 Results go to ``<out>/results.json`` and ``<out>/results.md``.
 
-Run: ``python benchmarks/embed_million.py --out /tmp/aivc-results/embed-million``
+Run: ``python benchmarks/embed_million.py --out results/embed-million``
 (``--n-cells 100000`` for a quicker run).
 """
 

@@ -13,7 +13,7 @@ On Baron 2016 human pancreas, for each seed:
    and score the mapping by the accuracy of 15-nearest-neighbour labels from
    the human cells on mouse cells of shared cell types.
 
-Run: ``python benchmarks/encoder_speed.py --out /tmp/aivc-results/encoder`` (a few minutes).
+Run: ``python benchmarks/encoder_speed.py --out results/encoder`` (a few minutes).
 """
 
 from __future__ import annotations

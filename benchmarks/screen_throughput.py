@@ -10,7 +10,7 @@ KLF1-activated cells) and under a marker objective, with and without the
 uncertainty-aware ranking (the plain ``linear`` model has no intervals).
 Wall time and peak memory come from :class:`aivc.evaluate.ResourceMeter`.
 
-Run: ``python benchmarks/screen_throughput.py --out /tmp/aivc-results/screen-throughput``
+Run: ``python benchmarks/screen_throughput.py --out results/screen-throughput``
 (``--panel-size``, ``--chunk-size`` and ``--dask`` change the case).
 """
 
