@@ -126,6 +126,18 @@ def test_cross_fit_residuals_hold_out_each_unit(data):
     assert not np.array_equal(other.folds, cf.folds)
 
 
+def test_cross_fit_accepts_held_out_targets_that_are_not_measured(data):
+    """A target absent from the gene panel (as most CRISPR targets are) can be held out."""
+    adata, schema = data
+    adata = adata.copy()
+    labels = adata.obs[schema.perturbation_key].astype(str)
+    single = next(p for p in labels.unique() if p != schema.control_label and "+" not in p)
+    adata.obs[schema.perturbation_key] = labels.replace(single, "UNMEASURED1").to_numpy()
+    model = make_instrument("conformal", base="train-mean", n_folds=4).fit(adata, schema)
+    delta, low, high = model.predict_interval(["UNMEASURED1"], level=0.9)
+    assert delta.shape == (1, adata.n_vars) and (low <= high).all()
+
+
 def test_cross_fit_by_context():
     raw, schema = synthetic_perturbation_data(
         n_genes=40, n_singles=2, n_doubles=0, n_contexts=4, cells_per_condition=15, seed=4

@@ -3,8 +3,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import anndata as ad
@@ -14,6 +12,7 @@ from numpy.testing import assert_allclose
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
+from _celleval import run_cell_eval
 from aivc.data import DataValidationError
 from aivc.data._synthetic import synthetic_perturbation_data
 from aivc.instruments._model_dir import load_model_dir, parse_param
@@ -275,9 +274,6 @@ def test_fit_option_errors(tiny, tmp_path):
 @pytest.mark.slow
 def test_prediction_accepted_by_cell_eval_run(model_dir, tiny, tmp_path):
     """The predicted h5ad goes to `cell-eval run` as is, against the real cells."""
-    exe = shutil.which("cell-eval", path=str(Path(sys.executable).parent))
-    if exe is None:
-        pytest.skip("cell-eval is not installed")
     labels = sorted(set(ad.read_h5ad(tiny).obs["perturbation"].astype(str)) - {"control"})
     perts = [next(p for p in labels if "+" not in p), next(p for p in labels if "+" in p)]
     pred_path = tmp_path / "pred.h5ad"
@@ -307,31 +303,7 @@ def test_prediction_accepted_by_cell_eval_run(model_dir, tiny, tmp_path):
     real.layers = {}
     real.write_h5ad(tmp_path / "real.h5ad")
     assert schema_of(real).perturbation_key == "perturbation"
-    out = subprocess.run(
-        [
-            exe,
-            "run",
-            "-ap",
-            str(pred_path),
-            "-ar",
-            str(tmp_path / "real.h5ad"),
-            "--pert-col",
-            "perturbation",
-            "--control-pert",
-            "control",
-            "--profile",
-            "vcc",
-            "--num-threads",
-            "1",
-            "-o",
-            str(tmp_path / "ce"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert (tmp_path / "ce" / "agg_results.csv").exists()
+    run_cell_eval(pred_path, tmp_path / "real.h5ad", tmp_path / "ce")
 
 
 @pytest.mark.slow

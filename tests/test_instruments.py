@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+from _celleval import run_cell_eval
 from aivc.data import DataValidationError
 from aivc.instruments import (
     AdditiveModel,
@@ -132,14 +133,6 @@ def test_predict_cells_for_cell_eval(prepared):
 
 def test_predictions_are_accepted_by_cell_eval_run(prepared, tmp_path):
     """A prediction written to h5ad is accepted as is by the `cell-eval run` command."""
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    exe = shutil.which("cell-eval", path=str(Path(sys.executable).parent))
-    if exe is None:
-        pytest.skip("cell-eval is not installed")
     adata, schema = prepared
     model = AdditiveModel().fit(adata, schema)
     ctrl = adata[adata.obs["perturbation"] == "control"].copy()
@@ -148,28 +141,4 @@ def test_predictions_are_accepted_by_cell_eval_run(prepared, tmp_path):
     real = adata.copy()
     real.layers = {}
     real.write_h5ad(tmp_path / "real.h5ad")
-    out = subprocess.run(
-        [
-            exe,
-            "run",
-            "-ap",
-            str(tmp_path / "pred.h5ad"),
-            "-ar",
-            str(tmp_path / "real.h5ad"),
-            "--pert-col",
-            "perturbation",
-            "--control-pert",
-            "control",
-            "--profile",
-            "vcc",
-            "--num-threads",
-            "1",
-            "-o",
-            str(tmp_path / "ce"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert (tmp_path / "ce" / "agg_results.csv").exists()
+    run_cell_eval(tmp_path / "pred.h5ad", tmp_path / "real.h5ad", tmp_path / "ce")

@@ -23,8 +23,7 @@ the database libraries are only needed by the ledger and the loop.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from aivc._lazy import lazy_exports
 
 _EXPORTS = {
     "Ledger": "aivc.experiments._ledger",
@@ -66,15 +65,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        msg = f"module 'aivc.experiments' has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -237,13 +237,12 @@ def _attribution(
                 {"source": source, "coverage": False, "agreement": np.nan, "neighbours": ""}
             )
             continue
-        usable = [
-            i for i, p in enumerate(train) if _target_vector(emb, schema.targets(p)) is not None
-        ]
+        vectors = {i: _target_vector(emb, schema.targets(p)) for i, p in enumerate(train)}
+        usable = [i for i, v in vectors.items() if v is not None]
         if not usable:
             rows.append({"source": source, "coverage": True, "agreement": np.nan, "neighbours": ""})
             continue
-        mat = np.stack([_target_vector(emb, schema.targets(train[i])) for i in usable])
+        mat = np.stack([vectors[i] for i in usable])
         sim = mat @ tv
         k = min(n_neighbours, len(usable))
         top = np.argsort(-sim, kind="stable")[:k]

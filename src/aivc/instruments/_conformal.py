@@ -445,7 +445,8 @@ def cross_fit_residuals(
         a context; for data with one or two perturbations in many contexts) or
         ``"auto"`` (:func:`choose_holdout`).
     known_genes, perturbation_features
-        Passed to each fold's ``fit``.
+        Passed to each fold's ``fit``; the targets of every training condition are
+        added to ``known_genes``, so a held-out target is a valid request.
     predict
         ``predict(model, perturbations, contexts, doses) -> (delta, scale or None)``;
         default: ``model.predict_delta`` and, when the model has it,
@@ -499,13 +500,16 @@ def cross_fit_residuals(
     predicted = np.zeros_like(observed)
     scales: np.ndarray | None = None
     folds = np.array([fold_of_unit[u] for u in units])
+    # A fold's model must accept the names of its held-out targets (they are part of the
+    # question, their measurements are not), as the benchmark runner does.
+    fold_known = sorted(set(known_genes or ()) | {t for p in perts for t in schema.targets(p)})
     for f in range(k):
         held_units = [u for u in unique_units if fold_of_unit[u] == f]
         keep = cell_ctrl | ~np.isin(cell_unit, held_units)
         train = adata[keep].copy()
         model = make_model()
         model.fit(
-            train, schema, known_genes=known_genes, perturbation_features=perturbation_features
+            train, schema, known_genes=fold_known, perturbation_features=perturbation_features
         )
         idx = np.flatnonzero(folds == f)
         d, s = predict(

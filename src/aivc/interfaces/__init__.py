@@ -6,8 +6,7 @@ so ``aivc --help`` stays instant.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from aivc._lazy import lazy_exports
 
 _EXPORTS = {
     "Workspace": "aivc.interfaces.api",
@@ -19,15 +18,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        msg = f"module 'aivc.interfaces' has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from aivc.interfaces._cli_common import DataDir, Verbosity
+from aivc.interfaces._cli_common import DataDir, DataFile, DatasetName, ModelOut, Verbosity
 from aivc.interfaces._cli_common import fail as _fail
 from aivc.interfaces._cli_common import setup as _setup
 
@@ -21,13 +21,9 @@ Species = Annotated[
 
 
 def train_encoder(
-    out: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
-    dataset: Annotated[
-        str | None, typer.Option("--dataset", help="Registered dataset (aivc datasets list).")
-    ] = None,
-    data: Annotated[
-        Path | None, typer.Option("--data", help="An .h5ad file with raw counts instead.")
-    ] = None,
+    out: ModelOut,
+    dataset: DatasetName = None,
+    data: DataFile = None,
     batch_key: Annotated[
         str | None, typer.Option("--batch-key", help="obs column with the batch (donor...).")
     ] = None,

@@ -11,6 +11,13 @@ DataDir = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Folder holding the datasets (default: AIVC_DATA_DIR)."),
 ]
+ModelOut = Annotated[Path, typer.Option("--out", help="Model directory to write.")]
+DatasetName = Annotated[
+    str | None, typer.Option("--dataset", help="Registered dataset (aivc datasets list).")
+]
+DataFile = Annotated[
+    Path | None, typer.Option("--data", help="An .h5ad file with raw counts instead.")
+]
 Verbosity = Annotated[str, typer.Option("--verbosity", "-v", help="debug, info, warning or error.")]
 
 

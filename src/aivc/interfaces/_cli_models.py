@@ -10,18 +10,15 @@ from typing import Annotated
 
 import typer
 
+from aivc.interfaces._cli_common import DataFile, DatasetName, ModelOut
 from aivc.interfaces._cli_common import fail as _fail
 from aivc.interfaces._cli_common import setup as _setup
 
 
 def fit(
-    out: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
-    dataset: Annotated[
-        str | None, typer.Option("--dataset", help="Registered dataset (aivc datasets list).")
-    ] = None,
-    data: Annotated[
-        Path | None, typer.Option("--data", help="An .h5ad file with raw counts instead.")
-    ] = None,
+    out: ModelOut,
+    dataset: DatasetName = None,
+    data: DataFile = None,
     perturbation_key: Annotated[
         str | None,
         typer.Option("--perturbation-key", help="obs column with perturbation labels (--data)."),
