@@ -226,3 +226,34 @@ def test_prior_slope_shrinkage_keeps_a_truncated_prior_informative():
     assert abs(np.polyfit(prior, a, 1)[0] - 1.0) < 0.1
     assert abs(np.polyfit(prior, b, 1)[0] - np.polyfit(prior, a, 1)[0]) < 0.1
     assert _prior_mean(None, every, y) is None
+
+
+def test_aivc_design_prior_share_hedges_every_later_batch():
+    x, y, prior = _problem()
+    measured = np.argsort(-prior)[:20]
+    kw = {
+        "features": x,
+        "measured_idx": measured,
+        "measured_y": y[measured],
+        "batch_size": 10,
+        "prior": prior,
+        "rng": np.random.default_rng(0),
+    }
+    hedged = propose("aivc-design", prior_share=0.5, **kw)
+    next_by_prior = [i for i in np.argsort(-prior) if i not in set(measured)][:5]
+    assert list(hedged[:5]) == next_by_prior
+    assert np.unique(hedged).size == 10
+    assert not set(hedged) & set(measured)
+    # the other half follows the model: other feedback moves it, not the prior half
+    flipped = propose(
+        "aivc-design",
+        prior_share=0.5,
+        **{**kw, "measured_y": -y[measured], "rng": np.random.default_rng(0)},
+    )
+    assert list(flipped[:5]) == next_by_prior
+    assert set(flipped[5:]) != set(hedged[5:])
+    # a share of 1 is the prior ranking itself
+    only_prior = propose("aivc-design", prior_share=1.0, **kw)
+    np.testing.assert_array_equal(
+        only_prior, [i for i in np.argsort(-prior) if i not in set(measured)][:10]
+    )

@@ -232,6 +232,9 @@ def test_simulator_loop_end_to_end(tmp_path, monkeypatch):
         assert len(entry["hit_ratio"]) == 2
         assert entry["error_auc"]["mean"] > 0
         assert 0.0 <= entry["hit_ratio_final"]["mean"] <= 1.0
+        # the no-change reference is the same for every strategy (it depends on the world only)
+        assert entry["no_change_error"] == saved["models"]["random"]["no_change_error"]
+        assert entry["no_change_error"]["mean"] > 0
     assert "error_auc" in (tmp_path / "results.md").read_text()
     assert result["pool"]["n_hits"] == 4
     with pytest.raises(ValueError, match="no variants"):
@@ -252,3 +255,50 @@ def test_real_schmidt_screens(data_dir):
     assert {"RPL4", "PSMC2", "MCM2"} <= removed
     assert "CD3G" not in removed
     assert 500 < len(removed & set(ifng.index)) < 800
+
+
+# ------------------------------------------------------- mechanistic prior
+def test_knockout_regression_effects_follow_control_cell_regressions():
+    from aivc.experiments._lab_loop_cells import knockout_prior, knockout_regression_effects
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(2.0, 0.5, size=5000)
+    b = 1.0 + 0.8 * a + rng.normal(scale=0.1, size=5000)
+    c = rng.normal(1.0, 0.5, size=5000)
+    d = np.full(5000, 3.0)  # no variance: no prediction either way
+    effects = knockout_regression_effects(np.column_stack([a, b, c, d]))
+    assert effects.shape == (4, 4)
+    np.testing.assert_allclose(np.diag(effects), 0.0)
+    # removing A (mean 2) moves B by -2 * 0.8
+    assert effects[0, 1] == pytest.approx(-1.6, abs=0.05)
+    assert abs(effects[0, 2]) < 0.05
+    np.testing.assert_allclose(effects[3], 0.0)
+    assert effects[0, 3] == 0.0
+    # B regressed on A's direction: removing B (mean ~2.6) lowers A
+    assert effects[1, 0] < -2.0
+    prior = knockout_prior(np.column_stack([a, b, c, d]), np.array([0, 2]))
+    assert prior[0] > prior[1]
+
+
+@pytest.mark.slow
+def test_knockout_prior_ranks_simulated_knockouts_without_measuring_them():
+    from scipy.stats import spearmanr
+
+    from aivc.experiments._lab_loop_cells import _log_norm, coexpression_features, knockout_prior
+    from aivc.sim import CONTROL, VirtualCellSimulator, VirtualLab
+
+    sim = VirtualCellSimulator(n_genes=150, n_cell_types=1, seed=1)
+    lab = VirtualLab(simulator=sim, seed=1)
+    cell_type = lab.cell_types[0]
+    genes = list(lab.genes)
+    truth = sim.true_means([CONTROL, *genes], cell_type=cell_type).to_numpy(dtype=float)
+    logm = np.log1p(truth / truth.sum(axis=1, keepdims=True) * 1e4)
+    delta = logm[1:] - logm[0]
+    np.fill_diagonal(delta, 0.0)
+    effect = np.linalg.norm(delta, axis=1)
+    x = _log_norm(lab.run([CONTROL], n_cells=400, cell_type=cell_type).X)
+    prior = knockout_prior(x, np.arange(len(genes)))
+    _, degree = coexpression_features(x, genes, n_components=4)
+    rho_prior = spearmanr(prior, effect)[0]
+    assert rho_prior > 0.7
+    assert rho_prior > spearmanr(degree, effect)[0] + 0.2

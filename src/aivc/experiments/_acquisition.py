@@ -28,7 +28,10 @@ Registered strategies (:data:`STRATEGIES`):
     default: ``random_start`` draws that fraction of the first batch at
     random; ``prior_corr`` / ``prior_strength`` shrink the fitted slope of
     the prior towards that of a prior correlating ``prior_corr`` with the
-    values, with the weight of ``prior_strength`` candidates.
+    values, with the weight of ``prior_strength`` candidates; ``prior_share``
+    takes that fraction of every later batch from the top of the prior
+    ranking (a hedge against a model fitted on few measurements) and the
+    rest by GP-BUCB.
 """
 
 from __future__ import annotations
@@ -162,6 +165,7 @@ def _aivc_design(
     random_start=0.0,
     prior_corr=0.0,
     prior_strength=0.0,
+    prior_share=0.0,
 ):
     if measured_idx.size == 0:
         if prior is None:
@@ -178,6 +182,15 @@ def _aivc_design(
     resid = measured_y - (offset[measured_idx] if offset is not None else 0.0)
     x = _dense(features)
     gp = GPRegressor(kernel="linear").fit(x[measured_idx], resid)
+    n_prior = round(prior_share * batch_size) if prior is not None else 0
+    if n_prior > 0:
+        # hedge: part of every batch follows the prior ranking, the rest the model
+        top = _ranked(prior[candidates], candidates, n_prior, rng)
+        rest = np.setdiff1d(candidates, top)
+        picked = batch_ucb(
+            gp, x, rest, batch_size=batch_size - n_prior, beta=beta, prior_mean=offset
+        )
+        return np.concatenate([top, picked])
     if diverse:
         return batch_ucb(gp, x, candidates, batch_size=batch_size, beta=beta, prior_mean=offset)
     mean, std = gp.predict(x[candidates], return_std=True)
@@ -224,7 +237,7 @@ register_strategy(
         _aivc_design,
         True,
         False,
-        ("beta", "diverse", "random_start", "prior_corr", "prior_strength"),
+        ("beta", "diverse", "random_start", "prior_corr", "prior_strength", "prior_share"),
     )
 )
 
