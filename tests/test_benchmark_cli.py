@@ -139,3 +139,23 @@ def test_simulate_command(tmp_path):
     validate(adata, schema_of(adata))
     assert (tmp_path / "sim.truth.npz").exists()
     assert not any("truth" in str(k) for k in adata.uns)
+
+
+def test_lab_loop_screens_default_to_five_seeds(monkeypatch, tmp_path):
+    """Without --seeds a task runs its own default seeds (5 for the screens); given seeds win."""
+    from aivc.experiments import _lab_loop
+
+    seen: list[tuple[int, ...]] = []
+
+    def stop_after_seeds(dataset, *, models, seeds, variant):
+        seen.append(tuple(seeds))
+        msg = "stopped before running"
+        raise ValueError(msg)
+
+    monkeypatch.setattr(_lab_loop, "run_screen_loop", stop_after_seeds)
+    runner = CliRunner()
+    base = ["benchmark", "lab-loop", "--dataset", "schmidt2022-ifng", "--out", str(tmp_path)]
+    res = runner.invoke(app, base)
+    assert res.exit_code != 0 and "stopped before running" in res.output
+    runner.invoke(app, [*base, "--seeds", "7", "--seeds", "8"])
+    assert seen == [(0, 1, 2, 3, 4), (7, 8)]

@@ -39,11 +39,14 @@ def run_task(
     *,
     dataset: str | None = None,
     models: Sequence[str] | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
+    seeds: Sequence[int] | None = None,
     variant: str | None = None,
     cell_eval: bool | None = None,
 ) -> dict[str, Any]:
-    """Run any benchmark task by name; results land in ``out``."""
+    """Run any benchmark task by name; results land in ``out``.
+
+    ``seeds=None`` uses the task's own default seeds.
+    """
     from aivc.evaluate._benchmark import TASKS, run_benchmark
 
     if task in TASKS:
@@ -51,9 +54,15 @@ def run_task(
             msg = f"task {task!r} has no variants (got {variant!r})."
             raise ValueError(msg)
         return run_benchmark(
-            task, out=out, dataset=dataset, models=models, seeds=seeds, cell_eval=cell_eval
+            task,
+            out=out,
+            dataset=dataset,
+            models=models,
+            seeds=(0, 1, 2) if seeds is None else seeds,
+            cell_eval=cell_eval,
         )
     if task not in EXTRA_TASKS:
         msg = f"unknown task {task!r}; expected one of {task_names()}."
         raise ValueError(msg)
-    return _runner(task)(Path(out), dataset=dataset, models=models, seeds=seeds, variant=variant)
+    given = {} if seeds is None else {"seeds": seeds}
+    return _runner(task)(Path(out), dataset=dataset, models=models, variant=variant, **given)

@@ -535,7 +535,7 @@ def run_lab_loop(
     *,
     dataset: str | None = None,
     models: Sequence[str] | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
+    seeds: Sequence[int] | None = None,
     variant: str | None = None,
 ) -> dict[str, Any]:
     """Run the lab-loop benchmark and write ``results.json`` and ``results.md`` into ``out``.
@@ -551,7 +551,7 @@ def run_lab_loop(
     models
         Strategy names; defaults to all five.
     seeds
-        One campaign per seed and strategy.
+        One campaign per seed and strategy; default 0-4 on screens, 0-2 otherwise.
     variant
         ``"no-essential"`` for screens (removes core essential machinery).
     """
@@ -561,6 +561,7 @@ def run_lab_loop(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if dataset in _SCREEN_DATASETS:
+        seeds = (0, 1, 2, 3, 4) if seeds is None else seeds
         result = run_screen_loop(dataset, models=models, seeds=seeds, variant=variant)
         chosen = result.pop("chosen_genes")
         _write_json_atomic(out / "chosen_genes.json", chosen)
@@ -570,7 +571,7 @@ def run_lab_loop(
             raise ValueError(msg)
         from aivc.experiments._lab_loop_cells import run_cell_loop
 
-        result = run_cell_loop(dataset, models=models, seeds=seeds)
+        result = run_cell_loop(dataset, models=models, seeds=(0, 1, 2) if seeds is None else seeds)
     else:
         msg = f"lab-loop datasets are {[*_CELL_DATASETS, *_SCREEN_DATASETS]}; received {dataset!r}."
         raise ValueError(msg)

@@ -97,7 +97,11 @@ def benchmark(
         typer.Option("--models", help="Instrument names (repeat or comma-separate)."),
     ] = None,
     seeds: Annotated[
-        list[int] | None, typer.Option("--seeds", help="Seeds (repeat the option).")
+        list[int] | None,
+        typer.Option(
+            "--seeds",
+            help="Seeds (repeat the option); default: the task's own (3, or 5 for screens).",
+        ),
     ] = None,
     variant: Annotated[
         str | None, typer.Option("--variant", help="A task's variant (e.g. lab-loop no-essential).")
@@ -121,7 +125,7 @@ def benchmark(
             out,
             dataset=dataset,
             models=names,
-            seeds=seeds or (0, 1, 2),
+            seeds=seeds or None,
             variant=variant,
             cell_eval=False if no_cell_eval else None,
         )
