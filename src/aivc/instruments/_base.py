@@ -558,7 +558,7 @@ class PerturbationModel(Instrument):
             take = rng.choice(pool, n_cells, replace=len(pool) < n_cells)
             cells = x[take].toarray()
             target = np.clip(np.asarray(x[pool].mean(axis=0)).ravel() + delta[i], 0.0, None)
-            cells = shift_cells(cells, target, rng)
+            cells = self._move_cells(cells, target, rng, x[pool])
             blocks.append(sp.csr_matrix(cells.astype(np.float32)))
             obs_p += [p] * n_cells
             obs_c += [c] * n_cells
@@ -597,6 +597,16 @@ class PerturbationModel(Instrument):
             "predicted_delta": delta.astype(np.float32),
         }
         return out
+
+    def _move_cells(
+        self, cells: np.ndarray, target: np.ndarray, rng: np.random.Generator, reference: Any
+    ) -> np.ndarray:
+        """Move sampled control cells to the predicted mean ``target`` (used by :meth:`predict`).
+
+        ``reference`` holds all control cells of the context (sparse). The
+        default is :func:`shift_cells`; subclasses may generate cells differently.
+        """
+        return shift_cells(cells, target, rng)
 
     # persistence -----------------------------------------------------------------
     def _base_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

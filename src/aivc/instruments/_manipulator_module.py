@@ -14,6 +14,7 @@ import numpy as np
 
 __all__ = [
     "KernelFit",
+    "combination_singles",
     "context_kernel",
     "dose_kernel",
     "fit_kernel_ridge",
@@ -132,3 +133,107 @@ def grouped_loo(
                 var[idx] = np.diag(block)
         out.append((res, var))
     return out
+
+
+def combination_singles(
+    rows: Sequence[Sequence[int]], residual: np.ndarray, prior: np.ndarray, lam: float
+) -> np.ndarray:
+    """Single-target changes inferred from combinations, shrunk towards a prior.
+
+    Solves ``min_X sum_r ||residual_r - sum_{u in rows[r]} X_u||^2 + lam sum_u ||X_u - prior_u||^2``
+    for every gene at once, i.e. ``X = (M'M + lam I)^-1 (M' residual + lam prior)``
+    with ``M`` the combinations x unknown-targets incidence matrix.
+
+    Parameters
+    ----------
+    rows
+        For each combination, the indices (into ``prior``) of its targets whose
+        single change is unknown; the known singles are already subtracted
+        from ``residual``.
+    residual
+        Combinations x genes: measured change minus the known singles.
+    prior
+        Unknown targets x genes: prior change of each unknown target.
+    lam
+        Weight of the prior (relative to one combination).
+
+    Returns
+    -------
+    Unknown targets x genes.
+    """
+    n_unknown = prior.shape[0]
+    m = np.zeros((len(rows), n_unknown))
+    for r, idx in enumerate(rows):
+        for u in idx:
+            m[r, u] += 1.0
+    a = m.T @ m + lam * np.eye(n_unknown)
+    return np.linalg.solve(a, m.T @ residual + lam * prior)
+
+
+def detection_curve(reference: np.ndarray, *, n_bins: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Fraction of cells expressing a gene as a non-decreasing function of its mean.
+
+    Genes of ``reference`` (cells x genes, log-normalised) are binned by mean
+    log-expression (quantile bins); returns the bins' mean expression and
+    their mean detection rate made non-decreasing, for :func:`numpy.interp`.
+    """
+    mu = np.asarray(reference.mean(axis=0), dtype=np.float64).ravel()
+    det = np.asarray((reference > 0).mean(axis=0), dtype=np.float64).ravel()
+    order = np.argsort(mu)
+    bins = [b for b in np.array_split(order, min(n_bins, len(order))) if len(b)]
+    x = np.array([mu[b].mean() for b in bins])
+    y = np.maximum.accumulate(np.array([det[b].mean() for b in bins]))
+    return np.concatenate([[0.0], x]), np.concatenate([[0.0], y])
+
+
+def detection_shift_cells(
+    cells: np.ndarray,
+    target: np.ndarray,
+    rng: np.random.Generator,
+    curve: tuple[np.ndarray, np.ndarray],
+    genes: np.ndarray | None = None,
+) -> np.ndarray:
+    """Move cells to a target mean per gene, changing how many cells express each gene.
+
+    Genes whose mean rises switch on more cells, genes whose mean falls switch
+    off some, by the change in detection rate that ``curve`` (from
+    :func:`detection_curve` on control cells) gives between the cells' mean
+    and the target; switched-on cells start at the gene's median non-zero
+    level (or the median over all genes). The expression is then scaled in
+    linear space, gene by gene, so each gene's mean over cells is ``target``
+    exactly (as :func:`aivc.instruments._base.shift_cells`). ``genes`` (a
+    boolean mask) limits the change of detection to those genes; the others
+    are only scaled.
+    """
+    from aivc.instruments._base import shift_cells
+
+    cells = np.array(cells, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    n = cells.shape[0]
+    on = cells > 0
+    det = on.mean(axis=0)
+    cx, cy = curve
+    change = np.interp(target, cx, cy) - np.interp(cells.mean(axis=0), cx, cy)
+    want = np.clip(det + change, 0.0, 1.0)
+    want = np.where(target <= 1e-9, 0.0, want)
+    if genes is not None:
+        want = np.where(np.asarray(genes, dtype=bool) | (target <= 1e-9), want, det)
+    k_on = np.clip(np.round((want - det) * n), 0, None).astype(int)
+    k_off = np.clip(np.round((det - want) * n), 0, None).astype(int)
+    # keep one expressing cell unless the gene is switched off entirely
+    k_off = np.where(target <= 1e-9, on.sum(axis=0), np.minimum(k_off, on.sum(axis=0) - 1))
+    k_off = np.maximum(k_off, 0)
+    if k_on.any() or k_off.any():
+        priority = rng.random(cells.shape)
+        rank_on = np.argsort(np.argsort(np.where(on, np.inf, priority), axis=0), axis=0)
+        rank_off = np.argsort(np.argsort(np.where(on, priority, np.inf), axis=0), axis=0)
+        positive = cells[on]
+        overall = float(np.median(positive)) if positive.size else 1.0
+        level = np.full(cells.shape[1], overall)
+        some = on.any(axis=0)
+        level[some] = np.nanmedian(np.where(on[:, some], cells[:, some], np.nan), axis=0)
+        switch_on = (~on) & (rank_on < k_on[None, :])
+        cells = np.where(switch_on, level[None, :], cells)
+        switch_off = on & (rank_off < k_off[None, :])
+        cells = np.where(switch_off, 0.0, cells)
+    return shift_cells(cells, target, rng)
