@@ -51,6 +51,7 @@ How it predicts the change of mean log-expression of a condition
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -81,6 +82,8 @@ _SINGLES_LAMBDA_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 _NULL_GRID = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0)
 _PRIOR_SCALE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 _DETECTION_Z = 1.96  # a predicted change this many predictive sds from zero changes detection
+# per-thread state of one predict() call (the API serves concurrent predictions from one model)
+_PREDICT_STATE = threading.local()
 _PRIOR_RIDGE_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 NULL_SHRINKAGE = ("prior", "none", "condition", "uncertainty", "gene")
 
@@ -1229,12 +1232,12 @@ class PerturbModel(PerturbationModel):
         ``_DETECTION_Z`` (1.96) raw predictive sds from zero also change how
         many cells express them (:func:`aivc.instruments._manipulator_module.detection_shift_cells`).
         """
-        self._confident = None
+        _PREDICT_STATE.confident = None
         if self.cell_detection:
             delta, scale = self.predict_with_scale(
                 perturbations, contexts=contexts, doses=doses, control=control
             )
-            self._confident = iter(np.abs(delta) >= _DETECTION_Z * scale)
+            _PREDICT_STATE.confident = iter(np.abs(delta) >= _DETECTION_Z * scale)
         try:
             return super().predict(
                 perturbations,
@@ -1246,12 +1249,12 @@ class PerturbModel(PerturbationModel):
                 seed=seed,
             )
         finally:
-            self._confident = None
+            _PREDICT_STATE.confident = None
 
     def _move_cells(
         self, cells: np.ndarray, target: np.ndarray, rng: np.random.Generator, reference: Any
     ) -> np.ndarray:
-        confident = getattr(self, "_confident", None)
+        confident = getattr(_PREDICT_STATE, "confident", None)
         if not self.cell_detection or confident is None:
             return super()._move_cells(cells, target, rng, reference)
         genes = next(confident)
