@@ -393,6 +393,9 @@ class _EnergyScorer:
         self.max_cells = max_cells
         self.rng = np.random.default_rng(seed)
         self.pca: dict[str | None, Any] = {}
+        self._observed: dict[str, np.ndarray] = {}
+        self._control: dict[str | None, np.ndarray] = {}
+        self._base: dict[str, float] = {}
         x = obs.adata.X
         for ctx in {obs.ctx_of[c] for c in obs.conditions}:
             rows = np.concatenate(
@@ -411,18 +414,39 @@ class _EnergyScorer:
         return self.pca[ctx].transform(cells)
 
     def observed(self, cond: str) -> np.ndarray:
-        rows = self._sample(_cells(self.obs, cond), self.max_cells)
-        return self.embed(self.obs.ctx_of[cond], _dense_rows(self.obs.adata.X, rows))
+        """The condition's observed cells (a seeded sample drawn once, so every model meets the same cells)."""
+        if cond not in self._observed:
+            rows = self._sample(_cells(self.obs, cond), self.max_cells)
+            self._observed[cond] = self.embed(
+                self.obs.ctx_of[cond], _dense_rows(self.obs.adata.X, rows)
+            )
+        return self._observed[cond]
 
     def control(self, ctx: str | None) -> np.ndarray:
-        rows = self._sample(_control_cells(self.obs, ctx), self.max_cells)
-        return self.embed(ctx, _dense_rows(self.obs.adata.X, rows))
+        """The context's control cells (a seeded sample drawn once)."""
+        if ctx not in self._control:
+            rows = self._sample(_control_cells(self.obs, ctx), self.max_cells)
+            self._control[ctx] = self.embed(ctx, _dense_rows(self.obs.adata.X, rows))
+        return self._control[ctx]
 
-    def relative(self, cond: str, predicted_cells: np.ndarray) -> float:
+    def relative(
+        self, cond: str, predicted_cells: np.ndarray, observed_cells: np.ndarray | None = None
+    ) -> float:
+        """Energy distance of predicted to observed cells over that of the control cells.
+
+        ``observed_cells`` replaces the condition's observed sample (the
+        replicate scores one half of the cells against the other half).
+        """
         ctx = self.obs.ctx_of[cond]
-        o = self.observed(cond)
         p = self.embed(ctx, predicted_cells[: self.max_cells])
-        base = energy_distance(self.control(ctx), o)
+        if observed_cells is None:
+            o = self.observed(cond)
+            if cond not in self._base:
+                self._base[cond] = energy_distance(self.control(ctx), o)
+            base = self._base[cond]
+        else:
+            o = self.embed(ctx, observed_cells[: self.max_cells])
+            base = energy_distance(self.control(ctx), o)
         return float(energy_distance(p, o) / base) if base > 1e-12 else float("nan")
 
 
@@ -502,7 +526,7 @@ def _replicate(
     x = obs.adata.X
     tables, halves = [], []
     for _ in range(n_halvings):
-        a_delta, b_delta, cells_a, rows_b = [], [], {}, {}
+        a_delta, b_delta, cells_a, cells_b, rows_b = [], [], {}, {}, {}
         for c in obs.conditions:
             rows = rng.permutation(_cells(obs, c))
             h = len(rows) // 2
@@ -512,10 +536,13 @@ def _replicate(
             a_delta.append(a.mean(0) - base)
             b_delta.append(b.mean(0) - base)
             cells_a[c] = a
+            cells_b[c] = b
             rows_b[c] = rows[h : 2 * h]
         pa, pb = np.asarray(a_delta), np.asarray(b_delta)
         t = _pseudobulk_scores(obs, obs.conditions, pa, observed=pb)
-        t["energy_distance_rel"] = [energy.relative(c, cells_a[c]) for c in obs.conditions]
+        t["energy_distance_rel"] = [
+            energy.relative(c, cells_a[c], observed_cells=cells_b[c]) for c in obs.conditions
+        ]
         tables.append(t)
         halves.append({"pred": pa, "obs": pb, "cells_a": cells_a, "rows_b": rows_b})
     table = sum(tables[1:], tables[0]) / len(tables)
