@@ -121,9 +121,6 @@ def check_level(level: float) -> None:
         raise ValueError(msg)
 
 
-_check_level = check_level  # kept for modules that import the private name
-
-
 # ----------------------------------------------------------------------------- calibrator
 class ConformalCalibrator:
     """Conformal quantiles of ``|residual| / scale``, per group of held-out units.

@@ -59,7 +59,7 @@ import pandas as pd
 
 from aivc.instruments import _manipulator_module as mm
 from aivc.instruments._base import PerturbationModel, PerturbationSummary
-from aivc.instruments._conformal import ConformalCalibrator, _check_level
+from aivc.instruments._conformal import ConformalCalibrator, check_level
 from aivc.instruments._registry import register_instrument
 
 if TYPE_CHECKING:
@@ -950,22 +950,24 @@ class PerturbModel(PerturbationModel):
         combo = [i for i, p in enumerate(summary.perturbations) if schema.order(p) >= 2]
         if not self.combination_singles or not combo or loo_single is None:
             return
-        measured = {
-            (p, c, round(_log_dose(d), 9)): j for j, (p, c, d) in enumerate(self.measured_keys_)
-        }
         keys = [
-            [(t, summary.contexts[i], round(_log_dose(doses[i]), 9)) for t in schema.targets(p)]
-            for i, p in zip(combo, (summary.perturbations[i] for i in combo), strict=True)
+            [
+                (t, summary.contexts[i], float(doses[i]))
+                for t in schema.targets(summary.perturbations[i])
+            ]
+            for i in combo
         ]
+        # row of each measured (target, context, dose) in measured_delta_
+        measured = {k: j for ks in keys for k in ks if (j := self._measured_single(*k)) is not None}
         unknown = sorted({k for ks in keys for k in ks if k not in measured}, key=str)
         if not unknown:
             return
-        held = sorted({k for ks in keys for k in ks if k in measured}, key=str)
+        held = sorted(measured, key=str)
         if len(held) < 5:
             return
         prior, _ = self._gp_singles(
             [u[0] for u in unknown],
-            np.array([u[2] for u in unknown]),
+            np.array([_log_dose(u[2]) for u in unknown]),
             np.stack([summary.control_mean[u[1]] for u in unknown]),
         )
         y = summary.delta[combo]
@@ -1011,7 +1013,7 @@ class PerturbModel(PerturbationModel):
                 best = (e, lam)
         if best[1] is None:
             return
-        self.inferred_keys_ = [[t, c, ld] for t, c, ld in unknown]
+        self.inferred_keys_ = [[t, c, _log_dose(d)] for t, c, d in unknown]
         self.inferred_delta_ = mm.combination_singles(*system(None), best[1])
         self.inferred_var_ = errors[best[1]] / len(held)
         self._index_inferred()
@@ -1315,7 +1317,7 @@ class PerturbModel(PerturbationModel):
         on the training conditions (leave-one-target-out for singles,
         leave-one-combination-out for combinations, pooled over genes).
         """
-        _check_level(level)
+        check_level(level)
         delta, scale = self.predict_with_scale(
             perturbations, contexts=contexts, doses=doses, control=control
         )
