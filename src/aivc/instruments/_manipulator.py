@@ -41,11 +41,14 @@ How it predicts the change of mean log-expression of a condition
    quantile (:class:`aivc.instruments._conformal.ConformalCalibrator`) of the
    held-out residuals of the training conditions divided by their raw scale,
    separately for singles and combinations.
-5. **Options (off by default).** ``null_shrinkage`` pulls the predicted
+5. **Predicted cells.** :meth:`PerturbModel.predict` changes how many cells
+   express each confidently changed gene, not only its level, where the
+   held-out predictions of the training conditions show that this recovers
+   their measured DE genes (``cell_detection``).
+6. **Option (off by default).** ``null_shrinkage`` pulls the predicted
    changes of unmeasured targets towards zero (a scaled prior mean, or a
    post-hoc factor from the predictive sd), chosen by leave-one-target-out
-   error; ``cell_detection`` makes :meth:`PerturbModel.predict` change how
-   many cells express each confidently changed gene, not only its level.
+   error.
 """
 
 from __future__ import annotations
@@ -162,21 +165,26 @@ class PerturbModel(PerturbationModel):
         (0.089 -> 0.060) and discrimination (0.578 -> 0.538) and raised mse_de20
         (0.179 -> 0.200), so it is off by default (BENCHMARKS.md).
     cell_detection
-        How :meth:`predict` moves control cells to the predicted mean. ``False``
-        (the default, as for every other model): expression is only scaled
-        (:func:`aivc.instruments._base.shift_cells`; zeros stay zeros). ``True``:
-        genes whose predicted change is at least 1.96 raw predictive sds from
-        zero also change how many cells express them, by the change in
-        detection rate that the control cells' detection-vs-mean curve gives
-        between the control and the predicted mean (a gene induced from near
-        zero is switched on in more cells, as in real responses); expression
-        is then scaled to the predicted mean exactly
+        How :meth:`predict` moves control cells to the predicted mean. With
+        ``False`` (as every other model) expression is only scaled
+        (:func:`aivc.instruments._base.shift_cells`; zeros stay zeros). With
+        ``True``, genes whose predicted change is at least 1.96 raw predictive
+        sds from zero also change how many cells express them, by the change
+        in detection rate that the control cells' detection-vs-mean curve
+        gives between the control and the predicted mean (a gene induced from
+        near zero is switched on in more cells, as in real responses);
+        expression is then scaled to the predicted mean exactly
         (:func:`aivc.instruments._manipulator_module.detection_shift_cells`).
+        ``"auto"`` (the default) chooses the threshold (1.96, 3 or none, i.e.
+        scaling only) on the held-out predictions of the training conditions:
+        the one whose moved cells recover most of the measured cells'
+        differentially expressed genes
+        (:func:`aivc.instruments._manipulator_module.choose_detection_threshold`;
+        the choice is ``detection_z_`` and ``selection_["detection"]``).
         Predicted means are the same either way. On kang2018 unseen cell types
-        ``True`` raised overlap_at_N from 0.224 to 0.305 and lowered the energy
-        distance from 0.328 to 0.221, but on the norman2019 combinations it
-        lowered overlap_at_N (0.500 -> 0.400, additive 0.500), so it is off by
-        default (BENCHMARKS.md).
+        ``True`` raised overlap_at_N from 0.224 to 0.305 but on the norman2019
+        combinations lowered it (0.500 -> 0.400); ``"auto"`` keeps both gains
+        and losses to what the training conditions support (BENCHMARKS.md).
     n_coexpression_cells
         Control cells sampled (with ``seed``) for the co-expression embedding.
     seed
@@ -234,7 +242,7 @@ class PerturbModel(PerturbationModel):
         combination_singles: bool = True,
         gene_shrinkage: bool = False,
         null_shrinkage: str = "none",
-        cell_detection: bool = False,
+        cell_detection: bool | str = "auto",
         n_coexpression_cells: int = 1000,
         seed: int = 0,
     ) -> None:
@@ -286,8 +294,8 @@ class PerturbModel(PerturbationModel):
                 f"Got {self.null_shrinkage!r} instead."
             )
             raise ValueError(msg)
-        if not isinstance(self.cell_detection, bool):
-            msg = f"The 'cell_detection' parameter of PerturbModel must be True or False. Got {self.cell_detection!r} instead."
+        if not (isinstance(self.cell_detection, bool) or self.cell_detection == "auto"):
+            msg = f"The 'cell_detection' parameter of PerturbModel must be True, False or 'auto'. Got {self.cell_detection!r} instead."
             raise ValueError(msg)
         if not isinstance(self.n_coexpression_cells, int) or self.n_coexpression_cells < 10:
             msg = (
@@ -617,6 +625,10 @@ class PerturbModel(PerturbationModel):
         else:
             self.interaction_var_ = np.zeros(len(summary.genes))
         loo_single = self.measured_delta_ - res if len(res) == len(self.measured_delta_) else None
+        held_out = [(single_rows, y - res, loo_scale)]
+        if combo_rows:
+            held_out.append((combo_rows, yobs - combo_res, scales[-1]))
+        self._choose_detection(summary, adata, held_out, selection)
         self._fit_combination_singles(summary, doses, loo_single, selection)
         self.calibrator_ = ConformalCalibrator(pooling="genes", min_group_size=5).fit(
             np.vstack(residuals), np.vstack(scales), groups=labels
@@ -629,6 +641,77 @@ class PerturbModel(PerturbationModel):
             self.rho_,
             np.round(self.theta_.mean(axis=0), 3).tolist(),
         )
+
+    def _choose_detection(
+        self,
+        summary: PerturbationSummary,
+        adata: AnnData,
+        held_out: list[tuple[list[int], np.ndarray, np.ndarray]],
+        selection: dict[str, Any],
+    ) -> None:
+        """Set ``detection_z_``: which predicted changes also change detection in :meth:`predict`.
+
+        ``cell_detection="auto"`` chooses it on the held-out predictions of the
+        training conditions (:func:`aivc.instruments._manipulator_module.choose_detection_threshold`);
+        ``True`` fixes it at ``_DETECTION_Z`` and ``False`` at infinity (scaling only).
+        """
+        if self.cell_detection is not True and self.cell_detection != "auto":
+            self.detection_z_ = float("inf")
+            return
+        self.detection_z_ = _DETECTION_Z
+        if self.cell_detection is True:
+            return
+        import scipy.sparse as sp
+
+        schema = summary.schema
+        x = adata.X
+        labels = adata.obs[schema.perturbation_key].astype(str).to_numpy()
+        ctx = (
+            adata.obs[schema.context_key].astype(str).to_numpy()
+            if schema.context_key is not None
+            else np.full(adata.n_obs, None, dtype=object)
+        )
+        dose = (
+            adata.obs[schema.dose_key].to_numpy(dtype=float)
+            if schema.dose_key is not None
+            else np.zeros(adata.n_obs)
+        )
+        doses = summary.doses or [0.0] * len(summary.perturbations)
+
+        def dense(rows: np.ndarray) -> np.ndarray:
+            block = x[rows]
+            return np.asarray(block.toarray() if sp.issparse(block) else block, dtype=np.float64)
+
+        rng = np.random.default_rng([self.seed, 29])
+        real, contexts, pred, scale, controls = [], [], [], [], {}
+        for rows, delta, sd in held_out:
+            for j, i in enumerate(rows):
+                c = summary.contexts[i]
+                cells = np.flatnonzero(
+                    (labels == summary.perturbations[i])
+                    & (ctx == c)
+                    & np.isclose(dose, float(doses[i]))
+                )
+                if len(cells) < 10:
+                    continue
+                if c not in controls:
+                    pool = np.flatnonzero((labels == schema.control_label) & (ctx == c))
+                    if len(pool) < 10:
+                        continue
+                    controls[c] = dense(
+                        np.sort(rng.choice(pool, min(len(pool), 2000), replace=False))
+                    )
+                real.append(dense(cells))
+                contexts.append(c)
+                pred.append(delta[j])
+                scale.append(sd[j])
+        if not real:
+            return
+        z, scores = mm.choose_detection_threshold(
+            real, contexts, controls, np.asarray(pred), np.asarray(scale), rng
+        )
+        self.detection_z_ = z
+        selection["detection"] = {"chosen": "inf" if np.isinf(z) else z, "overlap": scores}
 
     def _choose_prior_scale(
         self,
@@ -1231,15 +1314,17 @@ class PerturbModel(PerturbationModel):
         """Predicted cells for each perturbation (see :meth:`PerturbationModel.predict`).
 
         With ``cell_detection``, genes whose predicted change is at least
-        ``_DETECTION_Z`` (1.96) raw predictive sds from zero also change how
-        many cells express them (:func:`aivc.instruments._manipulator_module.detection_shift_cells`).
+        ``detection_z_`` raw predictive sds from zero also change how
+        many cells express them (:func:`aivc.instruments._manipulator_module.detection_shift_cells`),
+        unless the predicted mean falls to zero (a change larger than the
+        gene's level, clipped): those genes are only scaled.
         """
         _PREDICT_STATE.confident = None
-        if self.cell_detection:
+        if np.isfinite(self.detection_z_):
             delta, scale = self.predict_with_scale(
                 perturbations, contexts=contexts, doses=doses, control=control
             )
-            _PREDICT_STATE.confident = iter(np.abs(delta) >= _DETECTION_Z * scale)
+            _PREDICT_STATE.confident = iter(np.abs(delta) >= self.detection_z_ * scale)
         try:
             return super().predict(
                 perturbations,
@@ -1257,9 +1342,11 @@ class PerturbModel(PerturbationModel):
         self, cells: np.ndarray, target: np.ndarray, rng: np.random.Generator, reference: Any
     ) -> np.ndarray:
         confident = getattr(_PREDICT_STATE, "confident", None)
-        if not self.cell_detection or confident is None:
+        if confident is None:
             return super()._move_cells(cells, target, rng, reference)
-        genes = next(confident)
+        # a predicted fall below zero is clipped there: the change outruns the gene's own level,
+        # an extrapolation the detection curve says nothing about, so such genes are only scaled
+        genes = next(confident) & (target > 1e-9)
         return mm.detection_shift_cells(
             cells, target, rng, mm.detection_curve(reference), genes=genes
         )
@@ -1354,6 +1441,7 @@ class PerturbModel(PerturbationModel):
             "shrinkage": self.shrinkage_,
             "prior_scale": self.prior_scale_,
             "shrinkage_strength": self.shrinkage_strength_,
+            "detection_z": None if np.isinf(self.detection_z_) else self.detection_z_,
             "kernel_scale": self.kernel_scale_,
             "context_scale": self.context_scale_,
             "identity": self.identity_,
@@ -1383,6 +1471,8 @@ class PerturbModel(PerturbationModel):
         self.shrinkage_ = str(meta.get("shrinkage", "none"))
         self.prior_scale_ = float(meta.get("prior_scale", 1.0))
         self.shrinkage_strength_ = float(meta.get("shrinkage_strength", 0.0))
+        z = meta.get("detection_z", _DETECTION_Z if self.cell_detection is True else None)
+        self.detection_z_ = float("inf") if z is None else float(z)
         self.measured_delta_ = arrays["measured_delta"]
         self.theta_ = arrays["theta"]
         self.interaction_var_ = arrays["interaction_var"]

@@ -199,11 +199,12 @@ def detection_shift_cells(
     off some, by the change in detection rate that ``curve`` (from
     :func:`detection_curve` on control cells) gives between the cells' mean
     and the target; switched-on cells start at the gene's median non-zero
-    level (or the median over all genes). The expression is then scaled in
-    linear space, gene by gene, so each gene's mean over cells is ``target``
-    exactly (as :func:`aivc.instruments._base.shift_cells`). ``genes`` (a
-    boolean mask) limits the change of detection to those genes; the others
-    are only scaled.
+    level (or the median over all genes). A gene whose target is zero is
+    switched off in every cell. The expression is then scaled in linear
+    space, gene by gene, so each gene's mean over cells is ``target`` exactly
+    (as :func:`aivc.instruments._base.shift_cells`). ``genes`` (a boolean
+    mask) limits the change of detection, switching off included, to those
+    genes; the others are only scaled.
     """
     from aivc.instruments._base import shift_cells
 
@@ -214,14 +215,15 @@ def detection_shift_cells(
     det = on.mean(axis=0)
     cx, cy = curve
     change = np.interp(target, cx, cy) - np.interp(cells.mean(axis=0), cx, cy)
+    chosen = np.ones(target.shape, dtype=bool) if genes is None else np.asarray(genes, dtype=bool)
+    off = chosen & (target <= 1e-9)
     want = np.clip(det + change, 0.0, 1.0)
-    want = np.where(target <= 1e-9, 0.0, want)
-    if genes is not None:
-        want = np.where(np.asarray(genes, dtype=bool) | (target <= 1e-9), want, det)
+    want = np.where(off, 0.0, want)
+    want = np.where(chosen, want, det)
     k_on = np.clip(np.round((want - det) * n), 0, None).astype(int)
     k_off = np.clip(np.round((det - want) * n), 0, None).astype(int)
     # keep one expressing cell unless the gene is switched off entirely
-    k_off = np.where(target <= 1e-9, on.sum(axis=0), np.minimum(k_off, on.sum(axis=0) - 1))
+    k_off = np.where(off, on.sum(axis=0), np.minimum(k_off, on.sum(axis=0) - 1))
     k_off = np.maximum(k_off, 0)
     if k_on.any() or k_off.any():
         priority = rng.random(cells.shape)
@@ -237,3 +239,131 @@ def detection_shift_cells(
         switch_off = on & (rank_off < k_off[None, :])
         cells = np.where(switch_off, 0.0, cells)
     return shift_cells(cells, target, rng)
+
+
+def _top_de_genes(
+    cells: list[np.ndarray], control: np.ndarray, *, fdr: float = 0.05
+) -> list[np.ndarray]:
+    """Significant genes of each block against ``control``, by decreasing |log2 fold change|.
+
+    The same test and ranking as cell-eval's ``overlap_at_N``: pdex's
+    Mann-Whitney U per gene with Benjamini-Hochberg FDR below ``fdr``, ranked
+    by the fold change of the geometric-mean pseudobulks.
+    """
+    import anndata as ad
+    import pandas as pd
+    import pdex
+
+    labels = np.concatenate([np.full(len(c), f"c{i}") for i, c in enumerate(cells)])
+    x = np.vstack([*cells, control]).astype(np.float32)
+    obs = pd.DataFrame({"group": [*labels, *["ref"] * len(control)]})
+    obs.index = obs.index.astype(str)
+    from aivc.evaluate._celleval import _quiet
+
+    with _quiet():
+        table = pdex.pdex(
+            ad.AnnData(X=x, obs=obs),
+            groupby="group",
+            mode="ref",
+            reference="ref",
+            threads=1,
+            is_log1p=True,
+            as_pandas=True,
+        )
+    out = []
+    for i in range(len(cells)):
+        t = table[(table["target"] == f"c{i}") & (table["fdr"] < fdr)]
+        order = np.argsort(-np.abs(t["log2_fold_change"].to_numpy()), kind="stable")
+        out.append(t["feature"].to_numpy()[order].astype(int))
+    return out
+
+
+def choose_detection_threshold(
+    real: list[np.ndarray],
+    contexts: Sequence[object],
+    controls: dict[object, np.ndarray],
+    predicted: np.ndarray,
+    scale: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    thresholds: Sequence[float] = (1.96, 3.0, np.inf),
+    n_cells: int = 300,
+) -> tuple[float, dict[str, float]]:
+    """Choose which predicted changes also change detection, on held-out training conditions.
+
+    For each training condition, control cells of its context are moved to
+    its held-out predicted mean, changing detection for genes whose predicted
+    change is at least ``z`` predictive sds from zero (``inf``: scaling
+    only), and the differentially expressed genes of the moved cells are
+    compared with those of the measured cells, both against the same control
+    cells: the share of the measured condition's top-N genes among the moved
+    cells' top N, N being the number of significant measured genes
+    (conditions without any are skipped). The threshold with the highest
+    mean overlap wins; ties go to the larger threshold (fewer cells changed).
+
+    Parameters
+    ----------
+    real
+        Measured cells (log-normalised, cells x genes) of each condition.
+    contexts
+        Context key of each condition (keys of ``controls``).
+    controls
+        Context -> its control cells.
+    predicted
+        Conditions x genes held-out predicted change (relative to the
+        context's control mean).
+    scale
+        Conditions x genes predictive sd of each change.
+    rng
+        Source of the sampled and switched cells.
+
+    Returns
+    -------
+    The chosen threshold and the mean overlap of every candidate (keyed by
+    its string form).
+    """
+    from aivc.instruments._base import shift_cells
+
+    def sample(x: np.ndarray, n: int) -> np.ndarray:
+        return x if len(x) <= n else x[rng.choice(len(x), n, replace=False)]
+
+    sampled = [sample(c, n_cells) for c in real]
+    refs = {c: sample(controls[c], 2 * n_cells) for c in dict.fromkeys(contexts)}
+    groups = {c: [i for i, k in enumerate(contexts) if k == c] for c in refs}
+    want: dict[int, np.ndarray] = {}
+    for c, rows in groups.items():
+        want.update(zip(rows, _top_de_genes([sampled[i] for i in rows], refs[c]), strict=True))
+    keep = [i for i in range(len(real)) if len(want[i])]
+    scores: dict[str, float] = {}
+    best = (-np.inf, float(np.inf))
+    if not keep:
+        return best[1], scores
+    seeds = rng.integers(0, 2**31 - 1, size=len(real))
+    curves = {c: detection_curve(controls[c]) for c in refs}
+    for z in sorted(thresholds, reverse=True):
+        overlap = []
+        for c, rows in groups.items():
+            rows = [i for i in rows if i in keep]
+            if not rows:
+                continue
+            ctrl = controls[c]
+            target_base = ctrl.mean(axis=0)
+            moved = []
+            for i in rows:
+                g = np.random.default_rng(int(seeds[i]))
+                take = ctrl[
+                    g.choice(len(ctrl), len(sampled[i]), replace=len(ctrl) < len(sampled[i]))
+                ]
+                target = np.clip(target_base + predicted[i], 0.0, None)
+                if np.isinf(z):
+                    moved.append(shift_cells(take, target, g))
+                else:
+                    genes = (np.abs(predicted[i]) >= z * scale[i]) & (target > 1e-9)
+                    moved.append(detection_shift_cells(take, target, g, curves[c], genes=genes))
+            for i, top in zip(rows, _top_de_genes(moved, refs[c]), strict=True):
+                n = len(want[i])
+                overlap.append(len(np.intersect1d(want[i], top[:n])) / n)
+        scores[str(z)] = float(np.mean(overlap))
+        if scores[str(z)] > best[0] + 1e-12:
+            best = (scores[str(z)], float(z))
+    return best[1], scores
