@@ -85,6 +85,7 @@ _SINGLES_LAMBDA_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 _NULL_GRID = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0)
 _PRIOR_SCALE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 _DETECTION_Z = 1.96  # a predicted change this many predictive sds from zero changes detection
+_DETECTION_CONDITIONS = 40  # training conditions (at most) on which cell_detection="auto" chooses
 # per-thread state of one predict() call (the API serves concurrent predictions from one model)
 _PREDICT_STATE = threading.local()
 _PRIOR_RIDGE_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -652,7 +653,8 @@ class PerturbModel(PerturbationModel):
         """Set ``detection_z_``: which predicted changes also change detection in :meth:`predict`.
 
         ``cell_detection="auto"`` chooses it on the held-out predictions of the
-        training conditions (:func:`aivc.instruments._manipulator_module.choose_detection_threshold`);
+        training conditions (at most ``_DETECTION_CONDITIONS``, sampled with the
+        model's seed; :func:`aivc.instruments._manipulator_module.choose_detection_threshold`);
         ``True`` fixes it at ``_DETECTION_Z`` and ``False`` at infinity (scaling only).
         """
         if self.cell_detection is not True and self.cell_detection != "auto":
@@ -683,28 +685,29 @@ class PerturbModel(PerturbationModel):
             return np.asarray(block.toarray() if sp.issparse(block) else block, dtype=np.float64)
 
         rng = np.random.default_rng([self.seed, 29])
+        candidates = [(j, i, delta, sd) for rows, delta, sd in held_out for j, i in enumerate(rows)]
+        if len(candidates) > _DETECTION_CONDITIONS:
+            pick = np.sort(rng.choice(len(candidates), _DETECTION_CONDITIONS, replace=False))
+            candidates = [candidates[k] for k in pick]
         real, contexts, pred, scale, controls = [], [], [], [], {}
-        for rows, delta, sd in held_out:
-            for j, i in enumerate(rows):
-                c = summary.contexts[i]
-                cells = np.flatnonzero(
-                    (labels == summary.perturbations[i])
-                    & (ctx == c)
-                    & np.isclose(dose, float(doses[i]))
-                )
-                if len(cells) < 10:
+        for j, i, delta, sd in candidates:
+            c = summary.contexts[i]
+            cells = np.flatnonzero(
+                (labels == summary.perturbations[i])
+                & (ctx == c)
+                & np.isclose(dose, float(doses[i]))
+            )
+            if len(cells) < 10:
+                continue
+            if c not in controls:
+                pool = np.flatnonzero((labels == schema.control_label) & (ctx == c))
+                if len(pool) < 10:
                     continue
-                if c not in controls:
-                    pool = np.flatnonzero((labels == schema.control_label) & (ctx == c))
-                    if len(pool) < 10:
-                        continue
-                    controls[c] = dense(
-                        np.sort(rng.choice(pool, min(len(pool), 2000), replace=False))
-                    )
-                real.append(dense(cells))
-                contexts.append(c)
-                pred.append(delta[j])
-                scale.append(sd[j])
+                controls[c] = dense(np.sort(rng.choice(pool, min(len(pool), 2000), replace=False)))
+            real.append(dense(cells))
+            contexts.append(c)
+            pred.append(delta[j])
+            scale.append(sd[j])
         if not real:
             return
         z, scores = mm.choose_detection_threshold(
