@@ -12,7 +12,6 @@ candidate, then a count per task.
 from __future__ import annotations
 
 import collections
-import json
 import sys
 from pathlib import Path
 
@@ -24,8 +23,11 @@ TASKS = (
 
 
 def main(root: str) -> int:
+    import numpy as np
+
     from aivc.data import load, prepare
     from aivc.data._registry import schema_of
+    from aivc.data.splits import load_splits
     from aivc.instruments import PerturbModel
 
     for task, dataset in TASKS:
@@ -33,22 +35,16 @@ def main(root: str) -> int:
         adata, schema = prepare(raw, schema_of(raw))
         labels = adata.obs[schema.perturbation_key].astype(str).to_numpy()
         is_control = labels == schema.control_label
-        splits = json.loads((Path(root) / task / "splits.json").read_text())
         chosen: collections.Counter[str] = collections.Counter()
-        for split in (s for s in splits if s["seed"] == 0):
-            train = split["train_perturbations"]
-            if isinstance(train, str):  # long lists are stored as their text form
-                train = json.loads(train.replace("'", '"'))
-            keep = (
-                is_control | adata.obs[schema.perturbation_key].astype(str).isin(train).to_numpy()
-            )
-            if split.get("test_contexts"):
-                ctx = adata.obs[schema.context_key].astype(str).isin(split["test_contexts"])
-                keep &= ~(ctx.to_numpy() & ~is_control)
+        for split in (s for s in load_splits(Path(root) / task / "splits.json") if s.seed == 0):
+            keep = is_control | np.isin(labels, list(split.train_perturbations))
+            if split.test_contexts:
+                ctx = adata.obs[schema.context_key].astype(str).to_numpy()
+                keep &= ~(np.isin(ctx, list(split.test_contexts)) & ~is_control)
             model = PerturbModel(seed=0).fit(adata[keep].copy(), schema)
             choice = model.selection_.get("detection", {})
             chosen[str(choice.get("chosen"))] += 1
-            print(task, split["name"], choice, flush=True)
+            print(task, split.name, choice, flush=True)
         print(task, "chosen:", dict(chosen), flush=True)
     return 0
 

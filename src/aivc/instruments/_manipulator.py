@@ -657,7 +657,7 @@ class PerturbModel(PerturbationModel):
         model's seed; :func:`aivc.instruments._manipulator_module.choose_detection_threshold`);
         ``True`` fixes it at ``_DETECTION_Z`` and ``False`` at infinity (scaling only).
         """
-        if self.cell_detection is not True and self.cell_detection != "auto":
+        if self.cell_detection is False:
             self.detection_z_ = float("inf")
             return
         self.detection_z_ = _DETECTION_Z
@@ -665,25 +665,22 @@ class PerturbModel(PerturbationModel):
             return
         import scipy.sparse as sp
 
+        from aivc.data._preprocess import CONDITION_SEP, condition_labels, dose_label
+
         schema = summary.schema
-        x = adata.X
-        labels = adata.obs[schema.perturbation_key].astype(str).to_numpy()
-        ctx = (
-            adata.obs[schema.context_key].astype(str).to_numpy()
-            if schema.context_key is not None
-            else np.full(adata.n_obs, None, dtype=object)
-        )
-        dose = (
-            adata.obs[schema.dose_key].to_numpy(dtype=float)
-            if schema.dose_key is not None
-            else np.zeros(adata.n_obs)
-        )
-        doses = summary.doses or [0.0] * len(summary.perturbations)
+        cond = condition_labels(adata, schema).to_numpy()
+
+        def cells_of(perturbation: str, context: str | None, dose: float) -> np.ndarray:
+            label = dose_label(perturbation, dose)
+            return np.flatnonzero(
+                cond == (label if context is None else label + CONDITION_SEP + context)
+            )
 
         def dense(rows: np.ndarray) -> np.ndarray:
-            block = x[rows]
+            block = adata.X[rows]
             return np.asarray(block.toarray() if sp.issparse(block) else block, dtype=np.float64)
 
+        doses = summary.doses or [0.0] * len(summary.perturbations)
         rng = np.random.default_rng([self.seed, 29])
         candidates = [(j, i, delta, sd) for rows, delta, sd in held_out for j, i in enumerate(rows)]
         if len(candidates) > _DETECTION_CONDITIONS:
@@ -692,15 +689,11 @@ class PerturbModel(PerturbationModel):
         real, contexts, pred, scale, controls = [], [], [], [], {}
         for j, i, delta, sd in candidates:
             c = summary.contexts[i]
-            cells = np.flatnonzero(
-                (labels == summary.perturbations[i])
-                & (ctx == c)
-                & np.isclose(dose, float(doses[i]))
-            )
+            cells = cells_of(summary.perturbations[i], c, float(doses[i]))
             if len(cells) < 10:
                 continue
             if c not in controls:
-                pool = np.flatnonzero((labels == schema.control_label) & (ctx == c))
+                pool = cells_of(schema.control_label, c, 0.0)
                 if len(pool) < 10:
                     continue
                 controls[c] = dense(np.sort(rng.choice(pool, min(len(pool), 2000), replace=False)))
@@ -1327,7 +1320,7 @@ class PerturbModel(PerturbationModel):
             delta, scale = self.predict_with_scale(
                 perturbations, contexts=contexts, doses=doses, control=control
             )
-            _PREDICT_STATE.confident = iter(np.abs(delta) >= self.detection_z_ * scale)
+            _PREDICT_STATE.confident = iter(zip(delta, scale, strict=True))
         try:
             return super().predict(
                 perturbations,
@@ -1347,9 +1340,8 @@ class PerturbModel(PerturbationModel):
         confident = getattr(_PREDICT_STATE, "confident", None)
         if confident is None:
             return super()._move_cells(cells, target, rng, reference)
-        # a predicted fall below zero is clipped there: the change outruns the gene's own level,
-        # an extrapolation the detection curve says nothing about, so such genes are only scaled
-        genes = next(confident) & (target > 1e-9)
+        delta, scale = next(confident)
+        genes = mm.detection_genes(delta, scale, self.detection_z_, target)
         return mm.detection_shift_cells(
             cells, target, rng, mm.detection_curve(reference), genes=genes
         )

@@ -241,6 +241,18 @@ def detection_shift_cells(
     return shift_cells(cells, target, rng)
 
 
+def detection_genes(
+    delta: np.ndarray, scale: np.ndarray, z: float, target: np.ndarray
+) -> np.ndarray:
+    """Genes whose predicted change also changes detection: at least ``z`` predictive sds from zero.
+
+    A predicted mean that falls below zero is clipped there (``target`` 0):
+    the change outruns the gene's own level, an extrapolation the detection
+    curve says nothing about, so such genes are only scaled.
+    """
+    return (np.abs(delta) >= z * scale) & (target > 1e-9)
+
+
 def _top_de_genes(
     cells: list[np.ndarray], control: np.ndarray, *, fdr: float = 0.05
 ) -> list[np.ndarray]:
@@ -333,36 +345,34 @@ def choose_detection_threshold(
     want: dict[int, np.ndarray] = {}
     for c, rows in groups.items():
         want.update(zip(rows, _top_de_genes([sampled[i] for i in rows], refs[c]), strict=True))
-    keep = [i for i in range(len(real)) if len(want[i])]
+    # conditions without any significant measured gene cannot tell the candidates apart
+    groups = {c: [i for i in rows if len(want[i])] for c, rows in groups.items()}
+    groups = {c: rows for c, rows in groups.items() if rows}
     scores: dict[str, float] = {}
     best = (-np.inf, float(np.inf))
-    if not keep:
+    if not groups:
         return best[1], scores
     seeds = rng.integers(0, 2**31 - 1, size=len(real))
-    curves = {c: detection_curve(controls[c]) for c in refs}
+    curves = {c: detection_curve(controls[c]) for c in groups}
+    base = {c: controls[c].mean(axis=0) for c in groups}
     for z in sorted(thresholds, reverse=True):
         overlap = []
         for c, rows in groups.items():
-            rows = [i for i in rows if i in keep]
-            if not rows:
-                continue
             ctrl = controls[c]
-            target_base = ctrl.mean(axis=0)
             moved = []
             for i in rows:
                 g = np.random.default_rng(int(seeds[i]))
-                take = ctrl[
-                    g.choice(len(ctrl), len(sampled[i]), replace=len(ctrl) < len(sampled[i]))
-                ]
-                target = np.clip(target_base + predicted[i], 0.0, None)
+                n = len(sampled[i])
+                take = ctrl[g.choice(len(ctrl), n, replace=len(ctrl) < n)]
+                target = np.clip(base[c] + predicted[i], 0.0, None)
                 if np.isinf(z):
                     moved.append(shift_cells(take, target, g))
                 else:
-                    genes = (np.abs(predicted[i]) >= z * scale[i]) & (target > 1e-9)
+                    genes = detection_genes(predicted[i], scale[i], z, target)
                     moved.append(detection_shift_cells(take, target, g, curves[c], genes=genes))
             for i, top in zip(rows, _top_de_genes(moved, refs[c]), strict=True):
-                n = len(want[i])
-                overlap.append(len(np.intersect1d(want[i], top[:n])) / n)
+                n_top = len(want[i])
+                overlap.append(len(np.intersect1d(want[i], top[:n_top])) / n_top)
         scores[str(z)] = float(np.mean(overlap))
         if scores[str(z)] > best[0] + 1e-12:
             best = (scores[str(z)], float(z))
