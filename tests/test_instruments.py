@@ -7,7 +7,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from _celleval import run_cell_eval
-from aivc.data import DataValidationError
+from aivc.data import DataValidationError, PerturbationSchema
 from aivc.instruments import (
     AdditiveModel,
     ControlModel,
@@ -16,6 +16,7 @@ from aivc.instruments import (
     NearestNeighbourModel,
     NotFittedError,
     PerturbationModel,
+    PerturbationSummary,
     TrainMeanModel,
     check_instrument,
     list_instruments,
@@ -142,3 +143,79 @@ def test_predictions_are_accepted_by_cell_eval_run(prepared, tmp_path):
     real.layers = {}
     real.write_h5ad(tmp_path / "real.h5ad")
     run_cell_eval(tmp_path / "pred.h5ad", tmp_path / "real.h5ad", tmp_path / "ce")
+
+
+def _batched_data(offset: float, n_ctrl: tuple[int, int]):
+    """Log-scale data with two batches; batch b1 adds ``offset`` to every gene of every cell."""
+    import anndata as ad
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    effect = {"control": 0.0, "GA": 1.0, "GB": -0.5}
+    # GA only in b1, GB in both batches
+    plan = [
+        ("control", "b0", n_ctrl[0]),
+        ("control", "b1", n_ctrl[1]),
+        ("GA", "b1", 40),
+        ("GB", "b0", 30),
+        ("GB", "b1", 10),
+    ]
+    rows, obs = [], []
+    for pert, batch, n in plan:
+        level = 2.0 + effect[pert] + (offset if batch == "b1" else 0.0)
+        rows.append(level + 0.01 * rng.standard_normal((n, 4)))
+        obs += [(pert, batch)] * n
+    frame = pd.DataFrame(obs, columns=["perturbation", "batch"], dtype="category")
+    frame.index = [f"c{i}" for i in range(len(frame))]
+    adata = ad.AnnData(
+        X=np.vstack(rows).astype(np.float32),
+        obs=frame,
+        var=pd.DataFrame(index=["GA", "GB", "GC", "GD"]),
+    )
+    schema = PerturbationSchema(
+        perturbation_key="perturbation", control_label="control", batch_key="batch"
+    )
+    return adata, schema
+
+
+def test_summary_compares_each_batch_with_its_own_controls():
+    adata, schema = _batched_data(offset=0.8, n_ctrl=(200, 50))
+    s = PerturbationSummary.from_adata(adata, schema)
+    delta = dict(zip(s.perturbations, s.delta, strict=True))
+    # the batch offset cancels: GA (only in b1) and GB (both batches) keep their own effects
+    assert_allclose(delta["GA"], 1.0, atol=0.02)
+    assert_allclose(delta["GB"], -0.5, atol=0.02)
+    ctrl = s.control_mean[None]
+    assert_allclose(s.mean - ctrl, s.delta)
+
+
+def test_summary_uses_pooled_controls_for_a_batch_with_too_few():
+    from aivc.instruments._base import MIN_BATCH_CONTROLS
+
+    adata, schema = _batched_data(offset=0.8, n_ctrl=(200, MIN_BATCH_CONTROLS - 1))
+    s = PerturbationSummary.from_adata(adata, schema)
+    delta = dict(zip(s.perturbations, s.delta, strict=True))
+    pooled = (200 * 2.0 + (MIN_BATCH_CONTROLS - 1) * 2.8) / (200 + MIN_BATCH_CONTROLS - 1)
+    # b1 cells fall back to the pooled controls; b0 cells of GB still use b0's
+    assert_allclose(delta["GA"], 2.0 + 1.0 + 0.8 - pooled, atol=0.02)
+    gb = (30 * -0.5 + 10 * (2.0 - 0.5 + 0.8 - pooled)) / 40
+    assert_allclose(delta["GB"], gb, atol=0.02)
+    # without a batch column in the schema, every cell is compared with the pooled controls
+    plain = PerturbationSummary.from_adata(
+        adata, PerturbationSchema(perturbation_key="perturbation", control_label="control")
+    )
+    assert_allclose(
+        dict(zip(plain.perturbations, plain.delta, strict=True))["GB"],
+        (30 * 1.5 + 10 * 2.3) / 40 - pooled,
+        atol=0.02,
+    )
+
+
+def test_summary_keeps_pooled_controls_without_a_batch_offset():
+    # no batch offset: the pooled controls are unbiased and less noisy, so they stay
+    adata, schema = _batched_data(offset=0.0, n_ctrl=(200, 50))
+    s = PerturbationSummary.from_adata(adata, schema)
+    plain = PerturbationSummary.from_adata(
+        adata, PerturbationSchema(perturbation_key="perturbation", control_label="control")
+    )
+    assert_allclose(s.delta, plain.delta)

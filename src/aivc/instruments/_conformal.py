@@ -458,12 +458,8 @@ def cross_fit_residuals(
         msg = f"The 'holdout' parameter must be one of {list(_HOLDOUTS)}. Got {holdout!r} instead."
         raise ValueError(msg)
     predict = predict or _default_predict
-    means, info = pseudobulk(adata, schema)
+    _, info = pseudobulk(adata, schema)
     is_ctrl = info["perturbation"].to_numpy() == schema.control_label
-    ctrl_mean = {
-        (None if c is None else str(c)): means.to_numpy()[i]
-        for i, c in zip(np.flatnonzero(is_ctrl), info["context"].to_numpy()[is_ctrl], strict=True)
-    }
     rows = info[~is_ctrl]
     conds = list(rows.index)
     perts = [str(p) for p in rows["perturbation"]]
@@ -493,7 +489,8 @@ def cross_fit_residuals(
         if holdout == "perturbation"
         else adata.obs[schema.context_key].astype(str).to_numpy()
     )
-    observed = means.loc[conds].to_numpy() - np.stack([ctrl_mean[c] for c in ctxs])
+    # the changes the models are fitted on (batch-matched controls where the design needs them)
+    observed = PerturbationSummary.from_adata(adata, schema).delta
     predicted = np.zeros_like(observed)
     scales: np.ndarray | None = None
     folds = np.array([fold_of_unit[u] for u in units])
