@@ -67,9 +67,14 @@ class PerturbationSummary:
     contexts
         Context of each condition (``None`` when the schema has no context).
     mean
-        Conditions x genes mean log-expression.
+        Conditions x genes mean log-expression (with batch-matched controls,
+        the context's control mean plus ``delta``).
     delta
-        ``mean`` minus the control mean of the same context.
+        ``mean`` minus the control mean of the same context; where the schema
+        names a batch column and the condition's cells sit in the batches in
+        other proportions than the controls, enough to bias that comparison,
+        the change against the controls of its own batches instead (see
+        :func:`_batch_matched_reference`).
     n_cells
         Cells per condition.
     control_mean
