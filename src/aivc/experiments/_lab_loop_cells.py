@@ -5,7 +5,9 @@ of single-gene perturbations; the lab measures them (the simulator's
 :class:`~aivc.sim.VirtualLab`, or, retrospectively, the cells of an existing
 screen); the aivc ``linear`` instrument is refitted on everything measured so
 far and scored on a fixed held-out set of perturbations that no strategy may
-choose. Two metrics per round:
+choose. Each simulated round is a batch with its own controls, so the changes
+the model fits are against batch-matched controls (see
+:class:`aivc.instruments.PerturbationSummary`). Two metrics per round:
 
 * ``hit_ratio`` -- fraction of the pool's hits measured so far (hits = the
   candidates with the largest true effect norm, read from the ground truth
@@ -535,7 +537,8 @@ def run_cell_loop(
                 if dataset == "simulator"
                 else f"linear-kernel GP on the features, prior mean from the degree prior, GP-BUCB {AIVC_DESIGN_PARAMS}"
             ),
-            "perturbation model": "aivc 'linear' instrument refitted after every round on all measured cells",
+            "perturbation model": "aivc 'linear' instrument refitted after every round on all measured "
+            "cells (changes against batch-matched controls where pooled controls would bias them)",
         },
         "notes": "hits = largest true effect norm (target gene itself excluded); error = MSE of the "
         "predicted log-expression change (target gene left out) on held-out perturbations that no strategy may choose; "

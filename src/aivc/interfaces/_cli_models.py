@@ -30,7 +30,12 @@ def fit(
         str | None, typer.Option("--context-key", help="obs column with the cell context.")
     ] = None,
     batch_key: Annotated[
-        str | None, typer.Option("--batch-key", help="obs column with the batch.")
+        str | None,
+        typer.Option(
+            "--batch-key",
+            help="obs column with the batch; a condition is compared with its own batches' "
+            "controls where pooling all controls would bias its change.",
+        ),
     ] = None,
     dose_key: Annotated[
         str | None, typer.Option("--dose-key", help="obs column with doses.")
