@@ -637,7 +637,7 @@ class PerturbationModel(Instrument):
         import anndata as ad
 
         perts, ctxs, _ = self._resolve(perturbations, contexts, control)
-        delta = self.predict_delta(perts, contexts=ctxs, doses=doses, control=control)
+        delta, extras = self._cell_changes(perts, ctxs, doses, control)
         schema = self.schema_
         idx = check_gene_panel(control.var_names, list(self.genes_))
         labels = control.obs[schema.perturbation_key].astype(str).to_numpy()
@@ -660,7 +660,8 @@ class PerturbationModel(Instrument):
             take = rng.choice(pool, n_cells, replace=len(pool) < n_cells)
             cells = x[take].toarray()
             target = np.clip(np.asarray(x[pool].mean(axis=0)).ravel() + delta[i], 0.0, None)
-            cells = self._move_cells(cells, target, rng, x[pool])
+            extra = None if extras is None else extras[i]
+            cells = self._move_cells(cells, target, rng, x[pool], extra)
             blocks.append(sp.csr_matrix(cells.astype(np.float32)))
             obs_p += [p] * n_cells
             obs_c += [c] * n_cells
@@ -700,13 +701,35 @@ class PerturbationModel(Instrument):
         }
         return out
 
+    def _cell_changes(
+        self,
+        perturbations: list[str],
+        contexts: list[str | None],
+        doses: Sequence[float] | float | None,
+        control: AnnData,
+    ) -> tuple[np.ndarray, Sequence[Any] | None]:
+        """Predicted changes for :meth:`predict`, and per condition anything else its cells need.
+
+        The second item (one entry per condition, or ``None``) is handed to
+        :meth:`_move_cells`. The default is :meth:`predict_delta` and ``None``.
+        """
+        return self.predict_delta(
+            perturbations, contexts=contexts, doses=doses, control=control
+        ), None
+
     def _move_cells(
-        self, cells: np.ndarray, target: np.ndarray, rng: np.random.Generator, reference: Any
+        self,
+        cells: np.ndarray,
+        target: np.ndarray,
+        rng: np.random.Generator,
+        reference: Any,
+        extra: Any = None,
     ) -> np.ndarray:
         """Move sampled control cells to the predicted mean ``target`` (used by :meth:`predict`).
 
-        ``reference`` holds all control cells of the context (sparse). The
-        default is :func:`shift_cells`; subclasses may generate cells differently.
+        ``reference`` holds all control cells of the context (sparse); ``extra``
+        is the condition's entry from :meth:`_cell_changes`. The default is
+        :func:`shift_cells`; subclasses may generate cells differently.
         """
         return shift_cells(cells, target, rng)
 

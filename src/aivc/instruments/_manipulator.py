@@ -54,7 +54,6 @@ How it predicts the change of mean log-expression of a condition
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -86,8 +85,6 @@ _NULL_GRID = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0)
 _PRIOR_SCALE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 _DETECTION_Z = 1.96  # a predicted change this many predictive sds from zero changes detection
 _DETECTION_CONDITIONS = 40  # training conditions (at most) on which cell_detection="auto" chooses
-# per-thread state of one predict() call (the API serves concurrent predictions from one model)
-_PREDICT_STATE = threading.local()
 _PRIOR_RIDGE_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 NULL_SHRINKAGE = ("prior", "none", "condition", "uncertainty", "gene")
 
@@ -1296,18 +1293,14 @@ class PerturbModel(PerturbationModel):
     ) -> np.ndarray:
         return self._predict_with_var(perturbations, contexts, control_mean, doses)[0]
 
-    def predict(
+    def _cell_changes(
         self,
-        perturbations: Sequence[str],
-        *,
+        perturbations: list[str],
+        contexts: list[str | None],
+        doses: Sequence[float] | float | None,
         control: AnnData,
-        contexts: Sequence[str | None] | str | None = None,
-        doses: Sequence[float] | float | None = None,
-        n_cells: int = 100,
-        include_control: bool = True,
-        seed: int = 0,
-    ) -> AnnData:
-        """Predicted cells for each perturbation (see :meth:`PerturbationModel.predict`).
+    ) -> tuple[np.ndarray, Sequence[Any] | None]:
+        """Predicted changes and, with detection on, each change's raw predictive sd.
 
         With ``cell_detection``, genes whose predicted change is at least
         ``detection_z_`` raw predictive sds from zero also change how
@@ -1315,32 +1308,24 @@ class PerturbModel(PerturbationModel):
         unless the predicted mean falls to zero (a change larger than the
         gene's level, clipped): those genes are only scaled.
         """
-        _PREDICT_STATE.confident = None
-        if np.isfinite(self.detection_z_):
-            delta, scale = self.predict_with_scale(
-                perturbations, contexts=contexts, doses=doses, control=control
-            )
-            _PREDICT_STATE.confident = iter(zip(delta, scale, strict=True))
-        try:
-            return super().predict(
-                perturbations,
-                control=control,
-                contexts=contexts,
-                doses=doses,
-                n_cells=n_cells,
-                include_control=include_control,
-                seed=seed,
-            )
-        finally:
-            _PREDICT_STATE.confident = None
+        if not np.isfinite(self.detection_z_):
+            return super()._cell_changes(perturbations, contexts, doses, control)
+        delta, scale = self.predict_with_scale(
+            perturbations, contexts=contexts, doses=doses, control=control
+        )
+        return delta, list(zip(delta, scale, strict=True))
 
     def _move_cells(
-        self, cells: np.ndarray, target: np.ndarray, rng: np.random.Generator, reference: Any
+        self,
+        cells: np.ndarray,
+        target: np.ndarray,
+        rng: np.random.Generator,
+        reference: Any,
+        extra: Any = None,
     ) -> np.ndarray:
-        confident = getattr(_PREDICT_STATE, "confident", None)
-        if confident is None:
+        if extra is None:
             return super()._move_cells(cells, target, rng, reference)
-        delta, scale = next(confident)
+        delta, scale = extra
         genes = mm.detection_genes(delta, scale, self.detection_z_, target)
         return mm.detection_shift_cells(
             cells, target, rng, mm.detection_curve(reference), genes=genes
