@@ -235,7 +235,12 @@ def test_simulator_loop_end_to_end(tmp_path, monkeypatch):
         # the no-change reference is the same for every strategy (it depends on the world only)
         assert entry["no_change_error"] == saved["models"]["random"]["no_change_error"]
         assert entry["no_change_error"]["mean"] > 0
-    assert "error_auc" in (tmp_path / "results.md").read_text()
+        assert entry["pool_mean_error"] == saved["models"]["random"]["pool_mean_error"]
+        assert entry["pool_mean_error"]["mean"] > 0
+        # the oracle's ridges include the infinite one (no change)
+        assert 0 < entry["pool_oracle_error"]["mean"] <= entry["no_change_error"]["mean"]
+    md = (tmp_path / "results.md").read_text()
+    assert "error_auc" in md and "true mean change of the whole pool" in md
     assert result["pool"]["n_hits"] == 4
     with pytest.raises(ValueError, match="no variants"):
         run_lab_loop(tmp_path, variant="no-essential")

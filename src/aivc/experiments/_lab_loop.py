@@ -510,11 +510,25 @@ def lab_loop_markdown(result: dict[str, Any]) -> str:
     no_change = next(
         (m["no_change_error"] for m in models.values() if m.get("no_change_error")), None
     )
+    pool_mean = next(
+        (m["pool_mean_error"] for m in models.values() if m.get("pool_mean_error")), None
+    )
+    oracle = next(
+        (m["pool_oracle_error"] for m in models.values() if m.get("pool_oracle_error")), None
+    )
     if no_change is not None:
-        lines.append(
+        line = (
             f"Reference: predicting no change for the held-out perturbations gives an error of "
-            f"{_fmt(no_change, 5)}."
+            f"{_fmt(no_change, 5)}"
         )
+        if pool_mean is not None:
+            line += f"; predicting the true mean change of the whole pool, {_fmt(pool_mean, 5)}"
+        if oracle is not None:
+            line += (
+                "; ridge regressions from the gene features to the true changes of every pool "
+                f"candidate (ridge picked on the held-out set), {_fmt(oracle, 5)}"
+            )
+        lines.append(line + ".")
         lines.append("")
     for key in ("pool", "features", "notes"):
         if result.get(key):

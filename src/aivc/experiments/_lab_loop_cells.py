@@ -26,7 +26,13 @@ instead, which also needs no measured perturbation: the knockout of gene
 Var(x_g)`` (regression across control cells), and the norm of that vector
 ranks the candidates (:func:`knockout_regression_effects`). For reference,
 the simulator results also hold ``no_change_error``, the error of predicting
-no change for every held-out perturbation.
+no change for every held-out perturbation, and ``pool_mean_error``, the error
+of predicting the true (noise-free) mean change of the whole candidate pool:
+the best constant prediction any model fitted on measured pool knockouts
+could learn; and ``pool_oracle_error``, the error of ridge regressions from the
+strategies' gene features to the true changes of all pool candidates, with the
+ridge picked on the held-out set (an optimistic bound on what measuring the
+pool could teach a model that uses these features).
 """
 
 from __future__ import annotations
@@ -211,6 +217,8 @@ class _Campaign:
     n_measured: list[int]
     chosen: list[list[str]]
     no_change_error: float = float("nan")
+    pool_mean_error: float = float("nan")
+    pool_oracle_error: float = float("nan")
 
 
 def _fit_and_score(
@@ -233,6 +241,30 @@ def _fit_and_score(
         if t in names:
             keep[i, names.index(t)] = False
     return float(np.mean(((pred - true_delta) ** 2)[keep]))
+
+
+def _oracle_error(
+    x_pool: np.ndarray,
+    y_pool: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    keep: np.ndarray,
+) -> float:
+    """Error on the test perturbations of ridge regressions from gene features to true changes.
+
+    The regressions are fitted on the noise-free changes of every pool candidate
+    and the best ridge is picked on the test perturbations themselves: an
+    optimistic bound on what any model using these features could learn from
+    measuring the pool, whichever candidates a strategy chooses.
+    """
+    xp = np.column_stack([x_pool, np.ones(len(x_pool))])
+    xt = np.column_stack([x_test, np.ones(len(x_test))])
+    gram, cross = xp.T @ xp, xp.T @ y_pool
+    errors = [float(np.mean((y_test**2)[keep]))]  # the infinite ridge: no change
+    for lam in (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e4):
+        w = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), cross)
+        errors.append(float(np.mean(((xt @ w - y_test) ** 2)[keep])))
+    return min(errors)
 
 
 def _error_auc(n: Sequence[int], err: Sequence[float]) -> float:
@@ -277,6 +309,7 @@ def _simulator_campaign(
         _log_norm(controls.X), genes, n_components=proto["n_components"]
     )
     features = _unit_rows(emb.loc[pool].to_numpy())
+    test_features = _unit_rows(emb.loc[test].to_numpy())
     if strategy == "aivc-design":
         # mechanistic prior from control cells: no perturbation needs to be measured
         prior = knockout_prior(_log_norm(controls.X), np.array([col[g] for g in pool]))
@@ -293,6 +326,13 @@ def _simulator_campaign(
     test_keep = np.ones_like(true_test, dtype=bool)
     test_keep[np.arange(test.size), [col[g] for g in test]] = False
     camp.no_change_error = float(np.mean((true_test**2)[test_keep]))
+    # reference: the noise-free mean change of the whole pool, the best constant any model
+    # fitted on measured pool knockouts could learn
+    pool_mean = downstream[: pool.size].mean(axis=0)
+    camp.pool_mean_error = float(np.mean(((true_test - pool_mean) ** 2)[test_keep]))
+    camp.pool_oracle_error = _oracle_error(
+        features, downstream[: pool.size], test_features, true_test, test_keep
+    )
     params = dict(SIMULATOR_DESIGN_PARAMS) if strategy == "aivc-design" else {}
     schema = simulation_schema()
     for _ in range(proto["n_rounds"]):
@@ -501,6 +541,12 @@ def run_cell_loop(
             "per_seed_hit_ratio": hr.tolist(),
             "per_seed_error": err.tolist(),
             "no_change_error": _summ([c.no_change_error for c in camps])
+            if dataset == "simulator"
+            else None,
+            "pool_mean_error": _summ([c.pool_mean_error for c in camps])
+            if dataset == "simulator"
+            else None,
+            "pool_oracle_error": _summ([c.pool_oracle_error for c in camps])
             if dataset == "simulator"
             else None,
             "chosen": [c.chosen for c in camps],
