@@ -44,3 +44,44 @@ def test_replicate_half_is_scored_against_the_other_half():
     # a half scored against itself is at distance zero; against the other half it is not
     assert scorer.relative(cond, half_a, observed_cells=half_a) == 0.0
     assert scorer.relative(cond, half_a, observed_cells=half_b) > 0.0
+
+
+_HASH_SEED_SCRIPT = """
+import numpy as np
+from aivc.data import prepare
+from aivc.data._synthetic import synthetic_perturbation_data
+from aivc.evaluate._benchmark import _EnergyScorer, _controls_of, _observe
+
+raw, schema = synthetic_perturbation_data(
+    n_genes=30, n_singles=3, n_doubles=0, n_contexts=4, cells_per_condition=40,
+    n_control_cells=60, seed=3,
+)
+adata, schema = prepare(raw, schema)
+obs = _observe(adata, schema, seed=0)
+scorer = _EnergyScorer(obs, max_cells=20, seed=0)
+predicted = np.abs(np.random.default_rng(0).normal(1.0, 0.5, (20, adata.n_vars)))
+energies = [scorer.relative(c, predicted) for c in obs.conditions]
+rows = _controls_of(obs, [obs.ctx_of[c] for c in obs.conditions])
+print(repr(energies), rows.tolist())
+"""
+
+
+def test_energy_and_control_rows_do_not_depend_on_the_hash_seed():
+    """Contexts are visited in a fixed order: string hashing differs between processes."""
+    import os
+    import subprocess
+    import sys
+
+    outputs = []
+    for hash_seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run(
+            [sys.executable, "-c", _HASH_SEED_SCRIPT],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1] == outputs[2]

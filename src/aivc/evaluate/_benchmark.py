@@ -357,6 +357,12 @@ def _control_cells(obs: _Observed, ctx: str | None) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
+def _controls_of(obs: _Observed, ctxs: Sequence[str | None]) -> np.ndarray:
+    """Control rows of the given contexts, contexts in first-seen order (never a set's order,
+    which changes with the hash seed and would change the cells a seeded model samples)."""
+    return np.concatenate([_control_cells(obs, c) for c in dict.fromkeys(ctxs)])
+
+
 def _dense_rows(x: object, rows: np.ndarray) -> np.ndarray:
     sub = x[rows]  # type: ignore[index]
     return sub.toarray() if sp.issparse(sub) else np.asarray(sub)
@@ -397,7 +403,8 @@ class _EnergyScorer:
         self._control: dict[str | None, np.ndarray] = {}
         self._base: dict[str, float] = {}
         x = obs.adata.X
-        for ctx in {obs.ctx_of[c] for c in obs.conditions}:
+        # contexts in first-seen order (a set's order changes with the hash seed between runs)
+        for ctx in dict.fromkeys(obs.ctx_of[c] for c in obs.conditions):
             rows = np.concatenate(
                 [_control_cells(obs, ctx)]
                 + [_cells(obs, c) for c in obs.conditions if obs.ctx_of[c] == ctx]
@@ -741,8 +748,7 @@ def run_benchmark(
         perts = [obs.pert_of[c] for c in conds]
         ctxs = [obs.ctx_of[c] for c in conds]
         doses = [obs.dose_of[c] for c in conds]
-        ctx_set = {c for c in ctxs}
-        control_rows = np.concatenate([_control_cells(obs, c) for c in ctx_set])
+        control_rows = _controls_of(obs, ctxs)
         control = obs.adata[control_rows].copy()
         for name in model_names:
             if name in peers_first_seed and split.seed != seeds[0]:
