@@ -507,28 +507,19 @@ def lab_loop_markdown(result: dict[str, Any]) -> str:
         row += f" {result['wall_seconds'].get(name, 0):.1f} | {result['peak_memory_mb'].get(name, 0):.0f} |"
         lines.append(row)
     lines.append("")
-    no_change = next(
-        (m["no_change_error"] for m in models.values() if m.get("no_change_error")), None
-    )
-    pool_mean = next(
-        (m["pool_mean_error"] for m in models.values() if m.get("pool_mean_error")), None
-    )
-    oracle = next(
-        (m["pool_oracle_error"] for m in models.values() if m.get("pool_oracle_error")), None
-    )
-    if no_change is not None:
-        line = (
-            f"Reference: predicting no change for the held-out perturbations gives an error of "
-            f"{_fmt(no_change, 5)}"
-        )
-        if pool_mean is not None:
-            line += f"; predicting the true mean change of the whole pool, {_fmt(pool_mean, 5)}"
-        if oracle is not None:
-            line += (
-                "; ridge regressions from the gene features to the true changes of every pool "
-                f"candidate (ridge picked on the held-out set), {_fmt(oracle, 5)}"
-            )
-        lines.append(line + ".")
+    phrases = {
+        "no_change_error": "predicting no change for the held-out perturbations gives an error of",
+        "pool_mean_error": "predicting the true mean change of the whole pool,",
+        "pool_oracle_error": "ridge regressions from the gene features to the true changes of "
+        "every pool candidate (ridge picked on the held-out set),",
+    }
+    refs = [
+        f"{phrase} {_fmt(value, 5)}"
+        for key, phrase in phrases.items()
+        if (value := next((m[key] for m in models.values() if m.get(key)), None)) is not None
+    ]
+    if refs:
+        lines.append("Reference: " + "; ".join(refs) + ".")
         lines.append("")
     for key in ("pool", "features", "notes"):
         if result.get(key):

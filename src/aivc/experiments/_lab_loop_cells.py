@@ -63,6 +63,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CELL_MODELS = ("random", "uncertainty", "gp-ucb", "degree-prior", "aivc-design")
+#: Reference errors of the simulator campaigns, read from the noise-free truth (the same for
+#: every strategy): no change, the pool's mean change, and the oracle ridge on the gene features.
+REFERENCE_ERRORS = ("no_change_error", "pool_mean_error", "pool_oracle_error")
 
 #: Protocol per dataset: pool size, held-out test size, rounds, batch, hit fraction, cells.
 CELL_PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -540,15 +543,10 @@ def run_cell_loop(
             "n_measured": n_meas,
             "per_seed_hit_ratio": hr.tolist(),
             "per_seed_error": err.tolist(),
-            "no_change_error": _summ([c.no_change_error for c in camps])
-            if dataset == "simulator"
-            else None,
-            "pool_mean_error": _summ([c.pool_mean_error for c in camps])
-            if dataset == "simulator"
-            else None,
-            "pool_oracle_error": _summ([c.pool_oracle_error for c in camps])
-            if dataset == "simulator"
-            else None,
+            **{
+                key: _summ([getattr(c, key) for c in camps]) if dataset == "simulator" else None
+                for key in REFERENCE_ERRORS
+            },
             "chosen": [c.chosen for c in camps],
         }
         logger.info(
