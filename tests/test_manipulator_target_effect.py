@@ -1,0 +1,113 @@
+"""The change a perturbation makes on its own target gene (``target_effect``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from aivc.data import prepare
+from aivc.data._synthetic import synthetic_perturbation_data
+from aivc.instruments import PerturbModel
+
+FAST = {"embeddings": "coexpression"}  # no knowledge tables: quick and offline
+
+
+@pytest.fixture(scope="module")
+def split():
+    """Synthetic knockouts (each lowers its own gene) with four targets held out of training."""
+    raw, schema = synthetic_perturbation_data(
+        n_genes=60, n_singles=14, n_doubles=0, cells_per_condition=20, n_control_cells=80, seed=5
+    )
+    adata, schema = prepare(raw, schema)
+    labels = adata.obs[schema.perturbation_key].astype(str)
+    singles = sorted(set(labels) - {schema.control_label})
+    held = singles[:4]
+    train = adata[~labels.isin(held).to_numpy()].copy()
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    ctrl = x[(labels == schema.control_label).to_numpy()].mean(axis=0)
+    observed = np.stack([x[(labels == h).to_numpy()].mean(axis=0) - ctrl for h in held])
+    genes = list(adata.var_names)
+    own = [genes.index(h) for h in held]
+    return train, schema, held, observed, own, ctrl
+
+
+@pytest.fixture(scope="module")
+def models(split):
+    train, schema, *_ = split
+    on = PerturbModel(**FAST).fit(train, schema)
+    off = PerturbModel(**FAST, target_effect=False).fit(train, schema)
+    return on, off
+
+
+def test_unmeasured_targets_get_the_median_own_gene_change(split, models):
+    train, schema, held, observed, own, ctrl = split
+    on, off = models
+    genes = list(train.var_names)
+    labels = train.obs[schema.perturbation_key].astype(str)
+    x = train.X.toarray() if hasattr(train.X, "toarray") else np.asarray(train.X)
+    trained = sorted(set(labels) - {schema.control_label})
+    measured = [
+        x[(labels == t).to_numpy(), genes.index(t)].mean() - ctrl[genes.index(t)] for t in trained
+    ]
+    assert on.target_change_ == pytest.approx(float(np.median(measured)))
+    assert off.target_change_ is None
+    got = on.predict_delta(held)
+    rows = np.arange(len(held))
+    expected = np.maximum(on.target_change_, -ctrl[own])
+    assert_allclose(got[rows, own], expected, rtol=1e-6)
+    # the own-gene error falls well below the GP's, which knows nothing of the target's own gene
+    err_on = np.abs(got[rows, own] - observed[rows, own]).mean()
+    err_off = np.abs(off.predict_delta(held)[rows, own] - observed[rows, own]).mean()
+    assert err_on < 0.5 * err_off
+    # and the own-gene predictive sd is the spread of the held-out own-gene errors
+    _, scale = on.predict_with_scale(held)
+    assert_allclose(scale[rows, own], on.target_sd_)
+    assert on.target_sd_ > 0
+
+
+def test_every_other_gene_keeps_the_gp_prediction(split, models):
+    _, _, held, _, own, _ = split
+    on, off = models
+    got, ref = on.predict_delta(held), off.predict_delta(held)
+    mask = np.ones_like(got, dtype=bool)
+    mask[np.arange(len(held)), own] = False
+    assert_allclose(got[mask], ref[mask])
+    # a combination of unmeasured targets adds their own-gene changes too
+    combo = on.predict_delta([f"{held[0]}+{held[1]}"])[0]
+    assert combo[own[0]] < ref[0, own[0]] and combo[own[1]] < ref[1, own[1]]
+
+
+def test_measured_targets_keep_their_measured_change(split, models):
+    train, schema, *_ = split
+    on, _ = models
+    labels = train.obs[schema.perturbation_key].astype(str)
+    trained = sorted(set(labels) - {schema.control_label})[:3]
+    for t, got in zip(trained, on.predict_delta(trained), strict=True):
+        j = on.measured_keys_.index([t, None, 0.0])
+        assert_allclose(got, on.measured_delta_[j])
+
+
+def test_few_targets_in_the_panel_turn_it_off(split):
+    train, schema, *_ = split
+    labels = train.obs[schema.perturbation_key].astype(str)
+    keep = sorted(set(labels) - {schema.control_label})[:2]
+    small = train[labels.isin([*keep, schema.control_label]).to_numpy()].copy()
+    model = PerturbModel(**FAST).fit(small, schema)
+    assert model.target_change_ is None
+
+
+def test_survives_save_and_load(split, models, tmp_path):
+    _, _, held, *_ = split
+    on, _ = models
+    on.save(tmp_path / "m")
+    back = PerturbModel.load(tmp_path / "m")
+    assert back.target_change_ == on.target_change_
+    assert back.target_sd_ == on.target_sd_
+    assert_allclose(back.predict_delta(held), on.predict_delta(held))
+
+
+def test_invalid_value_is_refused(split):
+    train, schema, *_ = split
+    with pytest.raises(ValueError, match="'target_effect' parameter"):
+        PerturbModel(**FAST, target_effect="yes").fit(train, schema)
