@@ -170,14 +170,13 @@ class PerturbModel(PerturbationModel):
         (0.179 -> 0.200), so it is off by default (BENCHMARKS.md).
     target_effect
         Model the change of a target's own gene separately (see the module
-        docstring, point 6): a target that was not measured gets, on its own
-        gene, the median own-gene change of the training singles (at least
-        three needed; clipped so the predicted mean stays non-negative), with
-        the spread of their leave-one-out errors as its predictive sd; every
-        other gene keeps the GP's prediction. On
-        papalexi2021 unseen singles 9 of the 25 targets are in the gene panel
-        and their own gene is their largest change (0.56 to 3.3 log units
-        down); see BENCHMARKS.md.
+        docstring, point 6): a target never measured gets, on its own gene, the
+        median own-gene change of the training singles (at least three targets
+        needed; clipped so the predicted mean stays non-negative), with the
+        spread of their leave-one-out errors as its predictive sd; every other
+        gene keeps the GP's prediction. On papalexi2021 unseen singles 9 of the
+        25 targets are in the gene panel and for 8 of them their own gene is
+        their largest change (0.56 to 3.3 log units down); see BENCHMARKS.md.
     cell_detection
         How :meth:`predict` moves control cells to the predicted mean. With
         ``False`` (as every other model) expression is only scaled
@@ -689,7 +688,7 @@ class PerturbModel(PerturbationModel):
         gene_pos = {str(g): j for j, g in enumerate(summary.genes)}
         targets = [summary.perturbations[i] for i in single_rows]
         own = [(r, gene_pos[t]) for r, t in enumerate(targets) if t in gene_pos]
-        if len(own) < 3:
+        if len({targets[r] for r, _ in own}) < 3:
             return []
         levels = np.array(
             [summary.control_mean[summary.contexts[single_rows[r]]][j] for r, j in own]
@@ -703,11 +702,16 @@ class PerturbModel(PerturbationModel):
         return [(r, j, float(e)) for (r, j), e in zip(own, errors, strict=True)]
 
     def _own_gene(self, targets: Sequence[str]) -> list[tuple[int, int]]:
-        """``(row, gene)`` of the targets that are genes of the panel (with an own-gene model)."""
+        """``(row, gene)`` of the never-measured targets that are genes of the panel.
+
+        A target measured in any context or dose is left to the GP, which
+        carries its own measurements over to new contexts and doses.
+        """
         if self.target_change_ is None:
             return []
         pos = {str(g): j for j, g in enumerate(self.genes_)}
-        return [(i, pos[t]) for i, t in enumerate(targets) if t in pos]
+        seen = set(self.row_targets_)
+        return [(i, pos[t]) for i, t in enumerate(targets) if t in pos and t not in seen]
 
     def _apply_target_effect(
         self, targets: Sequence[str], mean: np.ndarray, var: np.ndarray, base: np.ndarray
