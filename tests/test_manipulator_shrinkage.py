@@ -14,20 +14,8 @@ FAST = {"embeddings": "coexpression"}  # no knowledge tables: quick and offline
 
 
 @pytest.fixture(scope="module")
-def split():
-    """Synthetic singles with a few of them held out of training."""
-    raw, schema = synthetic_perturbation_data(
-        n_genes=60, n_singles=14, n_doubles=0, cells_per_condition=20, n_control_cells=80, seed=5
-    )
-    adata, schema = prepare(raw, schema)
-    labels = adata.obs[schema.perturbation_key].astype(str)
-    singles = sorted(set(labels) - {schema.control_label})
-    held = singles[:4]
-    train = adata[~labels.isin(held).to_numpy()].copy()
-    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
-    ctrl = x[(labels == schema.control_label).to_numpy()].mean(axis=0)
-    observed = np.stack([x[(labels == h).to_numpy()].mean(axis=0) - ctrl for h in held])
-    return train, schema, held, observed
+def split(held_out_singles):
+    return held_out_singles
 
 
 @pytest.fixture(scope="module")

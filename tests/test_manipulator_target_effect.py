@@ -6,29 +6,19 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from aivc.data import prepare
-from aivc.data._synthetic import synthetic_perturbation_data
 from aivc.instruments import PerturbModel
 
 FAST = {"embeddings": "coexpression"}  # no knowledge tables: quick and offline
 
 
 @pytest.fixture(scope="module")
-def split():
-    """Synthetic knockouts (each lowers its own gene) with four targets held out of training."""
-    raw, schema = synthetic_perturbation_data(
-        n_genes=60, n_singles=14, n_doubles=0, cells_per_condition=20, n_control_cells=80, seed=5
-    )
-    adata, schema = prepare(raw, schema)
-    labels = adata.obs[schema.perturbation_key].astype(str)
-    singles = sorted(set(labels) - {schema.control_label})
-    held = singles[:4]
-    train = adata[~labels.isin(held).to_numpy()].copy()
-    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+def split(held_out_singles):
+    """The held-out synthetic singles, with each held-out target's own gene and the control mean."""
+    train, schema, held, observed = held_out_singles
+    labels = train.obs[schema.perturbation_key].astype(str)
+    x = train.X.toarray() if hasattr(train.X, "toarray") else np.asarray(train.X)
     ctrl = x[(labels == schema.control_label).to_numpy()].mean(axis=0)
-    observed = np.stack([x[(labels == h).to_numpy()].mean(axis=0) - ctrl for h in held])
-    genes = list(adata.var_names)
-    own = [genes.index(h) for h in held]
+    own = [list(train.var_names).index(h) for h in held]
     return train, schema, held, observed, own, ctrl
 
 
