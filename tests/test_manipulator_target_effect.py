@@ -42,9 +42,16 @@ def test_unmeasured_targets_get_the_median_own_gene_change(split, models):
     ]
     assert on.target_change_ == pytest.approx(float(np.median(measured)))
     assert off.target_change_ is None
+    # the kept form is the one with the lower held-out error
+    rms = on.selection_["target-effect|held-out rms"]
+    assert on.target_form_ == min(rms, key=rms.get)
+    assert on.target_sd_ == pytest.approx(rms[on.target_form_])
     got = on.predict_delta(held)
     rows = np.arange(len(held))
-    expected = np.maximum(on.target_change_, -ctrl[own])
+    if on.target_form_ == "shift":
+        expected = np.maximum(on.target_change_, -ctrl[own])
+    else:
+        expected = np.log1p(on.target_fraction_ * np.expm1(ctrl[own])) - ctrl[own]
     assert_allclose(got[rows, own], expected, rtol=1e-6)
     # the own-gene error falls well below the GP's, which knows nothing of the target's own gene
     err_on = np.abs(got[rows, own] - observed[rows, own]).mean()
@@ -78,6 +85,40 @@ def test_measured_targets_keep_their_measured_change(split, models):
         assert_allclose(got, on.measured_delta_[j])
 
 
+def _own_gene_world(train, schema, change):
+    """``train`` with every perturbed cell's own-gene value set by ``change(control level)``."""
+    out = train.copy()
+    x = out.X.toarray() if hasattr(out.X, "toarray") else np.array(out.X, dtype=float)
+    labels = out.obs[schema.perturbation_key].astype(str).to_numpy()
+    genes = list(out.var_names)
+    level = x[labels == schema.control_label].mean(axis=0)
+    for t in set(labels) - {schema.control_label}:
+        j = genes.index(t)
+        x[labels == t, j] = level[j] + change(level[j])
+    out.X = x
+    return out
+
+
+@pytest.mark.parametrize(
+    ("form", "change"),
+    [
+        # the same share of the expression removed, whatever the level
+        ("fraction", lambda lv: np.log1p(0.1 * np.expm1(lv)) - lv),
+        # the same step down on the log scale
+        ("shift", lambda lv: -min(0.4, lv)),
+    ],
+)
+def test_the_form_that_fits_the_knockouts_is_kept(split, form, change):
+    train, schema, held, _, own, ctrl = split
+    world = _own_gene_world(train, schema, change)
+    model = PerturbModel(**FAST).fit(world, schema)
+    assert model.target_form_ == form
+    if form == "fraction":
+        assert model.target_fraction_ == pytest.approx(0.1, abs=0.02)
+    got = model.predict_delta(held)[np.arange(len(held)), own]
+    assert_allclose(got, [change(lv) for lv in ctrl[own]], atol=0.03)
+
+
 def test_few_targets_in_the_panel_turn_it_off(split):
     train, schema, *_ = split
     labels = train.obs[schema.perturbation_key].astype(str)
@@ -94,6 +135,7 @@ def test_survives_save_and_load(split, models, tmp_path):
     back = PerturbModel.load(tmp_path / "m")
     assert back.target_change_ == on.target_change_
     assert back.target_sd_ == on.target_sd_
+    assert (back.target_form_, back.target_fraction_) == (on.target_form_, on.target_fraction_)
     assert_allclose(back.predict_delta(held), on.predict_delta(held))
 
 
