@@ -162,3 +162,25 @@ def test_norman_double_with_a_hidden_single(data_dir):
         )
         errors[flag] = _top_error(model.predict_delta([double]), observed)
     assert errors[True] < 0.5 * errors[False]  # measured: 0.14 vs 0.51
+
+
+def test_inferred_singles_shrink_their_own_gene_towards_the_own_gene_model(split):
+    adata, schema, train, *_ = split
+    labels = adata.obs[schema.perturbation_key].astype(str).to_numpy()
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    ctrl = x[labels == schema.control_label].mean(axis=0)
+    genes = list(adata.var_names)
+
+    def own_gene_error(model):
+        errors = []
+        for (t, _, _), row in zip(model.inferred_keys_, model.inferred_delta_, strict=True):
+            j = genes.index(t)
+            errors.append(abs(row[j] - (x[labels == t, j].mean() - ctrl[j])))
+        return float(np.mean(errors))
+
+    on = PerturbModel(**FAST).fit(train, schema)
+    off = PerturbModel(**FAST, target_effect=False).fit(train, schema)
+    assert len(on.inferred_keys_) == len(off.inferred_keys_) == 3
+    # each inferred single is shrunk towards the prediction for that target alone, which has
+    # its own gene knocked down, so the inferred own-gene change is closer to the truth
+    assert own_gene_error(on) < 0.7 * own_gene_error(off)

@@ -1173,10 +1173,14 @@ class PerturbModel(PerturbationModel):
         held = sorted(measured, key=str)
         if len(held) < 5:
             return
-        prior, _ = self._gp_singles(
-            [u[0] for u in unknown],
-            np.array([_log_dose(u[2]) for u in unknown]),
-            np.stack([summary.control_mean[u[1]] for u in unknown]),
+        base = np.stack([summary.control_mean[u[1]] for u in unknown])
+        prior, prior_var = self._gp_singles(
+            [u[0] for u in unknown], np.array([_log_dose(u[2]) for u in unknown]), base
+        )
+        # the same prediction as for a target asked for alone, own gene included, as the
+        # held-out singles' priors (loo_single) have it
+        self._apply_target_effect(
+            [u[0] for u in unknown], prior, np.repeat(prior_var[:, None], g, axis=1), base
         )
         y = summary.delta[combo]
 
