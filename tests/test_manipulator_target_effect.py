@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+from aivc.data import DataValidationError
 from aivc.instruments import PerturbModel
 
 FAST = {"embeddings": "coexpression"}  # no knowledge tables: quick and offline
@@ -137,6 +140,20 @@ def test_survives_save_and_load(split, models, tmp_path):
     assert back.target_sd_ == on.target_sd_
     assert (back.target_form_, back.target_fraction_) == (on.target_form_, on.target_fraction_)
     assert_allclose(back.predict_delta(held), on.predict_delta(held))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("target_form", "bogus"), ("target_fraction", -0.5), ("target_fraction", "nan")],
+)
+def test_a_corrupted_own_gene_model_is_refused_on_load(models, tmp_path, key, value):
+    on, _ = models
+    path = on.save(tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    config["state"][key] = float(value) if value == "nan" else value
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataValidationError, match="own-gene model"):
+        PerturbModel.load(path)
 
 
 def test_invalid_value_is_refused(split):

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from aivc.data import DataValidationError
 from aivc.instruments import _manipulator_module as mm
 from aivc.instruments._base import PerturbationModel, PerturbationSummary
 from aivc.instruments._conformal import ConformalCalibrator, check_level
@@ -1601,10 +1602,16 @@ class PerturbModel(PerturbationModel):
         self.target_change_ = None if change is None else float(change)
         self.target_sd_ = float(meta.get("target_sd", 0.0))
         self.target_form_ = str(meta.get("target_form", "shift"))
-        if self.target_form_ not in {"shift", "fraction"}:
-            msg = f"The model directory's own-gene form must be 'shift' or 'fraction'. Got {self.target_form_!r} instead."
-            raise ValueError(msg)
         self.target_fraction_ = float(meta.get("target_fraction", 1.0))
+        if self.target_form_ not in {"shift", "fraction"} or not (
+            np.isfinite(self.target_fraction_) and self.target_fraction_ >= 0
+        ):
+            msg = (
+                "The model directory is corrupted: its own-gene model must have form 'shift' or "
+                "'fraction' and a finite, non-negative share of expression left. Got "
+                f"{self.target_form_!r} and {self.target_fraction_!r}."
+            )
+            raise DataValidationError(msg)
         self.shrinkage_strength_ = float(meta.get("shrinkage_strength", 0.0))
         z = meta.get("detection_z", _DETECTION_Z if self.cell_detection is True else None)
         self.detection_z_ = float("inf") if z is None else float(z)
