@@ -21,7 +21,7 @@ def split(held_out_singles):
 @pytest.fixture(scope="module")
 def plain(split):
     train, schema, _, _ = split
-    return PerturbModel(**FAST).fit(train, schema)  # default: no shrinkage
+    return PerturbModel(**FAST, null_shrinkage="none").fit(train, schema)
 
 
 def test_invalid_value_is_refused(split):
@@ -30,8 +30,8 @@ def test_invalid_value_is_refused(split):
         PerturbModel(**FAST, null_shrinkage="zero").fit(train, schema)
 
 
-def test_default_keeps_the_gp_mean(plain):
-    assert plain.get_params()["null_shrinkage"] == "none"
+def test_default_is_dispersion_and_none_keeps_the_gp_mean(plain):
+    assert PerturbModel().get_params()["null_shrinkage"] == "dispersion"
     assert plain.shrinkage_ == "none"
     assert plain.shrinkage_strength_ == 0.0
     assert plain.prior_scale_ == 1.0
@@ -75,7 +75,18 @@ def test_measured_singles_are_not_shrunk(split, plain):
     assert_allclose(model.predict_delta(seen), plain.predict_delta(seen))
 
 
-@pytest.mark.parametrize("kind", ["condition", "prior"])
+def test_neighbour_dispersion_weighs_disagreement_by_the_smoother_weights():
+    from aivc.instruments._manipulator import _neighbour_dispersion
+
+    y = np.array([[1.0, 0.0], [0.0, 0.0], [3.0, 4.0]])  # three training changes
+    f = np.array([[1.0, 0.0], [0.0, 0.0]])  # two predictions
+    # the first leans on the agreeing row only; the second on two rows, one with a sign flip
+    weights = np.array([[1.0, 0.0, 0.0], [0.5, 0.0, -1.5]])
+    got = _neighbour_dispersion(weights, y, f)
+    assert_allclose(got, [0.0, 0.25 * 1.0 + 0.75 * 25.0])
+
+
+@pytest.mark.parametrize("kind", ["condition", "dispersion", "prior"])
 def test_choice_is_the_lowest_training_objective(split, kind):
     train, schema, _, _ = split
     model = PerturbModel(**FAST, null_shrinkage=kind).fit(train, schema)
@@ -109,7 +120,7 @@ def test_prior_scale_sets_what_unlike_targets_get(split):
     assert_allclose(model.prior_mean_, model.prior_scale_ * plain.prior_mean_, atol=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["uncertainty", "prior"])
+@pytest.mark.parametrize("kind", ["uncertainty", "dispersion", "prior"])
 def test_save_load_keeps_the_shrinkage(split, tmp_path, kind):
     train, schema, held, _ = split
     model = PerturbModel(**FAST, null_shrinkage=kind).fit(train, schema)
@@ -128,6 +139,19 @@ def test_save_load_keeps_the_shrinkage(split, tmp_path, kind):
     assert_allclose(hi, hi2, rtol=1e-6, atol=1e-7)
 
 
+def test_dispersion_without_its_training_changes_is_refused_on_load(plain, tmp_path):
+    import json
+
+    from aivc.data import DataValidationError
+
+    path = plain.save(tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    config["state"]["shrinkage"] = "dispersion"  # but no training changes were stored
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataValidationError, match="corrupted"):
+        PerturbModel.load(path)
+
+
 def test_too_few_training_targets_are_not_shrunk():
     raw, schema = synthetic_perturbation_data(
         n_genes=40, n_singles=2, n_doubles=0, cells_per_condition=15, n_control_cells=40, seed=2
@@ -138,11 +162,14 @@ def test_too_few_training_targets_are_not_shrunk():
 
 
 @pytest.mark.slow
-def test_shrinkage_lowers_held_out_mae_on_papalexi(data_dir):
+def test_shrinkage_lowers_held_out_mae_on_papalexi(data_dir, tmp_path):
     """Real CRISPR knockouts (papalexi2021, the first two 5-fold splits of seed 0): the
-    scaled prior mean lowers the mean absolute error over all genes of the held-out
-    knockouts, and the intervals still cover their measured changes."""
+    scaled prior mean and the neighbour-dispersion shrinkage (the default) lower the mean
+    absolute error over all genes of the held-out knockouts, the intervals still cover
+    their measured changes, and the dispersion shrinkage scales each knockout's change by
+    |f|^2 / (|f|^2 + c D) with D its neighbours' disagreement."""
     from aivc.evaluate._benchmark import _observe, _test_conditions, _training_view, task_data
+    from aivc.instruments._manipulator import _neighbour_dispersion
 
     data = task_data("unseen-single", None, [0], data_dir=data_dir)
     obs = _observe(data.adata, data.schema, seed=0)
@@ -152,17 +179,45 @@ def test_shrinkage_lowers_held_out_mae_on_papalexi(data_dir):
         conds = _test_conditions(obs, split)
         perts = [obs.pert_of[c] for c in conds]
         observed = obs.delta.loc[conds].to_numpy()
-        for kind in ("none", "prior"):
+        models = {}
+        for kind in ("none", "prior", "dispersion"):
             model = PerturbModel(null_shrinkage=kind, seed=0).fit(
                 train, data.schema, known_genes=data.known
             )
+            models[kind] = model
             pred = model.predict_delta(perts)
             errs.setdefault(kind, []).append(np.abs(pred - observed).mean())
-            if kind == "prior":
+            if kind != "none":
                 _, lo, hi = model.predict_interval(perts, level=0.9)
                 coverage = float(((observed >= lo) & (observed <= hi)).mean())
                 assert coverage > 0.8, coverage
+        # the dispersion factor, from the model's own smoother weights and training changes
+        model, plain = models["dispersion"], models["none"]
+        assert model.shrinkage_ == "dispersion" and model.shrinkage_strength_ > 0
+        states = np.stack([model.row_states_[0]] * len(perts))
+        f, _ = plain._gp_singles(perts, np.zeros(len(perts)), states)
+        k = model._full_kernel(
+            model.sources_,
+            perts,
+            np.zeros(len(perts)),
+            states,
+            model.row_targets_,
+            model.row_log_doses_,
+            model.row_states_,
+            model.tau_,
+        )
+        d = _neighbour_dispersion(k @ model.inverse_, model.row_delta_, f)
+        factor = (f**2).sum(axis=1) / ((f**2).sum(axis=1) + model.shrinkage_strength_ * d)
+        assert np.all((factor > 0) & (factor < 1))
+        got = model.predict_delta(perts)
+        own = np.zeros_like(got, dtype=bool)
+        for i, j in model._own_gene(perts):
+            own[i, j] = True
+        assert_allclose(got[~own], (factor[:, None] * f)[~own], rtol=1e-6, atol=1e-9)
+        back = PerturbModel.load(model.save(tmp_path / split.name))
+        assert_allclose(back.predict_delta(perts), got)
     assert np.mean(errs["prior"]) < np.mean(errs["none"]), errs
+    assert np.mean(errs["dispersion"]) < np.mean(errs["none"]), errs
 
 
 def test_detection_shift_matches_the_mean_and_switches_cells_on_and_off():
