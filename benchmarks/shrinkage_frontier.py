@@ -54,24 +54,13 @@ def main(out: str) -> int:
         observed = obs.delta.loc[conds].to_numpy()
         log_doses = np.zeros(len(perts))
         states = np.stack([model.row_states_[0]] * len(perts))
-        f, v = model._gp_singles(perts, log_doses, states)
-        signals = {"gp-variance": v * model.gene_sigma2_.sum()}
-        if model.sources_:
-            k = model._full_kernel(
-                model.sources_,
-                perts,
-                log_doses,
-                states,
-                model.row_targets_,
-                model.row_log_doses_,
-                model.row_states_,
-                model.tau_,
-            )
-            signals["dispersion"] = _neighbour_dispersion(
-                k @ model.inverse_, model.measured_delta_, f
-            )
-        else:  # the prior mean alone: nothing to shrink by either signal
-            signals = {name: np.zeros(len(perts)) for name in ("gp-variance", "dispersion")}
+        f, v, weights = model._gp_singles(perts, log_doses, states, weights=True)
+        signals = {
+            "gp-variance": v * model.gene_sigma2_.sum(),
+            "dispersion": _neighbour_dispersion(weights, model._row_changes(), f),
+        }
+        if not model.sources_:  # the prior mean alone: nothing to shrink by either signal
+            signals = {name: np.zeros(len(perts)) for name in signals}
         own = np.zeros_like(full, dtype=bool)
         for i, j in model._own_gene(perts):
             own[i, j] = True

@@ -139,14 +139,14 @@ def test_save_load_keeps_the_shrinkage(split, tmp_path, kind):
     assert_allclose(hi, hi2, rtol=1e-6, atol=1e-7)
 
 
-def test_dispersion_without_its_training_changes_is_refused_on_load(plain, tmp_path):
+def test_an_unknown_stored_shrinkage_is_refused_on_load(plain, tmp_path):
     import json
 
     from aivc.data import DataValidationError
 
     path = plain.save(tmp_path / "m")
     config = json.loads((path / "config.json").read_text())
-    config["state"]["shrinkage"] = "dispersion"  # but no training changes were stored
+    config["state"]["shrinkage"] = "bogus"
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(DataValidationError, match="corrupted"):
         PerturbModel.load(path)
@@ -206,7 +206,7 @@ def test_shrinkage_lowers_held_out_mae_on_papalexi(data_dir, tmp_path):
             model.row_states_,
             model.tau_,
         )
-        d = _neighbour_dispersion(k @ model.inverse_, model.row_delta_, f)
+        d = _neighbour_dispersion(k @ model.inverse_, model._row_changes(), f)
         factor = (f**2).sum(axis=1) / ((f**2).sum(axis=1) + model.shrinkage_strength_ * d)
         assert np.all((factor > 0) & (factor < 1))
         got = model.predict_delta(perts)

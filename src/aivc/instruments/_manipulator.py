@@ -643,7 +643,7 @@ class PerturbModel(PerturbationModel):
         loo_scale = np.sqrt(self.gene_sigma2_[None, :] * np.maximum(var, 1e-12)[:, None])
         self.null_weight_ = np.ones(len(summary.genes))
         self.shrinkage_, self.shrinkage_strength_ = "none", 0.0
-        self.row_delta_ = np.zeros((0, len(summary.genes)))
+        self.row_delta_ = None
         if n_targets >= 3:
             res = self._choose_null_shrinkage(y, res, var, k, groups, lam_abs, selection)
         if own:
@@ -993,8 +993,8 @@ class PerturbModel(PerturbationModel):
         sff, sfy = (f**2).sum(axis=0), (f * y).sum(axis=0)
         if self.null_shrinkage == "dispersion":
             # held-out smoother weights: holding out group G leaves -inv(A_GG) A_G,rest with
-            # A = (K + lam I)^-1, the weights of the training changes in its prediction
-            a_full = np.linalg.inv(k + lam_abs * np.eye(n))
+            # A = (K + lam I)^-1 (the fitted inverse), the weights of the training changes
+            a_full = self.inverse_
             dispersion = np.zeros(n)
             for idx in members:
                 rest = np.setdiff1d(np.arange(n), idx)
@@ -1023,24 +1023,31 @@ class PerturbModel(PerturbationModel):
         if self.shrinkage_ == "none":
             return res
         if self.shrinkage_ == "dispersion":
-            self.row_delta_ = y.copy()
+            self.row_delta_ = y  # the training changes the smoother weights refer to
         if self.shrinkage_ == "gene":
             c = self.shrinkage_strength_
             self.null_weight_ = np.clip(sfy / (sff + c * float(sff.mean()) + 1e-12), 0.0, 1.0)
         return y - best_pred
+
+    def _row_changes(self) -> np.ndarray | None:
+        """The training changes of the GP's rows: the measured singles, or (when none was
+        measured alone, so the GP was fitted on combinations) the stored ``row_delta_``."""
+        if len(self.measured_delta_) == len(self.row_targets_):
+            return self.measured_delta_
+        return self.row_delta_
 
     def _null_shrink(
         self,
         mean: np.ndarray,
         v: np.ndarray,
         targets: Sequence[str],
-        log_doses: np.ndarray,
-        states: np.ndarray,
+        weights: np.ndarray | None,
     ) -> np.ndarray:
         """Apply the chosen shrinkage towards zero to predicted changes (see ``null_shrinkage``).
 
-        Targets without an embedding in any used source keep the prior mean:
-        the strength was chosen on embedded targets.
+        ``weights`` are the GP's smoother weights of the predictions (from
+        :meth:`_gp_singles`). Targets without an embedding in any used source
+        keep the prior mean: the strength was chosen on embedded targets.
         """
         if self.shrinkage_ == "none":
             return mean
@@ -1051,17 +1058,7 @@ class PerturbModel(PerturbationModel):
                 mean, v[:, None] * self.gene_sigma2_[None, :], self.shrinkage_strength_
             )
         elif self.shrinkage_ == "dispersion":
-            k = self._full_kernel(
-                self.sources_,
-                list(targets),
-                log_doses,
-                states,
-                self.row_targets_,
-                self.row_log_doses_,
-                self.row_states_,
-                self.tau_,
-            )
-            d = _neighbour_dispersion(k @ self.inverse_, self.row_delta_, mean)
+            d = _neighbour_dispersion(weights, self._row_changes(), mean)
             ff = (mean**2).sum(axis=1, keepdims=True)
             out = mean * ff / (ff + self.shrinkage_strength_ * d[:, None] + 1e-300)
         else:
@@ -1350,13 +1347,23 @@ class PerturbModel(PerturbationModel):
 
     # ------------------------------------------------------------------------- prediction
     def _gp_singles(
-        self, targets: list[str], log_doses: np.ndarray, states: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """GP posterior mean (change) and variance factor of single targets in given control states."""
+        self,
+        targets: list[str],
+        log_doses: np.ndarray,
+        states: np.ndarray,
+        *,
+        weights: bool = False,
+    ) -> tuple[np.ndarray, ...]:
+        """GP posterior mean (change) and variance factor of single targets in given control states.
+
+        With ``weights``, also the smoother weights ``k (K + lam I)^-1`` of the
+        training rows in each mean (targets x training rows).
+        """
         if not targets:
             g = len(self.genes_)
-            return np.zeros((0, g)), np.zeros(0)
-        out_mean, out_var = [], []
+            empty = (np.zeros((0, g)), np.zeros(0))
+            return (*empty, np.zeros((0, len(self.row_targets_)))) if weights else empty
+        out_mean, out_var, out_weights = [], [], []
         for start in range(0, len(targets), 2048):
             sl = slice(start, start + 2048)
             t, ld, z = targets[sl], log_doses[sl], states[sl]
@@ -1386,6 +1393,10 @@ class PerturbModel(PerturbationModel):
             v = np.maximum(v, 1e-12)
             out_mean.append(mean)
             out_var.append(v)
+            if weights:
+                out_weights.append(k @ self.inverse_)
+        if weights:
+            return np.vstack(out_mean), np.concatenate(out_var), np.vstack(out_weights)
         return np.vstack(out_mean), np.concatenate(out_var)
 
     def _additive_parts(
@@ -1450,19 +1461,14 @@ class PerturbModel(PerturbationModel):
         var = np.zeros_like(out)
         single = np.flatnonzero(orders == 1)
         if len(single):
-            mean, v = self._gp_singles(
+            mean, v, *weights = self._gp_singles(
                 [perturbations[i] for i in single],
                 np.array([_log_dose(doses[i]) for i in single]),
                 control_mean[single],
+                weights=self.shrinkage_ == "dispersion",
             )
             names = [perturbations[i] for i in single]
-            mean = self._null_shrink(
-                mean,
-                v,
-                names,
-                np.array([_log_dose(doses[i]) for i in single]),
-                control_mean[single],
-            )
+            mean = self._null_shrink(mean, v, names, weights[0] if weights else None)
             v = v[:, None] * self.gene_sigma2_[None, :]
             self._apply_target_effect(names, mean, v, control_mean[single])
             out[single], var[single] = mean, v
@@ -1614,7 +1620,6 @@ class PerturbModel(PerturbationModel):
             "gene_sigma2": self.gene_sigma2_,
             "gene_weight": self.gene_weight_,
             "null_weight": self.null_weight_,
-            "row_delta": getattr(self, "row_delta_", np.zeros((0, len(self.genes_)))),
             "measured_delta": self.measured_delta_,
             "theta": self.theta_,
             "interaction_var": self.interaction_var_,
@@ -1622,6 +1627,9 @@ class PerturbModel(PerturbationModel):
             "inferred_var": self.inferred_var_,
         }
         arrays.update({f"calibrator.{k}": v for k, v in cal_arrays.items()})
+        if self.row_delta_ is not None and len(self.measured_delta_) != len(self.row_targets_):
+            # only when the GP rows are not the measured singles (none was measured alone)
+            arrays["row_delta"] = self.row_delta_
         meta: dict[str, Any] = {
             "sources": self.sources_,
             "ridge_chosen": self.ridge_,
@@ -1661,7 +1669,7 @@ class PerturbModel(PerturbationModel):
         self.gene_sigma2_ = arrays["gene_sigma2"]
         self.gene_weight_ = arrays["gene_weight"]
         self.null_weight_ = arrays.get("null_weight", np.ones_like(self.gene_weight_))
-        self.row_delta_ = arrays.get("row_delta", np.zeros((0, len(self.gene_weight_))))
+        self.row_delta_ = arrays.get("row_delta")
         self.shrinkage_ = str(meta.get("shrinkage", "none"))
         self.prior_scale_ = float(meta.get("prior_scale", 1.0))
         change = meta.get("target_change")
@@ -1701,9 +1709,12 @@ class PerturbModel(PerturbationModel):
         self.row_targets_ = list(meta["row_targets"])
         self.row_contexts_ = list(meta["row_contexts"])
         self.measured_keys_ = [list(k) for k in meta["measured_keys"]]
+        changes = self._row_changes()
         if self.shrinkage_ not in NULL_SHRINKAGE or (
             self.shrinkage_ == "dispersion"
-            and self.row_delta_.shape != (len(self.row_targets_), len(self.gene_weight_))
+            and (
+                changes is None or changes.shape != (len(self.row_targets_), len(self.gene_weight_))
+            )
         ):
             msg = (
                 "The model directory is corrupted: its shrinkage towards no change "
