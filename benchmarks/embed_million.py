@@ -118,7 +118,7 @@ def main() -> None:
 
     import aivc
     from aivc.cells import CellEncoder, integration_scores
-    from aivc.evaluate._benchmark import _write_json_atomic
+    from aivc.evaluate.tasks.perturbation import _write_json_atomic
     from aivc.sim import write_simulation
 
     aivc.settings.progress = False

@@ -52,7 +52,7 @@ def main() -> None:
     from aivc.cells import CellEncoder, heldout_reconstruction
     from aivc.data import load
     from aivc.evaluate import ResourceMeter
-    from aivc.evaluate._benchmark import _write_json_atomic
+    from aivc.evaluate.tasks.perturbation import _write_json_atomic
 
     aivc.settings.progress = False
     args.out.mkdir(parents=True, exist_ok=True)

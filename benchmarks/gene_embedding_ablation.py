@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from aivc.evaluate import _benchmark
+from aivc.evaluate.tasks import perturbation as _benchmark
 from aivc.instruments import KnowledgeLinearModel, NearestNeighbourModel, register_instrument
 
 SOURCES = ("go", "string", "huri", "text")
@@ -80,8 +80,8 @@ def main() -> int:
                 _with_sources(cls, sources)
             )
             names.append(name)
-    task = replace(_benchmark.TASKS["unseen-single"], model_params={})
-    _benchmark.TASKS["unseen-single-ablation"] = replace(task, name="unseen-single-ablation")
+    task = replace(_benchmark.PERTURBATION_SPECS["unseen-single"], model_params={})
+    _benchmark.PERTURBATION_SPECS["unseen-single-ablation"] = replace(task, name="unseen-single-ablation")
     result = _benchmark.run_benchmark(
         "unseen-single-ablation", out=out, models=["train-mean", *names], cell_eval=False
     )

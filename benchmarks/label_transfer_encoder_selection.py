@@ -1,7 +1,7 @@
 """Choose the CellEncoder settings of the ``aivc`` label-transfer model on the reference species only.
 
 What it selects: the ``encoder_epochs`` and ``encoder_latent`` defaults of
-:class:`aivc.cells._label_transfer.TransferConfig` (the encoder behind the
+:class:`aivc.evaluate.tasks.label_transfer.TransferConfig` (the encoder behind the
 ``aivc`` / ``aivc-adaptive`` models of ``aivc benchmark label-transfer``), and
 whether the encoder's ``adversarial_weight`` (CellEncoder default 1.0) should
 be changed for that benchmark.

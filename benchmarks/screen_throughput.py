@@ -46,7 +46,7 @@ def main() -> None:
     import aivc
     from aivc.data import load, prepare, schema_of
     from aivc.evaluate import ResourceMeter
-    from aivc.evaluate._benchmark import _write_json_atomic
+    from aivc.evaluate.tasks.perturbation import _write_json_atomic
     from aivc.experiments._objectives import Objective
     from aivc.experiments._screen import screen
     from aivc.genes import go_embedding

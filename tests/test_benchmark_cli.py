@@ -82,7 +82,7 @@ def test_papalexi_reference_numbers(data_dir):
     """The harness reproduces the published sanity numbers for train-mean (leave-one-perturbation-out)."""
     from aivc.data import load, prepare, schema_of
     from aivc.data.splits import Split
-    from aivc.evaluate._benchmark import _observe, _pseudobulk_scores, _training_view
+    from aivc.evaluate.tasks.perturbation import _observe, _pseudobulk_scores, _training_view
     from aivc.genes import gene_symbols
     from aivc.instruments import ControlModel, TrainMeanModel
 
@@ -123,7 +123,7 @@ def test_demo_writes_table_and_plot(data_dir, tmp_path):
 def test_cli_reports_unknown_task(tmp_path):
     res = CliRunner().invoke(app, ["benchmark", "nope", "--out", str(tmp_path)])
     assert res.exit_code == 2
-    assert "unknown task 'nope'" in res.output
+    assert "Unknown benchmark task 'nope'" in res.output
 
 
 def test_simulate_command(tmp_path):
@@ -143,7 +143,7 @@ def test_simulate_command(tmp_path):
 
 def test_lab_loop_screens_default_to_five_seeds(monkeypatch, tmp_path):
     """Without --seeds a task runs its own default seeds (5 for the screens); given seeds win."""
-    from aivc.experiments import _lab_loop
+    from aivc.evaluate.tasks import lab_loop as _lab_loop
 
     seen: list[tuple[int, ...]] = []
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from aivc.data import prepare
 from aivc.data._synthetic import synthetic_perturbation_data
-from aivc.evaluate._benchmark import _EnergyScorer, _observe
+from aivc.evaluate.tasks.perturbation import _EnergyScorer, _observe
 
 
 def _scorer():
@@ -50,7 +50,7 @@ _HASH_SEED_SCRIPT = """
 import numpy as np
 from aivc.data import prepare
 from aivc.data._synthetic import synthetic_perturbation_data
-from aivc.evaluate._benchmark import _EnergyScorer, _controls_of, _observe
+from aivc.evaluate.tasks.perturbation import _EnergyScorer, _controls_of, _observe
 
 raw, schema = synthetic_perturbation_data(
     n_genes=30, n_singles=3, n_doubles=0, n_contexts=4, cells_per_condition=40,

@@ -257,7 +257,7 @@ def test_conformal_coverage_on_held_out_synthetic_perturbations():
 
 # ----------------------------------------------------------------------------- benchmark task
 def test_calibration_scores():
-    from aivc.evaluate._calibration import _score
+    from aivc.evaluate.tasks.calibration import _score
 
     rng = np.random.default_rng(0)
     obs = rng.normal(0, 1, (20, 30))

@@ -92,7 +92,7 @@ def test_models_with_drug_features_round_trip(drug_data, tmp_path):
 
 
 def test_simulator_splits_cover_gears_categories(drug_data):
-    from aivc.evaluate._benchmark import _simulator_splits
+    from aivc.evaluate.tasks.perturbation import _simulator_splits
 
     adata, schema, _ = drug_data
     splits = _simulator_splits(adata, schema, [0, 1])
@@ -128,7 +128,7 @@ def test_simulator_benchmark_runs_small(tmp_path, monkeypatch):
 def test_training_view_for_context_and_dose_splits(drug_data):
     """Context splits keep the perturbation in other contexts; dose splits drop only the held-out dose."""
     from aivc.data.splits import Split
-    from aivc.evaluate._benchmark import _observe, _test_conditions, _training_view
+    from aivc.evaluate.tasks.perturbation import _observe, _test_conditions, _training_view
 
     adata, schema, _ = drug_data
     obs = _observe(adata, schema, seed=0)

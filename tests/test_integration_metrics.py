@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aivc.cells._scib import (
+from aivc.evaluate._scib import (
     batch_silhouette,
     graph_connectivity,
     integration_scores,
@@ -84,7 +84,7 @@ def test_batch_silhouette_and_connectivity_validate_inputs():
 def test_run_integration_writes_strict_json(data_dir, tmp_path):
     import json
 
-    from aivc.cells._integration import run_integration
+    from aivc.evaluate.tasks.integration import run_integration
 
     result = run_integration(tmp_path, dataset="baron_mouse", models=["pca"], seeds=[0])
     on_disk = json.loads((tmp_path / "results.json").read_text())

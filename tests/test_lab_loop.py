@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from aivc.data._validate import DataValidationError
-from aivc.experiments._lab_loop import lab_loop_markdown, simulate_screen_campaign
+from aivc.evaluate.tasks.lab_loop import lab_loop_markdown, simulate_screen_campaign
 from aivc.experiments._screens_data import (
     SCREEN_FOLDER,
     essential_machinery_genes,
@@ -153,7 +153,7 @@ def _synthetic_screen(n=3000, seed=0):
 
 
 def test_genedisco_protocol_informative_prior_beats_random():
-    from aivc.experiments._lab_loop import AIVC_DESIGN_PARAMS
+    from aivc.evaluate.tasks.lab_loop import AIVC_DESIGN_PARAMS
 
     x, scores, prior = _synthetic_screen()
     hits = screen_hits(scores, fraction=0.01)
@@ -209,8 +209,8 @@ def test_markdown_table():
 
 @pytest.mark.slow
 def test_simulator_loop_end_to_end(tmp_path, monkeypatch):
-    from aivc.experiments import _lab_loop_cells
-    from aivc.experiments._lab_loop import run_lab_loop
+    from aivc.evaluate.tasks import _lab_loop_cells
+    from aivc.evaluate.tasks.lab_loop import run_lab_loop
 
     small = {
         "n_genes": 120,
@@ -264,7 +264,7 @@ def test_real_schmidt_screens(data_dir):
 
 # ------------------------------------------------------- mechanistic prior
 def test_knockout_regression_effects_follow_control_cell_regressions():
-    from aivc.experiments._lab_loop_cells import knockout_prior, knockout_regression_effects
+    from aivc.evaluate.tasks._lab_loop_cells import knockout_prior, knockout_regression_effects
 
     rng = np.random.default_rng(0)
     a = rng.normal(2.0, 0.5, size=5000)
@@ -289,7 +289,7 @@ def test_knockout_regression_effects_follow_control_cell_regressions():
 def test_knockout_prior_ranks_simulated_knockouts_without_measuring_them():
     from scipy.stats import spearmanr
 
-    from aivc.experiments._lab_loop_cells import _log_norm, coexpression_features, knockout_prior
+    from aivc.evaluate.tasks._lab_loop_cells import _log_norm, coexpression_features, knockout_prior
     from aivc.sim import CONTROL, VirtualCellSimulator, VirtualLab
 
     sim = VirtualCellSimulator(n_genes=150, n_cell_types=1, seed=1)

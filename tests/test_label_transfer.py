@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from aivc.cells._label_transfer import (
+from aivc.evaluate.tasks.label_transfer import (
     VARIANTS,
     label_transfer_metrics,
     run_label_transfer,

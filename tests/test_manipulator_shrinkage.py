@@ -168,7 +168,7 @@ def test_shrinkage_lowers_held_out_mae_on_papalexi(data_dir, tmp_path):
     absolute error over all genes of the held-out knockouts, the intervals still cover
     their measured changes, and the dispersion shrinkage scales each knockout's change by
     |f|^2 / (|f|^2 + c D) with D its neighbours' disagreement."""
-    from aivc.evaluate._benchmark import _observe, _test_conditions, _training_view, task_data
+    from aivc.evaluate.tasks.perturbation import _observe, _test_conditions, _training_view, task_data
     from aivc.instruments._manipulator import _neighbour_dispersion
 
     data = task_data("unseen-single", None, [0], data_dir=data_dir)

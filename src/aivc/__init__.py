@@ -16,8 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from aivc._settings import settings
-
-__version__ = "0.1.0"
+from aivc._version import __version__
 
 _SUBMODULES = {
     "cells",

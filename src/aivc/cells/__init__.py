@@ -19,12 +19,6 @@ from aivc.cells._encoder import (
     heldout_reconstruction,
     map_species_genes,
 )
-from aivc.cells._label_transfer import (
-    TransferConfig,
-    label_transfer_metrics,
-    run_label_transfer,
-    transfer_labels,
-)
 from aivc.cells._protein import (
     ANTIBODY_GENES,
     ProteinDecoder,
@@ -33,7 +27,6 @@ from aivc.cells._protein import (
     protein_matrix,
     rna_lognorm,
 )
-from aivc.cells._scib import integration_scores
 
 __all__: list[str] = [
     "ANTIBODY_GENES",
@@ -42,20 +35,15 @@ __all__: list[str] = [
     "CellEncoder",
     "CellTypeDecoder",
     "ProteinDecoder",
-    "TransferConfig",
     "canonical_protein",
     "embed_file",
     "expected_calibration_error",
     "fit_temperature",
     "heldout_reconstruction",
-    "integration_scores",
     "iter_chunks",
-    "label_transfer_metrics",
     "map_species_genes",
     "normalize_proteins",
     "open_cells",
     "protein_matrix",
     "rna_lognorm",
-    "run_label_transfer",
-    "transfer_labels",
 ]

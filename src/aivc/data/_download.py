@@ -27,7 +27,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from aivc import __version__
+from aivc._version import __version__
 from aivc._progress import progress as progress_bar
 from aivc._settings import settings
 from aivc.data._registry import dataset_entry

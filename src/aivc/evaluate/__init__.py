@@ -1,9 +1,11 @@
-"""Evaluation that cannot flatter: metrics, cell-eval, scaled scores and the benchmark runner."""
+"""Evaluation that cannot flatter: metrics, cell-eval, scaled scores and the benchmark tasks.
+
+Every benchmark task lives in :mod:`aivc.evaluate.tasks` and runs through
+:func:`run_task` (``aivc benchmark TASK``); :func:`list_tasks` names them all.
+"""
 
 from __future__ import annotations
 
-from aivc.evaluate._benchmark import TASKS, BenchmarkTask, results_markdown, run_benchmark
-from aivc.evaluate._calibration import CALIBRATION_METRICS, run_calibration
 from aivc.evaluate._celleval import CELL_EVAL_METRICS, cell_eval_metrics
 from aivc.evaluate._memory import ResourceMeter
 from aivc.evaluate._metrics import (
@@ -19,30 +21,32 @@ from aivc.evaluate._metrics import (
     systema_pearson_delta,
     top_de_mask,
 )
-from aivc.evaluate._tasks import EXTRA_TASKS, run_task, task_names
+from aivc.evaluate._results import summarize, write_results
+from aivc.evaluate._scib import integration_scores
+from aivc.evaluate.tasks import Task, get_task, list_tasks, register_task, run_task, task_names
 
 __all__ = [
-    "CALIBRATION_METRICS",
     "CELL_EVAL_METRICS",
-    "EXTRA_TASKS",
     "METRICS",
-    "TASKS",
-    "BenchmarkTask",
     "MetricInfo",
     "ResourceMeter",
+    "Task",
     "cell_eval_metrics",
     "centroid_accuracy",
     "direction_acc_de20",
     "energy_distance",
+    "get_task",
+    "integration_scores",
+    "list_tasks",
     "mse_de20",
     "pearson_delta",
     "pearson_delta_de20",
-    "results_markdown",
-    "run_benchmark",
-    "run_calibration",
+    "register_task",
     "run_task",
     "scaled_score",
+    "summarize",
     "systema_pearson_delta",
     "task_names",
     "top_de_mask",
+    "write_results",
 ]

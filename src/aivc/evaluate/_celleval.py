@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from aivc.data._schema import PerturbationSchema
+from aivc.instruments._manipulator_module import quiet_de_output as _quiet
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -28,30 +27,6 @@ CELL_EVAL_METRICS = (
     "discrimination_score_cosine",
     "mae",
 )
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence cell-eval/pdex progress bars and info logs for the duration."""
-    sink = io.StringIO()
-    redirect = contextlib.redirect_stderr(sink)
-    redirect.__enter__()
-    old = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    loggers = [logging.getLogger(n) for n in ("cell_eval", "pdex")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
-        for lg, lvl in zip(loggers, levels, strict=True):
-            lg.setLevel(lvl)
-        redirect.__exit__(None, None, None)
 
 
 def cell_eval_metrics(

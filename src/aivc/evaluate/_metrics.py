@@ -8,7 +8,7 @@ log-normalised units) and a boolean mask of genes to exclude per condition
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -236,12 +236,3 @@ def scaled_score(value: float, baseline: float, replicate: float) -> float:
     if not np.isfinite(den) or abs(den) < 1e-12:
         return float("nan")
     return float((value - baseline) / den)
-
-
-#: Per-condition metric functions keyed by name (used by the benchmark runner).
-PSEUDOBULK_METRICS: dict[str, Callable[..., np.ndarray]] = {
-    "pearson_delta": pearson_delta,
-    "pearson_delta_de20": pearson_delta_de20,
-    "mse_de20": mse_de20,
-    "direction_acc_de20": direction_acc_de20,
-}

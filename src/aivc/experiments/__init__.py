@@ -9,8 +9,8 @@
   knowledge source, enriched GO processes, responding network neighbours.
 - :func:`propose` picks the next experiments with a registered acquisition
   strategy (``random``, ``uncertainty``, ``gp-ucb``, ``degree-prior``,
-  ``aivc-design``); :func:`run_lab_loop` benchmarks them on the simulator and
-  on real genome-wide CRISPR screens.
+  ``aivc-design``); the ``lab-loop`` task of :mod:`aivc.evaluate` benchmarks
+  them on the simulator and on real genome-wide CRISPR screens.
 - :class:`Ledger` records lab-loop projects in SQLite or PostgreSQL, with
   versioned schema migrations (:mod:`aivc.experiments.migrations`).
 - :func:`run_loop` runs the lab in the loop (propose -> measure -> update)
@@ -59,7 +59,6 @@ _EXPORTS = {
     "load_screen": "aivc.experiments._screens_data",
     "read_mageck_summary": "aivc.experiments._screens_data",
     "screen_hits": "aivc.experiments._screens_data",
-    "run_lab_loop": "aivc.experiments._lab_loop",
 }
 
 __all__ = sorted(_EXPORTS)

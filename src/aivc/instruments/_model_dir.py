@@ -183,7 +183,7 @@ def save_model_dir(
     """
     from safetensors.numpy import save_file
 
-    from aivc import __version__
+    from aivc._version import __version__
 
     path = Path(path)
     if path.exists() and not overwrite:

@@ -23,7 +23,7 @@ Verbosity = Annotated[str, typer.Option("--verbosity", "-v", help="debug, info, 
 
 def setup(verbosity: str, data_dir: Path | None) -> None:
     """Apply the common options: log level and data folder."""
-    from aivc import settings
+    from aivc._settings import settings
 
     settings.verbosity = verbosity
     settings.configure_logging()

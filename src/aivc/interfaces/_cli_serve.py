@@ -31,7 +31,7 @@ def is_loopback(host: str) -> bool:
 def _workspace_dir(workspace: Path | None) -> Path:
     if workspace is not None:
         return workspace
-    from aivc import settings
+    from aivc._settings import settings
 
     return settings.cache_dir / "workspace"
 
@@ -83,7 +83,7 @@ def serve(
             f"refusing to bind {host!r} without a token: anyone who can reach it could use the "
             f"server. Pass --token or set {TOKEN_ENV}, or bind 127.0.0.1."
         )
-    from aivc import settings
+    from aivc._settings import settings
 
     settings.verbosity = verbosity
     settings.configure_logging()
@@ -119,7 +119,7 @@ def mcp(
     ] = None,
 ) -> None:
     """Run the aivc MCP server on stdio (for agents: list, fit, predict, explain, screen)."""
-    from aivc import settings
+    from aivc._settings import settings
 
     settings.progress = False  # stdout carries the protocol
     if data_dir is not None:
@@ -147,7 +147,7 @@ def report(
     ] = None,
 ) -> None:
     """Write a self-contained HTML report (plotly.js inlined) of benchmark results or predictions."""
-    from aivc import settings
+    from aivc._settings import settings
 
     if data_dir is not None:
         settings.data_dir = data_dir

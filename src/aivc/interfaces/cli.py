@@ -34,7 +34,7 @@ app.add_typer(instruments_app, name="instruments")
 @app.command()
 def version() -> None:
     """Print the aivc version."""
-    from aivc import __version__
+    from aivc._version import __version__
 
     typer.echo(__version__)
 
@@ -45,15 +45,16 @@ def demo(
         "aivc-demo"
     ),
     dataset: Annotated[str, typer.Option(help="Registered perturbation dataset.")] = "papalexi2021",
-    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the 5-fold split.")] = 0,
     data_dir: DataDir = None,
     verbosity: Verbosity = "info",
 ) -> None:
-    """Short end-to-end run on real data: predict held-out knockouts with every baseline.
+    """Short end-to-end run on real data: predict never-seen knockouts with every baseline.
 
-    Loads the dataset, holds out a fifth of its perturbations, fits the
-    baselines on the rest, predicts the held-out perturbations, scores them,
-    prints the table and writes demo_results.csv, demo_results.md and demo.png.
+    Runs the unseen-single benchmark with the demo's models on one seed: every
+    perturbation is held out once (5 folds), the models are fitted on the other
+    folds, and the table shows mean ± sd over the folds. Writes the benchmark's
+    results to OUT/benchmark and demo_results.csv, demo_results.md and demo.png.
     """
     _setup(verbosity, data_dir)
     from aivc.interfaces._demo import run_demo
@@ -65,12 +66,15 @@ def demo(
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"aivc demo: unseen knockouts in {dataset} (held-out fold, seed {seed})")
+    t = Table(
+        title=f"aivc demo: unseen knockouts in {dataset} (mean ± sd over 5 folds, seed {seed})"
+    )
     t.add_column("model")
-    for c in table.columns:
-        t.add_column(c, justify="right")
+    metrics = [c.removesuffix("_mean") for c in table.columns if c.endswith("_mean")]
+    for m in metrics:
+        t.add_column(m, justify="right")
     for name, row in table.iterrows():
-        t.add_row(str(name), *(f"{v:.3f}" for v in row))
+        t.add_row(str(name), *(f"{row[m + '_mean']:.3f} ± {row[m + '_sd']:.3f}" for m in metrics))
     Console().print(t)
     typer.echo(
         f"wrote {out / 'demo_results.csv'}, {out / 'demo_results.md'} and {out / 'demo.png'}"
@@ -80,15 +84,15 @@ def demo(
 @app.command()
 def benchmark(
     task: Annotated[
-        str,
-        typer.Argument(
-            help="unseen-single, combinations, unseen-cell-type, simulator, calibration, "
-            "label-transfer, integration, rna-to-protein or lab-loop."
-        ),
-    ],
+        str | None,
+        typer.Argument(help="Task name; `aivc benchmark --list` prints every task."),
+    ] = None,
     out: Annotated[
-        Path, typer.Option("--out", help="Output directory for results.json and results.md.")
-    ],
+        Path | None, typer.Option("--out", help="Output directory for results.json and results.md.")
+    ] = None,
+    list_: Annotated[
+        bool, typer.Option("--list", help="Print every task with its default dataset and exit.")
+    ] = False,
     dataset: Annotated[
         str | None, typer.Option(help="Registered dataset instead of the task's default.")
     ] = None,
@@ -114,11 +118,20 @@ def benchmark(
 ) -> None:
     """Run a benchmark task: every baseline and model on the same seeded splits."""
     _setup(verbosity, data_dir)
-    from aivc.evaluate._tasks import run_task, task_names
+    from aivc.evaluate.tasks import get_task, list_tasks, run_task
 
-    if task not in task_names():
-        _fail(f"unknown task {task!r}; expected one of {task_names()}.")
+    if list_:
+        for spec in list_tasks():
+            typer.echo(f"{spec.name}\t{spec.default_dataset}\t{spec.description}")
+        return
+    if task is None or out is None:
+        _fail("name a task and --out DIR (or pass --list to see the tasks).")
+    try:
+        spec = get_task(task)
+    except ValueError as e:
+        _fail(str(e))
     names = [m for item in (models or []) for m in item.split(",") if m] or None
+    options = {"cell_eval": False} if no_cell_eval and "cell_eval" in spec.options else {}
     try:
         result = run_task(
             task,
@@ -127,7 +140,7 @@ def benchmark(
             models=names,
             seeds=seeds or None,
             variant=variant,
-            cell_eval=False if no_cell_eval else None,
+            **options,
         )
     except (FileNotFoundError, ValueError, KeyError) as e:
         _fail(str(e))

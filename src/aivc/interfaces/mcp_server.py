@@ -76,7 +76,7 @@ def create_server(workspace: Workspace | str | Path, *, fit_timeout: float = 600
     """Build the MCP server over a workspace (a :class:`Workspace` or its directory)."""
     from mcp.server.mcpserver import MCPServer
 
-    from aivc import __version__
+    from aivc._version import __version__
     from aivc.interfaces.api import Workspace
 
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)

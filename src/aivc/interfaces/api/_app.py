@@ -79,7 +79,7 @@ def create_app(
     -------
     The FastAPI application; ``app.state.workspace`` is the workspace.
     """
-    from aivc import __version__
+    from aivc._version import __version__
 
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if max_upload_bytes is not None:

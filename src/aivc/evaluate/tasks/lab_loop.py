@@ -11,16 +11,13 @@ Datasets (``aivc benchmark lab-loop --dataset D``):
   round and ``hit_ratio_final``. ``--variant no-essential`` first removes the
   core essential machinery (:data:`~aivc.experiments._screens_data.ESSENTIAL_GO_TERMS`)
   from the pool and recomputes the hits on what remains.
-* ``simulator`` (default) and ``papalexi2021``: see :mod:`aivc.experiments._lab_loop_cells`.
+* ``simulator`` (default) and ``papalexi2021``: see :mod:`aivc.evaluate.tasks._lab_loop_cells`.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
-import os
-import platform
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +27,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from aivc.evaluate._results import fmt_summary, machine_info, summarize, write_json, write_results
+from aivc.evaluate.tasks import Task, register_task
 from aivc.experiments._acquisition import STRATEGIES, propose
 from aivc.experiments._screens_data import (
     ESSENTIAL_GO_TERMS,
@@ -328,15 +327,6 @@ def simulate_screen_campaign(
     return {"rounds": rounds, "hit_ratio": ratios}
 
 
-def _summ(values: Sequence[float]) -> dict[str, float]:
-    v = np.asarray(values, dtype=float)
-    return {
-        "mean": float(v.mean()),
-        "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-        "n": int(v.size),
-    }
-
-
 def run_screen_loop(
     dataset: str,
     *,
@@ -348,7 +338,6 @@ def run_screen_loop(
     batch_size: int | None = None,
 ) -> dict[str, Any]:
     """The GeneDisco-style campaign on a real screen for every strategy and seed."""
-    from aivc import __version__
     from aivc.evaluate._memory import ResourceMeter
 
     if variant not in (None, "no-essential"):
@@ -419,9 +408,9 @@ def run_screen_loop(
         peak[name] = meter.peak_increase_mb
         curves = np.array([r["hit_ratio"] for r in per_seed])
         results[name] = {
-            "hit_ratio": [_summ(curves[:, t]) for t in range(n_rounds)],
-            "hit_ratio_final": _summ(curves[:, -1]),
-            "hits_found_final": _summ(curves[:, -1] * hits.sum()),
+            "hit_ratio": [summarize(curves[:, t]) for t in range(n_rounds)],
+            "hit_ratio_final": summarize(curves[:, -1]),
+            "hits_found_final": summarize(curves[:, -1] * hits.sum()),
             "per_seed_hit_ratio": curves.tolist(),
             "params": params,
         }
@@ -453,29 +442,13 @@ def run_screen_loop(
         },
         "peak_memory_mb": {k: round(v, 1) for k, v in peak.items()},
         "peak_memory_note": "peak resident memory above the process's memory before the strategy ran (all seeds)",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "aivc": __version__,
-        },
+        "machine": machine_info(),
         "chosen_genes": runs,
     }
 
 
 _SCREEN_DATASETS = ("schmidt2022-ifng", "schmidt2022-il2", "sanchez2021", "zhuang2019")
 _CELL_DATASETS = ("simulator", "papalexi2021")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".md.tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def _fmt(s: dict[str, float], digits: int = 3) -> str:
-    return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
 
 
 def lab_loop_markdown(result: dict[str, Any]) -> str:
@@ -497,10 +470,10 @@ def lab_loop_markdown(result: dict[str, Any]) -> str:
     lines += [head, "|---|" + "---|" * (n_rounds + 3 + (2 if has_error else 0))]
     for name, m in models.items():
         row = f"| {name} | " + " | ".join(f"{x['mean']:.3f}" for x in m["hit_ratio"])
-        row += f" | {_fmt(m['hit_ratio_final'])} |"
+        row += f" | {fmt_summary(m['hit_ratio_final'])} |"
         if has_error:
             row += (
-                f" {_fmt(m['error_auc'], 5)} | {_fmt(m['final_error'], 5)} |"
+                f" {fmt_summary(m['error_auc'], 5)} | {fmt_summary(m['final_error'], 5)} |"
                 if "error_auc" in m
                 else " | |"
             )
@@ -514,7 +487,7 @@ def lab_loop_markdown(result: dict[str, Any]) -> str:
         "every pool candidate (ridge picked on the held-out set),",
     }
     refs = [
-        f"{phrase} {_fmt(value, 5)}"
+        f"{phrase} {fmt_summary(value, 5)}"
         for key, phrase in phrases.items()
         if (value := next((m[key] for m in models.values() if m.get(key)), None)) is not None
     ]
@@ -560,8 +533,6 @@ def run_lab_loop(
     variant
         ``"no-essential"`` for screens (removes core essential machinery).
     """
-    from aivc.evaluate._benchmark import _write_json_atomic
-
     dataset = dataset or "simulator"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -569,17 +540,29 @@ def run_lab_loop(
         seeds = (0, 1, 2, 3, 4) if seeds is None else seeds
         result = run_screen_loop(dataset, models=models, seeds=seeds, variant=variant)
         chosen = result.pop("chosen_genes")
-        _write_json_atomic(out / "chosen_genes.json", chosen)
+        write_json(out / "chosen_genes.json", chosen)
     elif dataset in _CELL_DATASETS:
         if variant is not None:
             msg = f"lab-loop on {dataset!r} has no variants; received {variant!r}."
             raise ValueError(msg)
-        from aivc.experiments._lab_loop_cells import run_cell_loop
+        from aivc.evaluate.tasks._lab_loop_cells import run_cell_loop
 
         result = run_cell_loop(dataset, models=models, seeds=(0, 1, 2) if seeds is None else seeds)
     else:
         msg = f"lab-loop datasets are {[*_CELL_DATASETS, *_SCREEN_DATASETS]}; received {dataset!r}."
         raise ValueError(msg)
-    _write_json_atomic(out / "results.json", result)
-    _write_text_atomic(out / "results.md", lab_loop_markdown(result))
+    write_results(out, result, lab_loop_markdown(result))
     return result
+
+
+register_task(
+    Task(
+        name="lab-loop",
+        description="Find hits or learn a response in rounds of experiments, against a lab that answers only what is asked",
+        datasets=(*_CELL_DATASETS, *_SCREEN_DATASETS),
+        models=SCREEN_MODELS,
+        seeds=(),
+        run=run_lab_loop,
+        variants=("no-essential",),
+    )
+)

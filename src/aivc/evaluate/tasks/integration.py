@@ -1,7 +1,7 @@
 """Integration benchmark: do embeddings mix donors (or species) while keeping cell types apart?
 
 Every model embeds the same cells over the same highly variable genes; the
-embeddings are scored with the scIB-style metrics of :mod:`aivc.cells._scib`.
+embeddings are scored with the scIB-style metrics of :mod:`aivc.evaluate._scib`.
 Cell types are used only for scoring. Models:
 
 - ``pca``: log-normalised, scaled, 30 principal components (no integration);
@@ -13,8 +13,6 @@ Cell types are used only for scoring. Models:
 from __future__ import annotations
 
 import logging
-import os
-import platform
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from aivc.cells._scib import BATCH_METRICS, BIO_METRICS, integration_scores
+from aivc.evaluate._results import machine_info, summarize, write_results
+from aivc.evaluate._scib import BATCH_METRICS, BIO_METRICS, integration_scores
+from aivc.evaluate.tasks import Task, register_task
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -178,17 +178,6 @@ _RUNNERS: dict[str, Callable[[AnnData, int], np.ndarray]] = {
 }
 
 
-def _summary(values: Sequence[float]) -> dict[str, Any]:
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
-    if v.size == 0:
-        return {"mean": float("nan"), "sd": float("nan"), "values": list(values)}
-    return {
-        "mean": float(v.mean()),
-        "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-        "values": [float(x) for x in values],
-    }
-
-
 def run_integration(
     out: Path,
     *,
@@ -216,8 +205,7 @@ def run_integration(
     -------
     The result dictionary written to ``results.json``.
     """
-    from aivc import __version__
-    from aivc.evaluate._benchmark import _write_json_atomic
+    from aivc._version import __version__
     from aivc.evaluate._memory import ResourceMeter
 
     if variant is not None:
@@ -255,7 +243,7 @@ def run_integration(
             for k, v in s.items():
                 scores.setdefault(k, []).append(v)
             logger.info("%s seed %d: overall %.3f (%.1f s)", name, seed, s["overall"], times[-1])
-        per_model[name] = {k: _summary(v) for k, v in scores.items()}
+        per_model[name] = {k: summarize(v, keep_values=True) for k, v in scores.items()}
         per_model[name]["embedding_dim"] = int(z.shape[1])
         wall[name] = float(np.mean(times))
         peak[name] = float(np.max(mems))
@@ -289,18 +277,9 @@ def run_integration(
         "peak_memory_mb": peak,
         "wall_note": "mean wall time per seed (training + embedding); peak RSS of the process",
         "aivc_version": __version__,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "aivc": __version__,
-        },
+        "machine": machine_info(),
     }
-    _write_json_atomic(out / "results.json", result)
-    md = integration_markdown(result)
-    tmp = out / ".results.md.tmp"
-    tmp.write_text(md)
-    os.replace(tmp, out / "results.md")
+    write_results(out, result, integration_markdown(result))
     return result
 
 
@@ -355,3 +334,15 @@ def integration_markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+register_task(
+    Task(
+        name="integration",
+        description="Remove batch effects while keeping cell types apart (scIB-style scores)",
+        datasets=tuple(DATASETS),
+        models=MODELS,
+        seeds=(0, 1, 2),
+        run=run_integration,
+    )
+)

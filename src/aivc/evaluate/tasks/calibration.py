@@ -1,6 +1,6 @@
 """The ``calibration`` benchmark: are the predicted intervals honest?
 
-For each perturbation task of :data:`aivc.evaluate.TASKS` (same data
+For each perturbation task of :data:`aivc.evaluate.tasks.perturbation.PERTURBATION_SPECS` (same data
 preparation and seeded splits as the perturbation benchmark), every model with
 the ``"uncertainty"`` capability is fitted on the training perturbations and
 predicts the held-out ones with intervals at 80% and 90%. Baselines get their
@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
-import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,18 +42,17 @@ import scipy.sparse as sp
 
 from aivc._progress import progress
 from aivc.data._preprocess import condition_labels
-from aivc.evaluate._benchmark import (
-    TASKS,
-    _json_safe,
+from aivc.evaluate._memory import ResourceMeter
+from aivc.evaluate._results import fmt_summary, json_safe, machine_info, summarize, write_results
+from aivc.evaluate.tasks import Task, register_task
+from aivc.evaluate.tasks.perturbation import (
+    PERTURBATION_SPECS,
     _observe,
     _Observed,
-    _summary,
     _test_conditions,
     _training_view,
-    _write_json_atomic,
     task_data,
 )
-from aivc.evaluate._memory import ResourceMeter
 
 if TYPE_CHECKING:
     pass
@@ -187,7 +184,7 @@ def _score(
 def _run_task(
     task: str, dataset: str | None, models: Sequence[str] | None, seeds: Sequence[int]
 ) -> dict[str, Any]:
-    spec = TASKS[task]
+    spec = PERTURBATION_SPECS[task]
     data = task_data(task, dataset, seeds)
     names = _model_names(spec.models, models)
     adata, schema = data.adata, data.schema
@@ -279,7 +276,7 @@ def _run_task(
                 cat_["obs"], cat_["delta"], ints, cat_["de20"].astype(bool), cat_["se"]
             ).items():
                 per_seed.setdefault(m, []).append(v)
-        entry: dict[str, Any] = {m: _summary(per_seed.get(m, [])) for m in CALIBRATION_METRICS}
+        entry: dict[str, Any] = {m: summarize(per_seed.get(m, [])) for m in CALIBRATION_METRICS}
         by_cat = {c: float(np.mean(np.concatenate(v))) for (n, c), v in cats.items() if n == name}
         if by_cat:
             entry["coverage_90_by_category"] = dict(sorted(by_cat.items()))
@@ -307,11 +304,11 @@ def _select_tasks(dataset: str | None, variant: str | None) -> list[str]:
             raise ValueError(msg)
         return [variant]
     if dataset is not None:
-        chosen = [t for t in CALIBRATION_TASKS if TASKS[t].dataset == dataset]
+        chosen = [t for t in CALIBRATION_TASKS if PERTURBATION_SPECS[t].dataset == dataset]
         if not chosen:
             msg = (
                 f"No calibration task uses dataset {dataset!r} by default (tasks use "
-                f"{ {t: TASKS[t].dataset for t in CALIBRATION_TASKS} }); pass --variant <task> to run a task on it."
+                f"{ {t: PERTURBATION_SPECS[t].dataset for t in CALIBRATION_TASKS} }); pass --variant <task> to run a task on it."
             )
             raise ValueError(msg)
         return chosen
@@ -345,7 +342,7 @@ def run_calibration(
     variant
         One task of :data:`CALIBRATION_TASKS` (default: all).
     """
-    from aivc import __version__
+    from aivc._version import __version__
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -375,28 +372,11 @@ def run_calibration(
             "coverage is of the measured change of held-out conditions; intervals are calibrated "
             "against measured changes of held-out training perturbations, so they include sampling noise"
         ),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": {k: v for k, v in machine_info().items() if k != "aivc"},
         "aivc": __version__,
     }
-    _write_json_atomic(out / "results.json", result)
-    md = calibration_markdown(_json_safe(result))
-    tmp = out / ".results.md.tmp"
-    tmp.write_text(md)
-    os.replace(tmp, out / "results.md")
-    return _json_safe(result)
-
-
-def _fmt(s: dict[str, Any] | None, digits: int = 3) -> str:
-    if not s or s.get("mean") is None:
-        return "n/a"
-    sd = s.get("sd")
-    return (
-        f"{s['mean']:.{digits}f} ± {sd:.{digits}f}" if sd is not None else f"{s['mean']:.{digits}f}"
-    )
+    write_results(out, result, calibration_markdown(json_safe(result)))
+    return json_safe(result)
 
 
 def calibration_markdown(result: dict[str, Any]) -> str:
@@ -430,7 +410,7 @@ def calibration_markdown(result: dict[str, Any]) -> str:
         for name, entry in r["models"].items():
             lines.append(
                 f"| {name} | "
-                + " | ".join(_fmt(entry.get(c)) for c in cols)
+                + " | ".join(fmt_summary(entry.get(c)) for c in cols)
                 + f" | {r['wall_seconds'].get(name, 0):.1f} | {r['peak_memory_mb'].get(name, 0):.0f} |"
             )
         for name, entry in r["models"].items():
@@ -448,3 +428,16 @@ def calibration_markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines += [f"Machine: {m['cpus']} CPUs, Python {m['python']}, aivc {result['aivc']}.", ""]
     return "\n".join(lines)
+
+
+register_task(
+    Task(
+        name="calibration",
+        description="Coverage and width of 80% / 90% intervals on held-out perturbations of every perturbation task",
+        datasets=tuple(dict.fromkeys(PERTURBATION_SPECS[t].dataset for t in CALIBRATION_TASKS)),
+        models=(OUR_MODEL, *(f"{WRAPPER}:{b}" for b in ("train-mean", "linear", "additive"))),
+        seeds=(0, 1, 2),
+        run=run_calibration,
+        variants=CALIBRATION_TASKS,
+    )
+)

@@ -38,8 +38,6 @@ pool could teach a model that uses these features).
 from __future__ import annotations
 
 import logging
-import os
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -47,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from aivc.evaluate._results import machine_info, summarize
 from aivc.experiments._acquisition import STRATEGIES, propose
 
 if TYPE_CHECKING:
@@ -461,15 +460,6 @@ def _papalexi_campaign(
     return camp, info
 
 
-def _summ(values: Sequence[float]) -> dict[str, float]:
-    v = np.asarray(values, dtype=float)
-    return {
-        "mean": float(v.mean()),
-        "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-        "n": int(v.size),
-    }
-
-
 def _n_to_reach(n: Sequence[int], err: Sequence[float], target: float) -> float | None:
     """Smallest number measured at which the (linearly interpolated) error reaches ``target``."""
     n_arr, e = np.asarray(n, dtype=float), np.asarray(err, dtype=float)
@@ -505,7 +495,6 @@ def run_cell_loop(
     seeds: Sequence[int] = (0, 1, 2),
 ) -> dict[str, Any]:
     """Design campaigns on the simulator or papalexi2021 for every strategy and seed."""
-    from aivc import __version__
     from aivc.evaluate._memory import ResourceMeter
 
     if dataset not in CELL_PROTOCOLS:
@@ -535,16 +524,16 @@ def run_cell_loop(
         err = np.array([c.error for c in camps])
         n_meas = camps[0].n_measured
         results[name] = {
-            "hit_ratio": [_summ(hr[:, t]) for t in range(hr.shape[1])],
-            "hit_ratio_final": _summ(hr[:, -1]),
-            "error": [_summ(err[:, t]) for t in range(err.shape[1])],
-            "final_error": _summ(err[:, -1]),
-            "error_auc": _summ([_error_auc(n_meas, e) for e in err]),
+            "hit_ratio": [summarize(hr[:, t]) for t in range(hr.shape[1])],
+            "hit_ratio_final": summarize(hr[:, -1]),
+            "error": [summarize(err[:, t]) for t in range(err.shape[1])],
+            "final_error": summarize(err[:, -1]),
+            "error_auc": summarize([_error_auc(n_meas, e) for e in err]),
             "n_measured": n_meas,
             "per_seed_hit_ratio": hr.tolist(),
             "per_seed_error": err.tolist(),
             **{
-                key: _summ([getattr(c, key) for c in camps]) if dataset == "simulator" else None
+                key: summarize([getattr(c, key) for c in camps]) if dataset == "simulator" else None
                 for key in REFERENCE_ERRORS
             },
             "chosen": [c.chosen for c in camps],
@@ -591,10 +580,5 @@ def run_cell_loop(
         "wall_seconds": {k: round(v, 3) for k, v in wall.items()},
         "peak_memory_mb": {k: round(v, 1) for k, v in peak.items()},
         "peak_memory_note": "peak resident memory above the process's memory before the strategy ran (all seeds)",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "aivc": __version__,
-        },
+        "machine": machine_info(),
     }

@@ -32,8 +32,6 @@ randomised PCA solvers; results are mean ± sd over seeds.
 from __future__ import annotations
 
 import logging
-import os
-import platform
 from collections.abc import Sequence
 from itertools import permutations
 from pathlib import Path
@@ -42,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from aivc._io import write_csv_atomic
 from aivc.cells._protein import (
     ANTIBODY_GENES,
     ProteinDecoder,
@@ -51,6 +50,8 @@ from aivc.cells._protein import (
     rna_lognorm,
 )
 from aivc.data._validate import DataValidationError
+from aivc.evaluate._results import fmt_summary, machine_info, summarize, write_results
+from aivc.evaluate.tasks import Task, register_task
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -180,18 +181,6 @@ def _rmse(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.sqrt(((pred - truth) ** 2).mean(axis=0))
 
 
-def _summary(values: Sequence[float]) -> dict[str, float]:
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
-    return {
-        "mean": float(v.mean()),
-        "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-        "n": int(v.size),
-    }
-
-
 # ----------------------------------------------------------------------------- runner
 def _predict(
     model: str, train: AnnData, y_train: pd.DataFrame, test: AnnData, seed: int
@@ -235,9 +224,7 @@ def run_rna_to_protein(
     variant
         ``"all-pairs"`` (default) or ``"10x"`` (only the two 10x datasets).
     """
-    from aivc import __version__
     from aivc.data._registry import load
-    from aivc.evaluate._benchmark import _write_json_atomic
     from aivc.evaluate._memory import ResourceMeter
 
     out = Path(out)
@@ -322,9 +309,9 @@ def run_rna_to_protein(
                 float(np.mean([per_pair[k][m][metric][i] for k in per_pair]))
                 for i in range(len(seeds))
             ]
-            entry[metric] = _summary(by_seed)
+            entry[metric] = summarize(by_seed)
         entry["per_pair"] = {
-            k: {metric: _summary(per_pair[k][m][metric]) for metric in ("pearson", "rmse")}
+            k: {metric: summarize(per_pair[k][m][metric]) for metric in ("pearson", "rmse")}
             for k in per_pair
         }
         result_models[m] = entry
@@ -358,30 +345,12 @@ def run_rna_to_protein(
         "wall_seconds": {k: round(v, 3) for k, v in wall.items()},
         "peak_memory_mb": {k: round(v, 1) for k, v in peak.items()},
         "peak_memory_note": "largest increase of resident memory during one fit+predict",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "aivc": __version__,
-        },
+        "machine": machine_info(),
     }
     out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(out / "results.json", result)
-    per_protein = pd.DataFrame(per_protein_rows)
-    tmp = out / ".per_protein.csv.tmp"
-    per_protein.to_csv(tmp, index=False)
-    os.replace(tmp, out / "per_protein.csv")
-    tmp_md = out / ".results.md.tmp"
-    tmp_md.write_text(protein_results_markdown(result))
-    os.replace(tmp_md, out / "results.md")
+    write_csv_atomic(pd.DataFrame(per_protein_rows), out / "per_protein.csv")
+    write_results(out, result, protein_results_markdown(result))
     return result
-
-
-def _fmt(s: dict[str, float]) -> str:
-    mean, sd = s.get("mean"), s.get("sd")
-    if mean is None or not np.isfinite(mean):
-        return "n/a"
-    return f"{mean:.3f} ± {sd:.3f}"
 
 
 def protein_results_markdown(result: dict[str, Any]) -> str:
@@ -401,7 +370,7 @@ def protein_results_markdown(result: dict[str, Any]) -> str:
     ]
     for name, entry in models.items():
         lines.append(
-            f"| {name} | {_fmt(entry['pearson'])} | {_fmt(entry['rmse'])} | "
+            f"| {name} | {fmt_summary(entry['pearson'])} | {fmt_summary(entry['rmse'])} | "
             f"{result['wall_seconds'].get(name, 0):.1f} | {result['peak_memory_mb'].get(name, 0):.0f} |"
         )
     lines += ["", "Per pair (train -> test, shared proteins):", ""]
@@ -409,13 +378,13 @@ def protein_results_markdown(result: dict[str, Any]) -> str:
     lines.append("|---|---|" + "---|" * len(models))
     for info in result["pairs"]:
         key = f"{info['train']}->{info['test']}"
-        cells = [_fmt(models[m]["per_pair"][key]["pearson"]) for m in models]
+        cells = [fmt_summary(models[m]["per_pair"][key]["pearson"]) for m in models]
         lines.append(f"| {key} | {len(info['proteins'])} | " + " | ".join(cells) + " |")
     lines += ["", "| pair | " + " | ".join(f"{m} rmse" for m in models) + " |"]
     lines.append("|---|" + "---|" * len(models))
     for info in result["pairs"]:
         key = f"{info['train']}->{info['test']}"
-        cells = [_fmt(models[m]["per_pair"][key]["rmse"]) for m in models]
+        cells = [fmt_summary(models[m]["per_pair"][key]["rmse"]) for m in models]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     m = result["machine"]
     lines += [
@@ -425,3 +394,16 @@ def protein_results_markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+register_task(
+    Task(
+        name="rna-to-protein",
+        description="Predict surface-protein abundance from RNA in a dataset the decoder was not trained on",
+        datasets=(",".join(PROTEIN_DATASETS), *PROTEIN_DATASETS),
+        models=PROTEIN_MODELS,
+        seeds=(0, 1, 2),
+        run=run_rna_to_protein,
+        variants=VARIANTS,
+    )
+)

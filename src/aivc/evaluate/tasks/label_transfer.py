@@ -53,6 +53,8 @@ from aivc._progress import progress
 from aivc._settings import settings
 from aivc.cells._calibration import expected_calibration_error
 from aivc.data._validate import DataValidationError
+from aivc.evaluate._results import fmt_summary, json_safe, summarize, write_results
+from aivc.evaluate.tasks import Task, register_task
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -585,14 +587,6 @@ def _directions(dataset: str | None) -> list[str]:
     return [dataset]
 
 
-def _summary(values: Sequence[float]) -> dict[str, float | None]:
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if not v.size:
-        return {"mean": None, "sd": None}
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0}
-
-
 def run_label_transfer(
     out: Path,
     *,
@@ -617,9 +611,8 @@ def run_label_transfer(
     variant
         ``None`` (default settings) or ``"quick"`` (few epochs, for smoke tests).
     """
-    from aivc import __version__
+    from aivc._version import __version__
     from aivc.data._registry import load
-    from aivc.evaluate._benchmark import _json_safe, _write_json_atomic
 
     if variant not in VARIANTS:
         msg = f"Unknown label-transfer variant {variant!r}; expected one of {list(VARIANTS)}."
@@ -654,11 +647,8 @@ def run_label_transfer(
             )
             # written after every seed, so an interrupted run leaves its finished seeds
             result = _build_result(runs_by_direction, seeds, model_names, cfg, variant, __version__)
-            _write_json_atomic(out / "results.json", result)
-            tmp = out / ".results.md.tmp"
-            tmp.write_text(label_transfer_markdown(result))
-            os.replace(tmp, out / "results.md")
-    return _json_safe(result)
+            write_results(out, result, label_transfer_markdown(result))
+    return json_safe(result)
 
 
 def _build_result(
@@ -687,14 +677,14 @@ def _build_result(
             "reference_types": first["reference_types"],
             "genes": first["genes"],
             "models": {
-                m: {k: _summary([r["metrics"][m][k] for r in runs]) for k in _METRICS}
+                m: {k: summarize([r["metrics"][m][k] for r in runs]) for k in _METRICS}
                 for m in model_names
             },
             "per_seed": {
                 m: {k: [r["metrics"][m][k] for r in runs] for k in _METRICS} for m in model_names
             },
             "wall_seconds": {
-                m: _summary([r["wall_seconds"][m] for r in runs]) for m in model_names
+                m: summarize([r["wall_seconds"][m] for r in runs]) for m in model_names
             },
             "wall_seconds_total": {
                 m: float(sum(r["wall_seconds"][m] for r in runs)) for m in model_names
@@ -718,7 +708,7 @@ def _build_result(
                 vals = [by_direction[d]["per_seed"][m][k][i] for d in done]
                 vals = [v for v in vals if v is not None and np.isfinite(v)]
                 per_seed.append(float(np.mean(vals)) if vals else float("nan"))
-            entry[k] = _summary(per_seed)
+            entry[k] = summarize(per_seed)
         entry["by_direction"] = {d: by_direction[d]["models"][m] for d in done}
         top[m] = entry
     return {
@@ -762,12 +752,6 @@ def _build_result(
     }
 
 
-def _fmt(s: dict[str, Any] | None, digits: int = 3) -> str:
-    if not s or s.get("mean") is None:
-        return "n/a"
-    return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
-
-
 def label_transfer_markdown(result: dict[str, Any]) -> str:
     """A readable report of a label-transfer ``results.json``."""
     cols = ("accuracy", "macro_f1", "ece", "abstention", "accuracy_answered", "accuracy_forced")
@@ -788,7 +772,7 @@ def label_transfer_markdown(result: dict[str, Any]) -> str:
         for m, vals in info["models"].items():
             lines.append(
                 f"| {m} | "
-                + " | ".join(_fmt(vals[c]) for c in cols)
+                + " | ".join(fmt_summary(vals[c]) for c in cols)
                 + f" | {info['wall_seconds'][m]['mean']:.1f} | {info['peak_memory_mb'][m]:.0f} |"
             )
         if info["excluded_cells"]:
@@ -807,7 +791,7 @@ def label_transfer_markdown(result: dict[str, Any]) -> str:
                     f"{t}: " + ", ".join(f"{a} {n}" for a, n in list(c.items())[:3])
                     for t, c in ans.items()
                 )
-                lines.append(f"| {m} | {_fmt(vals['unknown_rate_excluded'], 2)} | {text} |")
+                lines.append(f"| {m} | {fmt_summary(vals['unknown_rate_excluded'], 2)} | {text} |")
         lines.append("")
     m = result["machine"]
     lines += [
@@ -819,3 +803,16 @@ def label_transfer_markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+register_task(
+    Task(
+        name="label-transfer",
+        description="Annotate cells of one species from a reference of the other (Baron pancreas, both directions)",
+        datasets=("baron", *DIRECTIONS),
+        models=LABEL_TRANSFER_MODELS,
+        seeds=(0, 1, 2),
+        run=run_label_transfer,
+        variants=tuple(v for v in VARIANTS if v is not None),
+    )
+)

@@ -11,11 +11,7 @@ the train-mean baseline and a split-half replicate of the data, and writes
 from __future__ import annotations
 
 import inspect
-import json
 import logging
-import os
-import platform
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from aivc._io import write_csv_atomic
 from aivc._progress import progress
 from aivc._settings import settings
 from aivc.data._preprocess import (
@@ -59,11 +56,13 @@ from aivc.evaluate._metrics import (
     systema_pearson_delta,
     top_de_mask,
 )
+from aivc.evaluate._results import fmt, json_safe, machine_info, summarize, write_results
+from aivc.evaluate.tasks import Task, register_task
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["TASKS", "BenchmarkTask", "run_benchmark"]
+__all__ = ["PERTURBATION_SPECS", "PerturbationSpec", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ REPLICATE = "replicate"
 
 
 @dataclass(frozen=True)
-class BenchmarkTask:
+class PerturbationSpec:
     """A benchmark task: dataset, split family, models and preprocessing."""
 
     name: str
@@ -207,10 +206,10 @@ def _simulator_splits(
 
 _COMMON = ("control", "train-mean", "linear", "linear-knowledge", "nearest-neighbour")
 
-TASKS: dict[str, BenchmarkTask] = {
+PERTURBATION_SPECS: dict[str, PerturbationSpec] = {
     t.name: t
     for t in [
-        BenchmarkTask(
+        PerturbationSpec(
             name="unseen-single",
             dataset="papalexi2021",
             description="Predict never-seen CRISPR knockouts (5-fold leave-perturbations-out, 3 seeds)",
@@ -219,7 +218,7 @@ TASKS: dict[str, BenchmarkTask] = {
             models=(*_COMMON, "aivc-perturb", "gears"),
             make_splits=_unseen_single_splits,
         ),
-        BenchmarkTask(
+        PerturbationSpec(
             name="combinations",
             dataset="norman2019_subset",
             description="Predict a held-out double from the singles and the other doubles (leave-one-double-out)",
@@ -236,7 +235,7 @@ TASKS: dict[str, BenchmarkTask] = {
             ),
             make_splits=_combination_splits,
         ),
-        BenchmarkTask(
+        PerturbationSpec(
             name="unseen-cell-type",
             dataset="kang2018",
             description="Predict a held-out cell type's IFN-beta response from its control cells (leave-one-cell-type-out)",
@@ -247,7 +246,7 @@ TASKS: dict[str, BenchmarkTask] = {
             notes="additive and linear-knowledge need several perturbations and are not defined for one stimulus; "
             "GEARS does not model cell types.",
         ),
-        BenchmarkTask(
+        PerturbationSpec(
             name="simulator",
             dataset="aivc-simulator",
             description=(
@@ -562,17 +561,6 @@ def _finite_mean(v: pd.Series | np.ndarray) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
-def _summary(values: Sequence[float]) -> dict[str, float]:
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
-    if v.size == 0:
-        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
-    return {
-        "mean": float(v.mean()),
-        "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-        "n": int(v.size),
-    }
-
-
 @dataclass
 class TaskData:
     """A perturbation task's prepared data and splits, shared by every runner that scores it.
@@ -598,7 +586,7 @@ def task_data(
     data_dir: str | Path | None = None,
 ) -> TaskData:
     """Load, prepare and split the data of perturbation task ``task``."""
-    spec = TASKS[task]
+    spec = PERTURBATION_SPECS[task]
     features: pd.DataFrame | None = None
     if spec.build is not None and dataset is None:
         dataset_name = spec.dataset
@@ -665,7 +653,7 @@ def run_benchmark(
     Parameters
     ----------
     task
-        One of :data:`TASKS` (``unseen-single``, ``combinations``, ``unseen-cell-type``).
+        One of :data:`PERTURBATION_SPECS` (``unseen-single``, ``combinations``, ``unseen-cell-type``).
     out
         Output directory (created).
     dataset
@@ -689,13 +677,13 @@ def run_benchmark(
     -------
     The content of ``results.json``.
     """
-    from aivc import __version__
+    from aivc._version import __version__
     from aivc.instruments._registry import get_instrument_class
 
-    if task not in TASKS:
-        msg = f"Unknown benchmark task {task!r}; expected one of {sorted(TASKS)}."
+    if task not in PERTURBATION_SPECS:
+        msg = f"Unknown benchmark task {task!r}; expected one of {sorted(PERTURBATION_SPECS)}."
         raise ValueError(msg)
-    spec = TASKS[task]
+    spec = PERTURBATION_SPECS[task]
     if cell_eval is None:
         cell_eval = spec.cell_eval
     out = Path(out)
@@ -843,11 +831,10 @@ def run_benchmark(
         __version__,
         adata,
     )
-    per_condition.to_csv(out / "per_condition.csv", index=False)
-    replicate_table.rename_axis("condition").to_csv(out / "replicate.csv")
-    _write_json_atomic(out / "results.json", result)
-    (out / "results.md").write_text(results_markdown(result))
-    return _json_safe(result)
+    write_csv_atomic(per_condition, out / "per_condition.csv")
+    write_csv_atomic(replicate_table.rename_axis("condition"), out / "replicate.csv", index=True)
+    write_results(out, result, results_markdown(result))
+    return json_safe(result)
 
 
 _DE_CACHE: dict[Any, Any] = {}
@@ -889,7 +876,7 @@ def _run_celleval(
 
 
 def _assemble(
-    spec: BenchmarkTask,
+    spec: PerturbationSpec,
     dataset: str,
     splits: Sequence[Split],
     seeds: Sequence[int],
@@ -932,7 +919,7 @@ def _assemble(
         entry: dict[str, Any] = {"aggregated_over": units[name]}
         baseline_key = BASELINE if units[name] == "seeds" else f"{BASELINE}@{name}"
         for m in metric_names:
-            s = _summary(seed_means[name][m])
+            s = summarize(seed_means[name][m])
             vals = per_condition.loc[per_condition["model"] == name, m].to_numpy(dtype=float)
             vals = vals[np.isfinite(vals)]
             s["sd_conditions"] = float(vals.std()) if vals.size else float("nan")
@@ -941,7 +928,7 @@ def _assemble(
                 scaled_score(u, b, rep_means.get(m, float("nan")))
                 for u, b in zip(seed_means[name][m], seed_means[baseline_key][m], strict=True)
             ]
-            entry[f"{m}_scaled"] = _summary(scaled)
+            entry[f"{m}_scaled"] = summarize(scaled)
         cats = per_condition.loc[per_condition["model"] == name, "category"]
         if cats.astype(bool).any():
             entry["by_category"] = {
@@ -980,33 +967,10 @@ def _assemble(
         "wall_seconds": {k: round(v, 3) for k, v in wall.items()},
         "peak_memory_mb": {k: round(v, 1) for k, v in peak.items()},
         "peak_memory_note": "peak resident memory of fit+predict above the process's memory before the model ran (max over splits)",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "aivc": version,
-        },
+        "machine": {**machine_info(), "aivc": version},
         "notes": spec.notes,
         "example_split": first.to_dict(),
     }
-
-
-def _json_safe(obj: Any) -> Any:
-    """Replace NaN/inf by None so the file is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(_json_safe(obj), fh, indent=2, allow_nan=False)
-    os.replace(tmp, path)
 
 
 _TABLE_METRICS = (
@@ -1022,10 +986,6 @@ _TABLE_METRICS = (
     "discrimination_score_cosine",
     "mae",
 )
-
-
-def _fmt(v: float | None, digits: int = 3) -> str:
-    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
 
 def results_markdown(result: dict[str, Any]) -> str:
@@ -1053,7 +1013,7 @@ def results_markdown(result: dict[str, Any]) -> str:
         cells = []
         for m in metrics:
             s = entry.get(m, {})
-            cells.append(f"{_fmt(s.get('mean'))} ± {_fmt(s.get('sd'))}")
+            cells.append(f"{fmt(s.get('mean'))} ± {fmt(s.get('sd'))}")
         lines.append(
             f"| {label} | "
             + " | ".join(cells)
@@ -1062,7 +1022,7 @@ def results_markdown(result: dict[str, Any]) -> str:
     rep = result["replicate"]
     lines.append(
         "| *replicate (split-half)* | "
-        + " | ".join(_fmt(rep.get(m, {}).get("mean")) for m in metrics)
+        + " | ".join(fmt(rep.get(m, {}).get("mean")) for m in metrics)
         + " | | |"
     )
     if folds_note:
@@ -1076,7 +1036,7 @@ def results_markdown(result: dict[str, Any]) -> str:
     for name, entry in models.items():
         lines.append(
             f"| {name} | "
-            + " | ".join(_fmt(entry.get(m + "_scaled", {}).get("mean"), 2) for m in metrics)
+            + " | ".join(fmt(entry.get(m + "_scaled", {}).get("mean"), 2) for m in metrics)
             + " |"
         )
     cats = {c for e in models.values() for c in e.get("by_category", {})}
@@ -1087,7 +1047,7 @@ def results_markdown(result: dict[str, Any]) -> str:
         for name, entry in models.items():
             for cat, vals in sorted(entry.get("by_category", {}).items()):
                 lines.append(
-                    f"| {name} | {cat} | {_fmt(vals['pearson_delta_de20'])} | {_fmt(vals['mse_de20'])} |"
+                    f"| {name} | {cat} | {fmt(vals['pearson_delta_de20'])} | {fmt(vals['mse_de20'])} |"
                 )
     m = result["machine"]
     lines += [
@@ -1096,3 +1056,35 @@ def results_markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _task_runner(name: str) -> Callable[..., dict[str, Any]]:
+    def run(
+        out: Path,
+        *,
+        dataset: str | None = None,
+        models: Sequence[str] | None = None,
+        seeds: Sequence[int] = (0, 1, 2),
+        variant: str | None = None,
+        cell_eval: bool | None = None,
+    ) -> dict[str, Any]:
+        del variant  # these tasks have no variants; run_task refuses one
+        return run_benchmark(
+            name, out=out, dataset=dataset, models=models, seeds=seeds, cell_eval=cell_eval
+        )
+
+    return run
+
+
+for _spec in PERTURBATION_SPECS.values():
+    register_task(
+        Task(
+            name=_spec.name,
+            description=_spec.description,
+            datasets=(_spec.dataset,),
+            models=_spec.models,
+            seeds=(0, 1, 2),
+            run=_task_runner(_spec.name),
+            options=("cell_eval",),
+        )
+    )
