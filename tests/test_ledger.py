@@ -119,6 +119,38 @@ def test_two_phase_round(tmp_path):
     ledger.close()
 
 
+def test_before_commit_runs_inside_the_transaction(tmp_path):
+    ledger = Ledger(tmp_path / "lab.db")
+    reader = Ledger(tmp_path / "lab.db")
+    ledger.create_project("p")
+    seen = []
+
+    def look() -> None:
+        # every row was sent, nothing is committed: another connection sees no round yet
+        seen.append((reader.state("p"), len(reader.proposals("p"))))
+
+    ledger.commit_round(_round(1, ["G1", "G2"]), before_commit=look)
+    assert seen == [({"round": 0, "status": "new"}, 0)]
+    assert reader.state("p") == {"round": 1, "status": COMPLETE}
+
+    # a callback that fails (like a process stopped at that point) rolls the round back
+    def fail() -> None:
+        msg = "stopped before the commit"
+        raise RuntimeError(msg)
+
+    with pytest.raises(RuntimeError, match="stopped before the commit"):
+        ledger.commit_round(_round(2, ["G3", "G4"]), before_commit=fail)
+    assert reader.state("p") == {"round": 1, "status": COMPLETE}
+    assert reader.proposals("p")["candidate"].tolist() == ["G1", "G2"]
+    assert len(reader.results("p")) == 3
+    assert len(reader.predictions("p")) == 10
+    # the same round commits afterwards
+    ledger.commit_round(_round(2, ["G3", "G4"]))
+    assert reader.rounds("p")["round"].tolist() == [1, 2]
+    reader.close()
+    ledger.close()
+
+
 def _columns(engine: sa.Engine) -> dict[str, dict[str, object]]:
     insp = sa.inspect(engine)
     out = {}

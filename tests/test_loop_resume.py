@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from aivc.data import DataValidationError
-from aivc.experiments._ledger import COMPLETE, FINISHED, PAUSE_ENV, PROPOSED, Ledger
+from aivc.experiments._ledger import COMPLETE, FINISHED, PROPOSED, Ledger
 from aivc.experiments._loop import ResultsFileLab, SimulatorLab, run_loop
 
 # small but real: a 60-gene virtual cell, 3 rounds of 6 proposals chosen by a GP
@@ -62,11 +62,48 @@ def reference(tmp_path_factory) -> dict[str, object]:
     return _snapshot(url, "screen")
 
 
-def _cli(url: str, *extra: str) -> list[str]:
+def _loop_args(url: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "aivc.interfaces.cli", "loop",
-        "--ledger", url, "--project", "screen", "--lab", "simulator", *CLI_ARGS, *extra,
+        "loop", "--ledger", url, "--project", "screen", "--lab", "simulator", *CLI_ARGS, *extra,
     ]  # fmt: skip
+
+
+def _cli(url: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "aivc.interfaces.cli", *_loop_args(url, *extra)]
+
+
+# The `aivc` command with a pause inside the open transaction of one round:
+# `python script.py ROUND MARKER ARGS...` runs `aivc ARGS...`, and when that
+# round is about to commit (every row already sent to the database) it writes
+# its process id to MARKER and sleeps, so the test can kill it there.
+_PAUSING_CLI = """
+import os
+import sys
+import time
+from pathlib import Path
+
+from aivc.experiments._ledger import Ledger
+from aivc.interfaces.cli import main
+
+kill_round, marker = int(sys.argv[1]), Path(sys.argv[2])
+commit_round = Ledger.commit_round
+
+
+def pause():
+    marker.write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+def commit_round_pausing(self, record, **kw):
+    if record.number == kill_round:
+        kw["before_commit"] = pause
+    return commit_round(self, record, **kw)
+
+
+Ledger.commit_round = commit_round_pausing
+sys.argv = ["aivc", *sys.argv[3:]]
+main()
+"""
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -81,10 +118,12 @@ def _kill_mid_round_and_resume(
 ) -> None:
     marker = tmp_path / f"paused-{kill_round}"
     log = tmp_path / f"killed-{kill_round}.log"
+    script = tmp_path / "pausing_cli.py"
+    script.write_text(_PAUSING_CLI)
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            _cli(url),
-            env=_env(**{PAUSE_ENV: f"{kill_round}:{marker}"}),
+            [sys.executable, str(script), str(kill_round), str(marker), *_loop_args(url)],
+            env=_env(),
             stdout=subprocess.DEVNULL,
             stderr=fh,
         )

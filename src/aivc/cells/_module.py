@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 __all__ = ["GeneTokens", "SetEncoderModule", "nb_log_likelihood"]
 
@@ -198,8 +197,3 @@ class _ReverseGradient(torch.autograd.Function):
 def reverse_gradient(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Identity forward, gradient multiplied by ``-scale`` backward."""
     return _ReverseGradient.apply(x, scale)
-
-
-def softmax_rates(logits: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
-    """Expected counts: library size times the softmax over genes."""
-    return library.unsqueeze(1) * F.softmax(logits, dim=1)

@@ -189,8 +189,6 @@ def load(name: str, *, data_dir: str | Path | None = None, download: bool = Fals
 
 
 # ----------------------------------------------------------------------------- local datasets
-_PERTURBATION = PerturbationSchema(perturbation_key="perturbation", control_label="control")
-
 register_dataset(
     DatasetEntry(
         name="papalexi2021",

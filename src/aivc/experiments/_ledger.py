@@ -16,10 +16,7 @@ result is recorded once per round, a model version once per round.
 from __future__ import annotations
 
 import json
-import logging
-import os
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,18 +41,10 @@ __all__ = [
     "encode_array",
 ]
 
-logger = logging.getLogger(__name__)
-
 #: Round and loop statuses.
 PROPOSED = "awaiting-results"
 COMPLETE = "complete"
 FINISHED = "finished"
-
-#: Fault-injection hook for crash-safety tests: ``"<round>:<file>"`` makes
-#: :meth:`Ledger.commit_round` of that round write ``<file>`` and then sleep
-#: inside the open transaction (after every row was sent to the database),
-#: so a test can kill the process there.
-PAUSE_ENV = "AIVC_LEDGER_PAUSE_BEFORE_COMMIT"
 
 
 class LedgerConflictError(ValueError):
@@ -433,7 +422,9 @@ class Ledger:
         return p
 
     # ------------------------------------------------------------------ rounds
-    def commit_round(self, record: RoundRecord) -> None:
+    def commit_round(
+        self, record: RoundRecord, *, before_commit: Callable[[], None] | None = None
+    ) -> None:
         """Write everything of one round in a single transaction.
 
         A round first recorded as ``"awaiting-results"`` (its proposals only) is
@@ -441,6 +432,16 @@ class Ledger:
         the same proposals) and its results. Anything that would duplicate or
         contradict recorded data raises :class:`LedgerConflictError` and writes
         nothing.
+
+        Parameters
+        ----------
+        record
+            The round's rows.
+        before_commit
+            Called inside the open transaction once every row was sent to the
+            database, just before the commit. An exception it raises rolls the
+            round back. Meant for tests of crash safety and concurrency, which
+            stop or kill the process at that point.
         """
         if record.status not in (PROPOSED, COMPLETE):
             msg = f"A round's status must be {PROPOSED!r} or {COMPLETE!r}. Got {record.status!r} instead."
@@ -452,7 +453,8 @@ class Ledger:
             with self._session() as s:
                 self._write_round(s, record)
                 s.flush()
-                _maybe_pause(record.number)
+                if before_commit is not None:
+                    before_commit()
         except sa.exc.IntegrityError as e:
             msg = (
                 f"Round {record.number} of project {record.project!r} would duplicate data already in "
@@ -764,16 +766,3 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
-
-
-def _maybe_pause(number: int) -> None:
-    spec = os.environ.get(PAUSE_ENV)
-    if not spec:
-        return
-    at, _, path = spec.partition(":")
-    if at.strip() != str(number):
-        return
-    logger.warning("Pausing inside the open transaction of round %d (%s).", number, PAUSE_ENV)
-    if path:
-        Path(path).write_text(str(os.getpid()))
-    time.sleep(600)

@@ -30,7 +30,6 @@ import difflib
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from aivc._io import atomic_path, write_text_atomic
 from aivc._progress import progress
 from aivc.experiments._objectives import Objective, make_objective
 
@@ -53,7 +53,6 @@ __all__ = ["ScreenResult", "screen"]
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-_COLUMNS = ("score", "score_lower", "score_upper", "effect_size")
 
 
 @dataclass
@@ -285,7 +284,7 @@ class _Checkpoint:
                 )
                 raise ValueError(msg)
         else:
-            _write_atomic(mfile, json.dumps(manifest, indent=2, sort_keys=True).encode())
+            write_text_atomic(mfile, json.dumps(manifest, indent=2, sort_keys=True))
 
     def file(self, k: int) -> Path:
         return self.path / f"chunk-{k:06d}.npy"
@@ -301,16 +300,8 @@ class _Checkpoint:
         return arr if arr.shape == (rows, 4) else None
 
     def save(self, k: int, arr: np.ndarray) -> None:
-        tmp = self.file(k).with_suffix(f".tmp{os.getpid()}")
-        with tmp.open("wb") as fh:
+        with atomic_path(self.file(k)) as tmp, tmp.open("wb") as fh:
             np.save(fh, np.ascontiguousarray(arr, dtype=np.float64), allow_pickle=False)
-        os.replace(tmp, self.file(k))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _digest(*parts: Any) -> str:
@@ -602,7 +593,7 @@ def _run_dask(
         if client != "local":
             msg = f"client must be a distributed.Client or 'local'. Got {client!r} instead."
             raise ValueError(msg)
-        from aivc import settings
+        from aivc._settings import settings
 
         cluster = LocalCluster(
             n_workers=max(1, min(settings.n_jobs, 4)),

@@ -84,7 +84,7 @@ def loop(
     Every round is written to the ledger in one transaction; a loop that was
     killed continues where it stopped with --resume.
     """
-    from aivc import settings
+    from aivc._settings import settings
 
     settings.verbosity = verbosity
     settings.configure_logging()
@@ -207,7 +207,7 @@ def screen(
     Ranks by the predicted objective and, for models with intervals, by its
     lower confidence bound; writes both ranks to the CSV.
     """
-    from aivc import settings
+    from aivc._settings import settings
 
     settings.verbosity = verbosity
     settings.configure_logging()
@@ -250,12 +250,9 @@ def screen(
     finally:
         if client is not None and not isinstance(client, str):
             client.close()
-    import os
+    from aivc._io import write_csv_atomic
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    result.table.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    write_csv_atomic(result.table, out)
     typer.echo(
         f"scored {len(result.table)} candidates ({result.objective}) in {result.seconds:.1f} s"
         + (f", {result.chunks_resumed} chunks resumed" if result.chunks_resumed else "")

@@ -22,15 +22,14 @@ import html
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from aivc._io import write_text_atomic
 from aivc._progress import progress
 
 if TYPE_CHECKING:
@@ -79,31 +78,14 @@ def write_report(
         msg = f"Cannot report on {str(source)!r}: expected a results directory, results.json or an .h5ad file."
         raise ValueError(msg)
     page = _page(title, sections, source)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; a report is not
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return write_text_atomic(out, page)
 
 
 # ----------------------------------------------------------------------------- page
 def _page(title: str, sections: list[tuple[str, str]], source: Path) -> str:
     from plotly.offline import get_plotlyjs
 
-    from aivc import __version__
+    from aivc._version import __version__
 
     body = "\n".join(
         f"<section><h2>{html.escape(h)}</h2>\n{content}\n</section>" for h, content in sections

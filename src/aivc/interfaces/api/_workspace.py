@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 import uuid
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from aivc._io import atomic_path, write_json_atomic
 from aivc.interfaces.api._jobs import JobManager, JobReporter
 
 if TYPE_CHECKING:
@@ -124,18 +124,7 @@ def _jsonable(v: Any) -> Any:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(_jsonable(obj), fh, indent=2, sort_keys=True)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes files private; keep the usual mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_json_atomic(path, _jsonable(obj), sort_keys=True)
 
 
 class Workspace:
@@ -836,11 +825,9 @@ class Workspace:
         ds = self._dataset(dataset)
         folder = self.root / "uploads"
         upload_id = uuid.uuid4().hex[:12]
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".incoming-", suffix=".h5ad")
-        tmp = Path(tmp_name)
-        try:
+        with atomic_path(folder / f"{upload_id}.h5ad") as tmp:
             size = 0
-            with os.fdopen(fd, "wb") as fh:
+            with tmp.open("wb") as fh:
                 for chunk in chunks:
                     size += len(chunk)
                     if size > self.max_upload_bytes:
@@ -856,15 +843,11 @@ class Workspace:
                 "created": time.time(),
                 **summary,
             }
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, folder / f"{upload_id}.h5ad")
-            try:
-                _write_json_atomic(folder / f"{upload_id}.json", meta)
-            except BaseException:
-                (folder / f"{upload_id}.h5ad").unlink(missing_ok=True)
-                raise
-        finally:
-            tmp.unlink(missing_ok=True)
+        try:
+            _write_json_atomic(folder / f"{upload_id}.json", meta)
+        except BaseException:
+            (folder / f"{upload_id}.h5ad").unlink(missing_ok=True)
+            raise
         with self._lock:
             ds.observed = ds.observed_info = None  # recomputed with the new measurements
         return meta
