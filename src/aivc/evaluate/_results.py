@@ -8,7 +8,6 @@ become ``null``) and ``results.md`` beside it, both atomically
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from collections.abc import Sequence
@@ -17,15 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from aivc._io import write_text_atomic
+from aivc._io import write_json_atomic, write_text_atomic
 
 __all__ = [
     "fmt",
     "fmt_summary",
-    "json_safe",
     "machine_info",
     "summarize",
-    "write_json",
     "write_results",
 ]
 
@@ -79,26 +76,10 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def json_safe(obj: Any) -> Any:
-    """``obj`` with NaN and infinity replaced by ``None``, so it is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` to ``path`` as indented strict JSON, atomically."""
-    return write_text_atomic(path, json.dumps(json_safe(obj), indent=2, allow_nan=False))
-
-
 def write_results(out: str | Path, result: dict[str, Any], markdown: str) -> Path:
     """Write ``out/results.json`` (strict JSON) and ``out/results.md`` atomically; returns ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", result)
+    write_json_atomic(out / "results.json", result)
     write_text_atomic(out / "results.md", markdown)
     return out

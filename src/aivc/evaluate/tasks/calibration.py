@@ -40,10 +40,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from aivc._io import json_safe
 from aivc._progress import progress
 from aivc.data._preprocess import condition_labels
 from aivc.evaluate._memory import ResourceMeter
-from aivc.evaluate._results import fmt_summary, json_safe, machine_info, summarize, write_results
+from aivc.evaluate._results import fmt_summary, machine_info, summarize, write_results
 from aivc.evaluate.tasks import Task, register_task
 from aivc.evaluate.tasks.perturbation import (
     PERTURBATION_SPECS,

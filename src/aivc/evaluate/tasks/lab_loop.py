@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from aivc.evaluate._results import fmt_summary, machine_info, summarize, write_json, write_results
+from aivc._io import write_json_atomic
+from aivc.evaluate._results import fmt_summary, machine_info, summarize, write_results
 from aivc.evaluate.tasks import Task, register_task
 from aivc.experiments._acquisition import STRATEGIES, propose
 from aivc.experiments._screens_data import (
@@ -540,7 +541,7 @@ def run_lab_loop(
         seeds = (0, 1, 2, 3, 4) if seeds is None else seeds
         result = run_screen_loop(dataset, models=models, seeds=seeds, variant=variant)
         chosen = result.pop("chosen_genes")
-        write_json(out / "chosen_genes.json", chosen)
+        write_json_atomic(out / "chosen_genes.json", chosen)
     elif dataset in _CELL_DATASETS:
         if variant is not None:
             msg = f"lab-loop on {dataset!r} has no variants; received {variant!r}."

@@ -49,11 +49,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from aivc._io import json_safe
 from aivc._progress import progress
 from aivc._settings import settings
 from aivc.cells._calibration import expected_calibration_error
 from aivc.data._validate import DataValidationError
-from aivc.evaluate._results import fmt_summary, json_safe, summarize, write_results
+from aivc.evaluate._results import fmt_summary, summarize, write_results
 from aivc.evaluate.tasks import Task, register_task
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from aivc._io import write_csv_atomic
+from aivc._io import json_safe, write_csv_atomic
 from aivc._progress import progress
 from aivc._settings import settings
 from aivc.data._preprocess import (
@@ -56,7 +56,7 @@ from aivc.evaluate._metrics import (
     systema_pearson_delta,
     top_de_mask,
 )
-from aivc.evaluate._results import fmt, json_safe, machine_info, summarize, write_results
+from aivc.evaluate._results import fmt, machine_info, summarize, write_results
 from aivc.evaluate.tasks import Task, register_task
 
 if TYPE_CHECKING:
