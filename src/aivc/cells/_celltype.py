@@ -91,6 +91,8 @@ def calibration_split(
     return np.sort(np.concatenate(fit_idx)), np.sort(np.concatenate(cal_idx))
 
 
+# The registry imports this module through its entry point in the "aivc.instruments" group
+# (pyproject.toml); aivc.instruments never imports aivc.cells itself.
 @register_instrument(
     "cell-type",
     kind="decoder",

@@ -185,6 +185,8 @@ def _check_float(name: str, value: object, low: float, high: float) -> None:
 
 
 # ----------------------------------------------------------------------------- model
+# The registry imports this module through its entry point in the "aivc.instruments" group
+# (pyproject.toml); aivc.instruments never imports aivc.cells itself.
 @register_instrument(
     "cell-encoder",
     kind="encoder",

@@ -219,6 +219,8 @@ def rna_lognorm(
     return x.tocsr(), genes
 
 
+# The registry imports this module through its entry point in the "aivc.instruments" group
+# (pyproject.toml); aivc.instruments never imports aivc.cells itself.
 @register_instrument(
     "rna-to-protein",
     kind="decoder",

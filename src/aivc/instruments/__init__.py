@@ -5,6 +5,11 @@ Every instrument follows :class:`Instrument` (estimator-style parameters,
 :class:`PerturbationModel`. The baselines that every model is compared with
 live here as ordinary instruments, and :func:`check_instrument` is the
 conformance check any third-party instrument can run.
+
+Instruments register with :func:`register_instrument`; the registry finds
+those defined outside this package (aivc's cell decoders and encoder, and
+third-party packages) through the ``aivc.instruments`` entry-point group
+(:data:`ENTRY_POINT_GROUP`), so this package never imports the layers above it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from aivc.instruments._model_dir import (
     save_model_dir,
 )
 from aivc.instruments._registry import (
+    ENTRY_POINT_GROUP,
     InstrumentInfo,
     get_instrument_class,
     list_instruments,
@@ -52,6 +58,7 @@ from aivc.instruments._registry import (
 )
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "FORMAT_VERSION",
     "AdditiveModel",
     "ConformalCalibrator",

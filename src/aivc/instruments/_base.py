@@ -9,6 +9,7 @@ version; ``weights.safetensors`` with arrays). Nothing is ever pickled.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
@@ -231,16 +232,67 @@ def _batch_matched_reference(
 
 
 # ----------------------------------------------------------------------------- instrument
-class Instrument(ABC):  # noqa: B024 (no abstract method: every instrument may keep the default state)
+class Instrument(ABC):
     """Base of all virtual instruments: parameters, fitted state, safe persistence."""
 
     #: Registry name; set by :func:`aivc.instruments.register_instrument`.
     name: ClassVar[str] = ""
+    #: Set to ``True`` by :meth:`fit` and :meth:`load`.
+    fitted_: bool
+
+    if TYPE_CHECKING:
+        # Every instrument has ``fit`` and ``predict``, each with its own signature (decoders
+        # take cells, perturbation models a perturbation dataset); declared for type checkers
+        # only, so that an instrument from the registry can be fit and used without casts.
+        def fit(self, *args: Any, **kwargs: Any) -> Self: ...
+
+        def predict(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def get_params(self) -> dict[str, Any]:
         """The constructor's keyword parameters and their current values."""
         sig = inspect.signature(type(self).__init__)
         return {p: getattr(self, p) for p in sig.parameters if p != "self"}
+
+    def set_params(self, **params: Any) -> Self:
+        """Set constructor parameters by name, as scikit-learn estimators do.
+
+        Only the values change: an instrument that is already fitted keeps
+        its fitted state until :meth:`fit` is called again. Names are checked
+        before any value is set, so an invalid name changes nothing.
+
+        Parameters
+        ----------
+        **params
+            New values of parameters listed by :meth:`get_params`.
+
+        Returns
+        -------
+        The instrument itself.
+
+        Raises
+        ------
+        ValueError
+            A name is not one of the constructor's parameters.
+        """
+        valid = self.get_params()
+        for key in params:
+            if key not in valid:
+                msg = (
+                    f"Invalid parameter {key!r} for estimator {type(self).__name__}. "
+                    f"Valid parameters are: {sorted(valid)!r}."
+                )
+                raise ValueError(msg)
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
+
+    def clone(self) -> Self:
+        """A new, unfitted instrument with (deep copies of) the same constructor parameters.
+
+        Nothing learned by :meth:`fit` (the attributes ending in ``_``) is
+        carried over, as with :func:`sklearn.base.clone`.
+        """
+        return type(self)(**copy.deepcopy(self.get_params()))
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -323,10 +375,11 @@ class Instrument(ABC):  # noqa: B024 (no abstract method: every instrument may k
         if cls in (Instrument, PerturbationModel) or config["class"] != cls.__name__:
             from aivc.instruments._registry import get_instrument_class
 
-            target = get_instrument_class(config.get("instrument") or config["class"])
-            if not issubclass(target, cls):
+            found = get_instrument_class(config.get("instrument") or config["class"])
+            if not issubclass(found, cls):
                 msg = f"{str(path)!r} holds a {config['class']}, not a {cls.__name__}."
                 raise DataValidationError(msg)
+            target = found
         obj = target(**config["params"])
         try:
             arrays = load_file(str(path / "weights.safetensors"))

@@ -51,7 +51,8 @@ def check_instrument(
     determinism (two fits with the same parameters agree); ``save``/``load``
     reproduces predictions and writes no pickle; unknown genes and mismatched
     gene panels are refused with :class:`DataValidationError`; cell-level
-    ``predict`` returns the schema's columns.
+    ``predict`` returns the schema's columns; ``clone`` and ``set_params``
+    follow :func:`check_decoder`'s ``get-params`` check.
 
     Returns
     -------
@@ -159,6 +160,9 @@ def check_instrument(
     if n_pert != 14:
         _fail("predict-cells", f"expected 14 predicted perturbed cells, got {n_pert}.")
     passed.append("predict-cells")
+
+    _check_params_api(cls, model)
+    passed.append("get-params")
     return passed
 
 
@@ -230,7 +234,9 @@ def check_decoder(
         Loading a model directory that holds another instrument class is
         refused with :class:`DataValidationError`.
     ``get-params``
-        ``cls(**fitted.get_params())`` is an equivalent, unfitted instrument.
+        ``cls(**fitted.get_params())`` and ``fitted.clone()`` are equivalent,
+        unfitted instruments; ``set_params(**get_params())`` returns the
+        instrument unchanged and an unknown name raises ``ValueError``.
 
     Returns
     -------
@@ -332,10 +338,33 @@ def check_decoder(
         except DataValidationError:
             passed.append("wrong-class")
 
-    clone = cls(**model.get_params())
-    if clone.is_fitted:
-        _fail("get-params", "an instrument rebuilt from get_params() is already fitted.")
-    if clone.get_params() != model.get_params():
-        _fail("get-params", "cls(**get_params()) has different parameters.")
+    _check_params_api(cls, model)
     passed.append("get-params")
     return passed
+
+
+def _check_params_api(cls: type[Instrument], model: Instrument) -> None:
+    """The ``get-params`` check on a fitted ``model``: rebuilding, ``clone`` and ``set_params``."""
+    params = model.get_params()
+    rebuilt = cls(**params)
+    if rebuilt.is_fitted:
+        _fail("get-params", "an instrument rebuilt from get_params() is already fitted.")
+    if rebuilt.get_params() != params:
+        _fail("get-params", "cls(**get_params()) has different parameters.")
+    clone = model.clone()
+    if type(clone) is not cls or clone is model:
+        _fail("get-params", f"clone() gave {type(clone).__name__}, not a new {cls.__name__}.")
+    if clone.is_fitted:
+        _fail("get-params", "clone() of a fitted instrument is already fitted.")
+    if clone.get_params() != params:
+        _fail("get-params", "clone() has different parameters.")
+    copied = sorted(k for k in vars(clone) if k.endswith("_") and not k.startswith("_"))
+    if copied:
+        _fail("get-params", f"clone() carries fitted attributes {copied}.")
+    if clone.set_params(**params) is not clone or clone.get_params() != params:
+        _fail("get-params", "set_params(**get_params()) did not return the instrument unchanged.")
+    try:
+        clone.set_params(not_a_parameter_xyz=0)
+        _fail("get-params", "set_params accepted an unknown parameter name.")
+    except ValueError:
+        pass

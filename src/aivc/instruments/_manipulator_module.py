@@ -7,7 +7,11 @@ conditions only and to calibrate predictive standard deviations.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +24,7 @@ __all__ = [
     "fit_kernel_ridge",
     "grouped_loo",
     "linear_kernel",
+    "quiet_de_output",
     "top_gene_error",
     "top_right_singular",
     "unit_rows",
@@ -253,6 +258,36 @@ def detection_genes(
     return (np.abs(delta) >= z * scale) & (target > 1e-9)
 
 
+@contextlib.contextmanager
+def quiet_de_output() -> Iterator[None]:
+    """Silence the progress bars and info logs of pdex and cell-eval for the duration.
+
+    Standard error is captured, ``TQDM_DISABLE`` is set and the ``pdex`` and
+    ``cell_eval`` loggers are raised to ``ERROR``; all three are restored on
+    exit. Used around the differential expression of :func:`_top_de_genes`
+    and by :mod:`aivc.evaluate` around cell-eval.
+    """
+    sink = io.StringIO()
+    redirect = contextlib.redirect_stderr(sink)
+    redirect.__enter__()
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    loggers = [logging.getLogger(n) for n in ("cell_eval", "pdex")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
+        for lg, lvl in zip(loggers, levels, strict=True):
+            lg.setLevel(lvl)
+        redirect.__exit__(None, None, None)
+
+
 def _top_de_genes(
     cells: list[np.ndarray], control: np.ndarray, *, fdr: float = 0.05
 ) -> list[np.ndarray]:
@@ -270,9 +305,7 @@ def _top_de_genes(
     x = np.vstack([*cells, control]).astype(np.float32)
     obs = pd.DataFrame({"group": [*labels, *["ref"] * len(control)]})
     obs.index = obs.index.astype(str)
-    from aivc.evaluate._celleval import _quiet
-
-    with _quiet():
+    with quiet_de_output():
         table = pdex.pdex(
             ad.AnnData(X=x, obs=obs),
             groupby="group",
