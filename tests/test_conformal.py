@@ -282,7 +282,7 @@ def test_calibration_scores():
 @pytest.mark.slow
 def test_run_calibration_on_real_combinations(data_dir, tmp_path):
     """The calibration task end to end on Norman doubles (one seed, two baselines)."""
-    from aivc.evaluate._tasks import run_task
+    from aivc.evaluate import run_task
 
     result = run_task(
         "calibration",

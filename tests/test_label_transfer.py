@@ -114,7 +114,7 @@ def test_run_label_transfer_rejects_unknown_dataset_and_variant(tmp_path) -> Non
 
 @pytest.mark.slow
 def test_benchmark_writes_strict_json(data_dir, tmp_path) -> None:
-    from aivc.evaluate._tasks import run_task
+    from aivc.evaluate import run_task
 
     out = tmp_path / "lt"
     run_task(

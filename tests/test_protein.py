@@ -108,7 +108,7 @@ def test_decoder_save_load_and_seed(cite, fitted, tmp_path):
 
 @pytest.mark.slow
 def test_rna_to_protein_benchmark_tiny(data_dir, tmp_path):
-    from aivc.evaluate._tasks import run_task
+    from aivc.evaluate import run_task
 
     out = tmp_path / "bench"
     result = run_task(

@@ -794,6 +794,9 @@ class ConformalModel(PerturbationModel):
     def _set_model_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         info = meta["base"]
         cls = get_instrument_class(info["instrument"] or info["class"])
+        if not issubclass(cls, PerturbationModel):
+            msg = f"The saved base model {cls.__name__} is not a perturbation model."
+            raise TypeError(msg)
         base = cls(**info["params"])
         base._set_state(
             {k[len("base.") :]: v for k, v in arrays.items() if k.startswith("base.")},
