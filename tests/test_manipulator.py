@@ -10,6 +10,7 @@ from aivc.data import DataValidationError, prepare
 from aivc.data._synthetic import synthetic_perturbation_data
 from aivc.instruments import PerturbationModel, PerturbModel, check_instrument, make_instrument
 from aivc.instruments import _manipulator_module as mm
+from aivc.instruments._perturb import MeasuredSingles, MeasuredState, fit_interactions
 
 FAST = {"embeddings": "coexpression"}  # no knowledge tables: quick and offline
 
@@ -78,7 +79,7 @@ def test_three_gene_combination_is_sum_plus_pairwise_interactions(data):
     assert pred.shape == (4, adata.n_vars)
     assert_allclose(pred[0], pred[1:].sum(axis=0), atol=1e-9)
     # with interaction coefficients, the triple adds them over its three pairs
-    model.theta_ = np.tile([0.1, 0.5], (adata.n_vars, 1))
+    model.stages_["interactions"].state.theta = np.tile([0.1, 0.5], (adata.n_vars, 1))
     s = pred[1:]
     pairs = s[0] * s[1] + s[0] * s[2] + s[1] * s[2]
     got = model.predict_delta([triple])[0]
@@ -91,13 +92,12 @@ def test_interaction_coefficients_are_learned_when_real():
     add = rng.normal(0, 1, (n, g))
     prod = rng.normal(0, 1, (n, g))
     y = add + 0.6 * prod + rng.normal(0, 0.05, (n, g))
-    model = PerturbModel()
     selection: dict = {}
-    theta = model._fit_interactions(add, prod, y, selection)
+    theta = fit_interactions(add, prod, y, selection)
     assert_allclose(theta[:, 1], 0.6, atol=0.05)
     assert_allclose(theta[:, 0], 0.0, atol=0.05)
     # pure noise: the additive model is kept
-    theta0 = model._fit_interactions(add, prod, add + rng.normal(0, 1, (n, g)), {})
+    theta0 = fit_interactions(add, prod, add + rng.normal(0, 1, (n, g)), {})
     assert np.all(theta0 == 0)
 
 
@@ -201,20 +201,18 @@ def test_grouped_loo_matches_refitting():
         assert_allclose(var[held], np.diag(post) + 0.5, atol=1e-8)
 
 
-def test_dose_interpolation_between_measured_doses(fitted):
-    model = fitted
-    g = len(model.genes_)
-    saved = (model.measured_keys_, model.measured_delta_)
-    try:
-        model.measured_keys_ = [["DRUG", None, 1.0], ["DRUG", None, 100.0]]
-        model.measured_delta_ = np.stack([np.zeros(g), np.ones(g)])
-        model._index_measured()
-        assert_allclose(model._measured_profile("DRUG", None, 10.0), 0.5)
-        assert_allclose(model._measured_profile("DRUG", None, 1000.0), 1.0)
-        assert model._measured_profile("DRUG", "other", 10.0) is None
-    finally:
-        model.measured_keys_, model.measured_delta_ = saved
-        model._index_measured()
+def test_dose_interpolation_between_measured_doses():
+    g = 5
+    measured = MeasuredSingles(
+        MeasuredState(
+            keys=[["DRUG", None, 1.0], ["DRUG", None, 100.0]],
+            delta=np.stack([np.zeros(g), np.ones(g)]),
+        )
+    )
+    assert_allclose(measured.profile("DRUG", None, 10.0), 0.5)
+    assert_allclose(measured.profile("DRUG", None, 1000.0), 1.0)
+    assert measured.profile("DRUG", "other", 10.0) is None
+    assert measured.single("DRUG", None, 100.0) == 1
 
 
 @pytest.mark.slow

@@ -146,7 +146,7 @@ def test_an_unknown_stored_shrinkage_is_refused_on_load(plain, tmp_path):
 
     path = plain.save(tmp_path / "m")
     config = json.loads((path / "config.json").read_text())
-    config["state"]["shrinkage"] = "bogus"
+    config["state"]["shrinkage"]["kind"] = "bogus"
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(DataValidationError, match="corrupted"):
         PerturbModel.load(path)
@@ -168,7 +168,12 @@ def test_shrinkage_lowers_held_out_mae_on_papalexi(data_dir, tmp_path):
     absolute error over all genes of the held-out knockouts, the intervals still cover
     their measured changes, and the dispersion shrinkage scales each knockout's change by
     |f|^2 / (|f|^2 + c D) with D its neighbours' disagreement."""
-    from aivc.evaluate.tasks.perturbation import _observe, _test_conditions, _training_view, task_data
+    from aivc.evaluate.tasks.perturbation import (
+        _observe,
+        _test_conditions,
+        _training_view,
+        task_data,
+    )
     from aivc.instruments._manipulator import _neighbour_dispersion
 
     data = task_data("unseen-single", None, [0], data_dir=data_dir)
@@ -196,15 +201,8 @@ def test_shrinkage_lowers_held_out_mae_on_papalexi(data_dir, tmp_path):
         assert model.shrinkage_ == "dispersion" and model.shrinkage_strength_ > 0
         states = np.stack([model.row_states_[0]] * len(perts))
         f, _ = plain._gp_singles(perts, np.zeros(len(perts)), states)
-        k = model._full_kernel(
-            model.sources_,
-            perts,
-            np.zeros(len(perts)),
-            states,
-            model.row_targets_,
-            model.row_log_doses_,
-            model.row_states_,
-            model.tau_,
+        k = model.stages_["kernel"].kernel(
+            model.stages_["context"], perts, np.zeros(len(perts)), states
         )
         d = _neighbour_dispersion(k @ model.inverse_, model._row_changes(), f)
         factor = (f**2).sum(axis=1) / ((f**2).sum(axis=1) + model.shrinkage_strength_ * d)

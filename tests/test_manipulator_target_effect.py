@@ -144,13 +144,13 @@ def test_survives_save_and_load(split, models, tmp_path):
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("target_form", "bogus"), ("target_fraction", -0.5), ("target_fraction", "nan")],
+    [("form", "bogus"), ("fraction", -0.5), ("fraction", "nan")],
 )
 def test_a_corrupted_own_gene_model_is_refused_on_load(models, tmp_path, key, value):
     on, _ = models
     path = on.save(tmp_path / "m")
     config = json.loads((path / "config.json").read_text())
-    config["state"][key] = float(value) if value == "nan" else value
+    config["state"]["target"][key] = float(value) if value == "nan" else value
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(DataValidationError, match="own-gene model"):
         PerturbModel.load(path)
