@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Create the environment, install aivc with the CPU build of torch, and run the demo.
+# Needs no data folder: the demo's dataset ships with aivc. AIVC_DATA_DIR, when set, is used.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"

@@ -20,12 +20,25 @@ from pathlib import Path
 
 import pytest
 
-_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/local/bin")
+#: Where Debian and Ubuntu install each PostgreSQL major version's server binaries.
+_DEBIAN_ROOT = Path("/usr/lib/postgresql")
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    """Sort key of a ``/usr/lib/postgresql/<version>/bin`` folder: its version as numbers."""
+    parts = path.parent.name.split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else (-1,)
+
+
+def _bin_dirs() -> list[Path]:
+    """Folders to search for the server binaries: every installed version, newest first."""
+    versions = sorted(_DEBIAN_ROOT.glob("*/bin"), key=_version_key, reverse=True)
+    return [*versions, Path("/usr/local/bin")]
 
 
 def _find_bin(name: str) -> str | None:
-    for d in _BIN_DIRS:
-        p = Path(d) / name
+    for d in _bin_dirs():
+        p = d / name
         if p.exists():
             return str(p)
     return shutil.which(name)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DatasetEntry",
     "dataset_entry",
+    "embedded_path",
     "list_datasets",
     "load",
     "register_dataset",
@@ -152,17 +153,55 @@ def schema_of(adata: AnnData) -> PerturbationSchema:
         raise KeyError(msg) from None
 
 
+#: Datasets whose file also ships inside the package (in ``aivc/data/_embedded``), by name.
+_EMBEDDED_FILES = {"papalexi2021": "papalexi2021.h5ad"}
+
+
+def embedded_path(name: str) -> Path | None:
+    """The copy of dataset ``name`` that ships inside the package, or ``None``.
+
+    Parameters
+    ----------
+    name
+        Registry name, e.g. ``"papalexi2021"``.
+
+    Returns
+    -------
+    Path of the embedded file, or ``None`` when the dataset has no embedded copy
+    (or the installation lacks it).
+    """
+    filename = _EMBEDDED_FILES.get(name)
+    if filename is None:
+        return None
+    path = Path(__file__).parent / "_embedded" / filename
+    return path if path.is_file() else None
+
+
 def load(name: str, *, data_dir: str | Path | None = None, download: bool = False) -> AnnData:
     """Load a registered dataset by name.
 
     Reads ``<data_dir>/<folder>/<filename>``; the data directory defaults to
-    ``aivc.settings.data_dir`` (``AIVC_DATA_DIR``). With ``download=True`` a
-    public dataset that is not present locally is downloaded first (this needs
-    a network). The dataset's schema, if any, is stored in
-    ``uns["aivc"]["schema"]``.
+    ``aivc.settings.data_dir`` (``AIVC_DATA_DIR``). When ``data_dir`` is not
+    given and the settings' data directory holds no copy, a dataset that ships
+    inside the package (:func:`embedded_path`, e.g. ``papalexi2021``) is read
+    from there; an explicit ``data_dir`` is read only from that folder. With
+    ``download=True`` a public dataset that is not present locally is
+    downloaded first (this needs a network). The dataset's schema, if any, is
+    stored in ``uns["aivc"]["schema"]``. Which copy was read is logged at INFO.
     """
     entry = dataset_entry(name)
     path = entry.path(data_dir)
+    embedded = embedded_path(name) if data_dir is None else None
+    if path.exists():
+        logger.info("Loading %s from the data directory: %s", name, path)
+    elif embedded is not None:
+        logger.info(
+            "Loading %s from the copy embedded in aivc (%s); the data directory %s holds none",
+            name,
+            embedded,
+            settings.data_dir,
+        )
+        path = embedded
     if not path.exists():
         if download and entry.remote:
             from aivc.data._download import download_dataset
