@@ -176,7 +176,7 @@ def test_unknown_gene_is_a_clear_error(model_dir, tmp_path):
         ],
     )
     assert result.exit_code == 2
-    assert "unknown gene(s) ['NOTAGENE']" in _output(result)
+    assert "Unknown gene 'NOTAGENE'" in _output(result)
     assert not (tmp_path / "p.h5ad").exists()
 
 

@@ -97,7 +97,9 @@ def test_not_fitted_and_unknown_gene(prepared):
     with pytest.raises(NotFittedError, match=r"not fitted yet; call fit"):
         TrainMeanModel().predict_delta(["GENE001"])
     model = TrainMeanModel().fit(adata, schema)
-    with pytest.raises(DataValidationError, match=r"names unknown gene\(s\) \['FOO'\]"):
+    with pytest.raises(
+        DataValidationError, match=r"Unknown gene 'FOO' in the combination 'GENE001\+FOO'"
+    ):
         model.predict_delta(["GENE001+FOO"])
 
 
@@ -190,7 +192,7 @@ def test_summary_compares_each_batch_with_its_own_controls():
 
 
 def test_summary_uses_pooled_controls_for_a_batch_with_too_few():
-    from aivc.instruments._base import MIN_BATCH_CONTROLS
+    from aivc.data._changes import MIN_BATCH_CONTROLS
 
     adata, schema = _batched_data(offset=0.8, n_ctrl=(200, MIN_BATCH_CONTROLS - 1))
     s = PerturbationSummary.from_adata(adata, schema)

@@ -220,7 +220,10 @@ def test_results_file_loop_and_bad_uploads(tmp_path):
         "n_rounds": 2,
     }
     # unknown genes in the candidate list: a clear error, nothing written
-    with pytest.raises(ValueError, match="not genes of the simulated cell"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown candidate 'NOTAGENE'; expected one of the .* genes of the simulated cell",
+    ):
         run_loop(url, "bad", lab=sim, candidates=[*cands[:3], "NOTAGENE"], n_rounds=1)
     with Ledger(url) as led:
         assert led.list_projects() == []

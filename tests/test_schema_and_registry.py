@@ -45,7 +45,7 @@ def test_registry_rejects_duplicates():
 
 
 def test_unknown_dataset_suggests():
-    with pytest.raises(KeyError, match=r"Did you mean \['papalexi2021'\]"):
+    with pytest.raises(KeyError, match=r"Did you mean 'papalexi2021'\?"):
         dataset_entry("papalexi2012")
 
 

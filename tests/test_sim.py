@@ -383,7 +383,7 @@ def test_lab_counts_cost_and_is_reproducible(sim: VirtualCellSimulator) -> None:
         ),
         (
             {"perturbations": ["G0001+NOPE"], "n_cells": 5, "cell_type": "type_A"},
-            r"neither one of the 300 genes",
+            r"Unknown perturbation target 'NOPE' in 'G0001\+NOPE'.*one of the 300 genes",
         ),
         (
             {"perturbations": ["G0001"], "n_cells": 0, "cell_type": "type_A"},

@@ -198,6 +198,8 @@ def rna_lognorm(
     The RNA must be raw counts (in ``X`` or ``layer``); duplicate gene
     symbols after alias resolution keep their first column.
     """
+    from aivc.data import log_normalize
+
     if layer is not None and layer not in adata.layers:
         msg = f"Layer {layer!r} not found; available layers: {sorted(adata.layers)}."
         raise DataValidationError(msg)
@@ -212,11 +214,8 @@ def rna_lognorm(
     if not keep.all():
         x = x[:, np.flatnonzero(keep)]
         genes = genes[keep]
-    totals = np.asarray(x.sum(axis=1)).ravel()
-    scale = np.where(totals > 0, target_sum / np.maximum(totals, 1e-12), 0.0)
-    x = sp.diags(scale) @ x
-    x.data = np.log1p(x.data)
-    return x.tocsr(), genes
+    x, _ = log_normalize(x, target_sum=target_sum, dtype=np.float64)
+    return x, genes
 
 
 # The registry imports this module through its entry point in the "aivc.instruments" group

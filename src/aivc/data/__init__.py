@@ -1,8 +1,9 @@
-"""Data: the perturbation-dataset schema, validation, preprocessing, registry, splits."""
+"""Data: the perturbation-dataset schema, validation, preprocessing, observed changes, registry, splits."""
 
 from __future__ import annotations
 
 from aivc.data import _public  # noqa: F401  (registers the public datasets)
+from aivc.data._changes import ControlReference, observed_changes
 from aivc.data._download import download_dataset as download
 from aivc.data._preprocess import (
     CONDITION_SEP,
@@ -38,6 +39,7 @@ from aivc.data._validate import (
 __all__ = [
     "CONDITION_SEP",
     "DOSE_SEP",
+    "ControlReference",
     "DataValidationError",
     "DatasetEntry",
     "PerturbationSchema",
@@ -54,6 +56,7 @@ __all__ = [
     "list_datasets",
     "load",
     "log_normalize",
+    "observed_changes",
     "prepare",
     "pseudobulk",
     "read_h5ad",

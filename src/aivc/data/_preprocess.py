@@ -6,11 +6,12 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from numpy.typing import DTypeLike
 
 from aivc.data._schema import PerturbationSchema
 from aivc.data._validate import DataValidationError, get_counts, validate
@@ -58,30 +59,90 @@ def treatment_labels(adata: AnnData, schema: PerturbationSchema) -> pd.Series:
     return pd.Series(out, index=adata.obs_names, name="treatment")
 
 
-def log_normalize(counts: object, *, target_sum: float | None = 1e4) -> tuple[sp.csr_matrix, float]:
+@overload
+def log_normalize(
+    counts: object,
+    *,
+    target_sum: float | None = ...,
+    dtype: DTypeLike = ...,
+    dense: Literal[False] = ...,
+    scaling: Literal["factor", "fraction"] = ...,
+) -> tuple[sp.csr_matrix, float]: ...
+
+
+@overload
+def log_normalize(
+    counts: object,
+    *,
+    target_sum: float | None = ...,
+    dtype: DTypeLike = ...,
+    dense: Literal[True],
+    scaling: Literal["factor", "fraction"] = ...,
+) -> tuple[np.ndarray, float]: ...
+
+
+def log_normalize(
+    counts: object,
+    *,
+    target_sum: float | None = 1e4,
+    dtype: DTypeLike = np.float32,
+    dense: bool = False,
+    scaling: Literal["factor", "fraction"] = "factor",
+) -> tuple[sp.csr_matrix | np.ndarray, float]:
     """Library-size normalisation followed by ``log1p``.
+
+    Each cell's counts are scaled to sum to ``target_sum`` and then
+    ``log1p``-transformed; cells without counts stay zero. The arithmetic is
+    done in float64 whatever the input type.
 
     Parameters
     ----------
     counts
-        Cells x genes raw counts (dense or sparse).
+        Cells x genes raw counts (dense or sparse). Library sizes are summed
+        in the input's own layout (dense rows or sparse rows; for integer
+        counts the two are identical).
     target_sum
         Total each cell is scaled to (default 10,000, the usual convention and
         the scale of published reference numbers); ``None`` uses the median library size.
+    dtype
+        Data type of the result (float32 by default, as in :func:`prepare`).
+    dense
+        Return a dense array instead of CSR.
+    scaling
+        Order of the per-cell arithmetic; the two agree up to the last bit of
+        float64. ``"factor"`` (default, used by :func:`prepare`) multiplies
+        each count by ``target_sum / library size``; ``"fraction"`` divides
+        each count by its library size and then multiplies by ``target_sum``
+        (the arithmetic of the ``lab-loop`` benchmark, kept so that its
+        numbers are reproduced exactly).
 
     Returns
     -------
-    The log-normalised matrix (float32 CSR) and the target sum used.
+    The log-normalised matrix (CSR, or dense with ``dense=True``, of ``dtype``)
+    and the target sum used.
     """
-    m = sp.csr_matrix(counts, dtype=np.float64)
-    lib = np.asarray(m.sum(axis=1)).ravel()
+    if scaling not in ("factor", "fraction"):
+        msg = f"scaling must be 'factor' or 'fraction'; got {scaling!r}."
+        raise ValueError(msg)
+    if sp.issparse(counts):
+        m = sp.csr_matrix(counts, dtype=np.float64)
+        lib = np.asarray(m.sum(axis=1)).ravel()
+    else:
+        values = np.asarray(counts, dtype=np.float64)
+        lib = values.sum(axis=1)
+        m = sp.csr_matrix(values)
     if target_sum is None:
         positive = lib[lib > 0]
         target_sum = float(np.median(positive)) if positive.size else 1.0
-    scale = np.divide(target_sum, lib, out=np.zeros_like(lib), where=lib > 0)
-    m = sp.diags(scale) @ m
+    if scaling == "factor":
+        scale = np.divide(target_sum, lib, out=np.zeros_like(lib), where=lib > 0)
+        m = sp.diags(scale) @ m
+    else:
+        per_entry = np.repeat(np.where(lib > 0, lib, 1.0), np.diff(m.indptr))
+        m.data = m.data / per_entry * target_sum  # a new array: the input is not modified
     m.data = np.log1p(m.data)
-    return sp.csr_matrix(m, dtype=np.float32), float(target_sum)
+    out = sp.csr_matrix(m, dtype=dtype)
+    return (out.toarray() if dense else out), float(target_sum)
 
 
 def prepare(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aivc._labels import check_known
 from aivc._settings import settings
 from aivc.data._schema import PerturbationSchema
 from aivc.data._validate import read_h5ad
@@ -121,18 +122,10 @@ def register_dataset(entry: DatasetEntry) -> DatasetEntry:
 
 def dataset_entry(name: str) -> DatasetEntry:
     """The registry entry called ``name``."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        msg = (
-            f"Unknown dataset {name!r}."
-            + (f" Did you mean {close}?" if close else "")
-            + f" Known datasets: {sorted(_REGISTRY)} (see aivc.data.list_datasets())."
-        )
-        raise KeyError(msg) from None
+    check_known(
+        [name], _REGISTRY, what="dataset", advice="See aivc.data.list_datasets().", error=KeyError
+    )
+    return _REGISTRY[name]
 
 
 def list_datasets() -> Iterator[DatasetEntry]:

@@ -6,7 +6,6 @@ was expected, what was received and what to do next.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from aivc._labels import check_known, did_you_mean
 from aivc.data._schema import PerturbationSchema
 
 if TYPE_CHECKING:
@@ -131,17 +131,16 @@ def check_perturbation_labels(
             targets = schema.targets(label)
         except ValueError as e:
             raise DataValidationError(str(e)) from None
-        unknown = [t for t in targets if t not in known]
-        if unknown:
-            close = {t: difflib.get_close_matches(t, list(known), n=3, cutoff=0.8) for t in unknown}
-            hints = "; ".join(f"{t!r}: did you mean {c}?" for t, c in close.items() if c)
-            kind = "combination" if len(targets) > 1 else "perturbation"
-            msg = (
-                f"The {kind} {label!r} names unknown gene(s) {unknown}; every target must be a gene "
-                f"symbol the model knows ({len(known)} genes)."
-                + (f" {hints}" if hints else " Check the spelling and use official gene symbols.")
-            )
-            raise DataValidationError(msg)
+        kind = "combination" if len(targets) > 1 else "perturbation"
+        check_known(
+            targets,
+            known,
+            what="gene",
+            known_as="known gene symbols",
+            where=f" in the {kind} {label!r}",
+            advice="Every target must be a known gene symbol; check the spelling.",
+            error=DataValidationError,
+        )
 
 
 def check_gene_panel(
@@ -201,15 +200,15 @@ def validate(
     obs = adata.obs
     # columns ------------------------------------------------------------------
     for role, key in schema.obs_keys().items():
-        if key not in obs.columns:
-            close = difflib.get_close_matches(key, list(map(str, obs.columns)), n=3, cutoff=0.6)
-            msg = (
-                f"adata.obs has no column {key!r} (the schema's {role} column). "
-                + (f"Did you mean {close}? " if close else "")
-                + f"Available columns: {_preview(obs.columns)}. Declare the right column in "
-                "PerturbationSchema."
-            )
-            raise DataValidationError(msg)
+        check_known(
+            [key],
+            [str(c) for c in obs.columns],
+            what="obs column",
+            known_as="columns of adata.obs",
+            where=f" (the schema's {role} column)",
+            advice="Declare the right column in PerturbationSchema.",
+            error=DataValidationError,
+        )
     # names ---------------------------------------------------------------------
     for axis, names in (("cell (obs)", adata.obs_names), ("gene (var)", adata.var_names)):
         dup = names[names.duplicated()]
@@ -259,11 +258,11 @@ def validate(
         )
         raise DataValidationError(msg)
     if require_control and schema.control_label not in counts.index:
-        close = difflib.get_close_matches(schema.control_label, list(counts.index), n=3, cutoff=0.6)
-        if close:
+        hint = did_you_mean(schema.control_label, [str(x) for x in counts.index])
+        if hint:
             msg = (
                 f"No cell has the control label {schema.control_label!r} in obs[{schema.perturbation_key!r}]. "
-                f"Did you mean {close[0]!r}? Close matches: {close}. Fix control_label in the schema."
+                f"{hint} Fix control_label in the schema."
             )
         else:
             msg = (

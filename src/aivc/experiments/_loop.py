@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
+from aivc._labels import check_known
 from aivc._progress import progress
 from aivc.data._schema import PerturbationSchema
 from aivc.data._validate import DataValidationError
@@ -364,8 +365,6 @@ def _training_data(
 def _check_candidates(
     candidates: Sequence[str], allowed: Sequence[str] | None, what: str
 ) -> list[str]:
-    import difflib
-
     cands = [str(c) for c in candidates]
     if not cands:
         msg = "The candidate list is empty; pass the genes to choose from."
@@ -375,16 +374,7 @@ def _check_candidates(
         msg = f"Candidates {dup[:10]} are listed more than once; list each once."
         raise ValueError(msg)
     if allowed is not None:
-        allowed_set = set(allowed)
-        unknown = [c for c in cands if c not in allowed_set]
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], list(allowed), n=1, cutoff=0.6)
-            msg = (
-                f"{len(unknown)} candidate(s) are not genes of the {what}, e.g. {unknown[:5]}"
-                + (f" (did you mean {close[0]!r}?)" if close else "")
-                + f"; expected names like {list(allowed)[:3]}."
-            )
-            raise ValueError(msg)
+        check_known(cands, set(allowed), what="candidate", known_as=f"genes of the {what}")
     return cands
 
 

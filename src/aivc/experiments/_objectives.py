@@ -25,13 +25,14 @@ custom
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from aivc._labels import check_known
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -41,15 +42,14 @@ __all__ = ["Objective", "make_objective", "reference_states"]
 
 def _gene_index(genes: Sequence[str], wanted: Sequence[str]) -> np.ndarray:
     pos = {g: i for i, g in enumerate(genes)}
-    missing = [g for g in wanted if g not in pos]
-    if missing:
-        close = difflib.get_close_matches(missing[0], list(genes), n=1, cutoff=0.6)
-        msg = (
-            f"Objective gene(s) {missing} are not among the model's {len(genes)} measured genes"
-            + (f" (did you mean {close[0]!r}?)" if close else "")
-            + "; name measured genes."
-        )
-        raise ValueError(msg)
+    check_known(
+        wanted,
+        pos,
+        what="objective gene",
+        known_as="genes the model measures",
+        advice="Name measured genes.",
+        error=ValueError,
+    )
     return np.asarray([pos[g] for g in wanted], dtype=int)
 
 

@@ -26,7 +26,6 @@ intervals hold.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -40,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from aivc._io import atomic_path, write_text_atomic
+from aivc._labels import check_known
 from aivc._progress import progress
 from aivc.experiments._objectives import Objective, make_objective
 
@@ -325,18 +325,16 @@ def _check_targets(model: PerturbationModel, names: Sequence[str], what: str) ->
     if dup:
         msg = f"The {what} lists {dup[:10]} more than once; list each gene once."
         raise ValueError(msg)
-    known = set(model.known_genes_)
     sep = model.schema_.combination_separator
-    unknown = [g for g in labels if g not in known or sep in g]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], model.known_genes_, n=1, cutoff=0.6)
-        msg = (
-            f"{len(unknown)} gene(s) of the {what} are unknown to the model, e.g. {unknown[:5]}"
-            + (f" (did you mean {close[0]!r}?)" if close else "")
-            + f". The model accepts the {len(known)} genes it was fitted with (known_genes_); "
-            "remove the others or refit with known_genes=..."
-        )
-        raise ValueError(msg)
+    check_known(
+        labels,
+        {g for g in model.known_genes_ if sep not in g},
+        what="gene",
+        known_as="genes the model was fitted with (known_genes_)",
+        where=f" in the {what}",
+        advice="Remove the others or refit with known_genes=...",
+        error=ValueError,
+    )
     return labels
 
 

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from aivc.data._preprocess import CONDITION_SEP, condition_labels, pseudobulk
+from aivc.data._changes import observed_changes
+from aivc.data._preprocess import CONDITION_SEP, pseudobulk
 from aivc.data._registry import schema_of
 from aivc.data._schema import PerturbationSchema
 from aivc.data._validate import DataValidationError, check_gene_panel, check_perturbation_labels
@@ -75,7 +76,7 @@ class PerturbationSummary:
         names a batch column and the condition's cells sit in the batches in
         other proportions than the controls, enough to bias that comparison,
         the change against the controls of its own batches instead (see
-        :func:`_batch_matched_reference`).
+        :func:`aivc.data.observed_changes` with ``control="auto"``).
     n_cells
         Cells per condition.
     control_mean
@@ -115,16 +116,12 @@ class PerturbationSummary:
         }
         pert_rows = np.flatnonzero(~ctrl)
         contexts = [None if c is None else str(c) for c in info["context"].to_numpy()[pert_rows]]
-        for c in set(contexts):
-            if c not in control_mean:
-                msg = f"Context {c!r} has perturbed cells but no control cells; add its controls."
-                raise DataValidationError(msg)
+        # the same rows as ``pert_rows``; raises for a context with perturbed cells and no controls
+        changes, changes_info = observed_changes(adata, schema, control="auto")
+        delta = changes.to_numpy()
         mean = means.to_numpy()[pert_rows]
-        delta = mean - np.stack([control_mean[c] for c in contexts]) if len(pert_rows) else mean
-        refs = _batch_matched_reference(adata, schema, info, pert_rows, contexts, control_mean)
-        if refs is not None:
-            # the change against batch-matched controls; ``mean`` stays the control mean plus it
-            delta = mean - refs
+        if (changes_info["reference"] == "batch").any():
+            # changes against batch-matched controls; ``mean`` stays the control mean plus them
             mean = np.stack([control_mean[c] for c in contexts]) + delta
         return cls(
             schema=schema,
@@ -137,98 +134,6 @@ class PerturbationSummary:
             control_mean=control_mean,
             doses=[float(d) for d in info["dose"].to_numpy()[pert_rows]],
         )
-
-
-#: Fewest control cells of a context in one batch for that batch's controls to serve as
-#: the reference of the batch's perturbed cells.
-MIN_BATCH_CONTROLS = 30
-
-
-def _batch_matched_reference(
-    adata: AnnData,
-    schema: PerturbationSchema,
-    info: pd.DataFrame,
-    pert_rows: np.ndarray,
-    contexts: list[str | None],
-    control_mean: dict[str | None, np.ndarray],
-) -> np.ndarray | None:
-    """Each condition's control reference, batch-matched where the design calls for it, or ``None``.
-
-    With a batch column in the schema, the pooled controls of a context are a
-    biased reference for a condition whose cells sit in the batches in other
-    proportions than the controls (as in rounds of experiments, each batch with
-    its own controls): the change then carries the batches' offsets. The
-    matched reference averages the controls of each batch (with at least
-    :data:`MIN_BATCH_CONTROLS` cells) with the condition's share of cells in it
-    as weights; it is unbiased but noisier. A condition gets the matched
-    reference when the estimated squared bias of the pooled one (summed over
-    genes, its sampling variance removed) exceeds the extra variance of the
-    matched one; otherwise the pooled controls. Returns one reference row per
-    perturbed condition, or ``None`` when no condition is matched (no batches,
-    one batch, or a balanced design).
-    """
-    key = schema.batch_key
-    if key is None or key not in adata.obs or len(pert_rows) == 0:
-        return None
-    batch = adata.obs[key].astype(str).to_numpy()
-    batch_codes, batch_names = pd.factorize(batch, sort=True)
-    n_batches = len(batch_names)
-    if n_batches < 2:
-        return None
-    cond = condition_labels(adata, schema).astype(str).to_numpy()
-    index = {str(label): i for i, label in enumerate(info.index)}
-    cond_codes = np.array([index[c] for c in cond], dtype=np.int64)
-    # cells per (condition, batch), and control sums and sums of squares per batch
-    counts = np.zeros((len(info), n_batches))
-    np.add.at(counts, (cond_codes, batch_codes), 1.0)
-    is_ctrl = info["perturbation"].to_numpy() == schema.control_label
-    x = adata.X
-    refs = np.stack([control_mean[c] for c in contexts])
-    matched_any = False
-    ctx_of_ctrl = {
-        (None if c is None else str(c)): int(i)
-        for i, c in zip(np.flatnonzero(is_ctrl), info["context"].to_numpy()[is_ctrl], strict=True)
-    }
-    for ctx in set(contexts):
-        ci = ctx_of_ctrl[ctx]
-        rows = np.flatnonzero(cond_codes == ci)
-        n_b = counts[ci]
-        usable = n_b >= MIN_BATCH_CONTROLS
-        if usable.sum() < 1:
-            continue
-        ind = sp.csr_matrix(
-            (np.ones(rows.size), (batch_codes[rows], np.arange(rows.size))),
-            shape=(n_batches, rows.size),
-        )
-        xr = x[rows]
-        sums = ind @ xr
-        sums = sums.toarray() if sp.issparse(sums) else np.asarray(sums)
-        sq = ind @ (xr.multiply(xr) if sp.issparse(xr) else xr * xr)
-        sq = sq.toarray() if sp.issparse(sq) else np.asarray(sq)
-        safe = np.maximum(n_b, 1.0)[:, None]
-        c_b = sums / safe
-        # within-batch variance of the controls, per gene
-        within = (sq.sum(0) - (sums**2 / safe).sum(0)) / max(rows.size - n_batches, 1)
-        within = np.maximum(within, 0.0)
-        total_var = float(within.sum())
-        pooled = control_mean[ctx]
-        n_ctrl = float(n_b.sum())
-        for out in [i for i, c in enumerate(contexts) if c == ctx]:
-            w = counts[pert_rows[out]]
-            w = np.where(usable, w / w.sum(), 0.0)
-            rest = 1.0 - w.sum()  # share of cells in batches without enough controls: pooled
-            ref_matched = w @ c_b + rest * pooled
-            var_matched = float((w[usable] ** 2 / n_b[usable]).sum()) + rest**2 / n_ctrl
-            # bias of the pooled reference and its sampling variance, per unit of gene variance
-            gap = w - (1.0 - rest) * n_b / n_ctrl
-            present = n_b > 0
-            var_bias = float((gap[present] ** 2 / n_b[present]).sum())
-            bias2 = float(((ref_matched - pooled) ** 2).sum()) - var_bias * total_var
-            extra = (var_matched - 1.0 / n_ctrl) * total_var
-            if bias2 > extra:
-                refs[out] = ref_matched
-                matched_any = True
-    return refs if matched_any else None
 
 
 # ----------------------------------------------------------------------------- instrument

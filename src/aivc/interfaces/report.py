@@ -461,8 +461,8 @@ def _versus_observed(
 ) -> str:
     import plotly.graph_objects as go
 
-    from aivc.data import load, prepare, read_h5ad, schema_of
-    from aivc.interfaces.api._workspace import _condition_changes, _replace_counts
+    from aivc.data import load, observed_changes, prepare, read_h5ad, schema_of
+    from aivc.interfaces.api._workspace import _replace_counts
 
     if Path(str(observed)).suffix == ".h5ad":
         raw = read_h5ad(observed)
@@ -471,7 +471,7 @@ def _versus_observed(
         raw = load(str(observed))
         obs_schema = schema_of(raw)
     prepared, obs_schema = prepare(raw, obs_schema, known_genes=None)
-    changes, _ = _condition_changes(prepared, obs_schema)
+    changes, _ = observed_changes(prepared, obs_schema, missing_controls="drop")
     changes = changes.reindex(columns=genes)
     shared = [c for c in conditions if c in changes.index]
     if not shared:

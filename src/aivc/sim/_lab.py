@@ -9,7 +9,6 @@ returned data reveals them.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from aivc._labels import check_known
 from aivc.sim._interventions import MODALITIES
 from aivc.sim._simulator import CONTROL, NO_SIGNAL, VirtualCellSimulator, measured_uns
 
@@ -208,16 +208,14 @@ class VirtualLab:
             )
             raise ValueError(msg)
         # context
-        if cell_type not in sim.cell_types_:
-            close = difflib.get_close_matches(
-                str(cell_type), list(sim.cell_types_), n=1, cutoff=0.5
-            )
-            msg = (
-                f"Unknown cell type {cell_type!r}; this lab has cell types {list(sim.cell_types_)}."
-                + (f" Did you mean {close[0]!r}?" if close else "")
-                + " Pick one of them."
-            )
-            raise ValueError(msg)
+        check_known(
+            [cell_type],
+            list(sim.cell_types_),
+            what="cell type",
+            known_as="cell types of this lab",
+            advice="Pick one of them.",
+            error=ValueError,
+        )
         if modality not in MODALITIES:
             msg = f"Unknown modality {modality!r}; expected one of {list(MODALITIES)}."
             raise ValueError(msg)

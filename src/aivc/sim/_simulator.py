@@ -10,7 +10,6 @@ millions of cells can be streamed with bounded memory.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from aivc._labels import check_known
 from aivc._settings import settings
 from aivc.data._schema import PerturbationSchema
 from aivc.sim._cells import CellVariation, cell_type_names, random_cell_types
@@ -385,23 +385,25 @@ class VirtualCellSimulator:
             elif p in self._drug_index:
                 drugs.append(self._drug_index[p])
             else:
-                close = difflib.get_close_matches(
-                    p, [*self._gene_index, *self._drug_index], n=3, cutoff=0.75
-                )
                 g = self.network_.gene_names
-                msg = (
-                    f"Unknown perturbation target {p!r} in {label!r}: it is neither one of the {len(g)} genes "
-                    f"({g[0]} ... {g[-1]}) nor one of the {self.drugs_.n_drugs} drugs"
-                    + (
-                        f" ({self.drugs_.names[0]} ... {self.drugs_.names[-1]})"
-                        if self.drugs_.n_drugs
-                        else ""
-                    )
-                    + "."
-                    + (f" Did you mean {close}?" if close else "")
-                    + f" Use {CONTROL!r} for control cells and join combinations with '+'."
+                drugs = (
+                    f" ({self.drugs_.names[0]} ... {self.drugs_.names[-1]})"
+                    if self.drugs_.n_drugs
+                    else ""
                 )
-                raise ValueError(msg)
+                check_known(
+                    [p],
+                    [*self._gene_index, *self._drug_index],
+                    what="perturbation target",
+                    known_as="genes and drugs",
+                    where=f" in {label!r}",
+                    advice=(
+                        f"A target is one of the {len(g)} genes ({g[0]} ... {g[-1]}) or of the "
+                        f"{self.drugs_.n_drugs} drugs{drugs}; use {CONTROL!r} for control cells "
+                        "and join combinations with '+'."
+                    ),
+                    error=ValueError,
+                )
         if len(set(parts)) != len(parts):
             msg = f"The perturbation {label!r} names a target twice; list each target of a combination once."
             raise ValueError(msg)

@@ -14,12 +14,13 @@ Adding a task is one module in this package that builds its result and calls
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from aivc._labels import check_known
 
 __all__ = ["Task", "get_task", "list_tasks", "register_task", "run_task", "task_names"]
 
@@ -117,10 +118,8 @@ def get_task(name: str) -> Task:
     _load()
     if name in _REGISTRY:
         return _REGISTRY[name]
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    msg = f"Unknown benchmark task {name!r}; expected one of {sorted(_REGISTRY)}.{hint}"
-    raise ValueError(msg)
+    check_known([name], _REGISTRY, what="benchmark task", error=ValueError)
+    return _REGISTRY[name]
 
 
 def run_task(

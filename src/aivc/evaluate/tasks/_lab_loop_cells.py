@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from aivc.data import PerturbationSchema, log_normalize, observed_changes
 from aivc.evaluate._results import machine_info, summarize
 from aivc.experiments._acquisition import STRATEGIES, propose
 
@@ -184,32 +185,36 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return np.where(norms > 0, x / np.where(norms > 0, norms, 1.0), 0.0)
 
 
-def _log_norm(counts: Any) -> np.ndarray:
-    import scipy.sparse as sp
-
-    c = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
-    c = c.astype(float)
-    lib = c.sum(axis=1, keepdims=True)
-    return np.log1p(c / np.maximum(lib, 1.0) * 1e4)
+def _log_norm(values: Any) -> np.ndarray:
+    """Dense float64 log-normalised expression per 10,000, in this benchmark's arithmetic
+    (``scaling="fraction"`` of :func:`aivc.data.log_normalize`)."""
+    x, _ = log_normalize(values, dtype=np.float64, dense=True, scaling="fraction")
+    return x
 
 
-def _pseudobulk_delta(
-    adata: AnnData, perturbations: Sequence[str], control: str
+def _logged(adata: AnnData, x: np.ndarray | None = None) -> AnnData:
+    """The cells of ``adata`` (raw counts) with ``X`` log-normalised by :func:`_log_norm`."""
+    import anndata as ad
+
+    return ad.AnnData(X=_log_norm(adata.X) if x is None else x, obs=adata.obs, var=adata.var)
+
+
+def _rows_of(info: pd.DataFrame, perturbations: Sequence[str]) -> np.ndarray:
+    """Row of each perturbation in an :func:`aivc.data.observed_changes` result (one context)."""
+    row_of = {str(p): i for i, p in enumerate(info["perturbation"].to_numpy())}
+    return np.asarray([row_of[str(p)] for p in perturbations], dtype=int)
+
+
+def _batch_zscores(
+    adata: AnnData, schema: PerturbationSchema, perturbations: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Change of mean log-normalised expression vs the controls of the same batch, and its z-scores."""
-    x = _log_norm(adata.X)
-    labels = adata.obs["perturbation"].astype(str).to_numpy()
-    batches = adata.obs["batch"].astype(str).to_numpy()
-    delta, zscore = [], []
-    for p in perturbations:
-        rows = labels == p
-        b = batches[rows][0]
-        ctrl = (labels == control) & (batches == b)
-        d = x[rows].mean(axis=0) - x[ctrl].mean(axis=0)
-        se = np.sqrt(x[rows].var(axis=0) / rows.sum() + x[ctrl].var(axis=0) / ctrl.sum())
-        delta.append(d)
-        zscore.append(np.where(se > 0, d / np.where(se > 0, se, 1.0), 0.0))
-    return np.asarray(delta), np.asarray(zscore)
+    delta, info, se = observed_changes(
+        _logged(adata), schema, control="batch", standard_errors=True
+    )
+    rows = _rows_of(info, perturbations)
+    d, s = delta.to_numpy()[rows], se.to_numpy()[rows]
+    return d, np.where(s > 0, d / np.where(s > 0, s, 1.0), 0.0)
 
 
 @dataclass
@@ -283,6 +288,7 @@ def _simulator_campaign(
 
     from aivc.sim import CONTROL, VirtualCellSimulator, VirtualLab, simulation_schema
 
+    schema = simulation_schema()
     sim = VirtualCellSimulator(n_genes=proto["n_genes"], n_cell_types=1, seed=seed)
     lab = VirtualLab(simulator=sim, seed=seed)
     cell_type = lab.cell_types[0]
@@ -293,8 +299,7 @@ def _simulator_campaign(
 
     # ground truth, used only for scoring
     truth = sim.true_means([CONTROL, *pool, *test], cell_type=cell_type)
-    m = truth.to_numpy(dtype=float)
-    logm = np.log1p(m / m.sum(axis=1, keepdims=True) * 1e4)
+    logm = _log_norm(truth.to_numpy(dtype=float))
     delta = logm[1:] - logm[0]
     col = {g: i for i, g in enumerate(genes)}
     downstream = delta.copy()
@@ -336,7 +341,6 @@ def _simulator_campaign(
         features, downstream[: pool.size], test_features, true_test, test_keep
     )
     params = dict(SIMULATOR_DESIGN_PARAMS) if strategy == "aivc-design" else {}
-    schema = simulation_schema()
     for _ in range(proto["n_rounds"]):
         batch = propose(
             strategy,
@@ -353,7 +357,7 @@ def _simulator_campaign(
             proto["control_cells_per_round"]
         ]
         data = lab.run([*labels, CONTROL], n_cells=n_cells, cell_type=cell_type)
-        _, zs = _pseudobulk_delta(data, labels, CONTROL)
+        _, zs = _batch_zscores(data, schema, labels)
         for j, g in enumerate(labels):
             zs[j, col[g]] = 0.0
         # excess of squared z-scores over their null expectation: a noise-aware effect size
@@ -388,7 +392,9 @@ def _papalexi_campaign(
         x = _log_norm(adata.X)
         ctrl = labels == schema.control_label
         targets = sorted(set(labels) - {schema.control_label})
-        delta = np.asarray([x[labels == t].mean(axis=0) - x[ctrl].mean(axis=0) for t in targets])
+        # each target against the pooled controls (the screen's batches are replicates)
+        changes, info = observed_changes(_logged(adata, x), schema, control="context")
+        delta = changes.to_numpy()[_rows_of(info, targets)]
         # the target's own expression is left out of the effect norm
         names = list(adata.var_names.astype(str))
         downstream = delta.copy()

@@ -197,11 +197,10 @@ def shared_gene_panel(
 
 def _lognorm(adata: AnnData, genes: pd.Index) -> np.ndarray:
     """log1p of counts normalised to 1e4 over ``genes``, dense float64."""
-    x = sp.csr_matrix(adata[:, genes].X, dtype=np.float64)
-    lib = np.asarray(x.sum(axis=1)).ravel()
-    lib[lib == 0] = 1.0
-    x = sp.diags(1e4 / lib) @ x
-    return np.log1p(x.toarray())
+    from aivc.data import log_normalize
+
+    x, _ = log_normalize(adata[:, genes].X, dtype=np.float64, dense=True)
+    return x
 
 
 # ----------------------------------------------------------------------------- models

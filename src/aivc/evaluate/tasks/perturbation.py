@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from aivc._io import json_safe, write_csv_atomic
 from aivc._progress import progress
 from aivc._settings import settings
+from aivc.data._changes import observed_changes
 from aivc.data._preprocess import (
     CONDITION_SEP,
     condition_labels,
@@ -306,11 +307,11 @@ def _observe(adata: AnnData, schema: PerturbationSchema, seed: int) -> _Observed
         (None if c is None else str(c)): means.to_numpy()[i]
         for i, c in zip(np.flatnonzero(is_ctrl), info["context"].to_numpy()[is_ctrl], strict=True)
     }
-    rows = info[~is_ctrl]
+    # the truth: each condition against the pooled controls of its context
+    delta, rows = observed_changes(adata, schema, control="context")
     conds = list(rows.index)
     ctx_of = {k: (None if c is None else str(c)) for k, c in rows["context"].items()}
     pert_of = {k: str(p) for k, p in rows["perturbation"].items()}
-    delta = means.loc[conds] - np.stack([control_mean[ctx_of[k]] for k in conds])
     genes = adata.var_names
     exclude = pd.DataFrame(False, index=conds, columns=genes)
     for k in conds:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from aivc._io import atomic_path, write_json_atomic
+from aivc._labels import check_known
 from aivc.interfaces.api._jobs import JobManager, JobReporter
 
 if TYPE_CHECKING:
@@ -321,7 +322,10 @@ class Workspace:
         with self._lock:
             if ds.observed is not None and ds.observed_info is not None:
                 return ds.observed, ds.observed_info
-        delta, info = _condition_changes(ds.adata, ds.schema)
+        from aivc.data import observed_changes
+
+        # conditions of a context without controls are left out (nothing to compare with)
+        delta, info = observed_changes(ds.adata, ds.schema, missing_controls="drop")
         info["source"] = "dataset"
         frames, infos = [delta], [info]
         for u in self.list_uploads():
@@ -606,16 +610,14 @@ class Workspace:
                 raise WorkspaceValidationError(msg)
             if len(targets) > 1 and "combination" not in type(model).capabilities:
                 logger.info("%s has no 'combination' capability; predicting %s anyway", model, p)
-            unknown = [t for t in targets if t not in known]
-            if unknown:
-                import difflib
-
-                close = difflib.get_close_matches(unknown[0], model.known_genes_, n=3, cutoff=0.75)
-                msg = (
-                    f"Unknown gene(s) {unknown} in {p!r}: the model knows {len(known)} target genes."
-                    + (f" Did you mean {close}?" if close else "")
-                )
-                raise NotFoundError(msg)
+            check_known(
+                targets,
+                known,
+                what="gene",
+                known_as="target genes the model knows",
+                where=f" in {p!r}",
+                error=NotFoundError,
+            )
 
     @staticmethod
     def _context(model: PerturbationModel, context: str | None) -> str | None:
@@ -889,12 +891,12 @@ class Workspace:
         }
 
     def _upload_changes(self, upload_id: str, ds: _Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
-        from aivc.data import prepare, read_h5ad
+        from aivc.data import observed_changes, prepare, read_h5ad
 
         adata = read_h5ad(self.root / "uploads" / f"{upload_id}.h5ad")
         schema = _replace_counts(ds.schema, adata)
         prepared, schema = prepare(adata, schema, known_genes=None)
-        delta, info = _condition_changes(prepared, schema)
+        delta, info = observed_changes(prepared, schema, missing_controls="drop")
         return delta.reindex(columns=ds.adata.var_names), info
 
     # ------------------------------------------------------------------ experiments
@@ -1036,27 +1038,3 @@ def _replace_counts(schema: PerturbationSchema, adata: AnnData) -> PerturbationS
     if layer is not None and layer not in adata.layers:
         layer = None
     return replace(schema, counts_layer=layer)
-
-
-def _condition_changes(
-    adata: AnnData, schema: PerturbationSchema
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Mean change of each measured condition against the controls of its context."""
-    from aivc.data import pseudobulk
-
-    means, info = pseudobulk(adata, schema)
-    is_ctrl = info["perturbation"].to_numpy() == schema.control_label
-    ctrl = {
-        (None if pd.isna(c) else str(c)): means.iloc[i].to_numpy()
-        for i, c in zip(np.flatnonzero(is_ctrl), info["context"].to_numpy()[is_ctrl], strict=True)
-    }
-    rows = info[~is_ctrl]
-    keep = [k for k, c in rows["context"].items() if (None if pd.isna(c) else str(c)) in ctrl]
-    rows = rows.loc[keep]
-    base = (
-        np.stack([ctrl[None if pd.isna(c) else str(c)] for c in rows["context"]])
-        if len(rows)
-        else np.zeros((0, means.shape[1]))
-    )
-    delta = means.loc[rows.index] - base
-    return delta, rows.copy()
