@@ -131,15 +131,23 @@ def test_demo_plan_with_gene_knowledge_is_unchanged(data_dir):
     assert plan.model_params == {} and plan.notes == () and plan.missing_sources == ()
 
 
-def test_task_parameters_are_restored_after_the_demo_run():
-    from aivc.evaluate.tasks.perturbation import PERTURBATION_SPECS
-    from aivc.interfaces._demo import DEMO_TASK, _task_with_params
+def test_model_params_of_a_run_leave_the_task_unchanged(monkeypatch, tmp_path):
+    from aivc.evaluate import run_task
+    from aivc.evaluate.tasks import perturbation
+    from aivc.interfaces._demo import DEMO_TASK
 
-    before = PERTURBATION_SPECS[DEMO_TASK]
+    before = perturbation.PERTURBATION_SPECS[DEMO_TASK]
+    seen = {}
+
+    def stop(task, dataset, seeds, **kwargs):
+        seen["task"] = task
+        raise RuntimeError("stop before loading data")
+
+    monkeypatch.setattr(perturbation, "task_data", stop)
     params = {"nearest-neighbour": {"perturbation_embedding": "data"}}
-    with pytest.raises(RuntimeError), _task_with_params(DEMO_TASK, params, "a note"):
-        spec = PERTURBATION_SPECS[DEMO_TASK]
-        assert spec.model_params["nearest-neighbour"] == {"perturbation_embedding": "data"}
-        assert spec.notes.endswith("a note")
-        raise RuntimeError
-    assert PERTURBATION_SPECS[DEMO_TASK] is before
+    with pytest.raises(RuntimeError, match="stop before"):
+        run_task(DEMO_TASK, tmp_path, models=["train-mean"], model_params=params, notes="a note")
+    assert seen["task"] == DEMO_TASK
+    assert perturbation.PERTURBATION_SPECS[DEMO_TASK] is before
+    with pytest.raises(ValueError, match="accepts the options"):
+        run_task("integration", tmp_path, model_params=params)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,31 +114,6 @@ def demo_plan(data_dir: str | Path | None = None) -> DemoPlan:
     return DemoPlan(models=models, model_params=params, missing_sources=missing, notes=tuple(notes))
 
 
-@contextlib.contextmanager
-def _task_with_params(task: str, params: dict[str, dict[str, Any]], note: str) -> Iterator[None]:
-    """Run the perturbation task ``task`` with ``params`` for some models, then restore it.
-
-    The benchmark reads a task's model parameters from its specification; the
-    replaced specification also carries ``note``, so the results it writes say
-    how those models ran.
-    """
-    if not params:
-        yield
-        return
-    from aivc.evaluate.tasks import perturbation
-
-    spec = perturbation.PERTURBATION_SPECS[task]
-    perturbation.PERTURBATION_SPECS[task] = dataclasses.replace(
-        spec,
-        model_params={**spec.model_params, **params},
-        notes=f"{spec.notes} {note}".strip(),
-    )
-    try:
-        yield
-    finally:
-        perturbation.PERTURBATION_SPECS[task] = spec
-
-
 def run_demo(*, out: str | Path, dataset: str = "papalexi2021", seed: int = 0) -> pd.DataFrame:
     """Run the ``unseen-single`` benchmark with the demo's models and summarise it.
 
@@ -176,15 +148,16 @@ def run_demo(*, out: str | Path, dataset: str = "papalexi2021", seed: int = 0) -
             ", ".join(_SOURCE_NAMES[s] for s in plan.missing_sources),
             "; ".join(line.split(";")[0] for line in plan.notes),
         )
-    with _task_with_params(DEMO_TASK, plan.model_params, " ".join(plan.notes)):
-        result = run_task(
-            DEMO_TASK,
-            out / "benchmark",
-            dataset=dataset,
-            models=plan.models,
-            seeds=(seed,),
-            cell_eval=False,
-        )
+    result = run_task(
+        DEMO_TASK,
+        out / "benchmark",
+        dataset=dataset,
+        models=plan.models,
+        seeds=(seed,),
+        cell_eval=False,
+        model_params=plan.model_params or None,
+        notes=" ".join(plan.notes) or None,
+    )
     models = result["models"]
     table = pd.DataFrame(
         {

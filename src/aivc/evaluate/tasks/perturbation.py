@@ -10,6 +10,7 @@ the train-mean baseline and a split-half replicate of the data, and writes
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -648,6 +649,8 @@ def run_benchmark(
     n_halvings: int = 5,
     cell_eval: bool | None = None,
     peers_first_seed: Sequence[str] = ("gears",),
+    model_params: dict[str, dict[str, Any]] | None = None,
+    notes: str | None = None,
 ) -> dict[str, Any]:
     """Run a benchmark task and write its results.
 
@@ -673,6 +676,10 @@ def run_benchmark(
         Slow peer models run on the first seed's splits only (every condition
         once); their mean and sd are then over those splits (folds), and their
         scaled scores use the baseline on the same splits.
+    model_params
+        Constructor parameters per model name, on top of the task's own.
+    notes
+        A sentence added to the task's notes in the results (e.g. how models ran).
 
     Returns
     -------
@@ -685,6 +692,13 @@ def run_benchmark(
         msg = f"Unknown benchmark task {task!r}; expected one of {sorted(PERTURBATION_SPECS)}."
         raise ValueError(msg)
     spec = PERTURBATION_SPECS[task]
+    if model_params or notes:
+        extra = {name: dict(p) for name, p in (model_params or {}).items()}
+        spec = dataclasses.replace(
+            spec,
+            model_params={**spec.model_params, **extra},
+            notes=f"{spec.notes} {notes or ''}".strip(),
+        )
     if cell_eval is None:
         cell_eval = spec.cell_eval
     out = Path(out)
@@ -1068,10 +1082,19 @@ def _task_runner(name: str) -> Callable[..., dict[str, Any]]:
         seeds: Sequence[int] = (0, 1, 2),
         variant: str | None = None,
         cell_eval: bool | None = None,
+        model_params: dict[str, dict[str, Any]] | None = None,
+        notes: str | None = None,
     ) -> dict[str, Any]:
         del variant  # these tasks have no variants; run_task refuses one
         return run_benchmark(
-            name, out=out, dataset=dataset, models=models, seeds=seeds, cell_eval=cell_eval
+            name,
+            out=out,
+            dataset=dataset,
+            models=models,
+            seeds=seeds,
+            cell_eval=cell_eval,
+            model_params=model_params,
+            notes=notes,
         )
 
     return run
@@ -1086,6 +1109,6 @@ for _spec in PERTURBATION_SPECS.values():
             models=_spec.models,
             seeds=(0, 1, 2),
             run=_task_runner(_spec.name),
-            options=("cell_eval",),
+            options=("cell_eval", "model_params", "notes"),
         )
     )
