@@ -24,9 +24,6 @@ pytestmark = [
     ),
 ]
 
-#: The sibling data folder of the repository (``../shared/data``), used when AIVC_DATA_DIR lacks the data.
-_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 N_TRAIN = 6
 FAST = {
     "epochs": 1,
@@ -39,7 +36,7 @@ FAST = {
 
 
 def _data_dir() -> Path | None:
-    for base in (aivc.settings.data_dir, _SHARED_DATA):
+    for base in (aivc.settings.data_dir,):
         if (base / "genes" / "human_go_annotations.tsv.gz").exists() and (
             base / data.dataset_entry("papalexi2021").folder
         ).exists():

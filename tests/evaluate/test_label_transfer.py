@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from aivc.data import DataValidationError
 from aivc.evaluate.tasks.label_transfer import (
     VARIANTS,
     label_transfer_metrics,
@@ -12,7 +13,6 @@ from aivc.evaluate.tasks.label_transfer import (
     shared_gene_panel,
     transfer_labels,
 )
-from aivc.data import DataValidationError
 
 QUICK = VARIANTS["quick"]
 
