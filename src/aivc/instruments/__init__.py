@@ -23,10 +23,12 @@ from aivc.instruments._base import (
 )
 from aivc.instruments._baselines import (
     AdditiveModel,
+    ContextMeanModel,
     ControlModel,
     KnowledgeLinearModel,
     LinearModel,
     NearestNeighbourModel,
+    PerturbationElsewhereModel,
     TrainMeanModel,
 )
 from aivc.instruments._conformal import (
@@ -64,6 +66,7 @@ __all__ = [
     "ConformalCalibrator",
     "ConformalModel",
     "ConformanceError",
+    "ContextMeanModel",
     "ControlModel",
     "CrossFitResult",
     "GearsModel",
@@ -75,6 +78,7 @@ __all__ = [
     "NearestNeighbourModel",
     "NotFittedError",
     "PerturbModel",
+    "PerturbationElsewhereModel",
     "PerturbationModel",
     "PerturbationSummary",
     "TrainMeanModel",

@@ -8,6 +8,10 @@
   training data or from Gene Ontology knowledge.
 - ``nearest-neighbour``: the change of the most similar training condition in
   gene-embedding (and context) space.
+- ``context-mean``: the mean change of the training perturbations measured in
+  the query's context (``train-mean`` where none was measured there).
+- ``perturbation-elsewhere``: the same perturbation's mean change in the other
+  contexts where it was measured (``train-mean`` where it never was).
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AdditiveModel",
+    "ContextMeanModel",
     "ControlModel",
     "LinearModel",
     "NearestNeighbourModel",
+    "PerturbationElsewhereModel",
     "TrainMeanModel",
 ]
 
@@ -80,6 +86,132 @@ class TrainMeanModel(PerturbationModel):
 
     def _set_model_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.mean_delta_ = arrays["mean_delta"]
+
+
+def _group_means(keys: list[str], delta: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Mean of the rows of ``delta`` per distinct key, keys sorted."""
+    names = sorted(set(keys))
+    pos = {k: i for i, k in enumerate(names)}
+    codes = np.array([pos[k] for k in keys], dtype=int)
+    sums = np.zeros((len(names), delta.shape[1]))
+    np.add.at(sums, codes, delta)
+    counts = np.bincount(codes, minlength=len(names)).astype(float)
+    return names, sums / counts[:, None]
+
+
+#: Key of the conditions of a schema without contexts (never a real context name).
+_NO_CONTEXT = "\x00none"
+
+
+@register_instrument(
+    "context-mean",
+    description="Predicts the mean change of the training perturbations measured in the same context.",
+)
+class ContextMeanModel(PerturbationModel):
+    """The mean change of the training conditions of the query's context.
+
+    Where contexts (cell types, cell lines, donors) respond differently, this
+    is the strongest simple baseline for a perturbation never measured in a
+    context that other perturbations were measured in. A context with no
+    training perturbation gets the mean over all training conditions
+    (``train-mean``); without contexts the model is ``train-mean``.
+    """
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination", "context"})
+
+    def __init__(self) -> None:
+        pass
+
+    def _fit(self, summary: PerturbationSummary, adata: AnnData) -> None:
+        self.mean_delta_ = summary.delta.mean(axis=0)
+        keys = [_NO_CONTEXT if c is None else c for c in summary.contexts]
+        self.context_names_, self.context_deltas_ = _group_means(keys, summary.delta)
+
+    def _predict_delta(
+        self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray
+    ) -> np.ndarray:
+        pos = {c: i for i, c in enumerate(self.context_names_)}
+        rows = [pos.get(_NO_CONTEXT if c is None else c) for c in contexts]
+        return (
+            np.stack([self.mean_delta_ if r is None else self.context_deltas_[r] for r in rows])
+            if rows
+            else np.zeros((0, len(self.genes_)))
+        )
+
+    def _model_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {"mean_delta": self.mean_delta_, "context_deltas": self.context_deltas_}
+        names = [None if c == _NO_CONTEXT else c for c in self.context_names_]
+        return arrays, {"contexts": names}
+
+    def _set_model_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.mean_delta_ = arrays["mean_delta"]
+        self.context_deltas_ = arrays["context_deltas"]
+        self.context_names_ = [_NO_CONTEXT if c is None else c for c in meta["contexts"]]
+
+
+@register_instrument(
+    "perturbation-elsewhere",
+    description="Predicts the same perturbation's mean change in the other contexts where it was measured.",
+)
+class PerturbationElsewhereModel(PerturbationModel):
+    """The perturbation's mean change over the contexts where it was measured.
+
+    The strongest simple baseline for a perturbation measured in some contexts
+    and asked for in another: it assumes the response does not depend on the
+    context. A measurement in the query's own context is used when present; a
+    perturbation never measured anywhere gets the mean over all training
+    conditions (``train-mean``).
+    """
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination", "context"})
+
+    def __init__(self) -> None:
+        pass
+
+    def _fit(self, summary: PerturbationSummary, adata: AnnData) -> None:
+        self.mean_delta_ = summary.delta.mean(axis=0)
+        self.perturbation_names_, self.perturbation_deltas_ = _group_means(
+            list(summary.perturbations), summary.delta
+        )
+        keys = [
+            f"{p}\x00{_NO_CONTEXT if c is None else c}"
+            for p, c in zip(summary.perturbations, summary.contexts, strict=True)
+        ]
+        self.pair_names_, self.pair_deltas_ = _group_means(keys, summary.delta)
+
+    def _predict_delta(
+        self, perturbations: list[str], contexts: list[str | None], control_mean: np.ndarray
+    ) -> np.ndarray:
+        by_pert = {p: i for i, p in enumerate(self.perturbation_names_)}
+        by_pair = {k: i for i, k in enumerate(self.pair_names_)}
+        out = np.tile(self.mean_delta_, (len(perturbations), 1))
+        for i, (p, c) in enumerate(zip(perturbations, contexts, strict=True)):
+            pair = by_pair.get(f"{p}\x00{_NO_CONTEXT if c is None else c}")
+            if pair is not None:
+                out[i] = self.pair_deltas_[pair]
+            elif p in by_pert:
+                out[i] = self.perturbation_deltas_[by_pert[p]]
+        return out
+
+    def _model_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {
+            "mean_delta": self.mean_delta_,
+            "perturbation_deltas": self.perturbation_deltas_,
+            "pair_deltas": self.pair_deltas_,
+        }
+        pairs = [key.split("\x00", 1) for key in self.pair_names_]
+        meta = {
+            "perturbations": list(self.perturbation_names_),
+            "pairs": [[p, None if c == _NO_CONTEXT else c] for p, c in pairs],
+        }
+        return arrays, meta
+
+    def _set_model_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.mean_delta_ = arrays["mean_delta"]
+        self.perturbation_deltas_ = arrays["perturbation_deltas"]
+        self.pair_deltas_ = arrays["pair_deltas"]
+        self.perturbation_names_ = list(meta["perturbations"])
+        self.pair_names_ = [f"{p}\x00{_NO_CONTEXT if c is None else c}" for p, c in meta["pairs"]]
 
 
 @register_instrument(
