@@ -47,6 +47,10 @@ class Split:
         Contexts whose perturbed cells are held out (``None``: not context-based).
     categories
         Optional label of each test perturbation (e.g. ``"seen 1/2"`` for doubles).
+    test_conditions
+        Held-out (perturbation, context) conditions, as condition labels, when the
+        split holds out pairs rather than whole perturbations or contexts: only
+        those conditions leave training (``None``: not pair-based).
     """
 
     name: str
@@ -56,17 +60,20 @@ class Split:
     train_perturbations: tuple[str, ...]
     test_contexts: tuple[str, ...] | None = None
     categories: dict[str, str] = field(default_factory=dict)
+    test_conditions: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["test_perturbations"] = list(self.test_perturbations)
         d["train_perturbations"] = list(self.train_perturbations)
         d["test_contexts"] = None if self.test_contexts is None else list(self.test_contexts)
+        d["test_conditions"] = None if self.test_conditions is None else list(self.test_conditions)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> Split:
         tc = d.get("test_contexts")
+        tcond = d.get("test_conditions")
         return cls(
             name=str(d["name"]),
             kind=str(d["kind"]),
@@ -75,6 +82,7 @@ class Split:
             train_perturbations=tuple(d["train_perturbations"]),  # type: ignore[arg-type]
             test_contexts=None if tc is None else tuple(tc),  # type: ignore[arg-type]
             categories=dict(d.get("categories") or {}),  # type: ignore[arg-type]
+            test_conditions=None if tcond is None else tuple(tcond),  # type: ignore[arg-type]
         )
 
 

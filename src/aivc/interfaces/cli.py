@@ -117,10 +117,36 @@ def benchmark(
     no_cell_eval: Annotated[
         bool, typer.Option("--no-cell-eval", help="Skip cell-eval's metrics.")
     ] = False,
+    perturbation_key: Annotated[
+        str | None,
+        typer.Option(help="For --dataset FILE.h5ad: obs column with each cell's perturbation."),
+    ] = None,
+    control_label: Annotated[
+        str | None, typer.Option(help="For --dataset FILE.h5ad: the control cells' label.")
+    ] = None,
+    context_key: Annotated[
+        str | None,
+        typer.Option(help="For --dataset FILE.h5ad: obs column with the context (cell type/line)."),
+    ] = None,
+    batch_key: Annotated[
+        str | None, typer.Option(help="For --dataset FILE.h5ad: obs column with the batch.")
+    ] = None,
+    dose_key: Annotated[
+        str | None, typer.Option(help="For --dataset FILE.h5ad: obs column with the dose.")
+    ] = None,
+    counts_layer: Annotated[
+        str | None,
+        typer.Option(help="For --dataset FILE.h5ad: layer with raw counts (default: X)."),
+    ] = None,
     data_dir: DataDir = None,
     verbosity: Verbosity = "info",
 ) -> None:
-    """Run a benchmark task: every baseline and model on the same seeded splits."""
+    """Run a benchmark task: every baseline and model on the same seeded splits.
+
+    --dataset takes a registered name or the path of an .h5ad file; a file
+    without an aivc schema needs its columns declared (--perturbation-key and
+    --control-label, plus --context-key for the context tasks).
+    """
     _setup(verbosity, data_dir)
     from aivc.evaluate.tasks import get_task, list_tasks, run_task
 
@@ -135,7 +161,30 @@ def benchmark(
     except ValueError as e:
         _fail(str(e))
     names = [m for item in (models or []) for m in item.split(",") if m] or None
-    options = {"cell_eval": False} if no_cell_eval and "cell_eval" in spec.options else {}
+    options: dict[str, object] = (
+        {"cell_eval": False} if no_cell_eval and "cell_eval" in spec.options else {}
+    )
+    declared = {
+        "context_key": context_key,
+        "batch_key": batch_key,
+        "dose_key": dose_key,
+        "counts_layer": counts_layer,
+    }
+    if perturbation_key is not None or control_label is not None or any(declared.values()):
+        if perturbation_key is None or control_label is None:
+            _fail("declare a dataset's schema with both --perturbation-key and --control-label.")
+        if "schema" not in spec.options:
+            _fail(f"task {task!r} does not read a declared perturbation schema.")
+        from aivc.data import PerturbationSchema
+
+        try:
+            options["schema"] = PerturbationSchema(
+                perturbation_key=perturbation_key,
+                control_label=control_label,
+                **{k: v for k, v in declared.items() if v is not None},
+            )
+        except ValueError as e:
+            _fail(str(e))
     try:
         result = run_task(
             task,

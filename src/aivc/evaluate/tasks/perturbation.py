@@ -38,6 +38,7 @@ from aivc.data._preprocess import (
 )
 from aivc.data._registry import load, schema_of
 from aivc.data._schema import PerturbationSchema
+from aivc.data._validate import read_h5ad
 from aivc.data.splits import (
     Split,
     kfold_perturbations,
@@ -68,9 +69,6 @@ __all__ = ["PERTURBATION_SPECS", "PerturbationSpec", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
-BASELINE = "train-mean"
-REPLICATE = "replicate"
-
 
 @dataclass(frozen=True)
 class PerturbationSpec:
@@ -91,6 +89,10 @@ class PerturbationSpec:
     #: Builds the dataset instead of loading it: seed -> (raw AnnData, known targets, target features).
     build: Callable[[int], tuple[AnnData, list[str] | None, pd.DataFrame | None]] | None = None
     cell_eval: bool = True
+    #: The model every scaled score is measured from (0 = as good as it).
+    zero_point: str = "train-mean"
+    #: What the task needs of a dataset given by path (shown by ``--help`` and ``--list``).
+    accepts: str = "a perturbation column and a control label"
 
 
 def _perts(adata: AnnData, schema: PerturbationSchema) -> list[str]:
@@ -116,6 +118,57 @@ def _context_splits(
     return leave_one_context_out(
         adata.obs[schema.context_key].astype(str), _perts(adata, schema), schema
     )
+
+
+def _pair_splits(
+    adata: AnnData, schema: PerturbationSchema, seeds: Sequence[int], n_folds: int = 5
+) -> list[Split]:
+    """Hold out (perturbation, context) pairs whose perturbation stays measured elsewhere.
+
+    Every condition whose perturbation was measured in at least two contexts is
+    held out once per seed, in ``n_folds`` folds of shuffled conditions; the
+    other contexts of the perturbation, and the other perturbations of the
+    context, stay in training.
+    """
+    if schema.context_key is None:
+        msg = (
+            "unseen-context needs a context column (cell type, cell line, donor); "
+            "declare it (--context-key) in the dataset's schema."
+        )
+        raise ValueError(msg)
+    pert = adata.obs[schema.perturbation_key].astype(str).to_numpy()
+    ctx = adata.obs[schema.context_key].astype(str).to_numpy()
+    perturbed = pert != schema.control_label
+    pairs = sorted(set(zip(pert[perturbed], ctx[perturbed], strict=True)))
+    n_ctx: dict[str, int] = {}
+    for p, _ in pairs:
+        n_ctx[p] = n_ctx.get(p, 0) + 1
+    eligible = [(p, c) for p, c in pairs if n_ctx[p] >= 2]
+    if len(eligible) < 2:
+        msg = (
+            "unseen-context needs perturbations measured in at least two contexts; "
+            f"found {len(eligible)} such (perturbation, context) pairs."
+        )
+        raise ValueError(msg)
+    perts = sorted({p for p, _ in pairs})
+    k = min(n_folds, len(eligible))
+    out = []
+    for seed in seeds:
+        order = np.random.default_rng(seed).permutation(len(eligible))
+        for fold in range(k):
+            held = tuple(sorted(_condition(*eligible[i]) for i in order[fold::k]))
+            out.append(
+                Split(
+                    f"seed{seed}-fold{fold}",
+                    "leave-pairs-out",
+                    seed,
+                    tuple(sorted({eligible[i][0] for i in order[fold::k]})),
+                    tuple(perts),
+                    tuple(sorted({eligible[i][1] for i in order[fold::k]})),
+                    test_conditions=held,
+                )
+            )
+    return out
 
 
 #: Size of the simulator task (genes, cells, singles per cell type, doubles per single).
@@ -247,6 +300,31 @@ PERTURBATION_SPECS: dict[str, PerturbationSpec] = {
             n_top_genes=2000,
             notes="additive and linear-knowledge need several perturbations and are not defined for one stimulus; "
             "GEARS does not model cell types.",
+        ),
+        PerturbationSpec(
+            name="unseen-context",
+            dataset="kang2018",
+            description=(
+                "Predict a perturbation in a context where it was never measured, from its "
+                "measurements in other contexts (leave-(perturbation, context)-pairs-out, 5 folds)"
+            ),
+            split_kind="leave-pairs-out",
+            n_folds=5,
+            models=(
+                "control",
+                "train-mean",
+                "context-mean",
+                "perturbation-elsewhere",
+                "linear",
+                "nearest-neighbour",
+                "aivc-perturb",
+            ),
+            make_splits=_pair_splits,
+            n_top_genes=2000,
+            zero_point="context-mean",
+            accepts="a perturbation column, a control label and a context column (--context-key)",
+            notes="Scaled scores are measured from context-mean, the mean change of the training "
+            "perturbations of the same context (train-mean where the context has none).",
         ),
         PerturbationSpec(
             name="simulator",
@@ -508,13 +586,19 @@ def _training_view(obs: _Observed, split: Split) -> AnnData:
         # held-out treatments (a perturbation, or a perturbation at one dose) leave training
         treat = treatment_labels(obs.adata, schema).to_numpy()
         train &= ~np.isin(treat, list(split.test_perturbations))
-    if split.test_contexts is not None:
+    if split.test_conditions is not None:
+        # held-out (perturbation, context) pairs leave training; the rest of each stays
+        train &= ~np.isin(obs.labels, list(split.test_conditions))
+    elif split.test_contexts is not None:
         ctx = obs.adata.obs[schema.context_key].astype(str).to_numpy()
         train &= ~(np.isin(ctx, split.test_contexts) & (pert != schema.control_label))
     return obs.adata[train].copy()
 
 
 def _test_conditions(obs: _Observed, split: Split) -> list[str]:
+    if split.test_conditions is not None:
+        held = set(split.test_conditions)
+        return [c for c in obs.conditions if c in held]
     out = []
     tests = set(split.test_perturbations)
     for c in obs.conditions:
@@ -563,6 +647,14 @@ def _finite_mean(v: pd.Series | np.ndarray) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
+def _read_dataset(dataset: str, data_dir: str | Path | None) -> tuple[str, AnnData]:
+    """A registered dataset by name, or an ``.h5ad`` file by path: (name for the results, data)."""
+    path = Path(dataset).expanduser()
+    if dataset.endswith(".h5ad") or path.is_file():
+        return path.stem, read_h5ad(path)
+    return dataset, load(dataset, data_dir=data_dir)
+
+
 @dataclass
 class TaskData:
     """A perturbation task's prepared data and splits, shared by every runner that scores it.
@@ -586,23 +678,38 @@ def task_data(
     seeds: Sequence[int],
     *,
     data_dir: str | Path | None = None,
+    schema: PerturbationSchema | None = None,
 ) -> TaskData:
-    """Load, prepare and split the data of perturbation task ``task``."""
+    """Load, prepare and split the data of perturbation task ``task``.
+
+    ``dataset`` is a registered name or the path of an ``.h5ad`` file; a file
+    is read with ``schema`` when given, otherwise with the schema it carries in
+    ``uns["aivc"]["schema"]``.
+    """
     spec = PERTURBATION_SPECS[task]
     features: pd.DataFrame | None = None
     if spec.build is not None and dataset is None:
         dataset_name = spec.dataset
         raw, known, features = spec.build(seeds[0])
-        schema = schema_of(raw)
+        schema = schema or schema_of(raw)
     else:
-        dataset_name = dataset or spec.dataset
-        raw = load(dataset_name, data_dir=data_dir)
-        schema = schema_of(raw)
+        dataset_name, raw = _read_dataset(dataset or spec.dataset, data_dir)
+        if schema is None:
+            try:
+                schema = schema_of(raw)
+            except KeyError:
+                msg = (
+                    f"The dataset {dataset_name!r} carries no aivc schema; declare its columns "
+                    f"({spec.accepts}): --perturbation-key, --control-label, --context-key, "
+                    "--batch-key, --counts-layer."
+                )
+                raise ValueError(msg) from None
         known = None
         try:
             from aivc.genes import gene_symbols
 
-            known = sorted(gene_symbols(data_dir))
+            # a target may be any gene symbol, or any measured gene (a user's own panel)
+            known = sorted(gene_symbols(data_dir) | set(map(str, raw.var_names)))
         except FileNotFoundError:
             logger.info(
                 "No gene table in the data directory; targets are checked against the measured genes only"
@@ -651,6 +758,7 @@ def run_benchmark(
     peers_first_seed: Sequence[str] = ("gears",),
     model_params: dict[str, dict[str, Any]] | None = None,
     notes: str | None = None,
+    schema: PerturbationSchema | None = None,
 ) -> dict[str, Any]:
     """Run a benchmark task and write its results.
 
@@ -680,6 +788,8 @@ def run_benchmark(
         Constructor parameters per model name, on top of the task's own.
     notes
         A sentence added to the task's notes in the results (e.g. how models ran).
+    schema
+        The columns of a dataset given by path (default: the schema it carries).
 
     Returns
     -------
@@ -717,10 +827,10 @@ def run_benchmark(
             model_names.remove("gears")
     for m in model_names:
         get_instrument_class(m)  # fail early on unknown names
-    if BASELINE not in model_names:
-        model_names.insert(0, BASELINE)
+    if spec.zero_point not in model_names:
+        model_names.insert(0, spec.zero_point)
 
-    data = task_data(task, dataset, seeds, data_dir=data_dir)
+    data = task_data(task, dataset, seeds, data_dir=data_dir, schema=schema)
     adata, schema, dataset_name = data.adata, data.schema, data.dataset
     fit_known, features, splits = data.known, data.features, data.splits
     save_splits(splits, out / "splits.json")
@@ -903,6 +1013,7 @@ def _assemble(
     version: str,
     adata: AnnData,
 ) -> dict[str, Any]:
+    zero = spec.zero_point
     metric_names = [m for m in METRICS if m in per_condition.columns]
     rep_means = {m: _finite_mean(replicate[m]) for m in metric_names if m in replicate}
     models: dict[str, dict[str, Any]] = {}
@@ -924,15 +1035,15 @@ def _assemble(
                 for m in metric_names
             }
             base = per_condition[
-                (per_condition["model"] == BASELINE) & per_condition["split"].isin(split_names)
+                (per_condition["model"] == zero) & per_condition["split"].isin(split_names)
             ]
-            seed_means[f"{BASELINE}@{name}"] = {
+            seed_means[f"{zero}@{name}"] = {
                 m: [_finite_mean(base[base["split"] == sp_][m]) for sp_ in split_names]
                 for m in metric_names
             }
     for name in model_names:
         entry: dict[str, Any] = {"aggregated_over": units[name]}
-        baseline_key = BASELINE if units[name] == "seeds" else f"{BASELINE}@{name}"
+        baseline_key = zero if units[name] == "seeds" else f"{zero}@{name}"
         for m in metric_names:
             s = summarize(seed_means[name][m])
             vals = per_condition.loc[per_condition["model"] == name, m].to_numpy(dtype=float)
@@ -970,7 +1081,7 @@ def _assemble(
         "n_conditions": int(per_condition["condition"].nunique()),
         "models": models,
         "replicate": {m: {"mean": v} for m, v in rep_means.items()},
-        "baseline_for_scaling": BASELINE,
+        "baseline_for_scaling": zero,
         "metrics": {
             m: {
                 "higher_is_better": METRICS[m].higher_is_better,
@@ -1045,7 +1156,8 @@ def results_markdown(result: dict[str, Any]) -> str:
             "",
             "† run on the first seed's splits only (every condition once); mean ± sd over those splits.",
         ]
-    lines += ["", "Scaled scores (0 = train-mean, 1 = split-half replicate):", ""]
+    zero = result.get("baseline_for_scaling", "train-mean")
+    lines += ["", f"Scaled scores (0 = {zero}, 1 = split-half replicate):", ""]
     lines.append("| model | " + " | ".join(metrics) + " |")
     lines.append("|---|" + "---|" * len(metrics))
     for name, entry in models.items():
@@ -1084,6 +1196,7 @@ def _task_runner(name: str) -> Callable[..., dict[str, Any]]:
         cell_eval: bool | None = None,
         model_params: dict[str, dict[str, Any]] | None = None,
         notes: str | None = None,
+        schema: PerturbationSchema | None = None,
     ) -> dict[str, Any]:
         del variant  # these tasks have no variants; run_task refuses one
         return run_benchmark(
@@ -1095,6 +1208,7 @@ def _task_runner(name: str) -> Callable[..., dict[str, Any]]:
             cell_eval=cell_eval,
             model_params=model_params,
             notes=notes,
+            schema=schema,
         )
 
     return run
@@ -1104,11 +1218,11 @@ for _spec in PERTURBATION_SPECS.values():
     register_task(
         Task(
             name=_spec.name,
-            description=_spec.description,
+            description=f"{_spec.description}. A dataset path needs {_spec.accepts}.",
             datasets=(_spec.dataset,),
             models=_spec.models,
             seeds=(0, 1, 2),
             run=_task_runner(_spec.name),
-            options=("cell_eval", "model_params", "notes"),
+            options=("cell_eval", "model_params", "notes", "schema"),
         )
     )
