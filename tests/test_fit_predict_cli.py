@@ -74,13 +74,14 @@ def test_fit_writes_self_describing_directory(model_dir, tiny):
         "weights.safetensors",
     ]
     manifest = json.loads((model_dir / "aivc-model.json").read_text())
-    assert manifest["model_dir_version"] == 1 and manifest["class"] == "ConformalModel"
+    assert manifest["model_dir_version"] == 2 and manifest["class"] == "ConformalModel"
     assert manifest["params"]["base"] == "linear" and manifest["params"]["n_folds"] == 3
     assert manifest["params"]["base_params"] == {"ridge": 1.0}
     training = manifest["training"]
     assert training["data_file"] == "tiny.h5ad"
     assert training["data_sha256"] == hashlib.sha256(tiny.read_bytes()).hexdigest()
     assert training["n_cells"] == 60 + 13 * 20 and len(training["perturbations"]) == 13
+    assert training["heldout_perturbations"] == [] and training["fit_seconds"] >= 0
     assert json.loads((model_dir / "genes.json").read_text())[:2] == ["GENE000", "GENE001"]
     assert json.loads((model_dir / "schema.json").read_text())["control_label"] == "control"
     md = load_model_dir(model_dir)

@@ -5,7 +5,9 @@ and ``weights.safetensors``) with:
 
 - ``aivc-model.json``: the manifest (model-directory version, aivc version,
   instrument name and class, parameters, schema, preprocessing, training data
-  name, file and SHA-256, number of cells, training perturbations, seed).
+  name, file and SHA-256, number of cells, training perturbations, seed, and
+  the optional record of the fit: perturbations held out of training, time of
+  writing, seconds the fit took).
 - ``genes.json``: the measured genes, in the order of every predicted vector.
 - ``schema.json``: the dataset schema (which ``obs`` columns hold what).
 - ``controls.safetensors``: a seeded sample of the training control cells
@@ -14,7 +16,8 @@ and ``weights.safetensors``) with:
 
 Nothing is pickled; loading checks the manifest version, the class and the
 gene list against the weights' config. The format is documented in
-``docs/model-format.md``.
+``docs/model-format.md``. ``aivc fit`` / ``aivc predict`` and the workspace
+behind the REST API and the MCP server all read and write this one format.
 
 Example
 -------
@@ -30,6 +33,8 @@ import json
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,18 +54,80 @@ if TYPE_CHECKING:
 __all__ = [
     "MANIFEST",
     "MODEL_DIR_VERSION",
+    "FitRecord",
     "ModelDirectory",
     "file_sha256",
+    "interval_calls",
     "load_model_dir",
+    "read_manifest",
     "save_model_dir",
     "training_info",
 ]
 
-MODEL_DIR_VERSION = 1
+#: Version of the layout written; version 2 added the optional record of the fit
+#: (``training.heldout_perturbations``, ``training.fit_seconds``, a ``created`` time
+#: with microseconds). Both versions are read.
+MODEL_DIR_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "aivc-model.json"
 GENES = "genes.json"
 SCHEMA = "schema.json"
 CONTROLS = "controls.safetensors"
+
+
+@dataclass(frozen=True)
+class FitRecord:
+    """What a model directory says about its fit, read from the manifest alone.
+
+    Attributes
+    ----------
+    instrument
+        Registry name of the model.
+    params
+        Constructor parameters of the model.
+    dataset
+        Name of the dataset it was fitted on (registered, or offered by a
+        workspace); ``None`` when it was fitted on a file.
+    data_file
+        Name of the training file, when there was one.
+    seed
+        Seed of the fit (held-out choice, control sample, and the model's seed
+        where ``aivc fit`` set it); ``None`` when not recorded.
+    heldout_perturbations
+        Measured perturbations of the dataset held out of training (empty when
+        none were).
+    created
+        When the directory was written (UTC); ``None`` when not recorded.
+    fit_seconds
+        Seconds the fit took; ``None`` when not recorded.
+    """
+
+    instrument: str
+    params: dict[str, Any]
+    dataset: str | None
+    data_file: str | None
+    seed: int | None
+    heldout_perturbations: tuple[str, ...]
+    created: datetime | None
+    fit_seconds: float | None
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> FitRecord:
+        """The record held by a manifest (``aivc-model.json``) of either version."""
+        training = manifest.get("training") or {}
+        created = manifest.get("created")
+        seed = training.get("seed")
+        seconds = training.get("fit_seconds")
+        return cls(
+            instrument=str(manifest["instrument"]),
+            params=dict(manifest.get("params") or {}),
+            dataset=training.get("dataset"),
+            data_file=training.get("data_file"),
+            seed=None if seed is None else int(seed),
+            heldout_perturbations=tuple(map(str, training.get("heldout_perturbations") or ())),
+            created=None if not created else datetime.fromisoformat(str(created)),
+            fit_seconds=None if seconds is None else float(seconds),
+        )
 
 
 @dataclass
@@ -79,6 +146,32 @@ class ModelDirectory:
     @property
     def genes(self) -> list[str]:
         return list(map(str, self.model.genes_))
+
+    @property
+    def record(self) -> FitRecord:
+        """Instrument, parameters, dataset, seed, held-out perturbations, time and duration of the fit."""
+        return FitRecord.from_manifest(self.manifest)
+
+
+def interval_calls(lower: np.ndarray, upper: np.ndarray, *, not_called: str = "ns") -> np.ndarray:
+    """Differential-expression calls from intervals of the predicted change.
+
+    A gene is called ``"up"`` when its whole interval lies above zero,
+    ``"down"`` when it lies below, and ``not_called`` when it holds zero.
+
+    Parameters
+    ----------
+    lower, upper
+        Bounds of the interval of each change (any matching shapes).
+    not_called
+        The call of a gene whose interval holds zero.
+
+    Returns
+    -------
+    An array of strings of the shape of ``lower``.
+    """
+    lower, upper = np.asarray(lower), np.asarray(upper)
+    return np.where(lower > 0, "up", np.where(upper < 0, "down", not_called))
 
 
 def file_sha256(path: str | Path, *, chunk: int = 1 << 20) -> str:
@@ -160,9 +253,15 @@ def save_model_dir(
     training: dict[str, Any] | None = None,
     controls: AnnData | None = None,
     max_control_cells: int = 300,
+    heldout_perturbations: Sequence[str] | None = None,
+    fit_seconds: float | None = None,
+    created: datetime | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a fitted model and its manifest to the directory ``path``, atomically.
+
+    The directory is written under a hidden temporary name beside ``path`` and
+    renamed into place once complete, so a reader never sees half of one.
 
     Parameters
     ----------
@@ -178,6 +277,14 @@ def save_model_dir(
         into ``controls.safetensors``; ``None`` writes none.
     max_control_cells
         Control cells kept per context.
+    heldout_perturbations
+        Measured perturbations of the training dataset that were kept out of
+        the fit (``training.heldout_perturbations``); none by default. None of
+        them may be among the model's training perturbations.
+    fit_seconds
+        Seconds the fit took (``training.fit_seconds``), when known.
+    created
+        Time of the fit (``created``); default now.
     overwrite
         Replace an existing directory.
     """
@@ -190,7 +297,20 @@ def save_model_dir(
         msg = f"{str(path)!r} already exists; pass overwrite=True (--overwrite) to replace it."
         raise FileExistsError(msg)
     model._check_fitted()
+    heldout = sorted(dict.fromkeys(map(str, heldout_perturbations or ())))
+    leaked = sorted(set(heldout) & set(map(str, model.train_perturbations_)))
+    if leaked:
+        msg = (
+            f"Perturbations {leaked[:5]} are declared held out but the model was trained on them; "
+            "fit on data without them, or do not declare them held out."
+        )
+        raise ValueError(msg)
     training = dict(training or {})
+    training["heldout_perturbations"] = heldout
+    training["fit_seconds"] = None if fit_seconds is None else float(fit_seconds)
+    created = created or datetime.now(UTC)
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
     genes = list(map(str, model.genes_))
     schema = model.schema_
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +334,7 @@ def save_model_dir(
             "model_dir_version": MODEL_DIR_VERSION,
             "format_version": FORMAT_VERSION,
             "aivc_version": __version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": created.astimezone(UTC).isoformat(timespec="microseconds"),
             "instrument": type(model).name or type(model).__name__,
             "class": type(model).__name__,
             "params": model.get_params(),
@@ -244,9 +364,15 @@ def save_model_dir(
         )
         (inner / GENES).write_text(json.dumps(genes))
         (inner / SCHEMA).write_text(schema.to_json())
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(inner, path)
+        if path.exists():  # overwrite: move the old directory aside, then swap in the new one
+            os.replace(path, tmp / "replaced")
+            try:
+                os.replace(inner, path)
+            except BaseException:
+                os.replace(tmp / "replaced", path)
+                raise
+        else:
+            os.replace(inner, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
@@ -258,6 +384,40 @@ def _read_json(path: Path) -> Any:
     except json.JSONDecodeError as e:
         msg = f"{str(path)!r} is not valid JSON ({e}); the model directory is corrupted."
         raise DataValidationError(msg) from None
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest (``aivc-model.json``) of the model directory ``path``, without loading the model.
+
+    Raises :class:`FileNotFoundError` when ``path`` is no directory and
+    :class:`DataValidationError` when it has no manifest, an unreadable one,
+    or one of a version this aivc does not read.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        msg = f"No model directory at {str(path)!r}; create one with `aivc fit ... --out {path}`."
+        raise FileNotFoundError(msg)
+    manifest_file = path / MANIFEST
+    if not manifest_file.exists():
+        msg = (
+            f"{str(path)!r} has no {MANIFEST}; it is not an aivc model directory "
+            "(an Instrument.save directory can be read with PerturbationModel.load)."
+        )
+        raise DataValidationError(msg)
+    manifest = _read_json(manifest_file)
+    if not isinstance(manifest, dict):
+        msg = (
+            f"{str(manifest_file)!r} does not hold a JSON object; the model directory is corrupted."
+        )
+        raise DataValidationError(msg)
+    version = manifest.get("model_dir_version")
+    if version not in READABLE_VERSIONS:
+        msg = (
+            f"Model directory version {version!r} in {str(path)!r}; this aivc reads versions "
+            f"{list(READABLE_VERSIONS)}."
+        )
+        raise DataValidationError(msg)
+    return manifest
 
 
 def load_model_dir(
@@ -279,21 +439,7 @@ def load_model_dir(
     from safetensors.numpy import load_file
 
     path = Path(path)
-    if not path.is_dir():
-        msg = f"No model directory at {str(path)!r}; create one with `aivc fit ... --out {path}`."
-        raise FileNotFoundError(msg)
-    manifest_file = path / MANIFEST
-    if not manifest_file.exists():
-        msg = (
-            f"{str(path)!r} has no {MANIFEST}; it is not an aivc model directory "
-            "(an Instrument.save directory can be read with PerturbationModel.load)."
-        )
-        raise DataValidationError(msg)
-    manifest = _read_json(manifest_file)
-    version = manifest.get("model_dir_version")
-    if version != MODEL_DIR_VERSION:
-        msg = f"Model directory version {version!r} in {str(path)!r}; this aivc reads version {MODEL_DIR_VERSION}."
-        raise DataValidationError(msg)
+    manifest = read_manifest(path)
     config = _read_json(path / "config.json") if (path / "config.json").exists() else {}
     if config.get("class") != manifest.get("class"):
         msg = (
@@ -427,11 +573,15 @@ def fit_model_dir(
     if n_top_genes is not None:
         adata = adata[:, highly_variable_genes(adata, schema, n_top_genes=n_top_genes)].copy()
     instrument = cls(**params)
+    start = time.perf_counter()
     instrument.fit(adata, schema, known_genes=known)
+    seconds = time.perf_counter() - start
     info = training_info(adata, dataset=dataset, data_file=data_file, seed=seed)
     if n_top_genes is not None:
         info["n_top_genes"] = n_top_genes
-    return save_model_dir(instrument, out, training=info, controls=adata, overwrite=overwrite)
+    return save_model_dir(
+        instrument, out, training=info, controls=adata, fit_seconds=seconds, overwrite=overwrite
+    )
 
 
 def _looks_like_counts(x: object) -> bool:
@@ -563,9 +713,7 @@ def predict_model_dir(
         t["call"] = np.where(sig & (lfc > 0), "up", np.where(sig & (lfc < 0), "down", "ns"))
         if lower is not None:
             gi = t["gene"].map(gpos).to_numpy()
-            t["interval_call"] = np.where(
-                lower[i, gi] > 0, "up", np.where(upper[i, gi] < 0, "down", "ns")
-            )
+            t["interval_call"] = interval_calls(lower[i, gi], upper[i, gi])
         frames.append(t)
     de_table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     for col in de_table.columns:
