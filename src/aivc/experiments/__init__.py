@@ -16,6 +16,14 @@
 - :func:`run_loop` runs the lab in the loop (propose -> measure -> update)
   against a :class:`SimulatorLab` or a :class:`ResultsFileLab`; a killed loop
   resumes where it stopped.
+- :func:`fit_holdout` fits a perturbation model with a seeded fifth of the
+  measured perturbations held out; :func:`predict_with_observed` sets its
+  predictions (intervals, DE calls, top genes) against the measured changes
+  (:func:`measured_changes`); :func:`calibration_curve` is the coverage of its
+  intervals on the held-out perturbations; :func:`propose_next` picks what to
+  measure next from a model and the measurements; :func:`cell_embedding` places
+  cells and predicted states in a 2-D PCA. The web page, the REST API and the
+  MCP server call these.
 
 Names are imported on first use, so ``import aivc.experiments`` stays cheap and
 the database libraries are only needed by the ledger and the loop.
@@ -59,6 +67,24 @@ _EXPORTS = {
     "load_screen": "aivc.experiments._screens_data",
     "read_mageck_summary": "aivc.experiments._screens_data",
     "screen_hits": "aivc.experiments._screens_data",
+    "CalibrationCurve": "aivc.experiments._whatif",
+    "CellEmbedding": "aivc.experiments._whatif",
+    "HoldoutFit": "aivc.experiments._whatif",
+    "ObservedChanges": "aivc.experiments._whatif",
+    "PredictedChanges": "aivc.experiments._whatif",
+    "Proposals": "aivc.experiments._whatif",
+    "calibration_curve": "aivc.experiments._whatif",
+    "cell_embedding": "aivc.experiments._whatif",
+    "check_perturbations": "aivc.experiments._whatif",
+    "counts_schema": "aivc.experiments._whatif",
+    "fit_holdout": "aivc.experiments._whatif",
+    "measured_changes": "aivc.experiments._whatif",
+    "merge_observed": "aivc.experiments._whatif",
+    "perturbation_model": "aivc.experiments._whatif",
+    "predict_with_observed": "aivc.experiments._whatif",
+    "propose_next": "aivc.experiments._whatif",
+    "resolve_context": "aivc.experiments._whatif",
+    "suggest_perturbations": "aivc.experiments._whatif",
 }
 
 __all__ = sorted(_EXPORTS)
