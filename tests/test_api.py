@@ -82,7 +82,7 @@ def test_fit_predict_and_restart(client: TestClient, fitted: str, workspace: Wor
     heldout = model["heldout_perturbations"]
     assert len(heldout) == 3  # a fifth of 13 perturbations, seeded
     assert not set(heldout) & set(model["train_perturbations"])
-    assert (workspace.root / "models" / fitted / "model" / "config.json").exists()
+    assert (workspace.root / "models" / fitted / "aivc-model.json").exists()
 
     single = next(p for p in heldout if "+" not in p)
     r = client.post(
@@ -344,7 +344,7 @@ def test_screen_proposals_and_ledger(client: TestClient, fitted: str, workspace:
     # the score is minus the predicted mean of the target under each candidate
     from aivc.instruments import PerturbationModel
 
-    model = PerturbationModel.load(workspace.root / "models" / fitted / "model")
+    model = PerturbationModel.load(workspace.root / "models" / fitted)
     best = out["ranking"][0]["perturbation"]
     j = list(model.genes_).index(target)
     assert np.isclose(-model.predict_mean([best])[0, j], scores[0], atol=1e-6)

@@ -461,18 +461,14 @@ def _versus_observed(
 ) -> str:
     import plotly.graph_objects as go
 
-    from aivc.data import load, observed_changes, prepare, read_h5ad, schema_of
-    from aivc.interfaces.api._workspace import _replace_counts
+    from aivc.data import load, read_h5ad
+    from aivc.experiments import measured_changes
 
     if Path(str(observed)).suffix == ".h5ad":
-        raw = read_h5ad(observed)
-        obs_schema = _replace_counts(schema, raw)
+        measured = measured_changes(read_h5ad(observed), schema, counts=True)
     else:
-        raw = load(str(observed))
-        obs_schema = schema_of(raw)
-    prepared, obs_schema = prepare(raw, obs_schema, known_genes=None)
-    changes, _ = observed_changes(prepared, obs_schema, missing_controls="drop")
-    changes = changes.reindex(columns=genes)
+        measured = measured_changes(load(str(observed)), counts=True)
+    changes = measured.delta.reindex(columns=genes)
     shared = [c for c in conditions if c in changes.index]
     if not shared:
         return (

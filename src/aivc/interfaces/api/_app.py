@@ -187,8 +187,7 @@ def create_app(
         seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     ) -> dict[str, Any]:
         """2-D PCA of a seeded subsample of cells, with each cell's perturbation."""
-        out = ws.embedding(name, n_cells=n_cells, seed=seed)
-        return {k: v for k, v in out.items() if not k.startswith("_")}
+        return ws.embedding(name, n_cells=n_cells, seed=seed)
 
     @api.post(
         "/datasets/{name}/measurements",

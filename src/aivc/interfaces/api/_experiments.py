@@ -1,6 +1,6 @@
 """Calls into :mod:`aivc.experiments` for the interfaces: screens, proposals, the ledger.
 
-Each function turns a request into one call of the experiments API and its
+Each function turns a request into one call of the experiments API, or its
 result into JSON-ready records; the science lives in :mod:`aivc.experiments`.
 """
 
@@ -13,9 +13,25 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
+    from aivc.experiments import CalibrationCurve, CellEmbedding, PredictedChanges, Proposals
     from aivc.instruments import PerturbationModel
 
-__all__ = ["ledger_project", "ledger_projects", "propose", "screen"]
+__all__ = [
+    "calibration",
+    "embedding",
+    "ledger_project",
+    "ledger_projects",
+    "prediction",
+    "proposals",
+    "screen",
+]
+
+
+def _finite(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    return f if np.isfinite(f) else None
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -71,67 +87,117 @@ def screen(
     }
 
 
-def propose(
-    model: PerturbationModel,
-    observed: pd.DataFrame,
+def prediction(
+    res: PredictedChanges,
+    i: int,
     *,
-    strategy: str,
-    batch_size: int,
-    candidates: Sequence[str] | None = None,
-    context: str | None = None,
-    seed: int = 0,
+    model: PerturbationModel,
+    heldout: bool,
+    top_k: int,
+    all_genes: bool,
+    embedding: tuple[tuple[int, int], CellEmbedding] | None = None,
 ) -> dict[str, Any]:
-    """Next experiments with :func:`aivc.experiments._acquisition.propose`.
+    """Perturbation ``i`` of :func:`aivc.experiments.predict_with_observed` as a JSON record.
 
-    As in the lab loop (:func:`aivc.experiments._loop.run_loop`), a strategy
-    sees the model's predicted change of every candidate as features and the
-    measured effect sizes (root-mean-square change of log-expression) of the
-    candidates already measured (rows of ``observed``) as feedback; the
-    predicted effect size is the prior of strategies that use one.
+    The ``top_k`` genes of largest change (with interval, DE call and observed
+    change where there are some), the genes called DE, the agreement with the
+    observed change; with ``all_genes`` every gene's values and the states
+    placed in ``embedding`` (its ``(n_cells, seed)`` and the embedding).
     """
-    from aivc.experiments._acquisition import STRATEGIES
-    from aivc.experiments._acquisition import propose as run_propose
-    from aivc.experiments._loop import _effect
+    p = res.perturbations[i]
+    row = res.summary.iloc[i]
+    measured = bool(row["measured"])
+    top = []
+    for g in res.top_genes(i, top_k).itertuples(index=False):
+        gene = {"gene": g.gene, "delta": float(g.delta)}
+        if res.has_intervals:
+            gene["lower"], gene["upper"], gene["de"] = float(g.lower), float(g.upper), g.call
+        if measured:
+            gene["observed"] = _finite(g.observed)
+        top.append(gene)
+    de = res.de_genes(i)
+    item: dict[str, Any] = {
+        "perturbation": p,
+        "context": res.context,
+        "measured": measured,
+        "observed_source": row["observed_source"],
+        "n_observed_cells": int(row["n_observed_cells"]),
+        "in_training": bool(row["in_training"]),
+        "heldout": heldout,
+        "top_genes": top,
+        # A gene is called differentially expressed when its interval excludes no change.
+        "de_genes": (
+            None
+            if de is None
+            else [
+                {"gene": g.gene, "delta": float(g.delta), "call": g.call}
+                for g in de.itertuples(index=False)
+            ]
+        ),
+    }
+    if measured:
+        item["pearson_observed"] = _finite(row["pearson_observed"])
+        if res.has_intervals:
+            item["interval_coverage"] = _finite(row["interval_coverage"])
+    if all_genes:
+        obs_row = res.observed[i] if measured else None
+        item["genes"] = res.genes
+        item["delta"] = np.round(res.delta[i], 5).tolist()
+        if res.lower is not None and res.upper is not None:
+            item["lower"] = np.round(res.lower[i], 5).tolist()
+            item["upper"] = np.round(res.upper[i], 5).tolist()
+        if obs_row is not None:
+            item["observed"] = [_finite(v) for v in np.round(obs_row, 5)]
+        placed = None
+        if embedding is not None:
+            (n_cells, seed), emb = embedding
+            states = emb.place(model, res.delta[i], context=res.context, observed=obs_row)
+            if states is not None:
+                placed = {
+                    "n_cells": n_cells,
+                    "seed": seed,
+                    **{
+                        k: None if v is None else np.round(v, 4).tolist() for k, v in states.items()
+                    },
+                }
+        item["embedding"] = placed
+    return item
 
-    if strategy not in STRATEGIES:
-        msg = f"Unknown strategy {strategy!r}; expected one of {sorted(STRATEGIES)}."
-        raise KeyError(msg)
-    cands = list(dict.fromkeys(candidates if candidates is not None else map(str, model.genes_)))
-    measured = [c for c in cands if c in observed.index]
-    delta = model.predict_delta(cands, contexts=context)
-    predicted_effect = _effect(delta)
-    index = {c: i for i, c in enumerate(cands)}
-    idx = np.asarray([index[c] for c in measured], dtype=int)
-    y = _effect(observed.loc[measured].to_numpy(dtype=float)) if measured else np.zeros(0)
-    n_open = len(cands) - len(measured)
-    if n_open == 0:
-        msg = "Every candidate has been measured already; pass other candidates."
-        raise ValueError(msg)
-    chosen = run_propose(
-        strategy,
-        features=delta,
-        measured_idx=idx,
-        measured_y=y,
-        batch_size=min(batch_size, n_open),
-        rng=np.random.default_rng(seed),
-        prior=predicted_effect,
-    )
-    spec = STRATEGIES[strategy]
-    rows = [
-        {
-            "perturbation": cands[int(i)],
-            "predicted_effect": float(predicted_effect[int(i)]),
-            "reason": f"{strategy}: predicted RMS change {predicted_effect[int(i)]:.3f}",
-        }
-        for i in chosen
-    ]
+
+def embedding(emb: CellEmbedding, *, dataset: str) -> dict[str, Any]:
+    """A :func:`aivc.experiments.cell_embedding` as JSON (coordinates rounded to 4 digits)."""
     return {
-        "strategy": strategy,
-        "description": f"{spec.description} Learned from {len(measured)} measured of "
-        f"{len(cands)} candidates.",
-        "n_candidates": len(cands),
-        "n_measured": len(measured),
-        "proposals": rows,
+        "dataset": dataset,
+        "method": emb.method,
+        "n_cells": emb.n_cells,
+        "seed": emb.seed,
+        "explained_variance_ratio": emb.explained_variance_ratio.tolist(),
+        "x": np.round(emb.xy[:, 0], 4).tolist(),
+        "y": np.round(emb.xy[:, 1], 4).tolist(),
+        "perturbation": emb.perturbation.tolist(),
+        "context": None if emb.context is None else emb.context.tolist(),
+    }
+
+
+def calibration(curve: CalibrationCurve, *, model_id: str) -> dict[str, Any]:
+    """A :func:`aivc.experiments.calibration_curve` as JSON."""
+    return {
+        "model": model_id,
+        "levels": curve.levels,
+        "coverage": curve.coverage,
+        "n_perturbations": len(curve.conditions),
+        "perturbations": curve.perturbations,
+    }
+
+
+def proposals(result: Proposals) -> dict[str, Any]:
+    """The proposals of :func:`aivc.experiments.propose_next` as JSON-ready records."""
+    return {
+        "strategy": result.strategy,
+        "description": result.description,
+        "n_candidates": result.n_candidates,
+        "n_measured": result.n_measured,
+        "proposals": _records(result.table),
     }
 
 

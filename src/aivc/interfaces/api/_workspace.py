@@ -1,10 +1,14 @@
 """The state behind the REST API, the web page and the MCP server.
 
-A :class:`Workspace` is a directory plus in-memory caches: prepared datasets,
-fitted models (saved with :meth:`aivc.instruments.Instrument.save`, so they
-survive a restart), uploaded measurements and background jobs. Every method
-is a thin call into the Python API (:mod:`aivc.data`, :mod:`aivc.instruments`,
-:mod:`aivc.experiments`); nothing here models biology.
+A :class:`Workspace` is a directory plus in-memory caches: the datasets the
+server offers, fitted models (model directories, the format of ``aivc fit``,
+under ``models/<id>/``, so they survive a restart and can be used by
+``aivc predict``), uploaded measurements and background jobs. The science is
+in the Python API: every request is one call of :mod:`aivc.experiments`
+(hold-out fits, predictions set against measurements, calibration, screens,
+proposals, explanations) or :mod:`aivc.instruments` (model directories); the
+workspace keeps names, files, locks and jobs, and turns the library's errors
+into its own (:class:`NotFoundError`, :class:`WorkspaceValidationError`...).
 """
 
 from __future__ import annotations
@@ -16,22 +20,24 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from aivc._io import atomic_path, write_json_atomic
-from aivc._labels import check_known
 from aivc.interfaces.api._jobs import JobManager, JobReporter
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
     from aivc.data import PerturbationSchema
+    from aivc.experiments import CellEmbedding, ObservedChanges
     from aivc.instruments import PerturbationModel
+    from aivc.instruments._model_dir import FitRecord
 
 __all__ = [
     "ConflictError",
@@ -47,6 +53,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: Largest upload accepted by default (bytes).
 DEFAULT_MAX_UPLOAD = 256 * 1024 * 1024
+#: The embedding whose PCA predictions are placed in, when the page has asked for it.
+_PAGE_EMBEDDING = (2000, 0)
 
 
 class NotFoundError(KeyError):
@@ -54,11 +62,6 @@ class NotFoundError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
-
-
-def _de_call(low: float, high: float) -> str:
-    """``up`` / ``down`` when the interval of the change excludes zero, ``none`` otherwise."""
-    return "up" if low > 0 else "down" if high < 0 else "none"
 
 
 class WorkspaceValidationError(ValueError):
@@ -73,39 +76,59 @@ class PayloadTooLargeError(ValueError):
     """An upload larger than the workspace accepts (HTTP 413)."""
 
 
+_OWN_ERRORS = (NotFoundError, WorkspaceValidationError, PayloadTooLargeError)
+
+
+@contextmanager
+def _library_errors() -> Iterator[None]:
+    """Turn the library's errors into the workspace's: unknown names 404, the rest 422."""
+    try:
+        yield
+    except _OWN_ERRORS:
+        raise
+    except KeyError as e:
+        raise NotFoundError(str(e.args[0]) if e.args else str(e)) from None
+    except ValueError as e:
+        raise WorkspaceValidationError(str(e)) from None
+
+
 @dataclass
 class _Dataset:
     name: str
     adata: AnnData
     schema: PerturbationSchema
     description: str
-    observed: pd.DataFrame | None = None  # condition rows, genes columns (changes vs control)
-    observed_info: pd.DataFrame | None = None
-    embeddings: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    observed: ObservedChanges | None = None  # dataset and uploads, the newest measurement first
+    embeddings: dict[tuple[int, int], CellEmbedding] = field(default_factory=dict)
 
 
 @dataclass
-class _ModelRecord:
+class _Model:
+    """A model directory of the workspace: its record (from the manifest) and, once used, the model."""
+
     id: str
-    dataset: str
-    instrument: str
-    params: dict[str, Any]
-    seed: int
-    heldout: list[str]
-    created: float
-    fit_seconds: float
+    record: FitRecord
     model: PerturbationModel | None = None
 
+    @property
+    def created(self) -> float:
+        return self.record.created.timestamp() if self.record.created is not None else 0.0
+
+    @property
+    def heldout(self) -> list[str]:
+        return list(self.record.heldout_perturbations)
+
     def to_dict(self) -> dict[str, Any]:
+        rec = self.record
         return {
             "id": self.id,
-            "dataset": self.dataset,
-            "instrument": self.instrument,
-            "params": self.params,
-            "seed": self.seed,
+            "dataset": rec.dataset or "",
+            "instrument": rec.instrument,
+            "params": rec.params,
+            "seed": rec.seed,
             "heldout_perturbations": self.heldout,
             "created": self.created,
-            "fit_seconds": round(self.fit_seconds, 3),
+            "fit_seconds": None if rec.fit_seconds is None else round(rec.fit_seconds, 3),
         }
 
 
@@ -134,7 +157,8 @@ class Workspace:
     Parameters
     ----------
     root
-        Directory for fitted models (``models/<id>/``) and uploads
+        Directory for fitted models (``models/<id>/``, model directories as
+        written by ``aivc fit``; one copied there is offered too) and uploads
         (``uploads/<id>.h5ad``). Created if missing.
     max_upload_bytes
         Largest accepted upload.
@@ -161,7 +185,8 @@ class Workspace:
         self.jobs = JobManager(max_workers=max_workers)
         self._datasets: dict[str, _Dataset] = {}
         self._extra: dict[str, tuple[AnnData, PerturbationSchema, str]] = {}
-        self._models: dict[str, _ModelRecord] = {}
+        self._models: dict[str, _Model] = {}
+        self._reserved: set[str] = set()  # model ids of queued and running fits
         self._lock = threading.RLock()
         self._dataset_locks: dict[str, threading.Lock] = {}
         self._known_genes: list[str] | None = None
@@ -218,7 +243,10 @@ class Workspace:
             )
         return out
 
-    def _dataset(self, name: str) -> _Dataset:
+    def _dataset(self, name: str | None) -> _Dataset:
+        if not name:
+            msg = "The model records no dataset it was fitted on (it was fitted on a file)."
+            raise NotFoundError(msg)
         with self._lock:
             if name in self._datasets:
                 return self._datasets[name]
@@ -252,6 +280,15 @@ class Workspace:
         adata, schema = prepare(raw, schema, known_genes=None)
         return _Dataset(name=name, adata=adata, schema=schema, description=desc)
 
+    def _data_file(self, name: str) -> Path | None:
+        """The registered file of a dataset, for the model directory's record (None in memory)."""
+        from aivc.data import dataset_entry
+
+        if name in self._extra:
+            return None
+        path = dataset_entry(name).path()
+        return path if path.is_file() else None
+
     def dataset_info(self, name: str) -> dict[str, Any]:
         """Cells, genes, perturbations and contexts of a dataset."""
         ds = self._dataset(name)
@@ -281,67 +318,43 @@ class Workspace:
         }
 
     def embedding(self, name: str, *, n_cells: int = 2000, seed: int = 0) -> dict[str, Any]:
-        """2-D PCA of a seeded subsample of the dataset's log-normalised cells."""
-        from sklearn.decomposition import PCA
+        """2-D PCA of a seeded subsample of the dataset's log-normalised cells.
+
+        Calls :func:`aivc.experiments.cell_embedding`; the result is kept, and
+        predictions are placed in it (:meth:`predict` with ``all_genes``).
+        """
+        from aivc.experiments import cell_embedding
+        from aivc.interfaces.api import _experiments
 
         ds = self._dataset(name)
         key = (int(n_cells), int(seed))
         with self._lock:
-            if key in ds.embeddings:
-                return ds.embeddings[key]
-        a = ds.adata
-        rng = np.random.default_rng(seed)
-        take = np.sort(rng.choice(a.n_obs, min(n_cells, a.n_obs), replace=False))
-        x = a.X[take]
-        x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
-        pca = PCA(n_components=2, random_state=seed)
-        xy = pca.fit_transform(x)
-        s = ds.schema
-        out = {
-            "dataset": name,
-            "method": "PCA of log-normalised expression",
-            "n_cells": len(take),
-            "seed": seed,
-            "explained_variance_ratio": pca.explained_variance_ratio_.tolist(),
-            "x": np.round(xy[:, 0], 4).tolist(),
-            "y": np.round(xy[:, 1], 4).tolist(),
-            "perturbation": a.obs[s.perturbation_key].astype(str).to_numpy()[take].tolist(),
-            "context": (
-                a.obs[s.context_key].astype(str).to_numpy()[take].tolist()
-                if s.context_key is not None
-                else None
-            ),
-            "_pca": pca,
-        }
-        with self._lock:
-            ds.embeddings[key] = out
-        return out
+            emb = ds.embeddings.get(key)
+        if emb is None:
+            with _library_errors():
+                emb = cell_embedding(ds.adata, ds.schema, n_cells=n_cells, seed=seed)
+            with self._lock:
+                ds.embeddings[key] = emb
+        return _experiments.embedding(emb, dataset=name)
 
-    def _observed(self, ds: _Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Observed mean change per measured condition (perturbation, context), dataset and uploads."""
-        with self._lock:
-            if ds.observed is not None and ds.observed_info is not None:
-                return ds.observed, ds.observed_info
-        from aivc.data import observed_changes
+    def _observed(self, ds: _Dataset) -> ObservedChanges:
+        """Observed change of every measured condition, in the dataset and its uploads.
 
-        # conditions of a context without controls are left out (nothing to compare with)
-        delta, info = observed_changes(ds.adata, ds.schema, missing_controls="drop")
-        info["source"] = "dataset"
-        frames, infos = [delta], [info]
-        for u in self.list_uploads():
-            if u["dataset"] != ds.name:
-                continue
-            d2, i2 = self._upload_changes(u["id"], ds)
-            i2["source"] = f"upload:{u['id']}"
-            frames.insert(0, d2)
-            infos.insert(0, i2)
-        delta = pd.concat(frames)
-        info = pd.concat(infos)
-        keep = ~delta.index.duplicated(keep="first")  # the newest measurement wins
-        delta, info = delta[keep], info[keep]
+        Where a condition was measured more than once, the newest measurement wins.
+        """
         with self._lock:
-            ds.observed, ds.observed_info = delta, info
-        return delta, info
+            if ds.observed is not None:
+                return ds.observed
+        from aivc.experiments import measured_changes, merge_observed
+
+        uploads = [u for u in self.list_uploads() if u["dataset"] == ds.name]
+        uploads.sort(key=lambda u: float(u.get("created", 0.0)), reverse=True)
+        parts = [self._upload_changes(u["id"], ds) for u in uploads]
+        parts.append(measured_changes(ds.adata, ds.schema, source="dataset"))
+        observed = merge_observed(*parts, genes=list(ds.adata.var_names))
+        with self._lock:
+            ds.observed = observed
+        return observed
 
     # ------------------------------------------------------------------ instruments
     @staticmethod
@@ -373,24 +386,29 @@ class Workspace:
         return out
 
     # ------------------------------------------------------------------ models
+    def _model_dir(self, model_id: str) -> Path:
+        return self.root / "models" / model_id
+
     def _scan_models(self) -> None:
-        for rec_file in sorted((self.root / "models").glob("*/record.json")):
-            try:
-                d = json.loads(rec_file.read_text())
-                rec = _ModelRecord(
-                    id=d["id"],
-                    dataset=d["dataset"],
-                    instrument=d["instrument"],
-                    params=d["params"],
-                    seed=int(d["seed"]),
-                    heldout=list(d["heldout_perturbations"]),
-                    created=float(d["created"]),
-                    fit_seconds=float(d["fit_seconds"]),
+        """Offer every model directory under ``models/`` (written here or by ``aivc fit``)."""
+        from aivc.instruments._model_dir import MANIFEST, FitRecord, read_manifest
+
+        for folder in sorted((self.root / "models").iterdir()):
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue  # temporary and deleted directories
+            if not _NAME.match(folder.name):
+                logger.warning(
+                    "skipping model directory %s: its name is not a valid model id", folder
                 )
-            except (OSError, ValueError, KeyError) as e:
-                logger.warning("skipping unreadable model record %s (%s)", rec_file, e)
                 continue
-            self._models[rec.id] = rec
+            try:
+                if not (folder / MANIFEST).exists() and (folder / "record.json").exists():
+                    _convert_earlier_layout(folder)
+                record = FitRecord.from_manifest(read_manifest(folder))
+            except (OSError, ValueError, KeyError) as e:
+                logger.warning("skipping unreadable model directory %s (%s)", folder, e)
+                continue
+            self._models[folder.name] = _Model(folder.name, record)
 
     def known_genes(self) -> list[str] | None:
         """Human gene symbols accepted as targets, when the gene tables are present."""
@@ -416,51 +434,37 @@ class Workspace:
         """Queue a fit job; returns the job.
 
         With ``holdout``, a fifth of the measured perturbations (seeded) is held
-        out of training so the page can compare predictions with measurements
-        the model never saw.
+        out of training (:func:`aivc.experiments.fit_holdout`) so the page can
+        compare predictions with measurements the model never saw.
         """
-        from aivc.instruments import PerturbationModel, get_instrument_class
+        from aivc.experiments import perturbation_model
 
         params = dict(params or {})
-        try:
-            cls = get_instrument_class(instrument)
-        except KeyError as e:
-            raise NotFoundError(str(e.args[0])) from None
-        if not issubclass(cls, PerturbationModel):
-            msg = (
-                f"Instrument {instrument!r} is not a perturbation model; it cannot be fitted here."
-            )
-            raise WorkspaceValidationError(msg)
-        try:
-            cls(**params)
-        except (TypeError, ValueError) as e:
-            msg = f"Invalid parameters for {instrument!r}: {e}"
-            raise WorkspaceValidationError(msg) from None
+        with _library_errors():
+            perturbation_model(instrument, params)  # checks the name and the parameters
         if dataset not in self._extra and dataset not in {d["name"] for d in self.list_datasets()}:
             self._dataset(dataset)  # raises NotFoundError with the reason
         if name is not None:
             self._check_name(name, "model")
         model_id = name or f"{instrument}-{dataset}-{uuid.uuid4().hex[:6]}"
         with self._lock:
-            if model_id in self._models or (self.root / "models" / model_id).exists():
+            if (
+                model_id in self._models
+                or model_id in self._reserved
+                or self._model_dir(model_id).exists()
+            ):
                 msg = (
                     f"A model named {model_id!r} already exists; choose another name or delete it."
                 )
                 raise ConflictError(msg)
-            # reserve the name so two jobs cannot race for it
-            self._models[model_id] = _ModelRecord(
-                model_id, dataset, instrument, params, seed, [], time.time(), 0.0
-            )
-            self._models[model_id].created = -1.0  # marks a reservation
+            self._reserved.add(model_id)  # so two jobs cannot race for the name
 
         def run(rep: JobReporter) -> dict[str, Any]:
             return self._fit(rep, model_id, dataset, instrument, params, holdout, seed)
 
         def release() -> None:
             with self._lock:
-                rec = self._models.get(model_id)
-                if rec is not None and rec.created < 0:
-                    del self._models[model_id]
+                self._reserved.discard(model_id)
 
         job = self.jobs.submit(
             "fit",
@@ -487,73 +491,82 @@ class Workspace:
         holdout: bool,
         seed: int,
     ) -> dict[str, Any]:
-        from aivc.data.splits import kfold_perturbations
-        from aivc.instruments import make_instrument
+        from aivc.experiments import fit_holdout
+        from aivc.instruments._model_dir import (
+            FitRecord,
+            read_manifest,
+            save_model_dir,
+            training_info,
+        )
 
         rep.update(0.05, f"loading {dataset}")
         ds = self._dataset(dataset)
-        s = ds.schema
-        rep.update(0.25, "choosing held-out perturbations")
-        labels = ds.adata.obs[s.perturbation_key].astype(str)
-        perts = sorted(set(labels) - {s.control_label})
-        heldout: list[str] = []
-        train = ds.adata
-        if holdout and len(perts) >= 5:
-            heldout = list(
-                kfold_perturbations(perts, s, n_folds=5, seeds=[seed])[0].test_perturbations
-            )
-            train = ds.adata[~labels.isin(heldout).to_numpy()].copy()
-        known = self.known_genes()
-        rep.update(0.35, f"fitting {instrument} on {train.n_obs} cells")
-        model = make_instrument(instrument, **params)
-        t0 = time.perf_counter()
-        model.fit(train, s, known_genes=known)  # type: ignore[attr-defined]
-        seconds = time.perf_counter() - t0
-        rep.update(0.9, "saving")
-        rec = _ModelRecord(
-            model_id, dataset, instrument, params, seed, heldout, time.time(), seconds
+        fit = fit_holdout(
+            ds.adata,
+            ds.schema,
+            instrument,
+            params=params,
+            holdout=holdout,
+            seed=seed,
+            known_genes=self.known_genes(),
+            progress=lambda fraction, message: rep.update(0.25 + 0.6 * fraction, message),
         )
-        folder = self.root / "models" / model_id
-        model.save(folder / "model")  # type: ignore[attr-defined]
-        _write_json_atomic(folder / "record.json", rec.to_dict())
-        rec.model = model  # type: ignore[assignment]
+        rep.update(0.9, "saving")
+        folder = self._model_dir(model_id)
+        training = training_info(
+            fit.train, dataset=dataset, data_file=self._data_file(dataset), seed=seed
+        )
+        save_model_dir(
+            fit.model,
+            folder,
+            training=training,
+            controls=fit.train,
+            heldout_perturbations=fit.heldout,
+            fit_seconds=fit.fit_seconds,
+        )
+        entry = _Model(model_id, FitRecord.from_manifest(read_manifest(folder)), fit.model)
         with self._lock:
-            self._models[model_id] = rec
-        return rec.to_dict()
+            self._models[model_id] = entry
+        return entry.to_dict()
 
     def list_models(self) -> list[dict[str, Any]]:
         with self._lock:
-            recs = [r for r in self._models.values() if r.created >= 0]
-        return [self._model_info(r) for r in sorted(recs, key=lambda r: r.created)]
+            entries = list(self._models.values())
+        return [self._model_info(m) for m in sorted(entries, key=lambda m: (m.created, m.id))]
 
-    def _record(self, model_id: str) -> _ModelRecord:
+    def _entry(self, model_id: str) -> _Model:
         with self._lock:
-            rec = self._models.get(model_id)
-        if rec is None or rec.created < 0:
+            entry = self._models.get(model_id)
+        if entry is None:
             msg = f"Unknown model {model_id!r}; fit one with POST /api/models or list them with GET /api/models."
             raise NotFoundError(msg)
-        return rec
+        return entry
 
-    def _model(self, model_id: str) -> tuple[_ModelRecord, PerturbationModel]:
-        from aivc.instruments import PerturbationModel
+    def _model(self, model_id: str) -> tuple[_Model, PerturbationModel]:
+        from aivc.instruments._model_dir import load_model_dir
 
-        rec = self._record(model_id)
-        if rec.model is None:
+        entry = self._entry(model_id)
+        if entry.model is None:
             with self._lock:
-                if rec.model is None:
-                    rec.model = PerturbationModel.load(self.root / "models" / model_id / "model")
-        return rec, rec.model  # type: ignore[return-value]
+                if entry.model is None:
+                    entry.model = load_model_dir(self._model_dir(model_id)).model
+        return entry, entry.model
 
-    def _model_info(self, rec: _ModelRecord) -> dict[str, Any]:
+    def _model_info(self, entry: _Model) -> dict[str, Any]:
         from aivc.instruments import get_instrument_class
 
-        caps = sorted(getattr(get_instrument_class(rec.instrument), "capabilities", ()))
-        return {**rec.to_dict(), "capabilities": caps}
+        try:
+            caps = sorted(
+                getattr(get_instrument_class(entry.record.instrument), "capabilities", ())
+            )
+        except KeyError:  # a directory of an instrument this installation does not register
+            caps = []
+        return {**entry.to_dict(), "capabilities": caps}
 
     def model_info(self, model_id: str) -> dict[str, Any]:
-        rec, model = self._model(model_id)
+        entry, model = self._model(model_id)
         return {
-            **self._model_info(rec),
+            **self._model_info(entry),
             "control_label": model.schema_.control_label,
             "n_genes": len(model.genes_),
             "n_known_targets": len(model.known_genes_),
@@ -564,10 +577,10 @@ class Workspace:
     def delete_model(self, model_id: str) -> None:
         import shutil
 
-        rec = self._record(model_id)
+        entry = self._entry(model_id)
         with self._lock:
-            self._models.pop(rec.id, None)
-        folder = self.root / "models" / model_id
+            self._models.pop(entry.id, None)
+        folder = self._model_dir(model_id)
         if folder.exists():
             trash = folder.with_name(f".deleted-{model_id}-{uuid.uuid4().hex[:6]}")
             os.replace(folder, trash)
@@ -576,63 +589,22 @@ class Workspace:
     def suggest_perturbations(
         self, model_id: str, query: str = "", *, limit: int = 20
     ) -> list[str]:
-        """Autocomplete: target genes and measured labels starting with ``query`` (case-insensitive).
+        """Autocomplete: measured labels and target genes starting with ``query`` (case-insensitive).
 
-        After a separator (``"A+B"``), the part after it is completed.
+        After a separator (``"A+B"``), the part after it is completed
+        (:func:`aivc.experiments.suggest_perturbations`).
         """
-        rec, model = self._model(model_id)
-        sep = model.schema_.combination_separator
-        head, _, tail = query.rpartition(sep)
-        prefix = (tail if head else query).strip().upper()
-        measured = sorted(set(model.train_perturbations_) | set(rec.heldout))
-        out: list[str] = []
-        if not head:
-            out += [p for p in measured if p.upper().startswith(prefix)]
-        genes = [g for g in model.known_genes_ if g.upper().startswith(prefix)]
-        genes.sort(key=lambda g: (g.upper() != prefix, g not in set(model.genes_), len(g), g))
-        out += [f"{head}{sep}{g}" if head else g for g in genes]
-        return list(dict.fromkeys(out))[:limit]
+        from aivc.experiments import suggest_perturbations
+
+        entry, model = self._model(model_id)
+        return suggest_perturbations(model, query, measured=entry.heldout, limit=limit)
 
     # ------------------------------------------------------------------ prediction
-    def _check_labels(self, model: PerturbationModel, perturbations: list[str]) -> None:
-        s = model.schema_
-        known = frozenset(model.known_genes_)
-        for p in perturbations:
-            if p == s.control_label:
-                msg = f"{p!r} is the control label; ask for a perturbation (a gene or 'A{s.combination_separator}B')."
-                raise WorkspaceValidationError(msg)
-            try:
-                targets = s.targets(p)
-            except ValueError as e:
-                raise WorkspaceValidationError(str(e)) from None
-            if len(set(targets)) != len(targets):
-                msg = f"The perturbation {p!r} names the same target twice."
-                raise WorkspaceValidationError(msg)
-            if len(targets) > 1 and "combination" not in type(model).capabilities:
-                logger.info("%s has no 'combination' capability; predicting %s anyway", model, p)
-            check_known(
-                targets,
-                known,
-                what="gene",
-                known_as="target genes the model knows",
-                where=f" in {p!r}",
-                error=NotFoundError,
-            )
+    def _check_labels(self, model: PerturbationModel, perturbations: list[str]) -> list[str]:
+        from aivc.experiments import check_perturbations
 
-    @staticmethod
-    def _context(model: PerturbationModel, context: str | None) -> str | None:
-        if model.schema_.context_key is None:
-            return None
-        contexts = sorted(str(c) for c in model.control_mean_ if c is not None)
-        if context is None:
-            if len(contexts) == 1:
-                return contexts[0]
-            msg = f"This model was trained on several contexts; pass one of {contexts}."
-            raise WorkspaceValidationError(msg)
-        if context not in contexts:
-            msg = f"Unknown context {context!r}; the model knows {contexts}."
-            raise NotFoundError(msg)
-        return context
+        with _library_errors():
+            return check_perturbations(model, perturbations)
 
     def predict(
         self,
@@ -644,164 +616,78 @@ class Workspace:
         level: float = 0.9,
         all_genes: bool = False,
     ) -> dict[str, Any]:
-        """Predicted mean changes, intervals (when the model gives them) and top genes."""
-        rec, model = self._model(model_id)
-        perts = [p.strip() for p in perturbations]
-        self._check_labels(model, perts)
-        context = self._context(model, context)
-        has_interval = "uncertainty" in type(model).capabilities
-        if has_interval:
-            delta, lower, upper = model.predict_interval(perts, contexts=context, level=level)
-        else:
-            delta = model.predict_delta(perts, contexts=context)
-            lower = upper = None
-        genes = [str(g) for g in model.genes_]
+        """Predicted mean changes, intervals and DE calls, top genes, and the observed change.
+
+        Calls :func:`aivc.experiments.predict_with_observed` with the
+        measurements of the model's dataset and its uploads (none when the
+        dataset is not offered here).
+        """
+        from aivc.experiments import predict_with_observed, resolve_context
+        from aivc.interfaces.api import _experiments
+
+        entry, model = self._model(model_id)
+        perts = self._check_labels(model, perturbations)
+        with _library_errors():
+            context = resolve_context(model, context)
         try:
-            observed, info = self._observed(self._dataset(rec.dataset))
-        except NotFoundError:  # the training data are gone: predictions without measurements
-            observed = info = None
-        train = set(model.train_perturbations_)
-        results = []
-        for i, p in enumerate(perts):
-            cond = p if context is None else f"{p}{_condition_sep()}{context}"
-            obs_row = None
-            n_obs_cells = 0
-            source = None
-            if observed is not None and cond in observed.index:
-                obs_row = observed.loc[cond].reindex(genes).to_numpy(dtype=float)
-                n_obs_cells = int(info.loc[cond, "n_cells"])
-                source = str(info.loc[cond, "source"])
-            d = delta[i]
-            order = np.argsort(-np.abs(d), kind="stable")[:top_k]
-            top = []
-            for j in order:
-                row = {"gene": genes[j], "delta": float(d[j])}
-                if has_interval:
-                    row["lower"], row["upper"] = float(lower[i, j]), float(upper[i, j])
-                    row["de"] = _de_call(lower[i, j], upper[i, j])
-                if obs_row is not None:
-                    row["observed"] = _finite(obs_row[j])
-                top.append(row)
-            item: dict[str, Any] = {
-                "perturbation": p,
-                "context": context,
-                "measured": obs_row is not None,
-                "observed_source": source,
-                "n_observed_cells": n_obs_cells,
-                "in_training": p in train,
-                "heldout": p in set(rec.heldout),
-                "top_genes": top,
-                # A gene is called differentially expressed when its interval excludes no change.
-                "de_genes": (
-                    [
-                        {
-                            "gene": genes[j],
-                            "delta": float(d[j]),
-                            "call": _de_call(lower[i, j], upper[i, j]),
-                        }
-                        for j in np.argsort(-np.abs(d), kind="stable")
-                        if lower[i, j] > 0 or upper[i, j] < 0
-                    ]
-                    if has_interval
-                    else None
-                ),
-            }
-            if obs_row is not None:
-                ok = np.isfinite(obs_row)
-                item["pearson_observed"] = _finite(
-                    np.corrcoef(d[ok], obs_row[ok])[0, 1]
-                    if ok.sum() > 2 and d[ok].std() > 0
-                    else None
-                )
-                if has_interval:
-                    inside = (lower[i][ok] <= obs_row[ok]) & (obs_row[ok] <= upper[i][ok])
-                    item["interval_coverage"] = float(inside.mean())
-            if all_genes:
-                item["genes"] = genes
-                item["delta"] = np.round(d, 5).tolist()
-                if has_interval:
-                    item["lower"] = np.round(lower[i], 5).tolist()
-                    item["upper"] = np.round(upper[i], 5).tolist()
-                if obs_row is not None:
-                    item["observed"] = [_finite(v) for v in np.round(obs_row, 5)]
-                item["embedding"] = self._project(rec.dataset, model, context, d, obs_row)
-            results.append(item)
+            observed = self._observed(self._dataset(entry.record.dataset))
+        except NotFoundError:  # the training data are not here: predictions without measurements
+            observed = None
+        with _library_errors():
+            res = predict_with_observed(
+                model, perts, observed=observed, context=context, level=level
+            )
+        heldout = set(entry.heldout)
+        embedding = self._embedding_of(entry.record.dataset) if all_genes else None
+        results = [
+            _experiments.prediction(
+                res,
+                i,
+                model=model,
+                heldout=res.perturbations[i] in heldout,
+                top_k=top_k,
+                all_genes=all_genes,
+                embedding=embedding,
+            )
+            for i in range(len(res.perturbations))
+        ]
         return {
             "model": model_id,
-            "instrument": rec.instrument,
-            "dataset": rec.dataset,
-            "level": level if has_interval else None,
-            "has_intervals": has_interval,
+            "instrument": entry.record.instrument,
+            "dataset": entry.record.dataset or "",
+            "level": res.level,
+            "has_intervals": res.has_intervals,
             "predictions": results,
         }
 
-    def _project(
-        self,
-        dataset: str,
-        model: PerturbationModel,
-        context: str | None,
-        delta: np.ndarray,
-        observed: np.ndarray | None,
-    ) -> dict[str, Any] | None:
-        """Control, predicted and observed mean states in the dataset's cached PCA, if any."""
+    def _embedding_of(self, dataset: str | None) -> tuple[tuple[int, int], CellEmbedding] | None:
+        """The dataset's embedding to place predictions in, once the page asked for one."""
         with self._lock:
-            ds = self._datasets.get(dataset)
+            ds = self._datasets.get(dataset or "")
             cached = dict(ds.embeddings) if ds is not None else {}
         if not cached:
             return None
-        key = (2000, 0) if (2000, 0) in cached else next(iter(cached))
-        pca = cached[key]["_pca"]
-        genes = [str(g) for g in model.genes_]
-        if list(map(str, ds.adata.var_names)) != genes:
-            return None
-        base = np.asarray(model.control_mean_[context], dtype=float)
-        states = [base, base + delta]
-        if observed is not None:
-            states.append(base + np.nan_to_num(observed))
-        xy = pca.transform(np.stack(states))
-        return {
-            "n_cells": key[0],
-            "seed": key[1],
-            "control": np.round(xy[0], 4).tolist(),
-            "predicted": np.round(xy[1], 4).tolist(),
-            "observed": np.round(xy[2], 4).tolist() if observed is not None else None,
-        }
+        key = _PAGE_EMBEDDING if _PAGE_EMBEDDING in cached else next(iter(cached))
+        return key, cached[key]
 
-    def calibration(
-        self, model_id: str, *, levels: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-    ) -> dict[str, Any]:
+    def calibration(self, model_id: str) -> dict[str, Any]:
         """Coverage of the model's intervals on its held-out measured perturbations.
 
-        For each nominal level, the fraction of (perturbation, gene) pairs whose
-        measured change falls inside the predicted interval. Only held-out
-        perturbations count, so the curve is not flattered by training data.
+        Calls :func:`aivc.experiments.calibration_curve`: for each nominal
+        level, the fraction of (perturbation, gene) pairs whose measured change
+        falls inside the predicted interval, on held-out perturbations only.
         """
-        rec, model = self._model(model_id)
-        if "uncertainty" not in type(model).capabilities:
-            msg = f"{rec.instrument!r} gives no intervals, so it has no calibration curve."
-            raise WorkspaceValidationError(msg)
-        observed, info = self._observed(self._dataset(rec.dataset))
-        conds = [c for c in observed.index if info.loc[c, "perturbation"] in set(rec.heldout)]
-        if not conds:
+        from aivc.experiments import calibration_curve
+        from aivc.interfaces.api import _experiments
+
+        entry, model = self._model(model_id)
+        if not entry.heldout and "uncertainty" in type(model).capabilities:
             msg = f"Model {model_id!r} has no held-out measured perturbations to calibrate on; fit it with holdout=true."
             raise WorkspaceValidationError(msg)
-        perts = [str(info.loc[c, "perturbation"]) for c in conds]
-        ctxs = [
-            None if pd.isna(info.loc[c, "context"]) else str(info.loc[c, "context"]) for c in conds
-        ]
-        obs = observed.loc[conds].reindex(columns=list(model.genes_)).to_numpy(dtype=float)
-        ok = np.isfinite(obs)
-        coverage = []
-        for lv in levels:
-            _, lo, hi = model.predict_interval(perts, contexts=ctxs, level=lv)
-            coverage.append(float(((lo <= obs) & (obs <= hi))[ok].mean()))
-        return {
-            "model": model_id,
-            "levels": list(levels),
-            "coverage": coverage,
-            "n_perturbations": len(conds),
-            "perturbations": perts,
-        }
+        observed = self._observed(self._dataset(entry.record.dataset))
+        with _library_errors():
+            curve = calibration_curve(model, observed, heldout=entry.heldout)
+        return _experiments.calibration(curve, model_id=model_id)
 
     # ------------------------------------------------------------------ uploads
     def list_uploads(self) -> list[dict[str, Any]]:
@@ -851,11 +737,12 @@ class Workspace:
             (folder / f"{upload_id}.h5ad").unlink(missing_ok=True)
             raise
         with self._lock:
-            ds.observed = ds.observed_info = None  # recomputed with the new measurements
+            ds.observed = None  # recomputed with the new measurements
         return meta
 
     def _validate_upload(self, path: Path, ds: _Dataset) -> dict[str, Any]:
         from aivc.data import DataValidationError, read_h5ad, validate
+        from aivc.experiments import counts_schema
 
         with path.open("rb") as fh:
             if fh.read(len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
@@ -866,9 +753,8 @@ class Workspace:
         except (DataValidationError, FileNotFoundError) as e:
             raise WorkspaceValidationError(str(e)) from None
         schema = ds.schema
-        upload_schema = _replace_counts(schema, adata)
         try:
-            validate(adata, upload_schema)
+            validate(adata, counts_schema(schema, adata))
         except (DataValidationError, KeyError, ValueError) as e:
             msg = f"The upload does not match the schema of {ds.name!r}: {e}"
             raise WorkspaceValidationError(msg) from None
@@ -890,14 +776,12 @@ class Workspace:
             "perturbations": sorted(set(labels) - {schema.control_label}),
         }
 
-    def _upload_changes(self, upload_id: str, ds: _Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
-        from aivc.data import observed_changes, prepare, read_h5ad
+    def _upload_changes(self, upload_id: str, ds: _Dataset) -> ObservedChanges:
+        from aivc.data import read_h5ad
+        from aivc.experiments import measured_changes
 
         adata = read_h5ad(self.root / "uploads" / f"{upload_id}.h5ad")
-        schema = _replace_counts(ds.schema, adata)
-        prepared, schema = prepare(adata, schema, known_genes=None)
-        delta, info = observed_changes(prepared, schema, missing_controls="drop")
-        return delta.reindex(columns=ds.adata.var_names), info
+        return measured_changes(adata, ds.schema, counts=True, source=f"upload:{upload_id}")
 
     # ------------------------------------------------------------------ experiments
     def screen(
@@ -911,26 +795,26 @@ class Workspace:
         level: float = 0.9,
         top_k: int = 20,
     ) -> dict[str, Any]:
-        """A virtual screen of candidates under an objective (:mod:`aivc.experiments`)."""
+        """A virtual screen of candidates under an objective (:func:`aivc.experiments.screen`)."""
+        from aivc.experiments import resolve_context
         from aivc.interfaces.api import _experiments
 
         _, model = self._model(model_id)
-        for labels in (candidates, pairs_of):
-            if labels is not None:
-                self._check_labels(model, [c.strip() for c in labels])
-        context = self._context(model, context)
-        try:
+        if candidates is not None:
+            candidates = self._check_labels(model, candidates)
+        if pairs_of is not None:
+            pairs_of = self._check_labels(model, pairs_of)
+        with _library_errors():
+            context = resolve_context(model, context)
             return _experiments.screen(
                 model,
                 objective=objective,
-                candidates=None if candidates is None else [c.strip() for c in candidates],
-                pairs_of=None if pairs_of is None else [c.strip() for c in pairs_of],
+                candidates=candidates,
+                pairs_of=pairs_of,
                 context=context,
                 level=level,
                 top_k=top_k,
             )
-        except ValueError as e:  # unknown objective gene, bad objective text
-            raise WorkspaceValidationError(str(e)) from None
 
     def propose(
         self,
@@ -942,33 +826,27 @@ class Workspace:
         context: str | None = None,
         seed: int = 0,
     ) -> dict[str, Any]:
-        """Suggest the next perturbations to measure, learning from the measured ones."""
+        """Suggest the next perturbations to measure, learning from the measured ones.
+
+        Calls :func:`aivc.experiments.propose_next` with the measurements of
+        the model's dataset and its uploads.
+        """
+        from aivc.experiments import propose_next
         from aivc.interfaces.api import _experiments
 
-        rec, model = self._model(model_id)
-        if candidates is not None:
-            candidates = [c.strip() for c in candidates]
-            self._check_labels(model, candidates)
-        context = self._context(model, context)
-        observed, info = self._observed(self._dataset(rec.dataset))
-        rows = info.index if context is None else info.index[info["context"].astype(str) == context]
-        by_label = observed.loc[rows].reindex(columns=[str(g) for g in model.genes_])
-        by_label.index = info.loc[rows, "perturbation"].astype(str).to_numpy()
-        by_label = by_label[~by_label.index.duplicated()].fillna(0.0)
-        try:
-            return _experiments.propose(
+        entry, model = self._model(model_id)
+        observed = self._observed(self._dataset(entry.record.dataset))
+        with _library_errors():
+            proposals = propose_next(
                 model,
-                by_label,
+                observed,
                 strategy=strategy,
                 batch_size=batch_size,
                 candidates=candidates,
                 context=context,
                 seed=seed,
             )
-        except KeyError as e:
-            raise NotFoundError(str(e.args[0])) from None
-        except ValueError as e:
-            raise WorkspaceValidationError(str(e)) from None
+        return _experiments.proposals(proposals)
 
     def ledger_projects(self) -> list[dict[str, Any]]:
         """Projects of the experiment ledger (written by the lab loop)."""
@@ -989,14 +867,14 @@ class Workspace:
     ) -> dict[str, Any]:
         """Top genes, GO-BP pathways among the predicted DE genes, and network neighbours.
 
-        Calls :func:`aivc.experiments._explain.explain`.
+        Calls :func:`aivc.experiments.explain`.
         """
-        from aivc.experiments._explain import explain
+        from aivc.experiments import explain, resolve_context
 
         _, model = self._model(model_id)
-        perturbation = perturbation.strip()
-        self._check_labels(model, [perturbation])
-        context = self._context(model, context)
+        (perturbation,) = self._check_labels(model, [perturbation])
+        with _library_errors():
+            context = resolve_context(model, context)
         return _jsonable(explain(model, perturbation, context=context, n_top=n_top).to_dict())
 
     def shutdown(self) -> None:
@@ -1013,28 +891,32 @@ class Workspace:
             raise WorkspaceValidationError(msg)
 
 
-def _condition_sep() -> str:
-    from aivc.data import CONDITION_SEP
+def _convert_earlier_layout(folder: Path) -> None:
+    """Rewrite a model saved by an earlier workspace (``record.json`` + ``model/``) as a model directory.
 
-    return CONDITION_SEP
+    The model is read with :meth:`PerturbationModel.load` (safetensors and
+    JSON) and written with its record by
+    :func:`aivc.instruments._model_dir.save_model_dir`; it stores no control
+    cells, so ``aivc predict`` needs ``--control`` for it.
+    """
+    from datetime import UTC, datetime
 
+    from aivc.instruments import PerturbationModel
+    from aivc.instruments._model_dir import save_model_dir
 
-def _finite(v: Any) -> float | None:
-    if v is None:
-        return None
-    f = float(v)
-    return f if np.isfinite(f) else None
+    record = json.loads((folder / "record.json").read_text())
+    model = PerturbationModel.load(folder / "model")
+    save_model_dir(
+        model,
+        folder,
+        training={"dataset": record["dataset"], "seed": int(record["seed"])},
+        heldout_perturbations=list(record["heldout_perturbations"]),
+        fit_seconds=float(record["fit_seconds"]),
+        created=datetime.fromtimestamp(float(record["created"]), UTC),
+        overwrite=True,
+    )
+    logger.info("rewrote the model in %s as a model directory", folder)
 
 
 def _is_plain(v: Any) -> bool:
     return v is None or isinstance(v, bool | int | float | str | list | tuple | dict)
-
-
-def _replace_counts(schema: PerturbationSchema, adata: AnnData) -> PerturbationSchema:
-    """The dataset schema, reading counts from ``layers['counts']`` when the upload has them."""
-    from dataclasses import replace
-
-    layer = schema.counts_layer
-    if layer is not None and layer not in adata.layers:
-        layer = None
-    return replace(schema, counts_layer=layer)
