@@ -117,6 +117,9 @@ def benchmark(
     no_cell_eval: Annotated[
         bool, typer.Option("--no-cell-eval", help="Skip cell-eval's metrics.")
     ] = False,
+    peers: Annotated[
+        bool, typer.Option("--peers", help="suite: also run the published peer models.")
+    ] = False,
     perturbation_key: Annotated[
         str | None,
         typer.Option(help="For --dataset FILE.h5ad: obs column with each cell's perturbation."),
@@ -164,6 +167,10 @@ def benchmark(
     options: dict[str, object] = (
         {"cell_eval": False} if no_cell_eval and "cell_eval" in spec.options else {}
     )
+    if peers:
+        if "peers" not in spec.options:
+            _fail(f"task {task!r} has no --peers option; peers run inside the suite.")
+        options["peers"] = True
     declared = {
         "context_key": context_key,
         "batch_key": batch_key,

@@ -32,6 +32,7 @@ _TASK_MODULES = (
     "integration",
     "rna_to_protein",
     "lab_loop",
+    "suite",
 )
 
 #: ``run(out, *, dataset, models, seeds, variant, **options) -> result``.

@@ -203,6 +203,40 @@ def _build_simulation(seed: int) -> tuple[AnnData, list[str], pd.DataFrame]:
     return adata, known, features
 
 
+#: Prefix of the simulated worlds any perturbation task reads by name (``sim-world-3``):
+#: 400 genes, 3 cell types that all receive the same 80 knockouts, 15,000 cells; the
+#: number is the simulator's seed, so each name is a different regulatory network.
+WORLD_PREFIX = "sim-world-"
+
+
+def build_world(seed: int) -> tuple[AnnData, list[str], pd.DataFrame | None]:
+    """The simulated world ``sim-world-<seed>``: raw counts, its known targets, no features."""
+    from aivc.sim import VirtualCellSimulator, default_design
+
+    sim = VirtualCellSimulator(n_genes=400, n_cell_types=3, seed=seed).build()
+    design = default_design(
+        sim,
+        n_cells=15_000,
+        max_singles=80,
+        double_fraction=0.0,
+        n_design_drugs=0,
+        min_cells_per_condition=40,
+        seed=seed,
+    )
+    adata, _ = sim.simulate(design, n_batches=2, seed=seed)
+    return adata, [str(g) for g in sim.genes], None
+
+
+def _world_seed(dataset: str | None) -> int | None:
+    if dataset is None or not dataset.startswith(WORLD_PREFIX):
+        return None
+    tail = dataset[len(WORLD_PREFIX) :]
+    if not tail.isdigit():
+        msg = f"A simulated world is named {WORLD_PREFIX}<seed>, e.g. '{WORLD_PREFIX}3'; got {dataset!r}."
+        raise ValueError(msg)
+    return int(tail)
+
+
 def _simulator_splits(
     adata: AnnData, schema: PerturbationSchema, seeds: Sequence[int]
 ) -> list[Split]:
@@ -688,9 +722,14 @@ def task_data(
     """
     spec = PERTURBATION_SPECS[task]
     features: pd.DataFrame | None = None
+    world = _world_seed(dataset)
     if spec.build is not None and dataset is None:
         dataset_name = spec.dataset
         raw, known, features = spec.build(seeds[0])
+        schema = schema or schema_of(raw)
+    elif world is not None:
+        dataset_name = str(dataset)
+        raw, known, features = build_world(world)
         schema = schema or schema_of(raw)
     else:
         dataset_name, raw = _read_dataset(dataset or spec.dataset, data_dir)
