@@ -244,6 +244,8 @@ class Block:
     references: dict[str, dict[str, float]] = field(default_factory=dict)
     #: models summarised over the folds of one seed instead of over seeds
     folds: set[str] = field(default_factory=set)
+    #: the part of its run this block is (calibration: the perturbation task)
+    part: str = ""
 
 
 def _is_stat(v: Any) -> bool:
@@ -325,6 +327,7 @@ def _calibration_blocks(result: Mapping[str, Any], rule: Rule) -> list[Block]:
                 _directions(result, rule),
                 _numbers(sub.get("wall_seconds")),
                 _numbers(sub.get("peak_memory_mb")),
+                part=task,
             )
         )
     return blocks
@@ -471,7 +474,7 @@ class Summary:
     """One row of the summary table."""
 
     label: str
-    metric: str = ""
+    rule: Rule | None = None
     ours: tuple[float, float] | None = None
     baseline: tuple[str, tuple[float, float]] | None = None
     peer: tuple[str, tuple[float, float]] | None = None
@@ -488,7 +491,7 @@ class Summary:
 def summarise(block: Block) -> Summary:
     """The summary row of a block: ours against the best baseline and the best peer."""
     rule = block.rule
-    row = Summary(block.label, rule.metric)
+    row = Summary(block.label, rule)
     row.ours = _stat(block, rule.ours, rule.metric)
     row.baseline = _best(block, "baseline")
     row.peer = _best(block, "peer")
@@ -547,7 +550,9 @@ def _ratio(x: float | None) -> str:
 
 
 def _gap(row: Summary) -> str:
-    return "" if row.gap is None else f" by {num(abs(row.gap))}"
+    if row.gap is None or row.ours is None:
+        return ""
+    return f" by {num(abs(row.gap), _decimals(row.ours[0]))}"
 
 
 def _verdict_text(row: Summary) -> str:
@@ -572,7 +577,7 @@ def summary_table(rows: Sequence[Summary]) -> list[str]:
             lines.append(f"| {r.label} | — | — | — | — | — | — | — | {r.status} |")
             continue
         lines.append(
-            f"| {r.label} | {r.metric} | {mean_sd(r.ours)} | {_named(r.baseline)} "
+            f"| {r.label} | {r.rule.metric if r.rule else '—'} | {mean_sd(r.ours)} | {_named(r.baseline)} "
             f"| {_named(r.peer)} | {num(r.replicate) if r.replicate is not None else '—'} "
             f"| {mean_sd(r.scaled) if r.scaled else '—'} | {_ratio(r.wall_ratio)} "
             f"| {r.status or _verdict_text(r)} |"
@@ -580,34 +585,43 @@ def summary_table(rows: Sequence[Summary]) -> list[str]:
     return lines
 
 
-def model_table(block: Block) -> list[str]:
-    """Models as rows, the block's main metrics as columns (mean ± sd), then wall and memory."""
-    cols = block.columns
-    show_wall = any(m in block.wall for m in block.models)
-    head = [f"{c}{_ARROWS.get(block.directions.get(c, ''), '')}" for c in cols]
+def model_table(blocks: Sequence[Block]) -> list[str]:
+    """Models as rows, the main metrics as columns (mean ± sd), then wall time and memory.
+
+    Several blocks of one run (calibration's tasks) share one table with a first column
+    naming the block's part.
+    """
+    cols = list(dict.fromkeys(c for b in blocks for c in b.columns))
+    directions = {k: v for b in blocks for k, v in b.directions.items()}
+    show_wall = any(m in b.wall for b in blocks for m in b.models)
+    parts = len(blocks) > 1
+    head = [f"{c}{_ARROWS.get(directions.get(c, ''), '')}" for c in cols]
     tail = ["wall s", "peak MB"] if show_wall else []
+    first = ["task", "model"] if parts else ["model"]
     lines = [
-        "| model | " + " | ".join([*head, *tail]) + " |",
-        "|---|" + "---|" * (len(cols) + len(tail)),
+        "| " + " | ".join([*first, *head, *tail]) + " |",
+        "|" + "---|" * (len(first) + len(cols) + len(tail)),
     ]
-    for name, entry in block.models.items():
-        label = name if role(name, block.rule) != "ours" else f"**{name}**"
-        if name in block.folds:
-            label += " †"
-        cells = [mean_sd(_stat(block, name, c)) if c in entry else "—" for c in cols]
-        if show_wall:
-            wall, peak = block.wall.get(name), block.peak.get(name)
-            cells += [
-                "—" if wall is None else f"{wall:.1f}",
-                "—" if peak is None else f"{peak:.0f}",
-            ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    references = dict(block.references)
-    if block.replicate:
-        references = {"*replicate (split-half)*": block.replicate, **references}
-    for text, values in references.items():
-        cells = [num(values[c]) if c in values else "" for c in cols]
-        lines.append(f"| {text} | " + " | ".join([*cells, *[""] * len(tail)]) + " |")
+    for block in blocks:
+        lead = [block.part] if parts else []
+        for name, entry in block.models.items():
+            label = name if role(name, block.rule) != "ours" else f"**{name}**"
+            if name in block.folds:
+                label += " †"
+            cells = [mean_sd(_stat(block, name, c)) if c in entry else "—" for c in cols]
+            if show_wall:
+                wall, peak = block.wall.get(name), block.peak.get(name)
+                cells += [
+                    "—" if wall is None else f"{wall:.1f}",
+                    "—" if peak is None else f"{peak:.0f}",
+                ]
+            lines.append("| " + " | ".join([*lead, label, *cells]) + " |")
+        references = dict(block.references)
+        if block.replicate:
+            references = {"*replicate (split-half)*": block.replicate, **references}
+        for text, values in references.items():
+            cells = [num(values[c]) if c in values else "" for c in cols]
+            lines.append("| " + " | ".join([*lead, text, *cells, *[""] * len(tail)]) + " |")
     return lines
 
 
@@ -738,13 +752,14 @@ def _rules_table(items: Sequence[Loaded]) -> list[str]:
 def _losses(rows: Sequence[Summary]) -> list[str]:
     out = []
     for r in rows:
-        if r.verdict != "loses" or r.ours is None:
+        if r.verdict != "loses" or r.ours is None or r.rule is None:
             continue
         rival = r.peer if r.peer is not None and r.peer[0] == r.rival else r.baseline
         assert rival is not None
+        worse = f"further from {r.rule.target:.2f}" if r.rule.better == "target" else "worse"
         out.append(
-            f"- {r.label}: {r.metric} {mean_sd(r.ours)} against {rival[0]} "
-            f"{mean_sd(rival[1])}, worse{_gap(r)}."
+            f"- {r.label}: {r.rule.metric} {mean_sd(r.ours)} against {rival[0]} "
+            f"{mean_sd(rival[1])}, {worse}{_gap(r)}."
         )
     return out or ["- Nowhere on the headline metrics of this page."]
 
@@ -757,10 +772,7 @@ def _section(item: Loaded) -> list[str]:
         return [*lines, f"{head}. **{_status(item)}**: no results.json.", ""]
     split = _split_text(item.result)
     lines += [f"{head}. Split: {split}." if split else f"{head}.", ""]
-    for block in item.blocks:
-        if len(item.blocks) > 1:
-            lines += [f"*{block.label}*", ""]
-        lines += [*model_table(block), ""]
+    lines += [*model_table(item.blocks), ""]
     if any(b.folds for b in item.blocks):
         lines += ["† run on the first seed's splits only; mean ± sd over those splits.", ""]
     return lines

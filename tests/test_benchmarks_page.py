@@ -190,3 +190,14 @@ def test_manifest_of_the_project_is_valid() -> None:
     runs = make_page.load_manifest()
     assert runs, "benchmarks/runs.toml lists no run"
     assert all(r.task in make_page.RULES for r in runs)
+
+
+def test_every_run_of_the_project_has_a_row(tmp_path: Path) -> None:
+    text = make_page.make_page(tmp_path, out=tmp_path / "page.md")
+    rows = _summary_rows(text)
+    runs = make_page.load_manifest()
+    assert len(rows) == len(runs)
+    assert all(row.rstrip().endswith("| not run |") for row in rows)
+    for run in runs:
+        assert f"### {run.name}\n" in text
+        assert f"`{run.command()}`" in text
