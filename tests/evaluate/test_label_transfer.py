@@ -98,11 +98,15 @@ def test_no_shared_genes_and_bad_input_refused(small_pair) -> None:
     with pytest.raises(DataValidationError, match="share only 0 genes"):
         shared_gene_panel(human, renamed, n_top_genes=100)
     with pytest.raises(ValueError, match="Unknown label-transfer model"):
-        transfer_labels(human, mouse, ref_species="human", query_species="mouse", models=["x"])
+        transfer_labels(
+            human, mouse, ref_species="human", query_species="mouse", models=["x"], config=QUICK
+        )
     bad = mouse.copy()
     del bad.obs["donor"]
     with pytest.raises(DataValidationError, match="obs\\['donor'\\]"):
-        transfer_labels(human, bad, ref_species="human", query_species="mouse", models=["pca-knn"])
+        transfer_labels(
+            human, bad, ref_species="human", query_species="mouse", models=["pca-knn"], config=QUICK
+        )
 
 
 def test_run_label_transfer_rejects_unknown_dataset_and_variant(tmp_path) -> None:

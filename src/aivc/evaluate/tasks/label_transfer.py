@@ -101,10 +101,16 @@ _HIGHER = {
 
 @dataclass(frozen=True)
 class TransferConfig:
-    """Settings of one label-transfer run (the same for every seed and direction)."""
+    """Settings of one label-transfer run (the same for every seed and direction).
 
-    label_key: str = "cell_ontology_class"
-    batch_key: str = "donor"
+    ``label_key`` and ``batch_key`` name the ``obs`` columns of the cell type
+    and the batch (donor, technology) in both the reference and the query;
+    they have no default, since they belong to the data (the Baron benchmark
+    declares its own in :data:`BARON_COLUMNS`).
+    """
+
+    label_key: str
+    batch_key: str
     n_top_genes: int = 2000
     n_pcs: int = 50
     n_neighbors: int = 15
@@ -123,11 +129,19 @@ class TransferConfig:
     max_threads: int = 2
 
 
+#: The columns of the Baron pancreas datasets the benchmark reads.
+BARON_COLUMNS = {"label_key": "cell_ontology_class", "batch_key": "donor"}
+
 #: Named variants of the run (``--variant``); ``None`` is the default above.
 VARIANTS: dict[str | None, TransferConfig] = {
-    None: TransferConfig(),
+    None: TransferConfig(**BARON_COLUMNS),
     "quick": TransferConfig(
-        n_top_genes=1000, encoder_epochs=3, scvi_epochs=3, scanvi_epochs=2, query_epochs=2
+        **BARON_COLUMNS,
+        n_top_genes=1000,
+        encoder_epochs=3,
+        scvi_epochs=3,
+        scanvi_epochs=2,
+        query_epochs=2,
     ),
 }
 
@@ -470,7 +484,7 @@ def transfer_labels(
     query_species: str,
     models: Sequence[str] = LABEL_TRANSFER_MODELS,
     seed: int = 0,
-    config: TransferConfig | None = None,
+    config: TransferConfig,
 ) -> dict[str, Any]:
     """Annotate ``query`` with every model trained on ``reference``; score against the query labels.
 
@@ -485,7 +499,7 @@ def transfer_labels(
     """
     from aivc.evaluate._memory import ResourceMeter
 
-    cfg = config or TransferConfig()
+    cfg = config
     unknown_models = sorted(set(models) - set(LABEL_TRANSFER_MODELS))
     if unknown_models:
         msg = f"Unknown label-transfer model(s) {unknown_models}; expected some of {list(LABEL_TRANSFER_MODELS)}."
