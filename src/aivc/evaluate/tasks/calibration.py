@@ -44,7 +44,7 @@ from aivc._io import json_safe
 from aivc._progress import progress
 from aivc.data._preprocess import condition_labels
 from aivc.evaluate._memory import ResourceMeter
-from aivc.evaluate._results import fmt_summary, machine_info, summarize, write_results
+from aivc.evaluate._results import fmt, fmt_summary, machine_info, summarize, write_results
 from aivc.evaluate.tasks import Task, register_task
 from aivc.evaluate.tasks.perturbation import (
     PERTURBATION_SPECS,
@@ -58,7 +58,7 @@ from aivc.evaluate.tasks.perturbation import (
 if TYPE_CHECKING:
     pass
 
-__all__ = ["CALIBRATION_METRICS", "CALIBRATION_TASKS", "run_calibration"]
+__all__ = ["CALIBRATION_METRICS", "CALIBRATION_STRATA", "CALIBRATION_TASKS", "run_calibration"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,25 @@ CALIBRATION_METRICS: dict[str, str] = {
     "spearman_uncertainty_error": "Spearman correlation of the 90% width with the absolute error over condition x gene (higher is better)",
     "truth_noise_ratio": "mean standard error of the measured change / mean 90% half-width",
 }
+
+#: Strata reported beside the pooled metrics (lists, pooled over seeds).
+CALIBRATION_STRATA: dict[str, str] = {
+    "coverage_90_by_variability_decile": "coverage of the 90% interval in each decile (1 = least "
+    "variable) of the genes' sd across the training changes of the split: a predictor-side stratum",
+    "interval_width_90_by_variability_decile": "mean 90% width in the same deciles",
+    "coverage_90_by_condition": "quantiles (min, 25%, median, 75%, max) of each held-out "
+    "condition's 90% coverage over its genes",
+}
+N_DECILES = 10
+
+
+def _variability_deciles(train_delta: np.ndarray) -> np.ndarray:
+    """Decile (0-9) of each gene's sd across the training changes (ties broken by gene order)."""
+    sd = np.nan_to_num(np.std(train_delta, axis=0)) if len(train_delta) else np.zeros(0)
+    order = np.argsort(sd, kind="stable")
+    decile = np.empty(sd.size, dtype=int)
+    decile[order] = (np.arange(sd.size) * N_DECILES) // max(sd.size, 1)
+    return decile
 
 
 def _model_names(spec_models: Sequence[str], models: Sequence[str] | None) -> list[str]:
@@ -182,6 +201,33 @@ def _score(
     return out
 
 
+def _strata(accs: list[dict[str, list[np.ndarray]]]) -> dict[str, list[float]]:
+    """Coverage and width by gene-variability decile, and per-condition coverage quantiles."""
+    if not accs:
+        return {}
+    obs = np.vstack([a for acc in accs for a in acc["obs"]])
+    lo = np.vstack([a for acc in accs for a in acc["lo0.9"]])
+    hi = np.vstack([a for acc in accs for a in acc["hi0.9"]])
+    decile = np.vstack([a for acc in accs for a in acc["decile"]])
+    inside = (obs >= lo) & (obs <= hi)
+    width = hi - lo
+    cov, wid = [], []
+    for d in range(N_DECILES):
+        mask = decile == d
+        cov.append(float(inside[mask].mean()) if mask.any() else float("nan"))
+        w = width[mask]
+        w = w[np.isfinite(w)]
+        wid.append(float(w.mean()) if w.size else float("nan"))
+    per_condition = inside.mean(axis=1)
+    return {
+        "coverage_90_by_variability_decile": cov,
+        "interval_width_90_by_variability_decile": wid,
+        "coverage_90_by_condition": [
+            float(q) for q in np.quantile(per_condition, [0.0, 0.25, 0.5, 0.75, 1.0])
+        ],
+    }
+
+
 def _run_task(
     task: str, dataset: str | None, models: Sequence[str] | None, seeds: Sequence[int]
 ) -> dict[str, Any]:
@@ -242,9 +288,11 @@ def _run_task(
                 continue
             wall[name] += meter.wall_seconds
             peak[name] = max(peak[name], meter.peak_increase_mb)
+            train_conds = [c for c in obs.conditions if c not in set(conds)]
+            decile = _variability_deciles(obs.delta.loc[train_conds].to_numpy())
             acc = rows.setdefault(
                 (name, split.seed),
-                {"obs": [], "delta": [], "de20": [], "se": []}
+                {"obs": [], "delta": [], "de20": [], "se": [], "decile": []}
                 | {f"lo{lv}": [] for lv in LEVELS}
                 | {f"hi{lv}": [] for lv in LEVELS},
             )
@@ -252,6 +300,7 @@ def _run_task(
             acc["delta"].append(delta)
             acc["de20"].append(de20)
             acc["se"].append(se)
+            acc["decile"].append(np.broadcast_to(decile, observed.shape))
             for lv in LEVELS:
                 acc[f"lo{lv}"].append(intervals[lv][0])
                 acc[f"hi{lv}"].append(intervals[lv][1])
@@ -278,6 +327,7 @@ def _run_task(
             ).items():
                 per_seed.setdefault(m, []).append(v)
         entry: dict[str, Any] = {m: summarize(per_seed.get(m, [])) for m in CALIBRATION_METRICS}
+        entry |= _strata([rows[(name, seed)] for seed in seeds if (name, seed) in rows])
         by_cat = {c: float(np.mean(np.concatenate(v))) for (n, c), v in cats.items() if n == name}
         if by_cat:
             entry["coverage_90_by_category"] = dict(sorted(by_cat.items()))
@@ -367,6 +417,7 @@ def run_calibration(
         "seeds": seeds,
         "results": results,
         "metrics": CALIBRATION_METRICS,
+        "strata": CALIBRATION_STRATA,
         "target": "coverage_90 between 0.85 and 0.95 on every task",
         "aggregation": "each seed pools every held-out condition x gene of its splits; mean and sd over seeds",
         "truth_noise": (
@@ -425,6 +476,23 @@ def calibration_markdown(result: dict[str, Any]) -> str:
                 ]
             if "failed" in entry:
                 lines += ["", f"{name} failed: {entry['failed']}"]
+        deciles = {
+            n: e["coverage_90_by_variability_decile"]
+            for n, e in r["models"].items()
+            if "coverage_90_by_variability_decile" in e
+        }
+        if deciles:
+            lines += [
+                "",
+                "coverage_90 by decile of the genes' variability across the training changes "
+                "(1 = least variable; pooled over seeds):",
+                "",
+                "| model | " + " | ".join(str(d + 1) for d in range(N_DECILES)) + " |",
+                "|---|" + "---|" * N_DECILES,
+            ]
+            lines += [
+                f"| {n} | " + " | ".join(fmt(v) for v in cov) + " |" for n, cov in deciles.items()
+            ]
         lines.append("")
     m = result["machine"]
     lines += [f"Machine: {m['cpus']} CPUs, Python {m['python']}, aivc {result['aivc']}.", ""]
