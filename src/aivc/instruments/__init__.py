@@ -20,6 +20,8 @@ from aivc.instruments._base import (
     NotFittedError,
     PerturbationModel,
     PerturbationSummary,
+    clip_interval,
+    floor_at_zero,
 )
 from aivc.instruments._baselines import (
     AdditiveModel,
@@ -85,9 +87,11 @@ __all__ = [
     "check_decoder",
     "check_instrument",
     "check_level",
+    "clip_interval",
     "conformal_quantile",
     "cross_fit_residuals",
     "fit_model_dir",
+    "floor_at_zero",
     "get_instrument_class",
     "jackknife_gene_scale",
     "list_instruments",

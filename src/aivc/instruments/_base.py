@@ -41,6 +41,8 @@ __all__ = [
     "NotFittedError",
     "PerturbationModel",
     "PerturbationSummary",
+    "clip_interval",
+    "floor_at_zero",
     "shift_cells",
 ]
 
@@ -341,6 +343,36 @@ def shift_cells(cells: np.ndarray, target: np.ndarray, rng: np.random.Generator)
     return np.clip(out, 0.0, 14.0)
 
 
+def floor_at_zero(delta: np.ndarray, base: np.ndarray, *, model: str = "model") -> np.ndarray:
+    """``delta`` raised where ``base + delta`` would be negative, so predicted means stay physical.
+
+    Log-normalised expression is never below zero; a change that would take a
+    gene there (e.g. two strong knockdowns of one gene added up) is set to
+    ``-base``. How many values were raised is logged at INFO.
+    """
+    floor = -np.asarray(base, dtype=np.float64)
+    low = delta < floor
+    if low.any():
+        logger.info(
+            "%s: %d predicted values (in %d of %d conditions) were below zero expression and "
+            "were set to zero",
+            model,
+            int(low.sum()),
+            int(low.any(axis=1).sum()),
+            delta.shape[0],
+        )
+        return np.where(low, floor, delta)
+    return delta
+
+
+def clip_interval(
+    lower: np.ndarray, upper: np.ndarray, base: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """An interval of changes clipped to what is physical: ``base + change >= 0``."""
+    floor = -np.asarray(base, dtype=np.float64)
+    return np.maximum(lower, floor), np.maximum(upper, floor)
+
+
 def _broadcast_doses(doses: Sequence[float] | float | None, n: int) -> list[float]:
     if doses is None:
         return [0.0] * n
@@ -511,6 +543,9 @@ class PerturbationModel(Instrument):
     ) -> np.ndarray:
         """Predicted change of mean log-expression, conditions x genes.
 
+        A change is never below ``-control mean``: predicted mean expression
+        stays non-negative (see :func:`floor_at_zero`).
+
         Parameters
         ----------
         perturbations
@@ -537,7 +572,7 @@ class PerturbationModel(Instrument):
         if delta.shape != expected:
             msg = f"{type(self).__name__}._predict_delta returned shape {delta.shape}; expected {expected}."
             raise RuntimeError(msg)
-        return delta
+        return floor_at_zero(delta, base, model=type(self).__name__)
 
     def predict_interval(
         self,

@@ -39,7 +39,7 @@ import pandas as pd
 
 from aivc.data._preprocess import dose_label, pseudobulk, treatment_labels
 from aivc.data._registry import schema_of
-from aivc.instruments._base import PerturbationModel, PerturbationSummary
+from aivc.instruments._base import PerturbationModel, PerturbationSummary, clip_interval
 from aivc.instruments._registry import get_instrument_class, register_instrument
 
 if TYPE_CHECKING:
@@ -760,11 +760,12 @@ class ConformalModel(PerturbationModel):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predicted change and its conformal interval at ``level``: ``(delta, lower, upper)``."""
         check_level(level)
-        perts, ctxs, _ = self._resolve(perturbations, contexts, control)
+        perts, ctxs, base = self._resolve(perturbations, contexts, control)
         delta = self.predict_delta(perts, contexts=ctxs, doses=doses, control=control)
         scale = self.predict_scale(perts, contexts=ctxs, doses=doses, control=control)
         groups = self._groups(perts) if self.by_order else None
         lower, upper = self.calibrator_.interval(delta, scale, level=level, groups=groups)
+        lower, upper = clip_interval(lower, upper, base)
         return delta, lower, upper
 
     # persistence ------------------------------------------------------------------------

@@ -776,14 +776,14 @@ class PerturbModel(PerturbationModel):
         control: AnnData | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Predicted change and its raw standard deviation in one pass."""
-        from aivc.instruments._base import _broadcast_doses
+        from aivc.instruments._base import _broadcast_doses, floor_at_zero
 
         perts, ctxs, base = self._resolve(perturbations, contexts, control)
         if not perts:
             z = np.zeros((0, len(self.genes_)))
             return z, z.copy()
         mean, var = self._predict_with_var(perts, ctxs, base, _broadcast_doses(doses, len(perts)))
-        return mean, np.sqrt(var)
+        return floor_at_zero(mean, base, model=type(self).__name__), np.sqrt(var)
 
     def predict_interval(
         self,
@@ -801,12 +801,16 @@ class PerturbModel(PerturbationModel):
         on the training conditions (leave-one-target-out for singles,
         leave-one-combination-out for combinations, pooled over genes).
         """
+        from aivc.instruments._base import clip_interval
+
         check_level(level)
         delta, scale = self.predict_with_scale(
             perturbations, contexts=contexts, doses=doses, control=control
         )
         orders = [self.schema_.order(str(p)) for p in perturbations]
         lower, upper = self._calibration.interval(delta, scale, orders, level=level)
+        _, _, base = self._resolve(perturbations, contexts, control)
+        lower, upper = clip_interval(lower, upper, base)
         return delta, lower, upper
 
     # ------------------------------------------------------------------------- persistence
