@@ -529,11 +529,11 @@ def num(x: float | None, decimals: int | None = None) -> str:
     return f"{x:.{_decimals(x) if decimals is None else decimals}f}"
 
 
-def mean_sd(s: tuple[float, float] | None) -> str:
-    """``mean ± sd`` of a summary pair, both with the decimals of the mean."""
+def mean_sd(s: tuple[float, float] | None, decimals: int | None = None) -> str:
+    """``mean ± sd`` of a summary pair, both with the decimals of the mean (or ``decimals``)."""
     if s is None:
         return "n/a"
-    d = _decimals(s[0])
+    d = _decimals(s[0]) if decimals is None else decimals
     return f"{num(s[0], d)} ± {num(s[1], d)}"
 
 
@@ -602,13 +602,24 @@ def model_table(blocks: Sequence[Block]) -> list[str]:
         "| " + " | ".join([*first, *head, *tail]) + " |",
         "|" + "---|" * (len(first) + len(cols) + len(tail)),
     ]
+    # one precision per column, from its largest value
+    largest = {
+        c: max(
+            (abs(v[0]) for b in blocks for m in b.models if (v := _stat(b, m, c)) is not None),
+            default=0.0,
+        )
+        for c in cols
+    }
+    decimals = {c: _decimals(largest[c]) for c in cols}
     for block in blocks:
         lead = [block.part] if parts else []
         for name, entry in block.models.items():
             label = name if role(name, block.rule) != "ours" else f"**{name}**"
             if name in block.folds:
                 label += " †"
-            cells = [mean_sd(_stat(block, name, c)) if c in entry else "—" for c in cols]
+            cells = [
+                mean_sd(_stat(block, name, c), decimals[c]) if c in entry else "—" for c in cols
+            ]
             if show_wall:
                 wall, peak = block.wall.get(name), block.peak.get(name)
                 cells += [
@@ -620,7 +631,7 @@ def model_table(blocks: Sequence[Block]) -> list[str]:
         if block.replicate:
             references = {"*replicate (split-half)*": block.replicate, **references}
         for text, values in references.items():
-            cells = [num(values[c]) if c in values else "" for c in cols]
+            cells = [num(values[c], decimals[c]) if c in values else "" for c in cols]
             lines.append("| " + " | ".join([*lead, text, *cells, *[""] * len(tail)]) + " |")
     return lines
 

@@ -201,3 +201,10 @@ def test_every_run_of_the_project_has_a_row(tmp_path: Path) -> None:
     for run in runs:
         assert f"### {run.name}\n" in text
         assert f"`{run.command()}`" in text
+
+
+def test_small_values_keep_three_significant_digits() -> None:
+    assert make_page.mean_sd((0.41653, 0.03931)) == "0.417 ± 0.039"
+    assert make_page.mean_sd((0.003071, 0.000991)) == "0.00307 ± 0.00099"
+    assert make_page.mean_sd((0.0042, 0.0044), 3) == "0.004 ± 0.004"
+    assert make_page.num(None) == "n/a"
