@@ -11,6 +11,7 @@ from aivc.experiments._ledger import (
     Base,
     Ledger,
     LedgerConflictError,
+    LedgerSchemaError,
     ModelRecord,
     PredictionRecord,
     ResultRecord,
@@ -232,6 +233,28 @@ def test_newer_ledger_is_refused(tmp_path):
     engine.dispose()
     with pytest.raises(RuntimeError, match="newer than this aivc"):
         Ledger(path)
+
+
+def test_reader_never_migrates_nor_creates(tmp_path):
+    """``upgrade=False`` writes nothing: no file, no folder, no migration; it says how to migrate."""
+    missing = tmp_path / "sub" / "none.db"
+    with pytest.raises(LedgerSchemaError, match="no ledger") as e:
+        Ledger(missing, upgrade=False)
+    assert e.value.version == 0 and not missing.parent.exists()
+
+    path = tmp_path / "old.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    migrations.upgrade(engine, target=1)
+    with pytest.raises(LedgerSchemaError, match="aivc ledger migrate") as e:
+        Ledger(path, upgrade=False)
+    assert e.value.version == 1
+    with engine.connect() as conn:
+        assert migrations.current_version(conn) == 1
+    engine.dispose()
+    with Ledger(path) as ledger:  # a writer migrates
+        assert ledger.schema_version == migrations.LATEST_VERSION
+    with Ledger(path, upgrade=False) as reader:
+        assert reader.list_projects() == []
 
 
 def test_postgres_round_trip_and_migration():

@@ -2,9 +2,12 @@
 
 A :class:`Ledger` is opened from a SQLAlchemy URL: a SQLite file by default
 (``Ledger("sqlite:///lab.db")`` or just a path), PostgreSQL for shared use
-(``Ledger("postgresql+psycopg://user@host/db")``). Opening a ledger brings its
-schema to the newest version through the versioned migrations in
-:mod:`aivc.experiments.migrations`.
+(``Ledger("postgresql+psycopg://user@host/db")``). Opening a ledger to write
+it (the default) brings its schema to the newest version through the
+versioned migrations in :mod:`aivc.experiments.migrations`; a reader opens it
+with ``upgrade=False``, which never writes to the database (nor creates a
+missing SQLite file) and raises :class:`LedgerSchemaError` for a ledger that
+is missing or at another version (``aivc ledger migrate URL`` upgrades it).
 
 Everything a round of the lab loop produces is written by
 :meth:`Ledger.commit_round` in ONE transaction, so a crash or a killed
@@ -33,6 +36,7 @@ from aivc.experiments import migrations
 __all__ = [
     "Ledger",
     "LedgerConflictError",
+    "LedgerSchemaError",
     "ModelRecord",
     "PredictionRecord",
     "ResultRecord",
@@ -49,6 +53,20 @@ FINISHED = "finished"
 
 class LedgerConflictError(ValueError):
     """A write would duplicate or contradict what the ledger already holds."""
+
+
+class LedgerSchemaError(RuntimeError):
+    """A ledger opened without upgrading is missing or at another schema version.
+
+    Attributes
+    ----------
+    version
+        The database's schema version (0: no ledger tables, or no SQLite file).
+    """
+
+    def __init__(self, msg: str, *, version: int) -> None:
+        super().__init__(msg)
+        self.version = version
 
 
 def _now() -> datetime:
@@ -301,7 +319,9 @@ class Ledger:
         or a path to a SQLite file.
     upgrade
         Bring an older schema to the newest version when opening (default).
-        With ``False`` an outdated ledger raises instead.
+        With ``False`` nothing is written (no migration, no new SQLite file or
+        folder), and a ledger that is missing or at another version raises
+        :class:`LedgerSchemaError`: readers open ledgers this way.
 
     Examples
     --------
@@ -322,7 +342,14 @@ class Ledger:
         if sa_url.get_backend_name() == "sqlite":
             db = sa_url.database
             if db and db != ":memory:":
-                Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                if upgrade:
+                    Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                elif not Path(db).expanduser().is_file():
+                    msg = (
+                        f"There is no ledger at {_redact(self.url)!r} (no such file). A lab loop "
+                        "creates it, or `aivc ledger migrate URL`."
+                    )
+                    raise LedgerSchemaError(msg, version=0)
             kwargs["connect_args"] = {"timeout": 60}
         self.engine = sa.create_engine(self.url, **kwargs)
         if sa_url.get_backend_name() == "sqlite":
@@ -341,11 +368,16 @@ class Ledger:
             )
             raise RuntimeError(msg) from None
         if version != migrations.LATEST_VERSION:
+            self.engine.dispose()
+            if version > migrations.LATEST_VERSION:
+                advice = "Upgrade aivc to read it."
+            else:
+                advice = "Migrate it with `aivc ledger migrate URL` (or open it with upgrade=True)."
             msg = (
                 f"The ledger {_redact(self.url)!r} is at schema version {version}; this aivc needs "
-                f"{migrations.LATEST_VERSION}. Open it with upgrade=True to migrate it."
+                f"{migrations.LATEST_VERSION}. {advice}"
             )
-            raise RuntimeError(msg)
+            raise LedgerSchemaError(msg, version=version)
 
     def __repr__(self) -> str:
         return f"Ledger({_redact(self.url)!r})"
