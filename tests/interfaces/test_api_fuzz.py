@@ -45,7 +45,7 @@ def test_schemathesis_no_server_errors(tmp_path: Path) -> None:
     from schemathesis.checks import not_a_server_error
 
     ws = _workspace(tmp_path / "ws")
-    app = create_app(ws)
+    app = create_app(ws, allowed_hosts=["testserver"])  # the host name schemathesis sends
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     real = {"model_id": "fz", "name": "synth"}
     calls: list[tuple[str, int]] = []

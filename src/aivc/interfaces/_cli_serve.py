@@ -5,8 +5,10 @@ Imported by :mod:`aivc.interfaces.cli`; heavy libraries are imported inside each
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +18,8 @@ from aivc.interfaces._cli_common import fail as _fail
 
 #: Environment variable holding the API token of ``aivc serve``.
 TOKEN_ENV = "AIVC_API_TOKEN"
+#: Environment variable with more Host names ``aivc serve`` answers to (comma-separated).
+ALLOWED_HOSTS_ENV = "AIVC_ALLOWED_HOSTS"
 
 
 def is_loopback(host: str) -> bool:
@@ -26,6 +30,64 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; exits with a clear message when that fails."""
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as e:
+        _fail(f"cannot bind {host!r}: the address does not resolve ({e.strerror}).")
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        reason = (
+            "the port is already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        )
+        _fail(
+            f"cannot listen on {host}:{port}: {reason}. Stop the other server or pick "
+            "another --port (0 picks a free one)."
+        )
+    sock.set_inheritable(True)
+    return sock
+
+
+def _allowed_hosts(host: str, port: int, extra: list[str]) -> list[str]:
+    """The Host values to answer to: loopback names on ``port``, the bound address, ``extra``."""
+    from aivc.interfaces.api._security import loopback_hosts
+
+    hosts = loopback_hosts(port)
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        address = None
+    if address is None and host.lower() != "localhost":
+        hosts.append(f"{host}:{port}")  # a host name to bind is a name to answer to
+    elif address is not None and not address.is_unspecified and not address.is_loopback:
+        hosts.append(f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}")
+    hosts.extend(extra)
+    hosts.extend(os.environ.get(ALLOWED_HOSTS_ENV, "").split(","))
+    return [h for h in hosts if h.strip()]
+
+
+def _check_ledger(url: str | None, default: Path) -> None:
+    """Warn (without writing) when the ledger the server reads needs a migration."""
+    from aivc.experiments._ledger import Ledger, LedgerSchemaError
+
+    try:
+        Ledger(url or default, upgrade=False).close()
+    except LedgerSchemaError as e:
+        if e.version:
+            typer.echo(f"warning: {e}", err=True)
+    except RuntimeError as e:
+        typer.echo(f"warning: {e}", err=True)
 
 
 def _workspace_dir(workspace: Path | None) -> Path:
@@ -39,7 +101,7 @@ def _workspace_dir(workspace: Path | None) -> Path:
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", help="Port to listen on.", min=0, max=65535)
+        int, typer.Option("--port", help="Port to listen on (0: a free one).", min=0, max=65535)
     ] = 8000,
     token: Annotated[
         str | None,
@@ -47,6 +109,15 @@ def serve(
             "--token",
             help=f"Require 'Authorization: Bearer <token>' on /api (default: ${TOKEN_ENV}). "
             "Needed to bind anything but a loopback address.",
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Another Host name (NAME or NAME:PORT) the server answers to, besides "
+            f"127.0.0.1, localhost and [::1] on its port; repeat for more (also ${ALLOWED_HOSTS_ENV}, "
+            "comma-separated). '*' answers to any name: only behind a proxy that checks it.",
         ),
     ] = None,
     workspace: Annotated[
@@ -59,12 +130,38 @@ def serve(
         str | None,
         typer.Option(
             "--ledger",
-            help="SQLAlchemy URL of the experiment ledger to read (default: ledger.db in the workspace).",
+            help="SQLAlchemy URL of the experiment ledger to read (default: ledger.db in the "
+            "workspace). It is never migrated here: use 'aivc ledger migrate URL'.",
         ),
     ] = None,
     max_upload_mb: Annotated[
         float, typer.Option("--max-upload-mb", help="Largest accepted upload (MB).", min=0.001)
     ] = 256.0,
+    max_upload_memory_mb: Annotated[
+        float,
+        typer.Option(
+            "--max-upload-memory-mb",
+            help="Most memory an upload's arrays may take once read (MB), checked from the "
+            "file's declared shapes before reading.",
+            min=0.001,
+        ),
+    ] = 512.0,
+    max_workspace_gb: Annotated[
+        float,
+        typer.Option(
+            "--max-workspace-gb",
+            help="Disk quota of the workspace (GB); uploads and fits past it get 507.",
+            min=0.0,
+        ),
+    ] = 10.0,
+    max_queued_jobs: Annotated[
+        int,
+        typer.Option(
+            "--max-queued-jobs",
+            help="Fit jobs that may wait for the worker; more get 429.",
+            min=0,
+        ),
+    ] = 10,
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="Folder holding the datasets (default: AIVC_DATA_DIR)."),
@@ -75,14 +172,29 @@ def serve(
 
     Binds 127.0.0.1 by default. Binding any other address needs a token
     (--token or AIVC_API_TOKEN); then every /api request must send
-    'Authorization: Bearer <token>'. OpenAPI: /openapi.json, docs: /docs.
+    'Authorization: Bearer <token>'. The server answers only to the Host
+    names 127.0.0.1, localhost and [::1] on its port, and to those given with
+    --allowed-host; a page from another site cannot make it change anything.
+    OpenAPI: /openapi.json, docs: /docs and /redoc.
     """
-    token = token or os.environ.get(TOKEN_ENV) or None
+    from aivc.interfaces.api._security import check_token, parse_allowed_hosts
+
+    try:
+        token = check_token(token if token is not None else os.environ.get(TOKEN_ENV))
+    except ValueError as e:
+        _fail(f"refusing to start: {e} Pass --token with a real secret or unset {TOKEN_ENV}.")
     if not is_loopback(host) and not token:
         _fail(
             f"refusing to bind {host!r} without a token: anyone who can reach it could use the "
             f"server. Pass --token or set {TOKEN_ENV}, or bind 127.0.0.1."
         )
+    try:
+        parse_allowed_hosts([*(allowed_host or []), os.environ.get(ALLOWED_HOSTS_ENV, "")])
+    except ValueError as e:
+        _fail(str(e))
+    # bind before anything is announced: a busy port fails here, with nothing printed before
+    sock = _bind(host, port)
+    port = sock.getsockname()[1]
     from aivc._settings import settings
 
     settings.verbosity = verbosity
@@ -97,15 +209,48 @@ def serve(
     ws = Workspace(
         _workspace_dir(workspace),
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_upload_memory_bytes=int(max_upload_memory_mb * 1024 * 1024),
+        max_workspace_bytes=int(max_workspace_gb * 1024**3),
+        max_queued_jobs=max_queued_jobs,
         ledger=ledger,
     )
-    app = create_app(ws, token=token)
+    _check_ledger(ledger, ws.root / "ledger.db")
+    hosts = _allowed_hosts(host, port, list(allowed_host or []))
+    app = create_app(ws, token=token, allowed_hosts=hosts)
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
     typer.echo(
-        f"aivc serving http://{host}:{port}/ (workspace {ws.root}; "
-        f"{'token required' if token else 'no token'})",
+        f"aivc serving http://{shown}:{port}/ (workspace {ws.root}; "
+        f"{'token required' if token else 'no token'}; answers to {', '.join(hosts)})",
         err=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning" if verbosity != "debug" else "info")
+    config = uvicorn.Config(app, log_level="warning" if verbosity != "debug" else "info")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def ledger_migrate(
+    url: Annotated[
+        str,
+        typer.Argument(
+            help="SQLAlchemy URL or SQLite path of the ledger (sqlite:///lab.db, "
+            "postgresql+psycopg://...)."
+        ),
+    ],
+) -> None:
+    """Bring an experiment ledger to the schema version this aivc reads (creates a new one).
+
+    Reading a ledger (the lab bench page, GET /api/ledger/projects) never
+    migrates it: run this once after upgrading aivc. Each step is committed
+    with its version row, so an interrupted migration can be run again.
+    """
+    from aivc.experiments._ledger import Ledger
+
+    try:
+        with Ledger(url) as led:
+            version = led.schema_version
+            shown = repr(led).removeprefix("Ledger(").removesuffix(")")
+    except (RuntimeError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"ledger {shown} is at schema version {version}")
 
 
 def mcp(
@@ -166,3 +311,6 @@ def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.command()(mcp)
     app.command()(report)
+    ledger_app = typer.Typer(help="The experiment ledger.", no_args_is_help=True)
+    ledger_app.command("migrate")(ledger_migrate)
+    app.add_typer(ledger_app, name="ledger")

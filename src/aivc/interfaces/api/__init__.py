@@ -7,21 +7,26 @@
 from __future__ import annotations
 
 from aivc.interfaces.api._app import create_app
-from aivc.interfaces.api._jobs import Job, JobManager
-from aivc.interfaces.api._workspace import (
+from aivc.interfaces.api._errors import (
     ConflictError,
     NotFoundError,
     PayloadTooLargeError,
-    Workspace,
+    QuotaExceededError,
+    UnavailableError,
     WorkspaceValidationError,
 )
+from aivc.interfaces.api._jobs import Job, JobManager, JobQueueFullError
+from aivc.interfaces.api._workspace import Workspace
 
 __all__ = [
     "ConflictError",
     "Job",
     "JobManager",
+    "JobQueueFullError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "QuotaExceededError",
+    "UnavailableError",
     "Workspace",
     "WorkspaceValidationError",
     "create_app",

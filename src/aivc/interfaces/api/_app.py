@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from aivc.interfaces.api._jobs import JobConflictError
+from aivc.interfaces.api._errors import (
+    QuotaExceededError,
+    UnavailableError,
+    new_error_id,
+    scrub_paths,
+)
+from aivc.interfaces.api._jobs import JobConflictError, JobQueueFullError
 from aivc.interfaces.api._schemas import (
     CalibrationOut,
     DatasetOut,
@@ -27,6 +34,12 @@ from aivc.interfaces.api._schemas import (
     PredictOut,
     ProposeIn,
     ScreenIn,
+)
+from aivc.interfaces.api._security import (
+    HostGuard,
+    check_token,
+    parse_allowed_hosts,
+    token_matches,
 )
 from aivc.interfaces.api._workspace import (
     ConflictError,
@@ -54,8 +67,43 @@ def _plotly_js() -> Path:
     return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 
 
-def _error(status: int, detail: Any) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": detail})
+def _docs_assets() -> Path | None:
+    """The folder of Swagger UI's and ReDoc's files shipped by ``fastapi-offline``, if installed."""
+    try:
+        import fastapi_offline
+    except ImportError:
+        return None
+    folder = Path(fastapi_offline.__file__).resolve().parent / "static"
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
+
+
+#: Files of the API docs pages, served from the installed package (nothing from a CDN).
+_DOCS_FILES = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "redoc.standalone.js": "text/javascript",
+    "favicon.png": "image/png",
+}
+
+_NO_DOCS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>aivc API</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 2em auto">
+<h1>aivc REST API</h1>
+<p>The interactive documentation needs the <code>fastapi-offline</code> package, which
+ships Swagger UI and ReDoc: <code>pip install 'aivc[serve]'</code>.</p>
+<p>The OpenAPI schema is at <a href="/openapi.json">/openapi.json</a>.</p>
+</body></html>
+"""
+
+
+def _error(
+    status: int, detail: Any, *, error_id: str | None = None, **headers: str
+) -> JSONResponse:
+    """A JSON error body: the message without server paths, and the error id when there is one."""
+    content: dict[str, Any] = {"detail": scrub_paths(detail) if isinstance(detail, str) else detail}
+    if error_id:
+        content["error_id"] = error_id
+    return JSONResponse(status_code=status, content=content, headers=headers or None)
 
 
 def create_app(
@@ -63,6 +111,7 @@ def create_app(
     *,
     token: str | None = None,
     max_upload_bytes: int | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """Build the aivc REST API and web page.
 
@@ -71,9 +120,17 @@ def create_app(
     workspace
         A :class:`Workspace`, or the directory of one.
     token
-        When given, every ``/api`` request needs ``Authorization: Bearer <token>``.
+        When given, every ``/api`` request but ``/api/health`` needs
+        ``Authorization: Bearer <token>`` (the scheme in any case). A blank
+        token (only whitespace) raises ``ValueError``.
     max_upload_bytes
         Largest accepted upload (default: the workspace's limit).
+    allowed_hosts
+        ``Host`` header values the server answers to: ``NAME`` (any port),
+        ``NAME:PORT`` or ``*`` (any host). Default: the loopback names
+        ``127.0.0.1``, ``localhost`` and ``[::1]`` on any port. Other hosts
+        get 421; state-changing requests from another origin get 403 (see
+        :mod:`aivc.interfaces.api._security`).
 
     Returns
     -------
@@ -81,6 +138,10 @@ def create_app(
     """
     from aivc._version import __version__
 
+    token = check_token(token)
+    parse_allowed_hosts(
+        allowed_hosts or ()
+    )  # a malformed entry fails here, not at the first request
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if max_upload_bytes is not None:
         ws.max_upload_bytes = int(max_upload_bytes)
@@ -94,19 +155,22 @@ def create_app(
         title="aivc",
         version=__version__,
         description="The AI virtual cell: fit perturbation models, predict, screen and upload "
-        "measurements. Errors are JSON {'detail': ...}.",
+        "measurements. Errors are JSON {'detail': ..., 'error_id': ...}; the error id, when "
+        "there is one, finds the details in the server log.",
         lifespan=lifespan,
+        docs_url=None,  # served below from local files, not from a CDN
+        redoc_url=None,
     )
     app.state.workspace = ws
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, e: NotFoundError) -> JSONResponse:
-        return _error(404, str(e))
+        return _error(404, str(e), error_id=getattr(e, "error_id", None))
 
     @app.exception_handler(WorkspaceValidationError)
     async def _invalid(_: Request, e: WorkspaceValidationError) -> JSONResponse:
-        return _error(422, str(e))
+        return _error(422, str(e), error_id=getattr(e, "error_id", None))
 
     @app.exception_handler(ConflictError)
     async def _conflict(_: Request, e: ConflictError) -> JSONResponse:
@@ -119,6 +183,18 @@ def create_app(
     @app.exception_handler(PayloadTooLargeError)
     async def _too_large(_: Request, e: PayloadTooLargeError) -> JSONResponse:
         return _error(413, str(e))
+
+    @app.exception_handler(JobQueueFullError)
+    async def _queue_full(_: Request, e: JobQueueFullError) -> JSONResponse:
+        return _error(429, str(e), **{"Retry-After": "30"})
+
+    @app.exception_handler(QuotaExceededError)
+    async def _quota(_: Request, e: QuotaExceededError) -> JSONResponse:
+        return _error(507, str(e))
+
+    @app.exception_handler(UnavailableError)
+    async def _unavailable(_: Request, e: UnavailableError) -> JSONResponse:
+        return _error(503, str(e), error_id=getattr(e, "error_id", None))
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -134,32 +210,40 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            status_code=e.status_code, content={"detail": e.detail}, headers=e.headers
-        )
+        return _error(e.status_code, e.detail, **(e.headers or {}))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
-        logger.exception("unexpected error")
-        return _error(500, f"Internal error ({type(e).__name__}); see the server log.")
+    async def _unexpected(request: Request, e: Exception) -> JSONResponse:
+        error_id = new_error_id()
+        logger.error(
+            "unexpected error on %s %s (error id %s)",
+            request.method,
+            request.url.path,
+            error_id,
+            exc_info=e,
+        )
+        return _error(
+            500,
+            f"Internal error; the server log has the details (error id {error_id}).",
+            error_id=error_id,
+        )
 
     # ------------------------------------------------------------------ auth
     if token:
-        expected = f"Bearer {token}".encode()
 
         @app.middleware("http")
         async def _auth(request: Request, call_next):  # type: ignore[no-untyped-def]
             if request.url.path.startswith("/api") and request.url.path != "/api/health":
-                given = request.headers.get("authorization", "").encode()
-                if not hmac.compare_digest(given, expected):
-                    return JSONResponse(
-                        status_code=401,
-                        content={
-                            "detail": "Missing or wrong token: send 'Authorization: Bearer <token>'."
-                        },
-                        headers={"WWW-Authenticate": "Bearer"},
+                if not token_matches(request.headers.get("authorization", ""), token):
+                    return _error(
+                        401,
+                        "Missing or wrong token: send 'Authorization: Bearer <token>'.",
+                        **{"WWW-Authenticate": "Bearer"},
                     )
             return await call_next(request)
+
+    # the outermost check: a request for another host, or a cross-site write, goes no further
+    app.add_middleware(HostGuard, allowed_hosts=allowed_hosts)
 
     api = APIRouter(prefix="/api", responses=_ERRORS)
 
@@ -193,7 +277,10 @@ def create_app(
         "/datasets/{name}/measurements",
         status_code=201,
         tags=["datasets"],
-        responses={413: {"model": ErrorOut, "description": "Upload too large."}},
+        responses={
+            413: {"model": ErrorOut, "description": "Upload too large, as sent or once read."},
+            507: {"model": ErrorOut, "description": "The workspace's disk quota is reached."},
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -208,19 +295,19 @@ def create_app(
     async def upload(
         name: str, request: Request, filename: Annotated[str, Query(max_length=200)] = "upload.h5ad"
     ) -> dict[str, Any]:
-        """Upload measured results (h5ad); validated against the dataset, then stored atomically."""
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > ws.max_upload_bytes:
-            msg = f"The upload ({length} bytes) is larger than the {ws.max_upload_bytes} bytes this server accepts."
-            raise PayloadTooLargeError(msg)
-        body, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > ws.max_upload_bytes:
-                msg = f"The upload is larger than the {ws.max_upload_bytes} bytes this server accepts."
-                raise PayloadTooLargeError(msg)
-            body.append(chunk)
-        return await run_in_threadpool(ws.save_upload, name, iter(body), filename=filename)
+        """Upload measured results (h5ad), streamed to disk; checked, validated against the
+        dataset, then stored atomically."""
+        writer = await run_in_threadpool(ws.open_upload, name)
+        try:
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit():
+                writer.check_length(int(length))
+            async for chunk in request.stream():
+                writer.write(chunk)  # refuses past the limits, or when the start is not HDF5
+        except BaseException:
+            writer.discard()
+            raise
+        return await run_in_threadpool(ws.finish_upload, writer, filename=filename)
 
     @api.get("/uploads", tags=["datasets"])
     def uploads() -> list[dict[str, Any]]:
@@ -243,7 +330,11 @@ def create_app(
         status_code=202,
         response_model=JobOut,
         tags=["models"],
-        responses={409: {"model": ErrorOut, "description": "The model name is taken."}},
+        responses={
+            409: {"model": ErrorOut, "description": "The model name is taken."},
+            429: {"model": ErrorOut, "description": "Too many jobs are waiting."},
+            507: {"model": ErrorOut, "description": "The workspace's disk quota is reached."},
+        },
     )
     def fit(body: FitIn) -> dict[str, Any]:
         """Start fitting a model in the background; poll the returned job."""
@@ -327,12 +418,17 @@ def create_app(
             seed=body.seed,
         )
 
-    @api.get("/ledger/projects", tags=["experiments"])
+    _ledger_errors: dict[int | str, dict[str, Any]] = {
+        409: {"model": ErrorOut, "description": "The ledger needs `aivc ledger migrate`."},
+        503: {"model": ErrorOut, "description": "The ledger's database cannot be reached."},
+    }
+
+    @api.get("/ledger/projects", tags=["experiments"], responses=_ledger_errors)
     def ledger_projects() -> list[dict[str, Any]]:
         """Lab-loop projects recorded in the experiment ledger."""
         return ws.ledger_projects()
 
-    @api.get("/ledger/projects/{name}", tags=["experiments"])
+    @api.get("/ledger/projects/{name}", tags=["experiments"], responses=_ledger_errors)
     def ledger_project(name: str) -> dict[str, Any]:
         """A project's state, rounds, proposals and measured results."""
         return ws.ledger_project(name)
@@ -371,6 +467,34 @@ def create_app(
     def index() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", media_type="text/html")
 
+    # ------------------------------------------------------------------ API docs (local files)
+    docs_assets = _docs_assets()
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        if docs_assets is None:
+            return HTMLResponse(_NO_DOCS_PAGE)
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="aivc API",
+            swagger_js_url="/static/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge from an online validator
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        if docs_assets is None:
+            return HTMLResponse(_NO_DOCS_PAGE)
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="aivc API",
+            redoc_js_url="/static/redoc.standalone.js",
+            redoc_favicon_url="/static/favicon.png",
+            with_google_fonts=False,
+        )
+
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str) -> FileResponse:
         files = {
@@ -378,6 +502,8 @@ def create_app(
             "app.js": (WEB_DIR / "app.js", "text/javascript"),
             "style.css": (WEB_DIR / "style.css", "text/css"),
         }
+        if docs_assets is not None:
+            files.update({f: (docs_assets / f, media) for f, media in _DOCS_FILES.items()})
         if name not in files:
             raise StarletteHTTPException(status_code=404, detail=f"No static file {name!r}.")
         path, media = files[name]

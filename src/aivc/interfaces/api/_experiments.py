@@ -202,10 +202,14 @@ def proposals(result: Proposals) -> dict[str, Any]:
 
 
 def ledger_projects(url: str) -> list[dict[str, Any]]:
-    """Projects of the experiment ledger at ``url`` (see :class:`aivc.experiments._ledger.Ledger`)."""
+    """Projects of the experiment ledger at ``url`` (see :class:`aivc.experiments._ledger.Ledger`).
+
+    The ledger is only read (``upgrade=False``): a missing or older ledger
+    raises :class:`aivc.experiments._ledger.LedgerSchemaError`.
+    """
     from aivc.experiments._ledger import Ledger
 
-    led = Ledger(url)
+    led = Ledger(url, upgrade=False)
     try:
         out = led.list_projects()
     finally:
@@ -217,10 +221,10 @@ def ledger_projects(url: str) -> list[dict[str, Any]]:
 
 
 def ledger_project(url: str, name: str) -> dict[str, Any]:
-    """One project of the ledger: state, rounds, proposals and measured results."""
+    """One project of the ledger: state, rounds, proposals and measured results (read only)."""
     from aivc.experiments._ledger import Ledger
 
-    led = Ledger(url)
+    led = Ledger(url, upgrade=False)
     try:
         return {
             "name": name,

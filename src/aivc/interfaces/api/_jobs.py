@@ -5,20 +5,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Job", "JobCancelledError", "JobConflictError", "JobManager", "JobReporter"]
+from aivc.interfaces.api._errors import public_message
+
+__all__ = [
+    "DEFAULT_MAX_QUEUED",
+    "Job",
+    "JobCancelledError",
+    "JobConflictError",
+    "JobManager",
+    "JobQueueFullError",
+    "JobReporter",
+]
 
 logger = logging.getLogger(__name__)
 
 #: States a job moves through; the last three are final.
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
+#: Jobs that may wait for a worker by default.
+DEFAULT_MAX_QUEUED = 10
 
 
 class JobCancelledError(RuntimeError):
@@ -27,6 +38,10 @@ class JobCancelledError(RuntimeError):
 
 class JobConflictError(RuntimeError):
     """The job cannot be cancelled because it has already finished."""
+
+
+class JobQueueFullError(RuntimeError):
+    """As many jobs as allowed are already waiting for a worker (HTTP 429)."""
 
 
 @dataclass
@@ -48,7 +63,10 @@ class Job:
     result
         What the job produced (JSON-serialisable), once it succeeded.
     error
-        Why it failed.
+        Why it failed: the message of an error in the request, or a generic
+        message with an error id when the cause is in the server's log.
+    error_id
+        The id the failure was logged under, when it was logged.
     """
 
     id: str
@@ -59,6 +77,7 @@ class Job:
     message: str = "queued"
     result: dict[str, Any] | None = None
     error: str | None = None
+    error_id: str | None = None
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -74,6 +93,7 @@ class Job:
             "message": self.message,
             "result": self.result,
             "error": self.error,
+            "error_id": self.error_id,
             "created": self.created,
             "started": self.started,
             "finished": self.finished,
@@ -106,10 +126,20 @@ class JobManager:
     ----------
     max_workers
         Jobs that may run at the same time; further jobs wait in a queue.
+    max_queued
+        Jobs that may wait in that queue; :meth:`submit` raises
+        :class:`JobQueueFullError` beyond it.
     """
 
-    def __init__(self, *, max_workers: int = 1) -> None:
+    def __init__(self, *, max_workers: int = 1, max_queued: int = DEFAULT_MAX_QUEUED) -> None:
+        if max_workers < 1 or max_queued < 0:
+            msg = (
+                "A job manager needs max_workers >= 1 and max_queued >= 0. "
+                f"Got max_workers={max_workers}, max_queued={max_queued} instead."
+            )
+            raise ValueError(msg)
         self.max_workers = max_workers
+        self.max_queued = max_queued
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="aivc-job")
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
@@ -125,10 +155,22 @@ class JobManager:
         """Queue ``fn(reporter)``; its returned dict becomes the job's result.
 
         ``cleanup`` runs once the job is final, whether it ran, failed or was
-        cancelled before it started.
+        cancelled before it started. Raises :class:`JobQueueFullError` (and
+        queues nothing) when ``max_queued`` jobs already wait for a worker.
         """
         job = Job(id=uuid.uuid4().hex[:12], kind=kind, params=params)
         with self._lock:
+            running = sum(j.state == "running" for j in self._jobs.values())
+            waiting = sum(
+                j.state == "queued" and not j._cancel.is_set() for j in self._jobs.values()
+            )
+            if running + waiting >= self.max_workers + self.max_queued:
+                msg = (
+                    f"{running} jobs are running and {waiting} waiting for a worker; this server "
+                    f"queues at most {self.max_queued}. Wait for one to finish (GET /api/jobs) "
+                    "or cancel one, then retry."
+                )
+                raise JobQueueFullError(msg)
             self._jobs[job.id] = job
         self._pool.submit(self._run_and_clean, job, fn, cleanup)
         return job
@@ -159,8 +201,10 @@ class JobManager:
         except JobCancelledError:
             job.state, job.message = "cancelled", "cancelled on request"
         except Exception as e:  # a failed job reports why; the server keeps running
-            logger.warning("job %s failed: %s", job.id, traceback.format_exc())
-            job.state, job.error, job.message = "failed", f"{type(e).__name__}: {e}", "failed"
+            job.error, job.error_id = public_message(e, logger=logger, what=f"job {job.id}")
+            if job.error_id is None:
+                logger.warning("job %s failed: %s", job.id, job.error)
+            job.state, job.message = "failed", "failed"
         else:
             job.result, job.progress, job.state, job.message = result, 1.0, "succeeded", "done"
         job.finished = time.time()

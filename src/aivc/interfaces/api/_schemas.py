@@ -31,6 +31,9 @@ class ErrorOut(BaseModel):
     """Every error: what went wrong and what to do next."""
 
     detail: Any
+    error_id: str | None = Field(
+        default=None, description="Where the server log has the details, when it has some."
+    )
 
 
 class DatasetOut(BaseModel):
@@ -77,6 +80,7 @@ class JobOut(BaseModel):
     message: str
     result: dict[str, Any] | None = None
     error: str | None = None
+    error_id: str | None = None
     created: float
     started: float | None = None
     finished: float | None = None

@@ -28,8 +28,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aivc._io import atomic_path, write_json_atomic
-from aivc.interfaces.api._jobs import JobManager, JobReporter
+from aivc._io import write_json_atomic
+from aivc.interfaces.api._errors import (
+    ConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
+    QuotaExceededError,
+    UnavailableError,
+    WorkspaceValidationError,
+    new_error_id,
+    public_message,
+    with_error_id,
+)
+from aivc.interfaces.api._jobs import DEFAULT_MAX_QUEUED, JobManager, JobReporter
+from aivc.interfaces.api._uploads import (
+    DEFAULT_MAX_UPLOAD,
+    DEFAULT_MAX_UPLOAD_MEMORY,
+    INCOMING_PREFIX,
+    UploadWriter,
+    inspect_h5ad,
+    min_shared_genes,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -43,6 +62,7 @@ __all__ = [
     "ConflictError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "QuotaExceededError",
     "Workspace",
     "WorkspaceValidationError",
 ]
@@ -50,30 +70,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-#: Largest upload accepted by default (bytes).
-DEFAULT_MAX_UPLOAD = 256 * 1024 * 1024
+#: Disk space a workspace may fill by default (bytes): models, uploads, the ledger.
+DEFAULT_MAX_WORKSPACE = 10 * 1024**3
 #: The embedding whose PCA predictions are placed in, when the page has asked for it.
 _PAGE_EMBEDDING = (2000, 0)
-
-
-class NotFoundError(KeyError):
-    """An unknown dataset, model, gene, context, job or upload (HTTP 404)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class WorkspaceValidationError(ValueError):
-    """A request that is well-formed JSON but cannot be carried out as asked (HTTP 422)."""
-
-
-class ConflictError(RuntimeError):
-    """The request clashes with the current state, e.g. a name in use (HTTP 409)."""
-
-
-class PayloadTooLargeError(ValueError):
-    """An upload larger than the workspace accepts (HTTP 413)."""
 
 
 _OWN_ERRORS = (NotFoundError, WorkspaceValidationError, PayloadTooLargeError)
@@ -81,15 +81,23 @@ _OWN_ERRORS = (NotFoundError, WorkspaceValidationError, PayloadTooLargeError)
 
 @contextmanager
 def _library_errors() -> Iterator[None]:
-    """Turn the library's errors into the workspace's: unknown names 404, the rest 422."""
+    """Turn the library's errors into the workspace's: unknown names 404, the rest 422.
+
+    The message is the library's where it speaks to the user; one caused by
+    another kind of error (a ``TypeError`` inside a library) is logged and
+    replaced by a generic one with an error id.
+    """
     try:
         yield
     except _OWN_ERRORS:
         raise
-    except KeyError as e:
-        raise NotFoundError(str(e.args[0]) if e.args else str(e)) from None
-    except ValueError as e:
-        raise WorkspaceValidationError(str(e)) from None
+    except (KeyError, ValueError) as e:
+        message, error_id = public_message(e, logger=logger, what="a request")
+        cls = NotFoundError if isinstance(e, KeyError) else WorkspaceValidationError
+        err = cls(message)
+        if error_id is not None:
+            with_error_id(err, error_id)
+        raise err from None
 
 
 @dataclass
@@ -161,12 +169,22 @@ class Workspace:
         written by ``aivc fit``; one copied there is offered too) and uploads
         (``uploads/<id>.h5ad``). Created if missing.
     max_upload_bytes
-        Largest accepted upload.
+        Largest accepted upload, as sent.
+    max_upload_memory_bytes
+        Most memory the arrays of an upload may take once read; checked from
+        the file's declared shapes and dtypes before any array is read.
+    max_workspace_bytes
+        Disk quota of ``root``: an upload that would pass it, or a fit started
+        once it is reached, is refused (:class:`QuotaExceededError`).
     max_workers
         Fit jobs that may run at the same time.
+    max_queued_jobs
+        Fit jobs that may wait for a worker; more are refused
+        (:class:`~aivc.interfaces.api.JobQueueFullError`).
     ledger
         SQLAlchemy URL of the experiment ledger to read (default: ``ledger.db``
-        in ``root``).
+        in ``root``). It is only read: bring it to the current schema with
+        ``aivc ledger migrate URL``.
     """
 
     def __init__(
@@ -174,15 +192,22 @@ class Workspace:
         root: str | Path,
         *,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+        max_upload_memory_bytes: int = DEFAULT_MAX_UPLOAD_MEMORY,
+        max_workspace_bytes: int = DEFAULT_MAX_WORKSPACE,
         max_workers: int = 1,
+        max_queued_jobs: int = DEFAULT_MAX_QUEUED,
         ledger: str | None = None,
     ) -> None:
         self.root = Path(root)
         self.ledger_url = ledger or f"sqlite:///{(self.root / 'ledger.db').resolve()}"
         self.max_upload_bytes = int(max_upload_bytes)
+        self.max_upload_memory_bytes = int(max_upload_memory_bytes)
+        self.max_workspace_bytes = int(max_workspace_bytes)
         (self.root / "models").mkdir(parents=True, exist_ok=True)
         (self.root / "uploads").mkdir(parents=True, exist_ok=True)
-        self.jobs = JobManager(max_workers=max_workers)
+        for stale in (self.root / "uploads").glob(f"{INCOMING_PREFIX}*"):
+            stale.unlink(missing_ok=True)  # an upload cut off by a stopped server
+        self.jobs = JobManager(max_workers=max_workers, max_queued=max_queued_jobs)
         self._datasets: dict[str, _Dataset] = {}
         self._extra: dict[str, tuple[AnnData, PerturbationSchema, str]] = {}
         self._models: dict[str, _Model] = {}
@@ -242,6 +267,13 @@ class Workspace:
                 }
             )
         return out
+
+    def require_dataset(self, name: str) -> None:
+        """Raise :class:`NotFoundError` unless ``name`` is offered here (without loading it)."""
+        if name in self._datasets or name in self._extra:
+            return
+        if name not in {d["name"] for d in self.list_datasets()}:
+            self._dataset(name)  # raises NotFoundError with the reason
 
     def _dataset(self, name: str | None) -> _Dataset:
         if not name:
@@ -442,11 +474,11 @@ class Workspace:
         params = dict(params or {})
         with _library_errors():
             perturbation_model(instrument, params)  # checks the name and the parameters
-        if dataset not in self._extra and dataset not in {d["name"] for d in self.list_datasets()}:
-            self._dataset(dataset)  # raises NotFoundError with the reason
+        self.require_dataset(dataset)
         if name is not None:
             self._check_name(name, "model")
         model_id = name or f"{instrument}-{dataset}-{uuid.uuid4().hex[:6]}"
+        self._check_quota()
         with self._lock:
             if (
                 model_id in self._models
@@ -466,19 +498,23 @@ class Workspace:
             with self._lock:
                 self._reserved.discard(model_id)
 
-        job = self.jobs.submit(
-            "fit",
-            {
-                "model": model_id,
-                "dataset": dataset,
-                "instrument": instrument,
-                "params": params,
-                "holdout": holdout,
-                "seed": seed,
-            },
-            run,
-            cleanup=release,
-        )
+        try:
+            job = self.jobs.submit(
+                "fit",
+                {
+                    "model": model_id,
+                    "dataset": dataset,
+                    "instrument": instrument,
+                    "params": params,
+                    "holdout": holdout,
+                    "seed": seed,
+                },
+                run,
+                cleanup=release,
+            )
+        except BaseException:  # the queue is full: the name is free again
+            release()
+            raise
         return job.to_dict()
 
     def _fit(
@@ -699,70 +735,135 @@ class Workspace:
                 continue
         return out
 
-    def save_upload(
-        self, dataset: str, chunks: Any, *, filename: str = "upload.h5ad"
-    ) -> dict[str, Any]:
-        """Store measured results for ``dataset`` from an iterable of byte chunks.
+    # ------------------------------------------------------------------ disk quota
+    def usage_bytes(self) -> int:
+        """Bytes of the files under the workspace folder (models, uploads, the ledger)."""
+        total = 0
+        for dirpath, _, files in os.walk(self.root):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:  # removed while walking
+                    continue
+        return total
 
-        The bytes go to a temporary file (refused with :class:`PayloadTooLargeError`
-        past ``max_upload_bytes``), are read with anndata (HDF5 only; nothing is
-        unpickled), validated against the dataset's schema and genes, and only
-        then renamed into place with a JSON description. Nothing is left behind
-        when any step fails.
+    def _quota_left(self) -> int:
+        return self.max_workspace_bytes - self.usage_bytes()
+
+    def _check_quota(self) -> None:
+        """Raise :class:`QuotaExceededError` when the workspace has reached its quota."""
+        left = self._quota_left()
+        if left <= 0:
+            msg = (
+                f"The workspace has reached its disk quota ({self.max_workspace_bytes / 1e6:,.1f} MB); "
+                "delete models (DELETE /api/models/{id}) or start the server with a larger "
+                "--max-workspace-gb."
+            )
+            raise QuotaExceededError(msg)
+
+    def open_upload(self, dataset: str) -> UploadWriter:
+        """Start receiving an upload for ``dataset``: a writer that checks each chunk.
+
+        Write the bytes with :meth:`UploadWriter.write`, then call
+        :meth:`finish_upload`; call :meth:`UploadWriter.discard` when anything
+        fails. Raises :class:`NotFoundError` for a dataset not offered here and
+        :class:`QuotaExceededError` when the workspace is full.
         """
-        ds = self._dataset(dataset)
+        self.require_dataset(dataset)
+        self._check_quota()
+        return UploadWriter(
+            self.root / "uploads",
+            dataset=dataset,
+            max_bytes=self.max_upload_bytes,
+            quota_left=self._quota_left(),
+        )
+
+    def finish_upload(
+        self, writer: UploadWriter, *, filename: str = "upload.h5ad"
+    ) -> dict[str, Any]:
+        """Check, read and validate a received upload, then keep it with a JSON description.
+
+        The file's structure is checked first (:func:`~aivc.interfaces.api._uploads.inspect_h5ad`:
+        declared memory, no data outside the file); only then is it read with
+        anndata (HDF5 only; nothing is unpickled), validated against the
+        dataset's schema and genes, and renamed into place. The writer's file
+        is removed when any step fails.
+        """
+        dataset = writer.dataset
         folder = self.root / "uploads"
-        upload_id = uuid.uuid4().hex[:12]
-        with atomic_path(folder / f"{upload_id}.h5ad") as tmp:
-            size = 0
-            with tmp.open("wb") as fh:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > self.max_upload_bytes:
-                        msg = f"The upload is larger than the {self.max_upload_bytes} bytes this server accepts."
-                        raise PayloadTooLargeError(msg)
-                    fh.write(chunk)
-            summary = self._validate_upload(tmp, ds)
+        try:
+            path = writer.close()
+            inspect_h5ad(path, max_bytes=self.max_upload_memory_bytes)
+            ds = self._dataset(dataset)
+            summary = self._validate_upload(path, ds)
             meta = {
-                "id": upload_id,
+                "id": writer.id,
                 "dataset": dataset,
                 "filename": Path(filename).name[:200],
-                "bytes": size,
+                "bytes": writer.size,
                 "created": time.time(),
                 **summary,
             }
+            os.replace(path, folder / f"{writer.id}.h5ad")
+        finally:
+            writer.discard()
         try:
-            _write_json_atomic(folder / f"{upload_id}.json", meta)
+            _write_json_atomic(folder / f"{writer.id}.json", meta)
         except BaseException:
-            (folder / f"{upload_id}.h5ad").unlink(missing_ok=True)
+            (folder / f"{writer.id}.h5ad").unlink(missing_ok=True)
             raise
         with self._lock:
             ds.observed = None  # recomputed with the new measurements
         return meta
 
+    def save_upload(
+        self, dataset: str, chunks: Any, *, filename: str = "upload.h5ad"
+    ) -> dict[str, Any]:
+        """Store measured results for ``dataset`` from an iterable of byte chunks.
+
+        The bytes go to a hidden file in the workspace, checked as they arrive
+        (:meth:`open_upload`: size limit, disk quota, HDF5 signature), then
+        :meth:`finish_upload` checks, validates and keeps them. Nothing is left
+        behind when any step fails.
+        """
+        writer = self.open_upload(dataset)
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+        except BaseException:
+            writer.discard()
+            raise
+        return self.finish_upload(writer, filename=filename)
+
     def _validate_upload(self, path: Path, ds: _Dataset) -> dict[str, Any]:
         from aivc.data import DataValidationError, read_h5ad, validate
         from aivc.experiments import counts_schema
 
-        with path.open("rb") as fh:
-            if fh.read(len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
-                msg = "The upload is not an h5ad file (no HDF5 signature); write it with AnnData.write_h5ad."
-                raise WorkspaceValidationError(msg)
         try:
             adata = read_h5ad(path)
-        except (DataValidationError, FileNotFoundError) as e:
-            raise WorkspaceValidationError(str(e)) from None
+        except Exception as e:  # anndata's own errors: the details go to the log only
+            error_id = new_error_id()
+            logger.error("could not read upload %s (error id %s)", path, error_id, exc_info=e)
+            msg = (
+                "The upload could not be read as h5ad; write it with AnnData.write_h5ad "
+                f"(error id {error_id})."
+            )
+            raise with_error_id(WorkspaceValidationError(msg), error_id) from None
         schema = ds.schema
         try:
             validate(adata, counts_schema(schema, adata))
         except (DataValidationError, KeyError, ValueError) as e:
-            msg = f"The upload does not match the schema of {ds.name!r}: {e}"
-            raise WorkspaceValidationError(msg) from None
+            message, error_id = public_message(e, logger=logger, what="validating an upload")
+            msg = f"The upload does not match the schema of {ds.name!r}: {message}"
+            err = WorkspaceValidationError(msg)
+            raise (with_error_id(err, error_id) if error_id else err) from None
         shared = adata.var_names.intersection(ds.adata.var_names)
-        if len(shared) == 0:
+        needed = min_shared_genes(ds.adata.n_vars)
+        if len(shared) < needed:
             msg = (
-                f"The upload shares no genes with {ds.name!r} (expected gene symbols such as "
-                f"{list(ds.adata.var_names[:3])}; got {list(adata.var_names[:3])})."
+                f"The upload shares {len(shared)} genes with {ds.name!r}; at least {needed} are "
+                f"needed (50, or half of its {ds.adata.n_vars} genes when that is fewer). Expected "
+                f"gene symbols such as {list(ds.adata.var_names[:3])}; got {list(adata.var_names[:3])}."
             )
             raise WorkspaceValidationError(msg)
         labels = adata.obs[schema.perturbation_key].astype(str)
@@ -849,18 +950,40 @@ class Workspace:
         return _experiments.proposals(proposals)
 
     def ledger_projects(self) -> list[dict[str, Any]]:
-        """Projects of the experiment ledger (written by the lab loop)."""
+        """Projects of the experiment ledger (written by the lab loop), read without writing.
+
+        No ledger yet (no file, or a database without ledger tables): no
+        projects. A ledger at another schema version raises
+        :class:`ConflictError` (HTTP 409) saying how to migrate it: reads never do.
+        """
+        from aivc.experiments._ledger import LedgerSchemaError
         from aivc.interfaces.api import _experiments
 
-        return _experiments.ledger_projects(self.ledger_url)
+        try:
+            return _experiments.ledger_projects(self.ledger_url)
+        except LedgerSchemaError as e:
+            if e.version == 0:
+                return []
+            raise _ledger_outdated(e) from None
+        except RuntimeError as e:
+            raise _ledger_unavailable(e) from None
 
     def ledger_project(self, name: str) -> dict[str, Any]:
+        """A project's state, rounds, proposals and results (see :meth:`ledger_projects`)."""
+        from aivc.experiments._ledger import LedgerSchemaError
         from aivc.interfaces.api import _experiments
 
         try:
             return _experiments.ledger_project(self.ledger_url, name)
         except KeyError as e:
             raise NotFoundError(str(e.args[0])) from None
+        except LedgerSchemaError as e:
+            if e.version == 0:
+                msg = f"Unknown project {name!r}: the experiment ledger holds no projects yet."
+                raise NotFoundError(msg) from None
+            raise _ledger_outdated(e) from None
+        except RuntimeError as e:
+            raise _ledger_unavailable(e) from None
 
     def explain(
         self, model_id: str, perturbation: str, *, context: str | None = None, n_top: int = 20
@@ -889,6 +1012,22 @@ class Workspace:
                 "starting with a letter or digit."
             )
             raise WorkspaceValidationError(msg)
+
+
+def _ledger_outdated(e: Exception) -> ConflictError:
+    logger.warning("the experiment ledger cannot be read: %s", e)
+    msg = (
+        "The experiment ledger is at another schema version than this aivc reads, and reads "
+        "never migrate it. Migrate it with `aivc ledger migrate URL`, URL being the server's "
+        "--ledger (default: sqlite:///WORKSPACE/ledger.db), or upgrade aivc if the ledger is newer."
+    )
+    return ConflictError(msg)
+
+
+def _ledger_unavailable(e: Exception) -> UnavailableError:
+    _, error_id = public_message(e, logger=logger, what="opening the experiment ledger")
+    msg = f"The experiment ledger cannot be opened now (error id {error_id}); try again later."
+    return with_error_id(UnavailableError(msg), error_id or "")  # type: ignore[return-value]
 
 
 def _convert_earlier_layout(folder: Path) -> None:
