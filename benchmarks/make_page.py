@@ -6,17 +6,20 @@ Usage::
     python benchmarks/make_page.py RESULTS_ROOT --print-commands
 
 ``RESULTS_ROOT/<name>/results.json`` is read for every run of the manifest (a
-missing folder becomes a "not run" row, never a silent gap). ``--timings``
-(default ``RESULTS_ROOT/timings.txt`` when present) holds the lines printed by
-``benchmarks/timed.py``: the wall time and peak memory of each whole command.
-``--print-commands`` prints ``name<TAB>arguments`` per run, for
-``benchmarks/run_all.sh``.
+missing folder becomes a "not run" row, never a silent gap). Runs marked
+``from = "suite"`` are parts of the generalization suite, one command that
+fills ``RESULTS_ROOT/<suite out>/<task>/<dataset>/`` and writes the win/loss
+matrix ``suite.json`` beside them; the matrix gets its own section.
+``--timings`` (default ``RESULTS_ROOT/timings.txt`` when present) holds the
+lines printed by ``benchmarks/timed.py``: the wall time and peak memory of
+each whole command. ``--print-commands`` prints ``folder<TAB>arguments`` once
+per command, for ``benchmarks/run_all.sh``.
 
 The page is built from the data alone: which model is aivc's, which are
 baselines and which are published peers, and the headline metric of each task
 are declared in :data:`RULES` and :data:`PEERS`; every number comes from a
-``results.json`` or the timings file. Only the standard library is used, so
-the page can be rebuilt without installing aivc.
+``results.json``, the suite's ``suite.json`` or the timings file. Only the
+standard library is used, so the page can be rebuilt without installing aivc.
 """
 
 from __future__ import annotations
@@ -59,32 +62,43 @@ class Rule:
     metric
         Headline metric of the summary table.
     better
-        ``"higher"``, ``"lower"`` or ``"target"`` (closest to ``target`` is best).
+        ``"higher"``, ``"lower"`` or ``"band"``: a mean inside ``band`` meets the target, and
+        models that meet it are ranked by ``then`` (lower is better).
     columns
         Main metrics of the task's own table (those present in the results are shown).
-    target
-        The ideal value when ``better == "target"``.
+    band
+        Inclusive bounds of the target band when ``better == "band"``.
+    then
+        Metric, lower is better, that ranks the models inside the band.
     """
 
     ours: str
     metric: str
     better: str
     columns: tuple[str, ...]
-    target: float | None = None
+    band: tuple[float, float] | None = None
+    then: str | None = None
 
     def score(self, mean: float) -> float:
-        """A number that is larger for a better ``mean`` of the headline metric."""
-        if self.better == "higher":
-            return mean
-        if self.better == "lower":
-            return -mean
-        return -abs(mean - float(self.target or 0.0))
+        """A number that is larger for a better ``mean`` (higher or lower rules)."""
+        return -mean if self.better == "lower" else mean
+
+    def meets(self, mean: float) -> bool:
+        """Whether ``mean`` lies inside the target band (band rules)."""
+        lo, hi = self.band or (-math.inf, math.inf)
+        return lo <= mean <= hi
+
+    @property
+    def band_text(self) -> str:
+        """The band in words, e.g. ``0.85–0.95``."""
+        lo, hi = self.band or (-math.inf, math.inf)
+        return f"{lo:.2f}–{hi:.2f}"
 
     @property
     def direction(self) -> str:
         """The direction in words, for the page."""
-        if self.better == "target":
-            return f"closest to {self.target:.2f}"
+        if self.better == "band":
+            return f"in {self.band_text} meets the target; then narrower {self.then} wins"
         return f"{self.better} is better"
 
 
@@ -97,25 +111,31 @@ _PERTURBATION_COLUMNS = (
     "mae",
     "energy_distance_rel",
 )
+#: Column of the calibration table with the range of coverage over the variability deciles.
+DECILE_COLUMN = "coverage_90 deciles min–max"
+_DECILE_KEY = "coverage_90_by_variability_decile"
 
 #: Per task: aivc's model, the headline metric and its direction, the table's columns.
 RULES: dict[str, Rule] = {
     "unseen-single": Rule("aivc-perturb", "pearson_delta_de20", "higher", _PERTURBATION_COLUMNS),
     "combinations": Rule("aivc-perturb", "mse_de20", "lower", _PERTURBATION_COLUMNS),
     "unseen-cell-type": Rule("aivc-perturb", "pearson_delta_de20", "higher", _PERTURBATION_COLUMNS),
+    "unseen-context": Rule("aivc-perturb", "pearson_delta_de20", "higher", _PERTURBATION_COLUMNS),
     "simulator": Rule("aivc-perturb", "mse_de20", "lower", _PERTURBATION_COLUMNS),
     "calibration": Rule(
         "aivc-perturb",
         "coverage_90",
-        "target",
+        "band",
         (
             "coverage_90",
             "coverage_80",
             "coverage_90_de20",
+            DECILE_COLUMN,
             "interval_width_90",
             "spearman_uncertainty_error",
         ),
-        target=0.90,
+        band=(0.85, 0.95),
+        then="interval_width_90",
     ),
     "label-transfer": Rule(
         "aivc", "accuracy", "higher", ("accuracy", "macro_f1", "ece", "abstention")
@@ -132,33 +152,62 @@ RULES: dict[str, Rule] = {
     ),
 }
 
-#: Directions of metrics whose results.json does not state one.
+#: Directions of metrics whose results.json does not state one ("target": no arrow).
 _DIRECTIONS = {
     "coverage_90": "target",
     "coverage_80": "target",
     "coverage_90_de20": "target",
+    DECILE_COLUMN: "target",
     "interval_width_90": "lower",
     "spearman_uncertainty_error": "higher",
     "hit_ratio_final": "higher",
     "error_auc": "lower",
     "final_error": "lower",
 }
-_ARROWS = {"higher": " ↑", "lower": " ↓", "target": ""}
+_ARROWS = {"higher": " ↑", "lower": " ↓", "target": "", "band": ""}
 
 
 # ----------------------------------------------------------------------------- manifest
 @dataclass(frozen=True)
 class Run:
-    """One entry of the manifest: a results folder and the command that fills it."""
+    """One entry of the manifest: a results folder and the command that fills it.
+
+    Attributes
+    ----------
+    name
+        Results folder of the run, relative to the results root.
+    task
+        The benchmark task whose results the folder holds.
+    args
+        Arguments of ``aivc benchmark`` (without ``--out``) of the command that fills it.
+    question
+        What the run answers, in one line.
+    out
+        Folder the command writes (``--out``); empty when it is ``name`` itself. A part of
+        the suite has the suite's folder here and lies in ``<out>/<task>/<dataset>``.
+    """
 
     name: str
     task: str
     args: str
     question: str
+    out: str = ""
+
+    @property
+    def folder(self) -> str:
+        """The folder the command writes, relative to the results root."""
+        return self.out or self.name
+
+    @property
+    def dataset(self) -> str | None:
+        """The dataset named by the arguments or, for a part of the suite, by the folder."""
+        if self.out:
+            return self.name.rsplit("/", 1)[-1]
+        return self.option("--dataset")
 
     def command(self, root: str = SHOWN_ROOT) -> str:
-        """The ``aivc benchmark`` command of this run, writing to ``root/name``."""
-        return f"aivc benchmark {self.args} --out {root}/{self.name}"
+        """The ``aivc benchmark`` command of this run, writing to ``root/folder``."""
+        return f"aivc benchmark {self.args} --out {root}/{self.folder}"
 
     def option(self, flag: str) -> str | None:
         """The value of ``--flag`` in the arguments, or None."""
@@ -169,23 +218,46 @@ class Run:
         return None
 
 
-def load_manifest(path: str | Path = MANIFEST) -> list[Run]:
-    """Read the runs of a manifest (``[[run]]`` tables with name, task, args and question)."""
+@dataclass(frozen=True)
+class Suite:
+    """The generalization suite of the manifest: one command, many results folders.
+
+    Attributes
+    ----------
+    out
+        Folder the suite writes (``<out>/suite.json`` and ``<out>/<task>/<dataset>/``).
+    args
+        Arguments of ``aivc benchmark``, starting with ``suite``.
+    question
+        What the suite answers, in one line.
+    """
+
+    out: str
+    args: str
+    question: str
+
+    def command(self, root: str = SHOWN_ROOT) -> str:
+        """The ``aivc benchmark`` command of the suite, writing to ``root/out``."""
+        return f"aivc benchmark {self.args} --out {root}/{self.out}"
+
+
+def _read_manifest(path: str | Path) -> tuple[list[Run], Suite | None]:
     with open(path, "rb") as fh:
         data = tomllib.load(fh)
+    suite = None
+    if "suite" in data:
+        entry = data["suite"]
+        missing = [k for k in ("out", "args", "question") if k not in entry]
+        if missing:
+            msg = f"The [suite] table of {path} lacks {missing}; it needs out, args and question."
+            raise ValueError(msg)
+        suite = Suite(entry["out"], entry["args"], entry["question"])
+        if shlex.split(suite.args)[:1] != ["suite"]:
+            msg = f"The [suite] args of {path} must start with 'suite', got {suite.args!r}."
+            raise ValueError(msg)
     runs = []
     for i, entry in enumerate(data.get("run", [])):
-        missing = [k for k in ("name", "task", "args", "question") if k not in entry]
-        if missing:
-            msg = (
-                f"Run {i} of {path} lacks {missing}; every run needs name, task, args and question."
-            )
-            raise ValueError(msg)
-        run = Run(entry["name"], entry["task"], entry["args"], entry["question"])
-        first = shlex.split(run.args)[0] if run.args.strip() else ""
-        if first != run.task:
-            msg = f"Run {run.name!r}: args must start with its task {run.task!r}, got {first!r}."
-            raise ValueError(msg)
+        run = _manifest_run(i, entry, suite, path)
         if run.task not in RULES:
             msg = f"Run {run.name!r}: no summary rule for task {run.task!r}; add one to RULES."
             raise ValueError(msg)
@@ -194,7 +266,72 @@ def load_manifest(path: str | Path = MANIFEST) -> list[Run]:
     if len(set(names)) != len(names):
         msg = f"Run names in {path} must be unique; got {names}."
         raise ValueError(msg)
-    return runs
+    return runs, suite
+
+
+def _manifest_run(i: int, entry: Mapping[str, Any], suite: Suite | None, path: str | Path) -> Run:
+    if entry.get("from") is not None:
+        missing = [k for k in ("name", "task", "question") if k not in entry]
+        if missing:
+            msg = f"Run {i} of {path} lacks {missing}; a part of the suite needs name, task and question."
+            raise ValueError(msg)
+        name, task = entry["name"], entry["task"]
+        if entry["from"] != "suite" or suite is None:
+            msg = f"Run {name!r}: 'from' may only name the suite, declared in a [suite] table."
+            raise ValueError(msg)
+        if "args" in entry:
+            msg = f"Run {name!r}: a part of the suite runs the suite's command; drop its args."
+            raise ValueError(msg)
+        parts = name.split("/")
+        if len(parts) != 3 or parts[0] != suite.out or parts[1] != task:
+            msg = f"Run {name!r}: a part of the suite must be named '{suite.out}/{task}/<dataset>'."
+            raise ValueError(msg)
+        return Run(name, task, suite.args, entry["question"], out=suite.out)
+    missing = [k for k in ("name", "task", "args", "question") if k not in entry]
+    if missing:
+        msg = f"Run {i} of {path} lacks {missing}; every run needs name, task, args and question."
+        raise ValueError(msg)
+    run = Run(entry["name"], entry["task"], entry["args"], entry["question"])
+    first = shlex.split(run.args)[0] if run.args.strip() else ""
+    if first != run.task:
+        msg = f"Run {run.name!r}: args must start with its task {run.task!r}, got {first!r}."
+        raise ValueError(msg)
+    return run
+
+
+def load_manifest(path: str | Path = MANIFEST) -> list[Run]:
+    """Read the runs of a manifest, in page order.
+
+    Parameters
+    ----------
+    path
+        TOML file with ``[[run]]`` tables (name, task, args and question; or name, task,
+        question and ``from = "suite"``) and an optional ``[suite]`` table (out, args, question).
+
+    Returns
+    -------
+    list of Run
+        The runs; parts of the suite carry the suite's command.
+    """
+    return _read_manifest(path)[0]
+
+
+def load_suite(path: str | Path = MANIFEST) -> Suite | None:
+    """The ``[suite]`` table of a manifest, or None when it declares no suite."""
+    return _read_manifest(path)[1]
+
+
+def commands(runs: Sequence[Run], suite: Suite | None = None) -> list[tuple[str, str]]:
+    """``(folder, arguments)`` of every command to run, once each, in page order.
+
+    The suite's command comes where its first part is listed, or last when no run is a part.
+    """
+    out: dict[str, str] = {}
+    for run in runs:
+        out.setdefault(run.folder, run.args)
+    if suite is not None:
+        out.setdefault(suite.out, suite.args)
+    return list(out.items())
 
 
 _TIMING = re.compile(
@@ -212,7 +349,7 @@ class Timing:
 
 
 def read_timings(path: str | Path | None) -> dict[str, Timing]:
-    """Timings by run name; a later line for the same name replaces an earlier one."""
+    """Timings by command folder; a later line for the same folder replaces an earlier one."""
     if path is None or not Path(path).is_file():
         return {}
     out = {}
@@ -246,6 +383,10 @@ class Block:
     folds: set[str] = field(default_factory=set)
     #: the part of its run this block is (calibration: the perturbation task)
     part: str = ""
+    #: the baseline whose score is 0 on the scaled metrics (``baseline_for_scaling``)
+    zero: str | None = None
+    #: cells given as text, not as a summary statistic: model -> column -> text
+    texts: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def _is_stat(v: Any) -> bool:
@@ -269,8 +410,17 @@ def _numbers(d: Mapping[str, Any] | None) -> dict[str, float]:
     return {k: float(v) for k, v in (d or {}).items() if isinstance(v, int | float)}
 
 
-def _present(columns: Iterable[str], models: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    return [c for c in columns if any(c in e for e in models.values())]
+def _present(
+    columns: Iterable[str],
+    models: Mapping[str, Mapping[str, Any]],
+    texts: Mapping[str, Mapping[str, str]] | None = None,
+) -> list[str]:
+    texts = texts or {}
+    return [
+        c
+        for c in columns
+        if any(c in e for e in models.values()) or any(c in t for t in texts.values())
+    ]
 
 
 def _common_prefix(names: Sequence[str]) -> str:
@@ -301,6 +451,7 @@ def _plain_block(label: str, result: Mapping[str, Any], rule: Rule) -> Block:
     models = {m: _stats(e) for m, e in result["models"].items()}
     folds = {m for m, e in result["models"].items() if e.get("aggregated_over") == "folds"}
     replicate = {k: v.get("mean") for k, v in (result.get("replicate") or {}).items()}
+    zero = result.get("baseline_for_scaling")
     return Block(
         label,
         rule,
@@ -311,23 +462,38 @@ def _plain_block(label: str, result: Mapping[str, Any], rule: Rule) -> Block:
         _numbers(result.get("peak_memory_mb")),
         replicate=_numbers(replicate),
         folds=folds,
+        zero=zero if isinstance(zero, str) else None,
     )
+
+
+def decile_range(values: Any) -> tuple[float, float] | None:
+    """Smallest and largest finite value of a list (coverage by decile), or None."""
+    if not isinstance(values, list):
+        return None
+    finite = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    return (min(finite), max(finite)) if finite else None
 
 
 def _calibration_blocks(result: Mapping[str, Any], rule: Rule) -> list[Block]:
     blocks = []
     for task, sub in result["results"].items():
         models = {m: _stats(e) for m, e in sub["models"].items()}
+        texts = {}
+        for m, e in sub["models"].items():
+            span = decile_range(e.get(_DECILE_KEY))
+            if span is not None:
+                texts[m] = {DECILE_COLUMN: f"{num(span[0])}–{num(span[1])}"}
         blocks.append(
             Block(
                 f"calibration · {task} ({sub.get('dataset', '?')})",
                 rule,
                 models,
-                _present(rule.columns, models),
+                _present(rule.columns, models, texts),
                 _directions(result, rule),
                 _numbers(sub.get("wall_seconds")),
                 _numbers(sub.get("peak_memory_mb")),
                 part=task,
+                texts=texts,
             )
         )
     return blocks
@@ -401,7 +567,7 @@ def result_label(run: Run, result: Mapping[str, Any] | None) -> str:
         variant = result.get("variant") or variant
         if isinstance(dataset, Mapping):  # calibration: one dataset per task
             dataset = None
-    dataset = dataset or run.option("--dataset")
+    dataset = dataset or run.dataset
     if dataset and "," in dataset:  # several datasets (rna-to-protein): their short names
         dataset = ", ".join(_short_names(dataset.split(",")).values())
     label = run.task if not dataset else f"{run.task} · {dataset}"
@@ -448,15 +614,53 @@ def _stat(block: Block, model: str, metric: str) -> tuple[float, float] | None:
     return float(s["mean"]), float(sd) if sd is not None and math.isfinite(sd) else 0.0
 
 
-def verdict(ours: tuple[float, float], other: tuple[float, float], rule: Rule) -> str:
-    """``"wins"``, ``"loses"`` or ``"ties"``: ours against another model on the headline metric.
+def verdict(
+    ours: tuple[float, float],
+    other: tuple[float, float],
+    rule: Rule,
+    ours_then: tuple[float, float] | None = None,
+    other_then: tuple[float, float] | None = None,
+) -> str:
+    """``"wins"``, ``"loses"``, ``"ties"`` or ``"misses"``: ours against another model.
 
-    A difference no larger than the larger of the two standard deviations is a tie.
+    Parameters
+    ----------
+    ours, other
+        ``(mean, sd)`` of the headline metric.
+    rule
+        The task's rule. A higher or lower rule compares the means: a difference no larger
+        than the larger of the two sds is a tie. A band rule first asks which means meet the
+        band (one that meets it beats one that misses it, whatever the distance); when both
+        meet it, ``ours_then`` and ``other_then`` (``(mean, sd)`` of ``rule.then``, lower is
+        better) decide with the same sd rule; when both miss it, the verdict is ``"misses"``.
+    ours_then, other_then
+        The ranking metric of a band rule; without them two models in the band tie.
     """
+    if rule.better == "band":
+        a, b = rule.meets(ours[0]), rule.meets(other[0])
+        if a != b:
+            return "wins" if a else "loses"
+        if not a:
+            return "misses"
+        if ours_then is None or other_then is None:
+            return "ties"
+        gap = other_then[0] - ours_then[0]
+        if abs(gap) <= max(ours_then[1], other_then[1]):
+            return "ties"
+        return "wins" if gap > 0 else "loses"
     gap = rule.score(ours[0]) - rule.score(other[0])
     if abs(gap) <= max(ours[1], other[1]):
         return "ties"
     return "wins" if gap > 0 else "loses"
+
+
+def _rank(block: Block, model: str, stat: tuple[float, float]) -> tuple[float, ...]:
+    """A key that is larger for a better model on the headline metric of ``block``."""
+    rule = block.rule
+    if rule.better != "band":
+        return (rule.score(stat[0]),)
+    then = _stat(block, model, rule.then) if rule.then else None
+    return (float(rule.meets(stat[0])), -then[0] if then is not None else -math.inf)
 
 
 def _best(block: Block, kind: str) -> tuple[str, tuple[float, float]] | None:
@@ -466,7 +670,7 @@ def _best(block: Block, kind: str) -> tuple[str, tuple[float, float]] | None:
         for name in block.models
         if role(name, rule) == kind and (s := _stat(block, name, rule.metric)) is not None
     ]
-    return max(found, key=lambda kv: rule.score(kv[1][0])) if found else None
+    return max(found, key=lambda kv: _rank(block, *kv)) if found else None
 
 
 @dataclass
@@ -480,12 +684,33 @@ class Summary:
     peer: tuple[str, tuple[float, float]] | None = None
     replicate: float | None = None
     scaled: tuple[float, float] | None = None
+    #: the baseline whose score is 0 on ``scaled``
+    zero: str | None = None
     wall_ratio: float | None = None
     verdict: str = "not run"
     rival: str = ""
     #: how much better (positive) or worse ours is than the rival, in the headline's units
+    #: (band rules: in the units of ``rule.then``, when the band does not decide)
     gap: float | None = None
     status: str = ""
+    #: band rules: ``rule.then`` of ours, the best baseline and the best peer, by model
+    then: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: further facts about ours, shown after its value (calibration: de20, deciles)
+    notes: list[str] = field(default_factory=list)
+
+    def rival_stat(self) -> tuple[float, float] | None:
+        """The headline ``(mean, sd)`` of the rival."""
+        for entry in (self.peer, self.baseline):
+            if entry is not None and entry[0] == self.rival:
+                return entry[1]
+        return None
+
+    def decided_by_band(self) -> bool:
+        """Whether the band alone separates ours from the rival (band rules)."""
+        rival = self.rival_stat()
+        if self.rule is None or self.rule.better != "band" or self.ours is None or rival is None:
+            return False
+        return self.rule.meets(self.ours[0]) != self.rule.meets(rival[0])
 
 
 def summarise(block: Block) -> Summary:
@@ -497,20 +722,33 @@ def summarise(block: Block) -> Summary:
     row.peer = _best(block, "peer")
     row.replicate = block.replicate.get(rule.metric)
     row.scaled = _stat(block, rule.ours, f"{rule.metric}_scaled")
+    row.zero = block.zero
     if row.baseline is not None:
         ours_wall = block.wall.get(rule.ours)
         base_wall = block.wall.get(row.baseline[0])
         if ours_wall is not None and base_wall:
             row.wall_ratio = ours_wall / base_wall
+    if rule.then:
+        for name in (rule.ours, *(r[0] for r in (row.baseline, row.peer) if r is not None)):
+            if (s := _stat(block, name, rule.then)) is not None:
+                row.then[name] = s
+        if (de20 := _stat(block, rule.ours, "coverage_90_de20")) is not None:
+            row.notes.append(f"de20 {num(de20[0])}")
+        if DECILE_COLUMN in block.texts.get(rule.ours, {}):
+            row.notes.append(f"deciles {block.texts[rule.ours][DECILE_COLUMN]}")
     rivals = [r for r in (row.baseline, row.peer) if r is not None]
     if row.ours is None:
         row.verdict = f"no {rule.ours} result"
     elif not rivals:
         row.verdict = "no baseline"
     else:
-        name, best = max(rivals, key=lambda kv: rule.score(kv[1][0]))
-        row.verdict, row.rival = verdict(row.ours, best, rule), name
-        row.gap = rule.score(row.ours[0]) - rule.score(best[0])
+        name, best = max(rivals, key=lambda kv: _rank(block, *kv))
+        row.rival = name
+        row.verdict = verdict(row.ours, best, rule, row.then.get(rule.ours), row.then.get(name))
+        if rule.better != "band":
+            row.gap = rule.score(row.ours[0]) - rule.score(best[0])
+        elif rule.ours in row.then and name in row.then and not row.decided_by_band():
+            row.gap = row.then[name][0] - row.then[rule.ours][0]
     return row
 
 
@@ -537,8 +775,27 @@ def mean_sd(s: tuple[float, float] | None, decimals: int | None = None) -> str:
     return f"{num(s[0], d)} ± {num(s[1], d)}"
 
 
-def _named(entry: tuple[str, tuple[float, float]] | None) -> str:
-    return "—" if entry is None else f"{entry[0]} {mean_sd(entry[1])}"
+def p_value(p: Any) -> str:
+    """A p-value in two significant digits (``p<0.001`` below that)."""
+    if not isinstance(p, int | float) or not math.isfinite(p):
+        return "p n/a"
+    return "p<0.001" if p < 0.001 else f"p={p:.2g}"
+
+
+def _named(entry: tuple[str, tuple[float, float]] | None, row: Summary | None = None) -> str:
+    if entry is None:
+        return "—"
+    text = f"{entry[0]} {mean_sd(entry[1])}"
+    if row is not None and row.rule is not None and row.rule.then and entry[0] in row.then:
+        text += f", width {mean_sd(row.then[entry[0]])}"
+    return text
+
+
+def _ours_text(row: Summary) -> str:
+    text = mean_sd(row.ours)
+    if row.rule is not None and row.rule.then and row.rule.ours in row.then:
+        text += f", width {mean_sd(row.then[row.rule.ours])}"
+    return ", ".join([text, *row.notes])
 
 
 def _ratio(x: float | None) -> str:
@@ -552,16 +809,38 @@ def _ratio(x: float | None) -> str:
 def _gap(row: Summary) -> str:
     if row.gap is None or row.ours is None:
         return ""
+    if row.rule is not None and row.rule.better == "band":
+        return num(abs(row.gap), _decimals(row.then[row.rule.ours][0]))
     return f" by {num(abs(row.gap), _decimals(row.ours[0]))}"
 
 
 def _verdict_text(row: Summary) -> str:
+    if row.rule is not None and row.rule.better == "band" and row.ours is not None:
+        return _band_verdict_text(row)
     if row.verdict == "wins":
         return f"**wins**{_gap(row)}"
     if row.verdict == "loses":
         return f"**loses** to {row.rival}{_gap(row)}"
     if row.verdict == "ties":
         return f"ties with {row.rival}"
+    return row.verdict
+
+
+def _band_verdict_text(row: Summary) -> str:
+    assert row.rule is not None
+    band = row.rule.band_text
+    if row.verdict == "misses":
+        return f"**misses** {band}, as does {row.rival}"
+    if row.decided_by_band():
+        if row.verdict == "wins":
+            return f"**wins**: meets {band}, {row.rival} misses it"
+        return f"**loses** to {row.rival}: misses {band}"
+    if row.verdict == "wins":
+        return f"**wins**: both meet {band}, {_gap(row)} narrower"
+    if row.verdict == "loses":
+        return f"**loses** to {row.rival}: both meet {band}, {_gap(row)} wider"
+    if row.verdict == "ties":
+        return f"ties with {row.rival}: both meet {band}"
     return row.verdict
 
 
@@ -577,8 +856,9 @@ def summary_table(rows: Sequence[Summary]) -> list[str]:
             lines.append(f"| {r.label} | — | — | — | — | — | — | — | {r.status} |")
             continue
         lines.append(
-            f"| {r.label} | {r.rule.metric if r.rule else '—'} | {mean_sd(r.ours)} | {_named(r.baseline)} "
-            f"| {_named(r.peer)} | {num(r.replicate) if r.replicate is not None else '—'} "
+            f"| {r.label} | {r.rule.metric if r.rule else '—'} | {_ours_text(r)} "
+            f"| {_named(r.baseline, r)} | {_named(r.peer, r)} "
+            f"| {num(r.replicate) if r.replicate is not None else '—'} "
             f"| {mean_sd(r.scaled) if r.scaled else '—'} | {_ratio(r.wall_ratio)} "
             f"| {r.status or _verdict_text(r)} |"
         )
@@ -617,8 +897,14 @@ def model_table(blocks: Sequence[Block]) -> list[str]:
             label = name if role(name, block.rule) != "ours" else f"**{name}**"
             if name in block.folds:
                 label += " †"
+            texts = block.texts.get(name, {})
             cells = [
-                mean_sd(_stat(block, name, c), decimals[c]) if c in entry else "—" for c in cols
+                texts[c]
+                if c in texts
+                else mean_sd(_stat(block, name, c), decimals[c])
+                if c in entry
+                else "—"
+                for c in cols
             ]
             if show_wall:
                 wall, peak = block.wall.get(name), block.peak.get(name)
@@ -636,10 +922,10 @@ def model_table(blocks: Sequence[Block]) -> list[str]:
     return lines
 
 
-def _timing_text(t: Timing | None) -> str:
+def _timing_text(t: Timing | None, what: str = "whole command") -> str:
     if t is None:
-        return "whole command: not timed"
-    text = f"whole command: {t.wall_seconds:.1f} s wall, {t.peak_mb:.0f} MB peak RSS"
+        return f"{what}: not timed"
+    text = f"{what}: {t.wall_seconds:.1f} s wall, {t.peak_mb:.0f} MB peak RSS"
     return text if t.exit_code == 0 else f"{text}, exit {t.exit_code}"
 
 
@@ -661,6 +947,212 @@ def _split_text(result: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+# ----------------------------------------------------------------------------- the suite
+#: A dataset that is one member of a numbered family (``sim-world-3``): stem and index.
+_FAMILY = re.compile(r"^(?P<stem>.+)-(?P<index>\d+)$")
+_MARKS = {"wins": "✓", "within": "≈", "loses": "✗"}
+
+
+@dataclass
+class SuiteLoaded:
+    """The suite of the manifest with its matrix (None when ``suite.json`` is missing)."""
+
+    suite: Suite
+    data: dict[str, Any] | None
+    timing: Timing | None
+
+
+def load_suite_result(
+    root: str | Path, suite: Suite | None, timings: Mapping[str, Timing]
+) -> SuiteLoaded | None:
+    """Read ``root/<suite out>/suite.json``; None when the manifest declares no suite."""
+    if suite is None:
+        return None
+    path = Path(root) / suite.out / "suite.json"
+    data = json.loads(path.read_text()) if path.is_file() else None
+    if data is not None and not isinstance(data.get("cells"), list):
+        msg = f"{path} has no list of cells."
+        raise ValueError(msg)
+    return SuiteLoaded(suite, data, timings.get(suite.out))
+
+
+def outcome(cell: Mapping[str, Any]) -> str:
+    """``"wins"``, ``"within"`` (worse, but within one sd of the baseline) or ``"loses"``."""
+    if "wins" in cell and "within_sd" in cell:
+        wins, within = bool(cell["wins"]), bool(cell["within_sd"])
+    else:
+        sign = 1.0 if cell.get("higher_is_better", True) else -1.0
+        margin = sign * (float(cell["model_mean"]) - float(cell["baseline_mean"]))
+        wins, within = margin > 0, margin >= -float(cell.get("baseline_sd") or 0.0)
+    return "wins" if wins else "within" if within else "loses"
+
+
+def _suite_metrics(data: Mapping[str, Any]) -> dict[str, bool]:
+    """Metrics of the matrix in order, with whether higher is better."""
+    declared = data.get("metrics") or {}
+    out: dict[str, bool] = {}
+    for cell in data["cells"]:
+        out.setdefault(cell["metric"], bool(cell.get("higher_is_better", True)))
+    order = [m for m in declared if m in out] + [m for m in out if m not in declared]
+    return {m: out[m] for m in order}
+
+
+@dataclass
+class _SuiteRow:
+    label: str
+    task: str
+    datasets: list[str]
+    #: the word for one member of a folded family ("world"), empty when not folded
+    member: str = ""
+
+
+def _suite_rows(data: Mapping[str, Any], fold: bool) -> list[_SuiteRow]:
+    """One row per task x dataset (runs first, then any cell's), families folded on request."""
+    pairs = [(r["task"], r["dataset"]) for r in data.get("runs") or []]
+    pairs += [(c["task"], c["dataset"]) for c in data["cells"]]
+    pairs = list(dict.fromkeys(pairs))
+    families: dict[tuple[str, str], list[str]] = {}
+    for task, dataset in pairs:
+        m = _FAMILY.match(dataset)
+        if m:
+            families.setdefault((task, m["stem"]), []).append(dataset)
+    rows: list[_SuiteRow] = []
+    folded: set[tuple[str, str]] = set()
+    for task, dataset in pairs:
+        m = _FAMILY.match(dataset)
+        members = families.get((task, m["stem"]), []) if m else []
+        if fold and m and len(members) > 1:
+            if (task, m["stem"]) in folded:
+                continue
+            folded.add((task, m["stem"]))
+            indices = sorted(int(d.rsplit("-", 1)[1]) for d in members)
+            word = m["stem"].rsplit("-", 1)[-1]
+            label = f"{task} · {m['stem']}-{indices[0]}…{indices[-1]} ({len(members)} {word}s)"
+            rows.append(_SuiteRow(label, task, members, member=word))
+        else:
+            rows.append(_SuiteRow(f"{task} · {dataset}", task, [dataset]))
+    return rows
+
+
+def suite_counts(data: Mapping[str, Any]) -> dict[str, int]:
+    """How many cells aivc's model wins, is within one sd in, and loses."""
+    counts = dict.fromkeys(_MARKS, 0)
+    for cell in data["cells"]:
+        counts[outcome(cell)] += 1
+    return counts
+
+
+def suite_table(data: Mapping[str, Any], fold: bool = False) -> list[str]:
+    """The win/loss matrix: a row per task x dataset (or family), a column per metric."""
+    metrics = _suite_metrics(data)
+    by_key = {(c["task"], c["dataset"], c["metric"]): c for c in data["cells"]}
+    decimals = {
+        m: _decimals(
+            max(
+                (
+                    abs(float(c[k]))
+                    for c in data["cells"]
+                    if c["metric"] == m
+                    for k in ("model_mean", "baseline_mean")
+                    if c.get(k) is not None and math.isfinite(c[k])
+                ),
+                default=0.0,
+            )
+        )
+        for m in metrics
+    }
+    head = [f"{m}{_ARROWS['higher' if up else 'lower']}" for m, up in metrics.items()]
+    lines = [
+        "| task · dataset | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    for row in _suite_rows(data, fold):
+        texts = []
+        for m in metrics:
+            cells = [by_key[k] for d in row.datasets if (k := (row.task, d, m)) in by_key]
+            if not cells:
+                texts.append("—")
+            elif row.member:
+                outcomes = [outcome(c) for c in cells]
+                text = f"{outcomes.count('wins')} of {len(cells)} {row.member}s won"
+                if within := outcomes.count("within"):
+                    text += f", {within} within sd"
+                texts.append(text)
+            else:
+                c = cells[0]
+                d = decimals[m]
+                texts.append(
+                    f"{num(c['model_mean'], d)} vs {num(c['baseline_mean'], d)} "
+                    f"{c['best_baseline']} {_MARKS[outcome(c)]} {p_value(c.get('sign_p'))}"
+                )
+        lines.append(f"| {row.label} | " + " | ".join(texts) + " |")
+    return lines
+
+
+def suite_section(loaded: SuiteLoaded | None, fold: bool = False) -> list[str]:
+    """The "Generalization suite" section (a "not run" line when ``suite.json`` is missing)."""
+    if loaded is None:
+        return []
+    suite = loaded.suite
+    lines = ["## Generalization suite", ""]
+    head = f"{suite.question} `{suite.command()}` — {_timing_text(loaded.timing)}"
+    data = loaded.data
+    if data is None:
+        t = loaded.timing
+        status = f"failed (exit {t.exit_code})" if t is not None and t.exit_code else "not run"
+        return [*lines, f"{head}. **{status}**: no {suite.out}/suite.json.", ""]
+    model = data.get("model", "aivc's model")
+    n = len(data["cells"])
+    c = suite_counts(data)
+    count = (
+        f"**{model} wins {c['wins']} of {n} cells, is within one sd of the best baseline in "
+        f"{c['within']} more and loses {c['loses']}.**"
+        if n
+        else "**No cell**: suite.json lists no comparison."
+    )
+    lines += [
+        f"{head}. {count} Each cell: {model} against the best baseline of that task, dataset and "
+        "metric, the baseline picked on the held-out results (which favours the baseline; peers "
+        "are not baselines); ✓ better, ≈ worse by no more than that baseline's sd over seeds (or "
+        "folds), ✗ worse by more; p: two-sided sign test over the held-out conditions, each "
+        f"averaged over seeds. Folders: `{SHOWN_ROOT}/{suite.out}/<task>/<dataset>/`.",
+        "",
+    ]
+    if n:
+        lines += [*suite_table(data, fold), ""]
+    return lines
+
+
+def _loss_text(c: Mapping[str, Any]) -> str:
+    d = _decimals(float(c["model_mean"]))
+    return (
+        f"{c['metric']} {mean_sd((c['model_mean'], c.get('model_sd') or 0.0), d)} against "
+        f"{c['best_baseline']} {mean_sd((c['baseline_mean'], c.get('baseline_sd') or 0.0), d)} "
+        f"({p_value(c.get('sign_p'))})"
+    )
+
+
+def suite_losses(loaded: SuiteLoaded | None, fold: bool = False) -> list[str]:
+    """Every cell of the suite that aivc's model loses, one line per row of the matrix."""
+    if loaded is None or loaded.data is None:
+        return []
+    by_pair: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for c in loaded.data["cells"]:
+        if outcome(c) == "loses":
+            by_pair.setdefault((c["task"], c["dataset"]), []).append(c)
+    out = []
+    for row in _suite_rows(loaded.data, fold):
+        parts = []
+        for dataset in row.datasets:
+            texts = [_loss_text(c) for c in by_pair.get((row.task, dataset), [])]
+            if texts:
+                lead = f"{dataset} " if row.member else ""
+                parts.append(lead + ", ".join(texts))
+        if parts:
+            out.append(f"- suite · {row.label}: {'; '.join(parts)}.")
+    return out
+
+
 # ----------------------------------------------------------------------------- the page
 @dataclass
 class Loaded:
@@ -675,12 +1167,15 @@ class Loaded:
 def load_results(
     root: str | Path, runs: Sequence[Run], timings: Mapping[str, Timing]
 ) -> list[Loaded]:
-    """Read ``root/<name>/results.json`` of every run; missing ones are kept with no result."""
+    """Read ``root/<name>/results.json`` of every run; missing ones are kept with no result.
+
+    A run's timing is its command's: the whole suite's for a part of the suite.
+    """
     out = []
     for run in runs:
         path = Path(root) / run.name / "results.json"
         result = json.loads(path.read_text()) if path.is_file() else None
-        item = Loaded(run, result, timings.get(run.name))
+        item = Loaded(run, result, timings.get(run.folder))
         if result is not None:
             item.blocks = blocks_of(run, result)
         out.append(item)
@@ -717,15 +1212,16 @@ def summaries(items: Sequence[Loaded]) -> list[Summary]:
     return rows
 
 
-def _machine(items: Sequence[Loaded]) -> str:
+def _machine(items: Sequence[Loaded], suite: SuiteLoaded | None = None) -> str:
     cpus, pythons, versions = set(), set(), set()
-    for item in items:
-        if item.result is None:
-            continue
-        m = item.result.get("machine") or {}
+    found = [item.result for item in items if item.result is not None]
+    if suite is not None and suite.data is not None:
+        found.append(suite.data)
+    for result in found:
+        m = result.get("machine") or {}
         cpus.add(m.get("cpus"))
         pythons.add(m.get("python"))
-        versions.add(m.get("aivc") or item.result.get("aivc") or item.result.get("aivc_version"))
+        versions.add(m.get("aivc") or result.get("aivc") or result.get("aivc_version"))
 
     def join(values: set[Any]) -> str:
         vals = sorted(str(v) for v in values if v is not None)
@@ -760,37 +1256,112 @@ def _rules_table(items: Sequence[Loaded]) -> list[str]:
     return lines
 
 
-def _losses(rows: Sequence[Summary]) -> list[str]:
+def _band_loss(r: Summary, rival: tuple[str, tuple[float, float]]) -> str:
+    rule = r.rule
+    assert rule is not None and r.ours is not None
+    band = rule.band_text
+    if r.verdict == "misses":
+        return (
+            f"- {r.label}: {rule.metric} {mean_sd(r.ours)} misses the {band} band, and so does "
+            f"the best alternative, {rival[0]} {mean_sd(rival[1])}."
+        )
+    if r.decided_by_band():
+        return (
+            f"- {r.label}: {rule.metric} {mean_sd(r.ours)} misses the {band} band; "
+            f"{rival[0]} {mean_sd(rival[1])} meets it."
+        )
+    return (
+        f"- {r.label}: both meet the {band} band ({rule.metric} {mean_sd(r.ours)} against "
+        f"{rival[0]} {mean_sd(rival[1])}), but aivc's {rule.then} is wider: "
+        f"{mean_sd(r.then[rule.ours])} against {mean_sd(r.then[rival[0]])}."
+    )
+
+
+def _losses(
+    rows: Sequence[Summary], suite: SuiteLoaded | None = None, fold: bool = False
+) -> list[str]:
     out = []
     for r in rows:
-        if r.verdict != "loses" or r.ours is None or r.rule is None:
+        if r.verdict not in ("loses", "misses") or r.ours is None or r.rule is None:
             continue
-        rival = r.peer if r.peer is not None and r.peer[0] == r.rival else r.baseline
-        assert rival is not None
-        worse = f"further from {r.rule.target:.2f}" if r.rule.better == "target" else "worse"
+        stat = r.rival_stat()
+        assert stat is not None
+        if r.rule.better == "band":
+            out.append(_band_loss(r, (r.rival, stat)))
+            continue
         out.append(
-            f"- {r.label}: {r.rule.metric} {mean_sd(r.ours)} against {rival[0]} "
-            f"{mean_sd(rival[1])}, {worse}{_gap(r)}."
+            f"- {r.label}: {r.rule.metric} {mean_sd(r.ours)} against {r.rival} "
+            f"{mean_sd(stat)}, worse{_gap(r)}."
         )
+    out += suite_losses(suite, fold)
     return out or ["- Nowhere on the headline metrics of this page."]
+
+
+def _zero_text(rows: Sequence[Summary]) -> str:
+    """Which baseline is the zero of the scaled column, from the results themselves."""
+    zeros: dict[str, list[str]] = {}
+    for r in rows:
+        if r.scaled is not None and r.zero:
+            zeros.setdefault(r.zero, []).append(r.label)
+    if not zeros:
+        return "z = the baseline named by the run's `baseline_for_scaling`"
+    common = max(zeros, key=lambda z: len(zeros[z]))
+    others = [f"{z} for {', '.join(labels)}" for z, labels in zeros.items() if z != common]
+    return f"z = {common}" + (f" (except {'; '.join(others)})" if others else "")
+
+
+def _legend(rows: Sequence[Summary]) -> str:
+    text = (
+        "aivc = aivc's own model of the task; baselines are simple reference methods, peers are "
+        "published models of other groups, both run in the same command. Verdict: aivc against "
+        "the best baseline or peer on the headline metric; a difference within the larger of the "
+        "two sds is a tie. replicate: the split-half replicate of the data (a ceiling); scaled: "
+        f"(aivc − z) / (replicate − z), {_zero_text(rows)}; 0 = as good as z, 1 = as good as a "
+        "repeat of the experiment. Wall ratio: aivc's fit+predict time over the best baseline's."
+    )
+    band = next((r.rule for r in rows if r.rule is not None and r.rule.better == "band"), None)
+    if band is not None:
+        text += (
+            f" Calibration: {band.metric} in {band.band_text} meets the target, outside it "
+            "misses; a model that meets it beats one that misses it, and among models that meet "
+            f"it the narrower {band.then} wins (width = {band.then}; de20 = coverage on each "
+            "condition's top-20 DE genes; deciles = lowest–highest coverage over the ten deciles "
+            "of the genes' variability)."
+        )
+    return text
 
 
 def _section(item: Loaded) -> list[str]:
     run = item.run
     lines = [f"### {run.name}", ""]
-    head = f"{run.question} `{run.command()}` — {_timing_text(item.timing)}"
+    what = "whole suite command" if run.out else "whole command"
+    head = f"{run.question} `{run.command()}` — {_timing_text(item.timing, what)}"
     if item.result is None:
         return [*lines, f"{head}. **{_status(item)}**: no results.json.", ""]
     split = _split_text(item.result)
     lines += [f"{head}. Split: {split}." if split else f"{head}.", ""]
-    lines += [*model_table(item.blocks), ""]
-    if any(b.folds for b in item.blocks):
-        lines += ["† run on the first seed's splits only; mean ± sd over those splits.", ""]
-    return lines
+    return [*lines, *model_table(item.blocks), ""]
 
 
-def render(items: Sequence[Loaded]) -> str:
-    """The whole page."""
+def render(
+    items: Sequence[Loaded], suite: SuiteLoaded | None = None, fold: bool | None = None
+) -> str:
+    """The whole page.
+
+    Parameters
+    ----------
+    items
+        The runs of the manifest with their results.
+    suite
+        The generalization suite with its matrix; None when the manifest has no suite.
+    fold
+        Fold the numbered datasets of one task (``sim-world-0`` … ``sim-world-4``) into one
+        row of the suite's matrix; by default only when the page would exceed
+        :data:`MAX_LINES` otherwise.
+    """
+    if fold is None:
+        text = render(items, suite, fold=False)
+        return text if text.count("\n") <= MAX_LINES else render(items, suite, fold=True)
     rows = summaries(items)
     lines = [
         "# Benchmarks",
@@ -800,29 +1371,25 @@ def render(items: Sequence[Loaded]) -> str:
         "models, baselines included, are scored in the same command on the same seeded splits "
         "(saved as `splits.json` beside `results.json`, [format](docs/results-format.md)); "
         "hyperparameters are chosen on training data only; values are mean ± sd over seeds "
-        f"(or folds, marked †). Machine: {_machine(items)}. "
+        "(†: run on the first seed's splits only, mean ± sd over those splits). "
+        f"Machine: {_machine(items, suite)}. "
         "`bash benchmarks/run_all.sh results` reruns every command, appends its wall time and "
-        "peak memory to `results/timings.txt` and rebuilds this page.",
+        "peak memory to `results/timings.txt` and rebuilds this page. Development history "
+        "(option sweeps, superseded runs, frontier studies): "
+        "[docs/benchmarks/history.md](docs/benchmarks/history.md).",
         "",
         *summary_table(rows),
         "",
-        "aivc = aivc's own model of the task; baselines are simple reference methods, peers are "
-        "published models of other groups, both run in the same command. Verdict: aivc against the "
-        "best baseline or peer on the headline metric; a difference within the larger of the two "
-        "sds is a tie. replicate: the split-half replicate of the data (a ceiling); scaled: "
-        "(aivc − train-mean) / (replicate − train-mean), 0 = baseline, 1 = as good as a repeat "
-        "of the experiment. Wall ratio: aivc's fit+predict time over the best baseline's.",
+        _legend(rows),
         "",
+        *suite_section(suite, fold),
         "## Where aivc loses",
         "",
-        *_losses(rows),
+        *_losses(rows, suite, fold),
         "",
         "## Models and headline metrics per task",
         "",
         *_rules_table(items),
-        "",
-        "Development history (option sweeps, superseded runs, frontier studies): "
-        "[docs/benchmarks/history.md](docs/benchmarks/history.md).",
         "",
         "## Runs",
         "",
@@ -859,18 +1426,20 @@ def make_page(
     Parameters
     ----------
     root
-        Results root holding ``<name>/results.json`` for the runs of ``manifest``.
+        Results root holding ``<name>/results.json`` for the runs of ``manifest`` and
+        ``<suite out>/suite.json`` for its suite.
     out
         Page to write.
     timings
         Lines of ``benchmarks/timed.py``; default ``root/timings.txt`` when present.
     manifest
-        The runs, in page order.
+        The runs, in page order, and the suite.
     """
-    runs = load_manifest(manifest)
+    runs, suite = _read_manifest(manifest)
     if timings is None:
         timings = Path(root) / "timings.txt"
-    text = render(load_results(root, runs, read_timings(timings)))
+    times = read_timings(timings)
+    text = render(load_results(root, runs, times), load_suite_result(root, suite, times))
     write_atomic(out, text)
     return text
 
@@ -883,12 +1452,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="BENCHMARKS.md", help="page to write")
     parser.add_argument("--manifest", default=str(MANIFEST), help="runs to report")
     parser.add_argument(
-        "--print-commands", action="store_true", help="print name<TAB>arguments per run and exit"
+        "--print-commands",
+        action="store_true",
+        help="print folder<TAB>arguments once per command and exit",
     )
     args = parser.parse_args(argv)
     if args.print_commands:
-        for run in load_manifest(args.manifest):
-            sys.stdout.write(f"{run.name}\t{run.args}\n")
+        for folder, arguments in commands(*_read_manifest(args.manifest)):
+            sys.stdout.write(f"{folder}\t{arguments}\n")
         return 0
     text = make_page(args.root, out=args.out, timings=args.timings, manifest=args.manifest)
     n = text.count("\n")

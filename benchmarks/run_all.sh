@@ -3,9 +3,11 @@
 #
 # Usage: AIVC_DATA_DIR=... bash benchmarks/run_all.sh [RESULTS_ROOT]
 #
-# Each run writes RESULTS_ROOT/<name>/ (results.json, results.md, stdout.log, stderr.log); the
-# wall time and peak memory of each whole command (benchmarks/timed.py) are appended to
-# RESULTS_ROOT/timings.txt, where a later line for a run replaces an earlier one on the page.
+# Each command runs once and writes RESULTS_ROOT/<folder>/ (results.json, results.md, stdout.log,
+# stderr.log); the generalization suite is one command that fills RESULTS_ROOT/suite/<task>/<dataset>/
+# for several runs of the manifest and writes RESULTS_ROOT/suite/suite.json. The wall time and peak
+# memory of each whole command (benchmarks/timed.py) are appended to RESULTS_ROOT/timings.txt under
+# its folder, where a later line replaces an earlier one on the page.
 # PYTHON and AIVC override the interpreter and the aivc command (default: the project's .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +17,7 @@ AIVC="${AIVC:-.venv/bin/aivc}"
 mkdir -p "$ROOT"
 mapfile -t RUNS < <("$PYTHON" benchmarks/make_page.py "$ROOT" --print-commands)
 for line in "${RUNS[@]}"; do
-    name="${line%%$'\t'*}"
+    name="${line%%$'\t'*}"  # the folder the command writes
     read -r -a args <<< "${line#*$'\t'}"
     mkdir -p "$ROOT/$name"
     echo "== $name: aivc benchmark ${args[*]}" >&2
