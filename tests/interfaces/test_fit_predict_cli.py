@@ -393,3 +393,42 @@ def test_contexts_and_models_without_intervals(tmp_path):
     assert set(pred.uns["aivc"]["de"]["condition"]) == {f"{target}{CONDITION_SEP}type1"}
     assert "delta_lower" not in pred.uns["aivc"]  # train-mean gives no intervals
     assert "interval_call" not in pred.uns["aivc"]["de"].columns
+
+
+def test_predict_logfoldchange_is_bounded_for_genes_at_zero_in_controls(model_dir, tmp_path):
+    # scanpy's logfoldchange is log2 of a ratio against 1e-9 there: 20-30 for any expression
+    md = load_model_dir(model_dir)
+    delta = md.model.predict_delta(["GENE001"])[0]
+    gene = int(np.argmax(delta))
+    assert delta[gene] > 0.05  # the predicted cells express the gene the controls lack
+    ctrl = md.controls.copy()
+    x = ctrl.X.toarray()
+    x[:, gene] = 0.0
+    ctrl.X = x
+    assert x.max() < 14  # log-normalised, used as is
+    ctrl.write_h5ad(tmp_path / "ctrl.h5ad")
+    out = tmp_path / "pred.h5ad"
+    args = ["predict", str(model_dir), "--perturbations", "GENE001", "--n-cells", "30"]
+    result = runner.invoke(
+        app, [*args, "--control", str(tmp_path / "ctrl.h5ad"), "--out", str(out)]
+    )
+    assert result.exit_code == 0, _output(result)
+    pred = ad.read_h5ad(out)
+    de = pred.uns["aivc"]["de"].set_index("gene")
+    labels = pred.obs["perturbation"].astype(str).to_numpy()
+    xp = pred.X.toarray() if hasattr(pred.X, "toarray") else np.asarray(pred.X)
+    mean_change = xp[labels == "GENE001"].mean(axis=0) - xp[labels == "control"].mean(axis=0)
+    name = md.genes[gene]
+    assert xp[labels == "control", gene].max() == 0
+    assert 0 < de.loc[name, "logfoldchange"] < 5
+    # every gene: the difference of mean log-normalised expression
+    gpos = {g: i for i, g in enumerate(md.genes)}
+    assert_allclose(
+        de["logfoldchange"].to_numpy(),
+        mean_change[de.index.map(gpos).to_numpy()],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # the call keeps its rule: significant and in the direction of the change
+    called = de[de["call"] != "ns"]
+    assert (np.sign(called["logfoldchange"]) == np.where(called["call"] == "up", 1, -1)).all()

@@ -661,10 +661,21 @@ def predict_model_dir(
     - ``de``: DataFrame of Wilcoxon DE of the predicted cells against the
       predicted controls (``condition``, ``gene``, ``score``, ``logfoldchange``,
       ``pvals_adj``, ``call`` in up/down/ns at adjusted p < 0.05, and
-      ``interval_call``: up/down when the interval excludes 0);
+      ``interval_call``: up/down when the interval excludes 0).
+      ``logfoldchange`` is the difference of mean log-normalised expression
+      (natural log, ``log1p`` scale) between the condition's predicted cells
+      and the control cells of its context, so a gene at zero in the controls
+      gets a bounded value (its mean log-expression in the predicted cells)
+      rather than the ratio against a pseudocount of 1e-9 that scanpy reports;
+      its sign, and so ``call``, is that of scanpy's fold change;
     - ``model_dir``: the manifest's instrument, class, training data and hash.
     """
-    from aivc.data._preprocess import CONDITION_SEP, differential_expression, dose_label
+    from aivc.data._preprocess import (
+        CONDITION_SEP,
+        differential_expression,
+        dose_label,
+        pseudobulk,
+    )
 
     md = load_model_dir(path)
     model, schema = md.model, md.schema
@@ -696,18 +707,24 @@ def predict_model_dir(
     else:
         lower = upper = None
     de = differential_expression(pred, schema, seed=seed)
+    means, _ = pseudobulk(pred, schema)
     conds = list(uns["conditions"])
     gpos = {g: i for i, g in enumerate(md.genes)}
     frames = []
     ctx_list = [ctx] * len(perts)
     for i, c in enumerate(conds):
         key = dose_label(perts[i], 0.0 if doses is None else doses[i])
+        ctrl_key = schema.control_label
         if ctx_list[i] is not None and schema.context_key is not None:
             key = key + CONDITION_SEP + str(ctx_list[i])
+            ctrl_key = ctrl_key + CONDITION_SEP + str(ctx_list[i])
         if key not in de:
             continue
         t = de[key].rename_axis("gene").reset_index()
         t.insert(0, "condition", c)
+        # scanpy's log2 ratio of expm1 means reaches 20-30 for genes at zero in the controls
+        change = means.loc[key] - means.loc[ctrl_key]
+        t["logfoldchange"] = change.reindex(t["gene"]).to_numpy(dtype=float)
         sig = t["pvals_adj"].to_numpy() < 0.05
         lfc = t["logfoldchange"].to_numpy()
         t["call"] = np.where(sig & (lfc > 0), "up", np.where(sig & (lfc < 0), "down", "ns"))
