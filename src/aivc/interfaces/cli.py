@@ -212,9 +212,10 @@ def benchmark(
 def simulate(
     cells: Annotated[int, typer.Option("--cells", help="Number of cells.")] = 10_000,
     genes: Annotated[int, typer.Option("--genes", help="Number of genes.")] = 1000,
-    out: Annotated[Path, typer.Option("--out", help="Output .h5ad or .zarr file.")] = Path(
-        "simulation.h5ad"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Output .h5ad file (or .zarr store) in an existing folder."),
+    ] = Path("simulation.h5ad"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     cell_types: Annotated[int, typer.Option("--cell-types", help="Number of cell types.")] = 2,
     batches: Annotated[int, typer.Option("--batches", help="Number of batches.")] = 3,
@@ -228,6 +229,16 @@ def simulate(
     the data as <name>.truth.npz; the measured file carries none of it.
     """
     _setup(verbosity, None)
+    if out.suffix not in (".h5ad", ".zarr"):
+        _fail(
+            f"--out must name an .h5ad file (or a .zarr store); got {str(out)!r}. "
+            f"Use e.g. --out {out.with_suffix('.h5ad')}."
+        )
+    if not out.parent.is_dir():
+        _fail(
+            f"The folder {str(out.parent)!r} of --out does not exist; create it first "
+            f"(mkdir -p {out.parent}) or write elsewhere."
+        )
     from aivc.sim import write_simulation
 
     try:
@@ -240,7 +251,7 @@ def simulate(
             n_batches=batches,
             modality=modality,
         )
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(
         f"wrote {files.data} ({files.n_cells} cells x {files.n_genes} genes, {files.n_conditions} conditions, "
@@ -254,31 +265,50 @@ def datasets_list(data_dir: DataDir = None) -> None:
 
     ``local`` says whether the data directory holds the dataset; ``embedded``
     whether a copy ships inside aivc (used when the data directory has none).
+    On a terminal this is a table; otherwise (a pipe or a file) one line per
+    dataset with the columns separated by tabs, after a header line, nothing
+    shortened.
     """
     _setup("warning", data_dir)
-    from rich.console import Console
-    from rich.table import Table
-
     from aivc._settings import settings
     from aivc.data import list_datasets
     from aivc.data._registry import embedded_path
 
-    t = Table(
-        title="aivc datasets",
-        caption=f"data directory: {settings.data_dir}; embedded datasets load without it",
-    )
-    for c in ("name", "kind", "local", "embedded", "download", "description"):
-        t.add_column(c)
-    for e in list_datasets():
-        t.add_row(
+    columns = ("name", "kind", "local", "embedded", "download", "description")
+    rows = [
+        (
             e.name,
             e.kind,
             "yes" if e.path().exists() else "no",
             "yes" if embedded_path(e.name) is not None else "-",
             "yes" if e.remote else "-",
-            e.description,
+            " ".join(e.description.split()),
         )
+        for e in list_datasets()
+    ]
+    if not _stdout_is_terminal():
+        for row in (columns, *rows):
+            typer.echo("\t".join(row))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(
+        title="aivc datasets",
+        caption=f"data directory: {settings.data_dir}; embedded datasets load without it",
+    )
+    for c in columns:
+        t.add_column(c)
+    for row in rows:
+        t.add_row(*row)
     Console().print(t)
+
+
+def _stdout_is_terminal() -> bool:
+    """Whether standard output is a terminal (tables for people, plain lines for pipes)."""
+    import sys
+
+    return sys.stdout.isatty()
 
 
 @datasets_app.command("download")
