@@ -57,6 +57,7 @@ def _results(tmp_path: Path) -> Path:
 
 
 def test_results_report(tmp_path: Path) -> None:
+    (tmp_path / "r").mkdir()
     out = write_report(_results(tmp_path), tmp_path / "r" / "report.html")
     page = out.read_text()
     assert _self_contained(page)
@@ -136,3 +137,41 @@ def test_report_cli_errors(tmp_path: Path) -> None:
     bad.write_bytes(b"not hdf5")
     r = CliRunner().invoke(app, ["report", str(bad), "--out", str(tmp_path / "x.html")])
     assert r.exit_code == 2 and not (tmp_path / "x.html").exists()
+
+
+def test_report_out_needs_an_existing_folder_and_an_html_name(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aivc.interfaces.cli import app
+
+    results = _results(tmp_path)
+    missing = tmp_path / "nonexistent" / "r.html"
+    r = CliRunner().invoke(app, ["report", str(results), "--out", str(missing)])
+    assert r.exit_code == 2
+    assert f"The folder {str(missing.parent)!r} of the report does not exist" in r.output
+    assert f"mkdir -p {missing.parent}" in r.output
+    assert not missing.parent.exists()
+    r = CliRunner().invoke(app, ["report", str(results), "--out", str(tmp_path / "r.csv")])
+    assert r.exit_code == 2 and "must end in .html" in r.output
+    assert not (tmp_path / "r.csv").exists()
+    with pytest.raises(FileNotFoundError, match=r"does not exist; create it first"):
+        write_report(results, missing)
+
+
+def test_report_pca_has_axis_titles_with_explained_variance(tmp_path: Path, synthetic) -> None:
+    from sklearn.decomposition import PCA
+
+    from aivc.data import prepare
+    from aivc.instruments import make_instrument
+
+    adata, schema = synthetic
+    prepared, pschema = prepare(adata, schema)
+    model = make_instrument("additive").fit(prepared, pschema)
+    pred = model.predict(["GENE000", "GENE001"], control=prepared, n_cells=20)
+    assert not any(str(k).startswith("X_") for k in pred.obsm)
+    pred.write_h5ad(tmp_path / "pred.h5ad")
+    page = write_report(tmp_path / "pred.h5ad", tmp_path / "pred.html").read_text()
+    x = pred.X.toarray() if hasattr(pred.X, "toarray") else np.asarray(pred.X)
+    ratios = PCA(n_components=2, random_state=0).fit(x).explained_variance_ratio_
+    for i, ratio in enumerate(ratios):
+        assert f'"title":{{"text":"PC{i + 1} ({ratio:.1%} of variance)"}}' in page

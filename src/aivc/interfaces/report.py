@@ -55,11 +55,21 @@ def write_report(
         A results directory (holding ``results.json``), a ``results.json`` file,
         or a predictions ``.h5ad``.
     out
-        The HTML file to write (atomically: a temporary file, then a rename).
+        The HTML file to write (atomically: a temporary file, then a rename);
+        its name must end in ``.html`` and its folder must exist (it is checked
+        before any work, and no folder is created).
     observed
         For predictions: measured cells to compare with, as a registered
         dataset name or an ``.h5ad`` path (raw counts and the model's schema).
+
+    Raises
+    ------
+    ValueError
+        ``out`` does not end in ``.html``, or ``source`` is of no known kind.
+    FileNotFoundError
+        The folder of ``out``, or ``source``, does not exist.
     """
+    out = _check_out(Path(out))
     source = Path(source)
     if source.is_dir():
         results = source / "results.json"
@@ -79,6 +89,23 @@ def write_report(
         raise ValueError(msg)
     page = _page(title, sections, source)
     return write_text_atomic(out, page)
+
+
+def _check_out(out: Path) -> Path:
+    """``out`` when it names an ``.html`` file in an existing folder; a clear error otherwise."""
+    if out.suffix.lower() not in (".html", ".htm"):
+        msg = (
+            f"The report is an HTML page; its file name must end in .html. Got {str(out)!r} "
+            f"instead; use e.g. {str(out.with_suffix('.html'))!r}."
+        )
+        raise ValueError(msg)
+    if not out.parent.is_dir():
+        msg = (
+            f"The folder {str(out.parent)!r} of the report does not exist; create it first "
+            f"(mkdir -p {out.parent}) or write the report elsewhere."
+        )
+        raise FileNotFoundError(msg)
+    return out
 
 
 # ----------------------------------------------------------------------------- page
@@ -532,14 +559,20 @@ def _embedding(pred: AnnData, schema: Any) -> str:
         key = keys[0]
         xy = np.asarray(pred.obsm[key])[:, :2]
         method = f"obsm['{key}']"
+        axes = [f"{str(key).removeprefix('X_')} {i}" for i in (1, 2)]
     else:
         from sklearn.decomposition import PCA
 
         x = pred.X.toarray() if hasattr(pred.X, "toarray") else np.asarray(pred.X)
         if x.shape[0] < 3:
             return "<p class='note'>Too few cells for an embedding.</p>"
-        xy = PCA(n_components=2, random_state=0).fit_transform(x)
+        pca = PCA(n_components=2, random_state=0)
+        xy = pca.fit_transform(x)
         method = "PCA of the predicted and control cells"
+        axes = [
+            f"PC{i + 1} ({ratio:.1%} of variance)"
+            for i, ratio in enumerate(pca.explained_variance_ratio_)
+        ]
     labels = pred.obs[schema.perturbation_key].astype(str).to_numpy()
     fig = go.Figure()
     for i, lab in enumerate(pd.unique(labels)):
@@ -557,5 +590,10 @@ def _embedding(pred: AnnData, schema: Any) -> str:
                 },
             )
         )
-    fig.update_layout(title=f"cells: {method}", height=480)
+    fig.update_layout(
+        title=f"cells: {method}",
+        xaxis={"title": axes[0]},
+        yaxis={"title": axes[1]},
+        height=480,
+    )
     return _fig_html(fig)
