@@ -112,3 +112,32 @@ def test_leave_one_context_out_and_json(tmp_path):
     assert [s.test_contexts for s in splits] == [("a",), ("b",), ("c",)]
     save_splits(splits, tmp_path / "s.json")
     assert load_splits(tmp_path / "s.json") == splits
+
+
+def test_prepare_says_x_is_rebuilt_from_the_counts_layer(synthetic, caplog):
+    from dataclasses import replace
+
+    adata, schema = synthetic
+    expected, _ = prepare(adata, schema)
+    shipped = adata.copy()
+    shipped.layers["counts"] = shipped.X.copy()
+    shipped.X = sp.csr_matrix(np.log1p(shipped.X.toarray()))  # log1p without library sizes
+    caplog.set_level("INFO", logger="aivc.data")
+    out, _ = prepare(shipped, replace(schema, counts_layer="counts"))
+    # the numbers are those of the counts, as before
+    assert_allclose(out.X.toarray(), expected.X.toarray())
+    diff = float(np.abs(shipped.X.toarray() - expected.X.toarray()).max())  # < 1000 cells: all
+    assert diff > 1
+    said = [r for r in caplog.records if r.name == "aivc.data._preprocess"]
+    assert len(said) == 1 and said[0].levelname == "INFO"
+    assert "X is rebuilt from layers['counts']" in said[0].getMessage()
+    assert f"differs from it by up to {diff:.3g}" in said[0].getMessage()
+    record = out.uns["aivc"]["preprocessing"]
+    assert record["x_rebuilt_from"] == "layers['counts']"
+    assert record["shipped_x_cells_compared"] == adata.n_obs
+    assert_allclose(record["shipped_x_max_abs_diff"], diff, rtol=1e-6)
+    # counts in X: nothing is replaced, nothing said
+    caplog.clear()
+    plain, _ = prepare(adata, schema)
+    assert "x_rebuilt_from" not in plain.uns["aivc"]["preprocessing"]
+    assert not [r for r in caplog.records if r.name == "aivc.data._preprocess"]

@@ -160,12 +160,23 @@ def prepare(
     that describes it (``counts_layer="counts"``). The input is not modified.
 
     Writes ``uns["aivc"]`` with ``schema`` and ``preprocessing`` (the target
-    sum) in the returned object.
+    sum) in the returned object. When the schema names a counts layer and the
+    input's ``X`` holds something else (e.g. values normalised another way),
+    ``X`` is rebuilt from the counts: this is logged with the largest absolute
+    difference from the input's ``X`` on a sample of cells, and recorded in
+    ``preprocessing`` as ``x_rebuilt_from`` (the layer),
+    ``shipped_x_max_abs_diff`` and ``shipped_x_cells_compared``.
     """
     if validate_input:
         validate(adata, schema, known_genes=known_genes)
     counts = sp.csr_matrix(get_counts(adata, schema), dtype=np.float32)
     x, used = log_normalize(counts, target_sum=target_sum)
+    preprocessing: dict[str, object] = {
+        "normalisation": "library size + log1p",
+        "target_sum": used,
+    }
+    if schema.counts_layer is not None:
+        preprocessing.update(_shipped_x_comparison(adata.X, x, schema.counts_layer))
     import anndata as ad
 
     obs = adata.obs.copy()
@@ -174,11 +185,44 @@ def prepare(
             obs[key] = obs[key].cat.remove_unused_categories()
     out = ad.AnnData(X=x, obs=obs, var=adata.var.copy(), layers={"counts": counts})
     new_schema = replace(schema, counts_layer="counts")
-    out.uns["aivc"] = {
-        "schema": new_schema.to_dict(),
-        "preprocessing": {"normalisation": "library size + log1p", "target_sum": used},
-    }
+    out.uns["aivc"] = {"schema": new_schema.to_dict(), "preprocessing": preprocessing}
     return out, new_schema
+
+
+#: Cells of the input's ``X`` compared with the rebuilt one (evenly spaced rows).
+_X_SAMPLE_CELLS = 1000
+
+
+def _shipped_x_comparison(shipped: object, rebuilt: sp.csr_matrix, layer: str) -> dict[str, object]:
+    """How far the input's non-count ``X`` is from the ``X`` rebuilt from ``layers[layer]``.
+
+    Returns the entries recorded in ``uns["aivc"]["preprocessing"]`` (none when
+    the input has no ``X`` or its ``X`` holds counts) and logs the difference.
+    """
+    if shipped is None or getattr(shipped, "shape", None) != rebuilt.shape or not rebuilt.shape[0]:
+        return {}
+    rows = np.unique(np.linspace(0, rebuilt.shape[0] - 1, _X_SAMPLE_CELLS).astype(int))
+    block = shipped[rows]  # type: ignore[index]
+    given = block.toarray() if sp.issparse(block) else np.asarray(block)
+    given = np.asarray(given, dtype=np.float64)
+    if np.array_equal(given, np.round(given)):
+        return {}  # X holds counts too: nothing of the input is replaced
+    diff = float(np.max(np.abs(given - rebuilt[rows].toarray())))
+    # an X that already is this normalisation (data prepared before) is no news
+    level = logging.INFO if diff > 1e-3 else logging.DEBUG
+    logger.log(
+        level,
+        "X is rebuilt from layers[%r] (library size + log1p); the X the data came with differs "
+        "from it by up to %.3g (largest absolute difference over %d cells), and is not used.",
+        layer,
+        diff,
+        len(rows),
+    )
+    return {
+        "x_rebuilt_from": f"layers[{layer!r}]",
+        "shipped_x_max_abs_diff": diff,
+        "shipped_x_cells_compared": len(rows),
+    }
 
 
 def highly_variable_genes(

@@ -6,6 +6,7 @@ was expected, what was received and what to do next.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 __all__ = [
+    "COUNT_TOLERANCE",
     "DataValidationError",
     "check_gene_panel",
     "check_perturbation_labels",
@@ -29,7 +31,13 @@ __all__ = [
     "validate",
 ]
 
+logger = logging.getLogger(__name__)
+
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+#: Largest distance from an integer at which a stored count is read as that
+#: integer (float noise from a conversion or a sum); :func:`get_counts` rounds it.
+COUNT_TOLERANCE = 1e-4
 
 
 class DataValidationError(ValueError):
@@ -50,7 +58,19 @@ def _matrix_values(m: object) -> np.ndarray:
 
 
 def get_counts(adata: AnnData, schema: PerturbationSchema) -> object:
-    """The raw-count matrix named by ``schema.counts_layer`` (``X`` when None)."""
+    """The raw-count matrix named by ``schema.counts_layer`` (``X`` when None).
+
+    Counts stored as floats with noise (every value within
+    :data:`COUNT_TOLERANCE` of an integer, some not exactly) are returned
+    rounded to the nearest integer, in a copy, and a line is logged; any other
+    matrix is returned as stored.
+    """
+    where = "adata.X" if schema.counts_layer is None else f"adata.layers[{schema.counts_layer!r}]"
+    return _round_count_noise(_stored_counts(adata, schema), where)
+
+
+def _stored_counts(adata: AnnData, schema: PerturbationSchema) -> object:
+    """The matrix named by ``schema.counts_layer`` as stored, with a clear error when missing."""
     if schema.counts_layer is None:
         return adata.X
     if schema.counts_layer not in adata.layers:
@@ -61,6 +81,36 @@ def get_counts(adata: AnnData, schema: PerturbationSchema) -> object:
         )
         raise DataValidationError(msg)
     return adata.layers[schema.counts_layer]
+
+
+def _round_count_noise(m: object, where: str) -> object:
+    """``m`` with float noise around integer counts rounded away (a copy), else ``m`` itself."""
+    if sp.issparse(m):
+        values = np.asarray(m.data)  # type: ignore[union-attr]
+    elif isinstance(m, np.ndarray):
+        values = m
+    else:  # a backed or lazy matrix is read as stored
+        return m
+    if not np.issubdtype(values.dtype, np.floating) or values.size == 0:
+        return m
+    rounded = np.round(values)
+    offset = np.abs(values - rounded)
+    largest = float(np.max(offset, initial=0.0))
+    if not np.isfinite(largest) or largest == 0 or largest > COUNT_TOLERANCE:
+        return m  # integers already, or not counts (validation says so where it is asked)
+    logger.info(
+        "%s holds counts with float noise: %d values are within %g of an integer (up to %.2g "
+        "away) and were rounded to it.",
+        where,
+        int(np.count_nonzero(offset)),
+        COUNT_TOLERANCE,
+        largest,
+    )
+    if sp.issparse(m):
+        out = m.copy()  # type: ignore[union-attr]
+        out.data = rounded.astype(values.dtype, copy=False)
+        return out
+    return rounded.astype(values.dtype, copy=False)
 
 
 def _check_finite(m: object, where: str) -> None:
@@ -94,14 +144,16 @@ def _check_counts(m: object, where: str) -> None:
         )
         raise DataValidationError(msg)
     if np.issubdtype(values.dtype, np.floating):
+        # counts within COUNT_TOLERANCE of an integer are float noise, rounded by get_counts
         frac = np.abs(values - np.round(values))
-        n_frac = int((frac > 1e-6).sum())
+        n_frac = int((frac > COUNT_TOLERANCE).sum())
         if n_frac:
-            example = values[frac > 1e-6][0]
+            example = values[frac > COUNT_TOLERANCE][0]
             msg = (
                 f"{where} must hold raw counts (non-negative integers), but {n_frac} values are not "
-                f"integers (e.g. {example:g}). It looks normalised or log-transformed; point the "
-                "schema's counts_layer at the raw counts."
+                f"integers (e.g. {example:.8g}, more than {COUNT_TOLERANCE:g} from the nearest one). "
+                "It looks normalised or log-transformed; point the schema's counts_layer at the "
+                "raw counts."
             )
             raise DataValidationError(msg)
 
@@ -297,7 +349,7 @@ def validate(
         where = (
             "adata.X" if schema.counts_layer is None else f"adata.layers[{schema.counts_layer!r}]"
         )
-        _check_counts(get_counts(adata, schema), where)
+        _check_counts(_stored_counts(adata, schema), where)
 
 
 def read_h5ad(path: str | Path, *, backed: bool = False) -> AnnData:
