@@ -432,3 +432,56 @@ def test_predict_logfoldchange_is_bounded_for_genes_at_zero_in_controls(model_di
     # the call keeps its rule: significant and in the direction of the change
     called = de[de["call"] != "ns"]
     assert (np.sign(called["logfoldchange"]) == np.where(called["call"] == "up", 1, -1)).all()
+
+
+def test_fit_shows_progress_instead_of_silence(tiny, tmp_path, caplog):
+    caplog.set_level("INFO", logger="aivc")
+    out = tmp_path / "m"
+    result = runner.invoke(app, ["fit", "--data", str(tiny), *FIT_ARGS, "--out", str(out)])
+    assert result.exit_code == 0, _output(result)
+    said = [r.getMessage() for r in caplog.records if r.name == "aivc.interfaces.cli"]
+    assert said[0].startswith("Fitting conformal on ") and "loading, preparing, fitting" in said[0]
+    assert said[-1].startswith("done fitting conformal on ")
+    caplog.clear()
+    pred = tmp_path / "p.h5ad"
+    args = ["predict", str(out), "--perturbations", "GENE001", "--n-cells", "5"]
+    result = runner.invoke(app, [*args, "--out", str(pred)])
+    assert result.exit_code == 0, _output(result)
+    said = [r.getMessage() for r in caplog.records if r.name == "aivc.interfaces.cli"]
+    assert said[0].startswith("Predicting 1 perturbation(s) with ")
+    assert said[-1].startswith("done predicting")
+
+
+def test_working_says_a_long_step_is_still_running(caplog):
+    import time
+
+    from aivc.interfaces._cli_common import working
+
+    caplog.set_level("INFO", logger="aivc")
+    with working("fitting a slow model", every=0.02):
+        time.sleep(0.15)
+    said = [r.getMessage() for r in caplog.records if r.name == "aivc.interfaces.cli"]
+    assert said[0] == "Fitting a slow model ..."
+    assert any(m.startswith("still fitting a slow model (") for m in said[1:-1])
+    assert said[-1].startswith("done fitting a slow model in ")
+
+
+def test_param_of_wrong_type_names_the_parameter_and_its_type(tiny, tmp_path):
+    args = ["fit", "--data", str(tiny), "--perturbation-key", "perturbation"]
+    args += ["--control-label", "control", "--model", "linear", "--out", str(tmp_path / "x")]
+    result = runner.invoke(app, [*args, "--param", "ridge=abc"])
+    out = _output(result)
+    assert result.exit_code == 2
+    assert "'ridge' parameter of 'linear' must be a number or null" in out
+    assert "LinearModel" in out and "ridge=abc" in out
+    assert not (tmp_path / "x").exists()
+    result = runner.invoke(app, [*args, "--param", "n_components=2.5"])
+    assert result.exit_code == 2
+    assert "'n_components' parameter of 'linear' must be an integer" in _output(result)
+    from aivc.interfaces._cli_models import check_param_types
+
+    # a text parameter keeps the text even where it reads as JSON; a fitting value passes
+    params = {"perturbation_embedding": 5, "ridge": 1, "n_components": 3}
+    raw = {"perturbation_embedding": "5", "ridge": "1", "n_components": "3"}
+    checked = check_param_types("linear", params, raw)
+    assert checked == {"perturbation_embedding": "5", "ridge": 1, "n_components": 3}

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +25,8 @@ DataFile = Annotated[
 ]
 Verbosity = Annotated[str, typer.Option("--verbosity", "-v", help="debug, info, warning or error.")]
 
+logger = logging.getLogger("aivc.interfaces.cli")
+
 
 def setup(verbosity: str, data_dir: Path | None) -> None:
     """Apply the common options: log level and data folder."""
@@ -35,3 +42,38 @@ def fail(message: str) -> None:
     """Print ``message`` as an error and exit with status 2."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+@contextmanager
+def working(what: str, *, steps: str | None = None, every: float = 10.0) -> Iterator[None]:
+    """Say at INFO what a long step does: when it starts, every ``every`` seconds, and when done.
+
+    Commands wrap work that runs for seconds to minutes without a loop to put
+    a progress bar on (loading, fitting, writing), so the terminal never sits
+    silent; ``--verbosity warning`` hides it.
+
+    Parameters
+    ----------
+    what
+        The step, as a phrase in the progressive ("fitting aivc-perturb on papalexi2021").
+    steps
+        What the step goes through, said once at the start ("loading, preparing, fitting").
+    every
+        Seconds between the lines that say the step is still running.
+    """
+    logger.info("%s%s%s ...", what[:1].upper(), what[1:], f": {steps}" if steps else "")
+    start = time.perf_counter()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(every):
+            logger.info("still %s (%.0f s)", what, time.perf_counter() - start)
+
+    thread = threading.Thread(target=beat, name="aivc-working", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+    logger.info("done %s in %.1f s", what, time.perf_counter() - start)

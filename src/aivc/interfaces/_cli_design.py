@@ -10,7 +10,9 @@ from typing import Annotated
 
 import typer
 
+from aivc.interfaces._cli_common import Verbosity, working
 from aivc.interfaces._cli_common import fail as _fail
+from aivc.interfaces._cli_common import setup as _setup
 
 ModelDir = Annotated[Path, typer.Argument(help="A saved model directory (aivc fit).")]
 
@@ -74,25 +76,32 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Comma-separated doses (manipulators with doses).")
         ] = None,
         level: Annotated[float, typer.Option(help="Interval level.")] = 0.9,
+        verbosity: Verbosity = "info",
     ) -> None:
         """Inverse design: perturbations predicted to move a start state closest to a target."""
+        _setup(verbosity, None)
         from aivc.data import DataValidationError
         from aivc.experiments._design import inverse_design
         from aivc.instruments import PerturbationModel
 
         try:
-            model = PerturbationModel.load(model_dir)
-            result = inverse_design(
-                model,
-                target=_cells(target, target_obs, "target"),
-                start=None if start is None else _cells(start, start_obs, "start"),
-                context=context,
-                candidates=_list(candidates),
-                pairs=pairs,
-                top_singles=top_singles,
-                doses=None if doses is None else [float(d) for d in doses.split(",")],
-                level=level,
-            )
+            with working(f"loading {model_dir} and the target and start cells"):
+                model = PerturbationModel.load(model_dir)
+                target_cells = _cells(target, target_obs, "target")
+                start_cells = None if start is None else _cells(start, start_obs, "start")
+            steps = "scoring singles" + (", then pairs of the best" if pairs else "")
+            with working("searching the designs", steps=steps):
+                result = inverse_design(
+                    model,
+                    target=target_cells,
+                    start=start_cells,
+                    context=context,
+                    candidates=_list(candidates),
+                    pairs=pairs,
+                    top_singles=top_singles,
+                    doses=None if doses is None else [float(d) for d in doses.split(",")],
+                    level=level,
+                )
         except (FileNotFoundError, ValueError, KeyError, DataValidationError) as e:
             _fail(str(e))
         from aivc._io import write_csv_atomic

@@ -5,14 +5,109 @@ Imported by :mod:`aivc.interfaces.cli`; heavy libraries are imported inside each
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from aivc.interfaces._cli_common import DataFile, DatasetName, ModelOut
+from aivc.interfaces._cli_common import DataFile, DatasetName, ModelOut, working
 from aivc.interfaces._cli_common import fail as _fail
 from aivc.interfaces._cli_common import setup as _setup
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` (parsed from JSON or kept as text) fits a constructor's type hint."""
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is None or annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin is not None:
+        annotation = origin
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True  # a hint this check does not read: the constructor decides
+
+
+def _type_words(annotation: Any) -> str:
+    """A type hint in the words of the command line (``a number or null``)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_type_words(a) for a in typing.get_args(annotation)))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(annotation)))
+    words = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "text",
+        type(None): "null",
+        None: "null",
+        dict: "a JSON object",
+        list: "a JSON list",
+    }
+    return words.get(origin or annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def check_param_types(model: str, params: dict[str, Any], raw: dict[str, str]) -> dict[str, Any]:
+    """Check ``--param`` values against the type hints of the model's constructor.
+
+    A text parameter given a value that parsed as JSON (``--param name=123``)
+    keeps its text. Parameters the model does not have are left for the fit to
+    report.
+
+    Parameters
+    ----------
+    model
+        Registered instrument name.
+    params
+        Name -> value parsed by :func:`~aivc.instruments._model_dir.parse_param`.
+    raw
+        Name -> the text given on the command line.
+
+    Returns
+    -------
+    The parameters, with text restored where a text parameter expects it.
+
+    Raises
+    ------
+    ValueError
+        A value does not fit its parameter's type; the message names both.
+    """
+    from aivc.instruments._registry import get_instrument_class
+
+    cls = get_instrument_class(model)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except (NameError, TypeError):  # hints that do not resolve are not checked
+        return params
+    out = dict(params)
+    for name, value in params.items():
+        if name not in hints or _accepts(hints[name], value):
+            continue
+        if _accepts(hints[name], raw[name]):
+            out[name] = raw[name]
+            continue
+        msg = (
+            f"The {name!r} parameter of {model!r} must be {_type_words(hints[name])} "
+            f"({cls.__name__}'s signature). Got {raw[name]!r} in --param {name}={raw[name]} instead."
+        )
+        raise ValueError(msg)
+    return out
 
 
 def fit(
@@ -101,17 +196,23 @@ def fit(
         elif dataset is not None and keys_given:
             _fail("--dataset uses the dataset's registered schema; drop the column options.")
         params = dict(parse_param(p) for p in (param or []))
-        path = fit_model_dir(
-            out,
-            model=model,
-            dataset=dataset,
-            data=data,
-            schema=schema,
-            params=params,
-            seed=seed,
-            n_top_genes=n_top_genes,
-            overwrite=overwrite,
-        )
+        raw = {k.strip(): v for k, _, v in (p.partition("=") for p in (param or []))}
+        params = check_param_types(model, params, raw)
+        source = dataset if dataset is not None else str(data)
+        with working(
+            f"fitting {model} on {source}", steps=f"loading, preparing, fitting, writing {out}"
+        ):
+            path = fit_model_dir(
+                out,
+                model=model,
+                dataset=dataset,
+                data=data,
+                schema=schema,
+                params=params,
+                seed=seed,
+                n_top_genes=n_top_genes,
+                overwrite=overwrite,
+            )
     except KeyError as e:
         _fail(str(e.args[0]) if e.args else str(e))
     except (FileNotFoundError, FileExistsError, ValueError, DataValidationError) as e:
@@ -162,16 +263,21 @@ def predict(
         _fail(f"{str(out)!r} already exists; pass --overwrite to replace it.")
     try:
         ctrl = read_h5ad(control) if control is not None else None
-        pred = predict_model_dir(
-            model_dir,
-            perturbations.split(","),
-            context=context,
-            control=ctrl,
-            dose=dose,
-            n_cells=n_cells,
-            level=level,
-            seed=seed,
-        )
+        n_perts = len([p for p in perturbations.split(",") if p.strip()])
+        with working(
+            f"predicting {n_perts} perturbation(s) with {model_dir}",
+            steps="loading the model, predicting cells and intervals, testing DE",
+        ):
+            pred = predict_model_dir(
+                model_dir,
+                perturbations.split(","),
+                context=context,
+                control=ctrl,
+                dose=dose,
+                n_cells=n_cells,
+                level=level,
+                seed=seed,
+            )
     except KeyError as e:
         _fail(str(e.args[0]) if e.args else str(e))
     except (FileNotFoundError, ValueError, DataValidationError) as e:
