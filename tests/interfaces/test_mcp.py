@@ -104,6 +104,39 @@ def test_mcp_tools_end_to_end(data_dir: Path, tmp_path: Path) -> None:
     assert out["unknown_model"].is_error and "nope" in out["unknown_model"].content[0].text
 
 
+def test_mcp_errors_name_the_tool_to_call_not_rest_endpoints(tmp_path: Path) -> None:
+    server = create_server(Workspace(tmp_path / "ws"))
+
+    async def talk():
+        async with Client(server) as client:
+            return await client.call_tool(
+                "predict_perturbation", {"model": "nope", "perturbations": ["STAT1"]}
+            )
+
+    result = anyio.run(talk)
+    text = result.content[0].text
+    assert result.is_error and "Unknown model 'nope'" in text
+    assert "fit one with the fit_model tool or list them with the list_models tool" in text
+    assert "/api/" not in text and "POST" not in text
+
+
+def test_in_tool_terms_maps_endpoints_and_says_when_no_tool_does_it() -> None:
+    from aivc.interfaces.mcp_server import in_tool_terms
+
+    assert in_tool_terms("see GET /api/datasets/papalexi2021.") == (
+        "see the describe_dataset tool."
+    )
+    assert in_tool_terms("(POST /api/models/m1/predict)") == "(the predict_perturbation tool)"
+    quota = in_tool_terms(
+        "The workspace is full; delete models (DELETE /api/models/{id}) or start the server "
+        "with a larger --max-workspace-gb."
+    )
+    assert "/api/" not in quota and "DELETE" not in quota
+    assert quota.startswith("The workspace is full; delete models or start the server")
+    assert "not available through MCP tools" in quota
+    assert in_tool_terms("No endpoint here.") == "No endpoint here."
+
+
 @pytest.mark.slow
 def test_aivc_mcp_runs_on_stdio(tmp_path: Path) -> None:
     import os

@@ -16,6 +16,7 @@ either is visible to both. ``aivc mcp`` serves it on stdio.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,9 +26,71 @@ if TYPE_CHECKING:
 
     from aivc.interfaces.api import Workspace
 
-__all__ = ["create_server"]
+__all__ = ["create_server", "in_tool_terms"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The tool that does what a REST endpoint does: (method, path pattern, tool).
+#: Endpoints with no tool (deleting a model, cancelling a job) are absent.
+_TOOL_OF_ENDPOINT: tuple[tuple[str, str, str], ...] = (
+    ("POST", r"/models", "fit_model"),
+    ("GET", r"/models(/[^/\s]+)?", "list_models"),
+    ("POST", r"/models/[^/\s]+/predict", "predict_perturbation"),
+    ("POST", r"/models/[^/\s]+/explain", "explain_prediction"),
+    ("POST", r"/models/[^/\s]+/screen", "run_screen"),
+    ("POST", r"/models/[^/\s]+/proposals", "propose_experiments"),
+    ("GET", r"/models/[^/\s]+/suggest", "propose_experiments"),
+    ("GET", r"/datasets", "list_datasets"),
+    ("GET", r"/datasets/[^/\s]+", "describe_dataset"),
+    ("GET", r"/instruments", "list_instruments"),
+    ("GET", r"/uploads(/[^/\s]+)?", "list_measurements"),
+    ("GET", r"/ledger/projects(/[^/\s]+)?", "read_ledger"),
+)
+_ENDPOINT = re.compile(
+    r"(?P<open>\()?\b(?P<method>GET|POST|PUT|PATCH|DELETE) /api(?P<path>/\S*?)"
+    r"(?P<close>\))?(?=[\s.,;:)]|$)"
+)
+
+
+def _tool_of(method: str, path: str) -> str | None:
+    for m, pattern, tool in _TOOL_OF_ENDPOINT:
+        if m == method and re.fullmatch(pattern, path):
+            return tool
+    return None
+
+
+def in_tool_terms(message: str) -> str:
+    """An error message of the workspace, with REST endpoints replaced by the MCP tools to call.
+
+    The workspace speaks to REST clients ("fit one with POST /api/models"); an
+    agent calls tools ("fit one with the fit_model tool"). An endpoint that no
+    tool offers is dropped, and the message then says that this step is not
+    available through MCP.
+
+    Examples
+    --------
+    >>> in_tool_terms("Unknown model 'm'; fit one with POST /api/models or list them with GET /api/models.")
+    "Unknown model 'm'; fit one with the fit_model tool or list them with the list_models tool."
+    """
+    missing: list[str] = []
+
+    def swap(match: re.Match[str]) -> str:
+        tool = _tool_of(match["method"], match["path"].rstrip("/"))
+        opened, closed = match["open"] or "", match["close"] or ""
+        if tool is not None:
+            return f"{opened}the {tool} tool{closed}"
+        missing.append(match["method"])
+        return "" if opened and closed else f"{opened}a step that no MCP tool offers{closed}"
+
+    text = _ENDPOINT.sub(swap, message)
+    text = re.sub(r" {2,}", " ", re.sub(r" +([.,;:])", r"\1", text))
+    if missing:
+        text = (
+            text.rstrip()
+            + " (Some of this is not available through MCP tools; "
+            + "the person running this server can do it.)"
+        )
+    return text
 
 
 def _anticipated(fn: F) -> F:
@@ -52,7 +115,7 @@ def _anticipated(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except expected as e:
-            raise ToolError(str(e)) from e
+            raise ToolError(in_tool_terms(str(e))) from e
 
     return wrapper  # type: ignore[return-value]
 
