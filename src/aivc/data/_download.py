@@ -27,9 +27,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from aivc._version import __version__
 from aivc._progress import progress as progress_bar
 from aivc._settings import settings
+from aivc._version import __version__
 from aivc.data._registry import dataset_entry
 
 __all__ = ["ChecksumMismatchError", "DownloadError", "download_dataset", "download_file"]
