@@ -185,6 +185,99 @@ def test_campaign_reproducible_by_seed():
     assert np.unique(chosen).size == chosen.size == 40
 
 
+def _campaign_by_hand(
+    strategy, *, features, values, hits, n_rounds, batch_size, seed, prior, **params
+):
+    """The campaign from acquisition alone: one generator, ``|values|`` fed back, the strategy itself
+    from the first round."""
+    from aivc.experiments import propose
+
+    rng = np.random.default_rng(seed)
+    measured = np.empty(0, dtype=int)
+    rounds, ratios = [], []
+    for _ in range(n_rounds):
+        batch = propose(
+            strategy,
+            features=features,
+            measured_idx=measured,
+            measured_y=np.abs(values)[measured],
+            batch_size=batch_size,
+            rng=rng,
+            prior=prior,
+            **params,
+        )
+        measured = np.concatenate([measured, batch])
+        rounds.append(batch.tolist())
+        ratios.append(float(hits[measured].sum() / hits.sum()))
+    return {"rounds": rounds, "hit_ratio": ratios}
+
+
+@pytest.mark.parametrize(
+    "strategy", ["random", "uncertainty", "gp-ucb", "degree-prior", "aivc-design"]
+)
+def test_screen_campaign_through_the_loop_matches_acquisition_alone(strategy):
+    from aivc.evaluate.tasks.lab_loop import AIVC_DESIGN_PARAMS
+
+    x, scores, prior = _synthetic_screen(n=400, seed=2)
+    hits = screen_hits(scores, fraction=0.02)
+    params = dict(AIVC_DESIGN_PARAMS) if strategy == "aivc-design" else {}
+    kw = {
+        "features": x,
+        "values": scores,
+        "hits": hits,
+        "n_rounds": 3,
+        "batch_size": 15,
+        "seed": 4,
+        "prior": prior if strategy in ("degree-prior", "aivc-design") else None,
+    }
+    assert simulate_screen_campaign(strategy, **kw, **params) == _campaign_by_hand(
+        strategy, **kw, **params
+    )
+
+
+def test_screen_campaign_rounds_are_in_the_ledger(tmp_path):
+    from aivc.evaluate.tasks.lab_loop import AIVC_DESIGN_PARAMS
+    from aivc.experiments import Ledger
+    from aivc.experiments._ledger import COMPLETE, FINISHED
+
+    x, scores, prior = _synthetic_screen(n=300)
+    genes = [f"S{i:03d}" for i in range(300)]
+    out = simulate_screen_campaign(
+        "aivc-design",
+        features=x,
+        values=scores,
+        hits=screen_hits(scores, fraction=0.02),
+        n_rounds=3,
+        batch_size=10,
+        seed=1,
+        prior=prior,
+        genes=genes,
+        ledger=tmp_path / "ledger.db",
+        project="toy",
+        **AIVC_DESIGN_PARAMS,
+    )
+    with Ledger(tmp_path / "ledger.db") as led:
+        assert led.state("toy") == {"round": 3, "status": FINISHED}
+        rounds = led.rounds("toy")
+        # one round per batch, every chosen gene proposed and measured
+        assert rounds["round"].tolist() == [1, 2, 3]
+        assert rounds["status"].tolist() == [COMPLETE] * 3
+        assert rounds["strategy"].tolist() == ["aivc-design"] * 3
+        assert rounds["n_proposals"].tolist() == rounds["n_results"].tolist() == [10] * 3
+        props = led.proposals("toy")
+        for r, chosen in enumerate(out["rounds"], start=1):
+            assert props.loc[props["round"] == r, "candidate"].tolist() == [
+                genes[i] for i in chosen
+            ]
+        res = led.results("toy")
+        idx = [genes.index(c) for c in res["candidate"]]
+        np.testing.assert_array_equal(res["value"], np.abs(scores)[idx])
+        config = led.project_config("toy")
+        assert config["model"] is None
+        assert config["lab"]["kind"] == "screen-scores"
+        assert config["strategy_params"] == AIVC_DESIGN_PARAMS
+
+
 def test_markdown_table():
     result = {
         "dataset": "toy",
@@ -244,6 +337,32 @@ def test_simulator_loop_end_to_end(tmp_path, monkeypatch):
     assert result["pool"]["n_hits"] == 4
     with pytest.raises(ValueError, match="no variants"):
         run_lab_loop(tmp_path, variant="no-essential")
+
+    # the same campaigns kept in a ledger: one round per batch, and the same numbers
+    from aivc.experiments import Ledger
+
+    ledger = tmp_path / "ledger" / "lab-loop.db"
+    kept = _lab_loop_cells.run_cell_loop(
+        "simulator", models=["random", "aivc-design"], seeds=[0], ledger=ledger
+    )
+    with Ledger(ledger) as led:
+        assert [p["name"] for p in led.list_projects()] == [
+            "simulator:aivc-design:seed0",
+            "simulator:random:seed0",
+        ]
+        for name, entry in saved["models"].items():
+            assert kept["models"][name]["per_seed_error"] == entry["per_seed_error"]
+            assert kept["models"][name]["per_seed_hit_ratio"] == entry["per_seed_hit_ratio"]
+            project = f"simulator:{name}:seed0"
+            props = led.proposals(project)
+            chosen = [props.loc[props["round"] == r, "candidate"].tolist() for r in (1, 2)]
+            assert chosen == entry["chosen"][0]
+            rounds = led.rounds(project)
+            assert rounds["n_proposals"].tolist() == rounds["n_results"].tolist() == [6, 6]
+            # the noise-aware effect was fed back, the loop's own model refitted each round
+            assert np.isfinite(led.results(project)["value"].dropna()).all()
+            assert len(led.model_versions(project)) == 2
+            assert led.project_config(project)["lab"]["series"]["first_experiment"] == 2
 
 
 # ------------------------------------------------------------------ real data

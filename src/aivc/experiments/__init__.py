@@ -14,8 +14,9 @@
 - :class:`Ledger` records lab-loop projects in SQLite or PostgreSQL, with
   versioned schema migrations (:mod:`aivc.experiments.migrations`).
 - :func:`run_loop` runs the lab in the loop (propose -> measure -> update)
-  against a :class:`SimulatorLab` or a :class:`ResultsFileLab`; a killed loop
-  resumes where it stopped.
+  against a :class:`SimulatorLab`, a :class:`ResultsFileLab`, or a replay of a
+  finished screen (:class:`ReplayLab` for its cells, :class:`ScreenScoresLab`
+  for its gene-level scores); a killed loop resumes where it stopped.
 - :func:`fit_holdout` fits a perturbation model with a seeded fifth of the
   measured perturbations held out; :func:`predict_with_observed` sets its
   predictions (intervals, DE calls, top genes) against the measured changes
@@ -42,8 +43,11 @@ _EXPORTS = {
     "RoundRecord": "aivc.experiments._ledger",
     "LoopReport": "aivc.experiments._loop",
     "ResultsFileLab": "aivc.experiments._loop",
+    "RoundOutcome": "aivc.experiments._loop",
     "SimulatorLab": "aivc.experiments._loop",
     "run_loop": "aivc.experiments._loop",
+    "ReplayLab": "aivc.experiments._replay",
+    "ScreenScoresLab": "aivc.experiments._replay",
     "Objective": "aivc.experiments._objectives",
     "make_objective": "aivc.experiments._objectives",
     "reference_states": "aivc.experiments._objectives",

@@ -4,16 +4,22 @@
 candidate perturbations. Each round an acquisition strategy
 (:func:`aivc.experiments._acquisition.propose`) picks a batch of unmeasured
 candidates, a lab measures them (the :class:`SimulatorLab`, a stand-in
-laboratory over the mechanistic virtual cell, or a :class:`ResultsFileLab`,
-an h5ad file of a real experiment), the model is refitted on everything
-measured so far, and its predictions for every candidate are stored.
+laboratory over the mechanistic virtual cell; a :class:`ResultsFileLab`, an
+h5ad file of a real experiment; or a lab replaying a finished screen,
+:class:`~aivc.experiments._replay.ReplayLab` for cells and
+:class:`~aivc.experiments._replay.ScreenScoresLab` for gene-level scores),
+the model is refitted on everything measured so far, and its predictions
+for every candidate are stored.
 
 Crash safety and determinism come from the ledger: the proposal of round
 ``r`` is a function of the ledger's contents, the seed and ``r`` only; the
 model is refitted from the measured profiles stored in the ledger; and each
 round is committed in one transaction. A loop killed at any point therefore
 resumes where it stopped (``resume=True``), and its final ledger equals the
-one an uninterrupted run writes.
+one an uninterrupted run writes. Two options trade this for sharing state
+with code of your own, and say so: a generator passed as ``rng`` (proposals
+then follow its state) and a :class:`SimulatorLab` that continues a virtual
+lab's own series of experiments (it refuses to measure out of step).
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from aivc._labels import check_known
 from aivc._progress import progress
@@ -44,6 +52,7 @@ from aivc.experiments._ledger import (
     ResultRecord,
     RoundRecord,
 )
+from aivc.experiments._replay import ReplayLab, ScreenScoresLab
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -51,23 +60,32 @@ if TYPE_CHECKING:
     from aivc.instruments import PerturbationModel
     from aivc.sim import VirtualCellSimulator, VirtualLab
 
-__all__ = ["LoopReport", "ResultsFileLab", "SimulatorLab", "run_loop"]
+__all__ = ["LoopReport", "ResultsFileLab", "RoundOutcome", "SimulatorLab", "run_loop"]
 
 logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- labs
 class Lab(Protocol):
-    """What the loop needs from a lab."""
+    """What the loop needs from a lab.
+
+    ``measure`` returns the cells of the round (an AnnData read with
+    ``schema()``, holding control cells), or, for a lab of gene-level
+    readouts, a :class:`pandas.Series` of one value per proposed candidate
+    (``schema()`` then returns ``None``), or ``None`` while the results are
+    not in yet.
+    """
 
     #: Whether the lab answers later (the loop stops after proposing).
     waits: bool
 
     def describe(self) -> dict[str, Any]: ...
 
-    def measure(self, perturbations: Sequence[str], *, round: int) -> AnnData | None: ...
+    def measure(
+        self, perturbations: Sequence[str], *, round: int
+    ) -> AnnData | pd.Series | None: ...
 
-    def schema(self) -> PerturbationSchema: ...
+    def schema(self) -> PerturbationSchema | None: ...
 
 
 class SimulatorLab:
@@ -76,7 +94,9 @@ class SimulatorLab:
     Each round is one experiment measuring the proposed perturbations and
     control cells in the same batch. The measurement of round ``r`` depends
     only on the seed, ``r`` and the request, so a resumed loop measures
-    exactly what an uninterrupted one did.
+    exactly what an uninterrupted one did. (:meth:`from_virtual_lab` can
+    instead run the rounds as a :class:`~aivc.sim.VirtualLab`'s own next
+    experiments.)
 
     Parameters
     ----------
@@ -120,6 +140,8 @@ class SimulatorLab:
             sim = VirtualCellSimulator(n_genes=n_genes, n_cell_types=1, n_drugs=1, seed=seed)
         sim._ensure_built()
         self._sim = sim
+        self._series: VirtualLab | None = None
+        self._series_start = 0
         if cell_type is not None and cell_type not in sim.cell_types:
             msg = f"Unknown cell type {cell_type!r}; the simulated cell has {list(sim.cell_types)}."
             raise ValueError(msg)
@@ -132,20 +154,47 @@ class SimulatorLab:
         cell_type: str | None = None,
         n_cells: int = 50,
         n_control_cells: int = 200,
+        continue_series: bool = False,
     ) -> SimulatorLab:
         """Run the loop against a :class:`~aivc.sim.VirtualLab` (its hidden cell and seed).
 
-        Each round measures with its own seeded experiment instead of the lab's
-        running experiment counter, so a resumed loop measures what an
-        uninterrupted one did.
+        By default each round measures with its own seeded experiment instead
+        of the lab's running experiment counter, so a resumed loop measures
+        what an uninterrupted one did.
+
+        Parameters
+        ----------
+        lab
+            The virtual lab.
+        cell_type
+            Cell type to experiment on (default: the lab's first).
+        n_cells
+            Cells per perturbation and round.
+        n_control_cells
+            Control cells per round.
+        continue_series
+            Measure round ``r`` as the lab's next experiment,
+            ``lab.run([*proposals, "control"], n_cells=[n_cells, ..., n_control_cells],
+            cell_type=...)``, so the campaign continues the lab's own series:
+            experiments you ran by hand before the loop (e.g. control cells to
+            compute gene features from) and the loop's rounds are one
+            reproducible sequence of requests, the lab's ``budget_cells`` caps
+            the campaign, and its ``cost`` and ``history`` count the rounds.
+            The rounds must then be measured in step with the lab, so a loop
+            resumed in a new process (whose lab has not run the earlier
+            rounds) is refused; keep the default where a loop must resume.
         """
-        return cls(
+        out = cls(
             simulator=lab._simulator(),
             seed=lab.seed,
             cell_type=cell_type,
             n_cells=n_cells,
             n_control_cells=n_control_cells,
         )
+        if continue_series:
+            out._series = lab
+            out._series_start = lab.cost.n_experiments
+        return out
 
     @property
     def genes(self) -> list[str]:
@@ -153,7 +202,7 @@ class SimulatorLab:
         return list(self._sim.genes)
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": "simulator",
             "n_genes": len(self._sim.genes),
             "simulator": "built" if self.simulator is None else "given",
@@ -162,6 +211,9 @@ class SimulatorLab:
             "n_control_cells": self.n_control_cells,
             "seed": self.seed,
         }
+        if self._series is not None:
+            out["series"] = {"virtual_lab": True, "first_experiment": self._series_start + 1}
+        return out
 
     def schema(self) -> PerturbationSchema:
         from aivc.sim import simulation_schema
@@ -171,14 +223,39 @@ class SimulatorLab:
     def measure(self, perturbations: Sequence[str], *, round: int) -> AnnData:
         from aivc.sim import CONTROL, VirtualLab
 
+        if self._series is not None:
+            return self._measure_in_series(self._series, perturbations, round=round)
         seed = int(np.random.SeedSequence([self.seed, 7, round]).generate_state(1)[0])
         lab = VirtualLab(simulator=self._sim, seed=seed)
         cell_type = self.cell_type or lab.cell_types[0]
         labels = [CONTROL, *perturbations]
         counts = [self.n_control_cells] + [self.n_cells] * len(perturbations)
         adata = lab.run(labels, n_cells=counts, cell_type=cell_type)
-        adata.obs["batch"] = pd.Categorical([f"round{round:04d}"] * adata.n_obs)
+        batch_key = self.schema().batch_key
+        if batch_key is not None:
+            adata.obs[batch_key] = pd.Categorical([f"round{round:04d}"] * adata.n_obs)
         return adata
+
+    def _measure_in_series(
+        self, lab: VirtualLab, perturbations: Sequence[str], *, round: int
+    ) -> AnnData:
+        from aivc.sim import CONTROL
+
+        expected = self._series_start + round - 1
+        if lab.cost.n_experiments != expected:
+            msg = (
+                f"Round {round} is experiment {expected + 1} of the virtual lab's series, but the lab "
+                f"has run {lab.cost.n_experiments} experiments. A loop measured in the lab's own series "
+                "runs in step with it and cannot resume in another process; start a new project, or "
+                "measure each round with its own seeded experiment (continue_series=False)."
+            )
+            raise RuntimeError(msg)
+        counts = [self.n_cells] * len(perturbations) + [self.n_control_cells]
+        return lab.run(
+            [*perturbations, CONTROL],
+            n_cells=counts,
+            cell_type=self.cell_type or lab.cell_types[0],
+        )
 
 
 class ResultsFileLab:
@@ -279,6 +356,37 @@ class LoopReport:
     hits: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RoundOutcome:
+    """A round :func:`run_loop` has just committed, as handed to its ``on_round`` callback.
+
+    Attributes
+    ----------
+    project
+        Project name.
+    round
+        Round number (1, 2, ...).
+    proposed
+        Candidates measured in this round, in the order proposed.
+    values
+        Values fed back to the strategy for ``proposed`` (same order), as recorded
+        in the ledger's results.
+    measurement
+        What the lab returned for the round: its cells (AnnData) or its readouts
+        per candidate (:class:`pandas.Series`).
+    measured
+        Every candidate measured so far, earlier rounds first, in the order the
+        strategy sees them.
+    """
+
+    project: str
+    round: int
+    proposed: list[str]
+    values: np.ndarray
+    measurement: AnnData | pd.Series
+    measured: list[str]
+
+
 # ----------------------------------------------------------------------------- helpers
 def _effect(delta: np.ndarray) -> np.ndarray:
     """Effect size of each row: root-mean-square change over genes."""
@@ -363,19 +471,61 @@ def _training_data(
 
 
 def _check_candidates(
-    candidates: Sequence[str], allowed: Sequence[str] | None, what: str
+    candidates: Sequence[str],
+    allowed: Sequence[str] | None,
+    what: str,
+    *,
+    known_as: str | None = None,
 ) -> list[str]:
+    """The candidates as strings, each once and among ``allowed`` (the genes of the ``what``, or ``known_as``)."""
     cands = [str(c) for c in candidates]
     if not cands:
         msg = "The candidate list is empty; pass the genes to choose from."
         raise ValueError(msg)
-    dup = sorted({c for c in cands if cands.count(c) > 1})
+    dup = sorted(c for c, n in Counter(cands).items() if n > 1)
     if dup:
         msg = f"Candidates {dup[:10]} are listed more than once; list each once."
         raise ValueError(msg)
     if allowed is not None:
-        check_known(cands, set(allowed), what="candidate", known_as=f"genes of the {what}")
+        check_known(
+            cands, set(allowed), what="candidate", known_as=known_as or f"genes of the {what}"
+        )
     return cands
+
+
+def _lab_catalogue(lab: Lab) -> tuple[list[str] | None, list[str] | None, str]:
+    """What a lab can perturb and which genes it measures (``None``: not known), and how to name the former."""
+    if isinstance(lab, SimulatorLab):
+        return lab.genes, lab.genes, "genes of the simulated cell"
+    if isinstance(lab, ReplayLab):
+        return lab.perturbations, lab.genes, "perturbations of the replayed screen"
+    if isinstance(lab, ScreenScoresLab):
+        return lab.perturbations, [], "genes of the screen"
+    return None, None, "lab"
+
+
+def _check_features(features: Any, n: int) -> np.ndarray | sp.spmatrix:
+    """Candidates x d features, dense (float) or scipy sparse, finite, one row per candidate."""
+    x = features if sp.issparse(features) else np.asarray(features, dtype=float)
+    values = x.data if sp.issparse(x) else x
+    if x.ndim != 2 or x.shape[0] != n or not np.isfinite(values).all():
+        msg = (
+            f"features must be a candidates x d array of finite values, one row per candidate "
+            f"({n} rows). Got shape {tuple(x.shape)} instead."
+        )
+        raise ValueError(msg)
+    return x
+
+
+def _array_hash(x: np.ndarray | sp.spmatrix) -> str:
+    h = hashlib.sha256(str(tuple(x.shape)).encode())
+    if sp.issparse(x):
+        m = sp.csr_matrix(x)
+        for part in (m.indptr, m.indices, m.data):
+            h.update(np.ascontiguousarray(part, dtype="<f8").tobytes())
+    else:
+        h.update(np.ascontiguousarray(x, dtype="<f8").tobytes())
+    return h.hexdigest()
 
 
 def _candidate_hash(cands: Sequence[str]) -> str:
@@ -387,10 +537,10 @@ def run_loop(
     ledger: Ledger | str | Path,
     project: str,
     *,
-    lab: SimulatorLab | ResultsFileLab | VirtualLab | Lab,
+    lab: SimulatorLab | ResultsFileLab | ReplayLab | ScreenScoresLab | VirtualLab | Lab,
     candidates: Sequence[str] | None = None,
     genes: Sequence[str] | None = None,
-    model: str = "linear",
+    model: str | None = "linear",
     model_params: Mapping[str, Any] | None = None,
     strategy: str = "random",
     strategy_params: Mapping[str, Any] | None = None,
@@ -398,6 +548,10 @@ def run_loop(
     n_rounds: int = 5,
     seed: int = 0,
     prior: Sequence[float] | None = None,
+    features: np.ndarray | sp.spmatrix | None = None,
+    effect: Callable[[AnnData | pd.Series, list[str]], Sequence[float] | np.ndarray] | None = None,
+    rng: np.random.Generator | None = None,
+    on_round: Callable[[RoundOutcome], None] | None = None,
     resume: bool = False,
     store_predicted_deltas: bool = True,
 ) -> LoopReport:
@@ -412,23 +566,30 @@ def run_loop(
         must match when resuming.
     lab
         :class:`SimulatorLab` (answers at once; a :class:`~aivc.sim.VirtualLab` is
-        wrapped by :meth:`SimulatorLab.from_virtual_lab`) or :class:`ResultsFileLab`
-        (the loop proposes and stops until results are supplied).
+        wrapped by :meth:`SimulatorLab.from_virtual_lab`), :class:`ResultsFileLab`
+        (the loop proposes and stops until results are supplied), or a replay of
+        a finished screen: :class:`~aivc.experiments.ReplayLab` (its cells) or
+        :class:`~aivc.experiments.ScreenScoresLab` (its gene-level scores; needs
+        ``model=None``).
     candidates
         Perturbations to choose from (default: every gene of a
-        :class:`SimulatorLab`). Each is proposed at most once.
+        :class:`SimulatorLab`, every perturbation of a replayed screen). Each is
+        proposed at most once.
     genes
-        Measured genes the model predicts (default: the simulator's genes,
-        or the candidates for a results file).
+        Measured genes the model predicts (default: the genes the lab
+        measures, or the candidates for a results file).
     model
-        Registered perturbation instrument (``"linear"``, ``"additive"``, ...).
+        Registered perturbation instrument (``"linear"``, ``"additive"``, ...),
+        or ``None`` to refit no model: a campaign that only seeks hits (e.g. on
+        a screen's gene-level scores, which hold no cells to fit a model on);
+        no model versions or predictions are recorded then.
     model_params
         Its constructor parameters.
     strategy
         Acquisition strategy (``"random"``, ``"uncertainty"``, ``"gp-ucb"``, ...).
         Strategies that learn from feedback see the model's predicted change of
-        every candidate as features and the measured effect sizes (RMS change of
-        log-expression) as values.
+        every candidate as features (unless ``features`` are given) and the
+        measured effects (see ``effect``) as values.
     strategy_params
         Options of the strategy (e.g. ``beta``).
     batch_size
@@ -439,6 +600,37 @@ def run_loop(
         Seed of the proposals; the same seed and ledger give the same proposals.
     prior
         Per-candidate prior scores for strategies that use one.
+    features
+        Candidates x d array (dense or scipy sparse; row ``i`` describes
+        ``candidates[i]``) that strategies learning from feedback see instead of
+        the model's predicted changes: e.g. a gene embedding from a knowledge
+        graph or from control cells, which is informative before anything is
+        measured and does not depend on the model. Needed by such strategies
+        when ``model=None``. Its hash is recorded with the project's settings.
+    effect
+        ``effect(measurement, proposed)`` turns what the lab returned for a round
+        (its cells, an AnnData read with the lab's schema, or its readouts per
+        candidate, a :class:`pandas.Series`) into one finite value per proposed
+        candidate, in order, larger meaning more wanted. The values are recorded
+        as the results' ``value`` and fed back to the strategy. Default: the
+        root-mean-square change of mean log-expression over ``genes`` against
+        the round's controls for cells, the absolute readout for readouts. Set
+        it to seek what you are after, e.g. a noise-aware effect (changes in
+        units of their standard errors) or one direction of a readout only.
+    rng
+        One generator drawn from by every proposal, in round order, instead of a
+        fresh generator per round seeded by ``(seed, round)``: lets a campaign
+        share a seeded stream with code of your own, e.g. to reproduce a
+        campaign that was run with a single generator. Proposals then depend on
+        the generator's state, so a loop resumed in a new process continues
+        from whatever state the generator passed then has; keep the default
+        where a resumed loop must propose what an uninterrupted one did.
+    on_round
+        Called with a :class:`RoundOutcome` after each round this call commits
+        (the round is already in the ledger): e.g. to score a model of your own
+        on what was measured so far, to report progress, or to stop the
+        campaign by raising (a later ``resume=True`` goes on from the next
+        round).
     resume
         Continue a project that exists in the ledger. Without it, an existing
         project is refused so a typo cannot silently extend another campaign.
@@ -467,18 +659,39 @@ def run_loop(
 
         if isinstance(lab, VirtualLab):
             lab = SimulatorLab.from_virtual_lab(lab)
-        sim_genes = lab.genes if isinstance(lab, SimulatorLab) else None
+        allowed, lab_genes, known_as = _lab_catalogue(lab)
         if candidates is None:
-            if sim_genes is None:
+            if allowed is None:
                 msg = "A results-file lab needs the candidate list (candidates=[...])."
                 raise ValueError(msg)
-            candidates = sim_genes
-        cands = _check_candidates(candidates, sim_genes, "simulated cell")
-        gene_panel = [str(g) for g in (genes if genes is not None else (sim_genes or cands))]
-        from aivc.instruments import get_instrument_class
+            candidates = allowed
+        cands = _check_candidates(candidates, allowed, "lab", known_as=known_as)
+        if genes is not None:
+            gene_panel = [str(g) for g in genes]
+        else:
+            gene_panel = list(lab_genes) if lab_genes is not None else cands
+        if model is None:
+            if model_params:
+                msg = f"model_params {dict(model_params)} were given without a model; pass model= or drop them."
+                raise ValueError(msg)
+            if features is None and STRATEGIES[strategy].uses_feedback:
+                msg = (
+                    f"Strategy {strategy!r} learns from features, which default to the model's "
+                    "predictions; without a model (model=None) pass features= (candidates x d)."
+                )
+                raise ValueError(msg)
+        else:
+            if isinstance(lab, ScreenScoresLab):
+                msg = (
+                    "A ScreenScoresLab returns gene-level scores, not cells, so no perturbation "
+                    f"model can be fitted; run the loop with model=None instead of {model!r}."
+                )
+                raise ValueError(msg)
+            from aivc.instruments import get_instrument_class
 
-        model_cls = get_instrument_class(model)
-        model_cls(**dict(model_params or {}))  # check the parameters before anything is written
+            model_cls = get_instrument_class(model)
+            model_cls(**dict(model_params or {}))  # check the parameters before anything is written
+        feats = None if features is None else _check_features(features, len(cands))
         config = {
             "lab": lab.describe(),
             "model": model,
@@ -492,6 +705,13 @@ def run_loop(
             "candidates_sha256": _candidate_hash(cands),
             "genes_sha256": _candidate_hash(gene_panel),
         }
+        # settings that only exist when used, so projects that do not use them keep their settings
+        if feats is not None:
+            config["features_sha256"] = _array_hash(feats)
+        if effect is not None:
+            config["effect"] = getattr(effect, "__qualname__", type(effect).__qualname__)
+        if rng is not None:
+            config["rng"] = "given"
         exists = any(p["name"] == project for p in led.list_projects())
         if exists and not resume:
             msg = f"Project {project!r} already exists in the ledger; pass resume=True (--resume) to continue it."
@@ -511,6 +731,10 @@ def run_loop(
             n_rounds=int(n_rounds),
             seed=int(seed),
             prior=None if prior is None else np.asarray(prior, dtype=float),
+            features=feats,
+            effect=effect,
+            rng=rng,
+            on_round=on_round,
             store_predicted_deltas=store_predicted_deltas,
         )
         return runner.run()
@@ -526,7 +750,8 @@ class _Runner:
         for k, v in kw.items():
             setattr(self, k, v)
         self._index = {c: i for i, c in enumerate(self.candidates)}
-        self.control_label = self.lab.schema().control_label
+        schema = self.lab.schema()
+        self.control_label = None if schema is None else schema.control_label
 
     # -- state from the ledger ---------------------------------------------------
     def _measured(self) -> tuple[np.ndarray, np.ndarray]:
@@ -535,8 +760,10 @@ class _Runner:
         idx = np.asarray([self._index[c] for c in res["candidate"]], dtype=int)
         return idx, res["value"].to_numpy(dtype=float)
 
-    def _features(self, round_number: int) -> np.ndarray:
-        if round_number <= 1:
+    def _features(self, round_number: int) -> np.ndarray | sp.spmatrix:
+        if self.features is not None:
+            return self.features
+        if round_number <= 1 or self.model is None:
             return np.zeros((len(self.candidates), 1))
         pred = self.ledger.predictions(self.project, round=round_number - 1, payload=True)
         if pred.empty or pred["payload"].isna().any():
@@ -550,7 +777,7 @@ class _Runner:
         idx, y = self._measured()
         if len(idx) >= len(self.candidates):
             return []  # every candidate is measured
-        rng = np.random.default_rng([self.seed, round_number])
+        rng = self.rng if self.rng is not None else np.random.default_rng([self.seed, round_number])
         strategy = self.strategy
         if round_number == 1 and not STRATEGY_WORKS_COLD.get(strategy, False):
             strategy = "random"  # nothing is measured yet: the first batch is a random draw
@@ -567,11 +794,43 @@ class _Runner:
         return [self.candidates[int(i)] for i in chosen]
 
     # -- one round ------------------------------------------------------------------
-    def _update(
-        self, round_number: int, proposals: Sequence[str], adata: AnnData
-    ) -> tuple[list[ResultRecord], ModelRecord, list[PredictionRecord]]:
-        from aivc.instruments import make_instrument
+    def _effects(
+        self, measurement: AnnData | pd.Series, proposals: Sequence[str]
+    ) -> np.ndarray | None:
+        """The ``effect`` callable's values for ``proposals`` (``None`` without one)."""
+        if self.effect is None:
+            return None
+        values = np.asarray(self.effect(measurement, list(proposals)), dtype=float).ravel()
+        if values.shape != (len(proposals),) or not np.isfinite(values).all():
+            msg = (
+                f"effect must return one finite value per proposed candidate ({len(proposals)}); "
+                f"got {values.size} values{'' if np.isfinite(values).all() else ' with NaN or inf'}."
+            )
+            raise ValueError(msg)
+        return values
 
+    def _readout_results(
+        self, round_number: int, proposals: Sequence[str], readouts: pd.Series
+    ) -> list[ResultRecord]:
+        """Results of a lab of gene-level readouts: the readout as a one-value profile."""
+        index = pd.Index([str(c) for c in readouts.index])
+        missing = [p for p in proposals if p not in index]
+        if missing:
+            msg = f"The round-{round_number} readouts lack {len(missing)} of the proposals, e.g. {missing[:5]}."
+            raise DataValidationError(msg)
+        raw = pd.Series(np.asarray(readouts, dtype=float), index=index).loc[list(proposals)]
+        raw_values = raw.to_numpy(dtype=float)
+        values = self._effects(readouts, proposals)
+        if values is None:
+            values = np.abs(raw_values)
+        return [
+            ResultRecord(p, n_cells=0, value=float(v), profile=np.asarray([r], dtype=np.float32))
+            for p, v, r in zip(proposals, values, raw_values, strict=True)
+        ]
+
+    def _cell_results(
+        self, round_number: int, proposals: Sequence[str], adata: AnnData
+    ) -> list[ResultRecord]:
         schema = self.lab.schema()
         prof = _profiles(adata, schema, self.genes)
         if schema.control_label not in prof.index:
@@ -588,16 +847,31 @@ class _Runner:
             )
         ]
         ctrl32 = ctrl.astype(np.float32).astype(np.float64)
-        for p in proposals:
+        values = self._effects(adata, proposals)
+        for i, p in enumerate(proposals):
             x = prof.loc[p, self.genes].to_numpy(dtype=np.float64).astype(np.float32)
+            value = _effect(x.astype(np.float64) - ctrl32) if values is None else values[i]
             results.append(
-                ResultRecord(
-                    p,
-                    n_cells=int(prof.loc[p, "n_cells"]),
-                    value=float(_effect(x.astype(np.float64) - ctrl32)),
-                    profile=x,
-                )
+                ResultRecord(p, n_cells=int(prof.loc[p, "n_cells"]), value=float(value), profile=x)
             )
+        return results
+
+    def _update(
+        self, round_number: int, proposals: Sequence[str], measurement: AnnData | pd.Series
+    ) -> tuple[list[ResultRecord], ModelRecord | None, list[PredictionRecord]]:
+        from aivc.instruments import make_instrument
+
+        if isinstance(measurement, pd.Series):
+            if self.model is not None:
+                msg = (
+                    f"The lab returned readouts per candidate, not cells, in round {round_number}; "
+                    "a perturbation model cannot be fitted on them. Run the loop with model=None."
+                )
+                raise DataValidationError(msg)
+            return self._readout_results(round_number, proposals, measurement), None, []
+        results = self._cell_results(round_number, proposals, measurement)
+        if self.model is None:
+            return results, None, []
         past = self.ledger.results(self.project, profiles=True)
         past = past[past["round"] < round_number]
         now = pd.DataFrame(
@@ -669,11 +943,10 @@ class _Runner:
             if status == PROPOSED:
                 proposed = self.ledger.proposals(self.project, round=number)["candidate"].tolist()
                 dataset = self._dataset(number)
-                adata = self.lab.measure(proposed, round=number)
-                if adata is None:
+                measurement = self.lab.measure(proposed, round=number)
+                if measurement is None:
                     return self._report(done, proposed)
-                results, model, preds = self._update(number, proposed, adata)
-                self._commit(number, None, COMPLETE, results, model, preds, dataset)
+                self._complete(number, proposed, measurement, recorded=True, dataset=dataset)
                 done += 1
                 continue
             if number >= self.n_rounds or status == FINISHED:
@@ -685,21 +958,48 @@ class _Runner:
             logger.info(
                 "Round %d: proposing %d candidates (%s).", number, len(proposed), self.strategy
             )
-            adata = None if self.lab.waits else self.lab.measure(proposed, round=number)
-            if adata is None:
+            measurement = None if self.lab.waits else self.lab.measure(proposed, round=number)
+            if measurement is None:
                 self._commit(number, proposed, PROPOSED, [], None, [], None)
                 logger.info(
                     "Round %d proposed; measure the proposals and resume with their results.",
                     number,
                 )
                 return self._report(done, proposed)
-            results, model, preds = self._update(number, proposed, adata)
-            self._commit(number, proposed, COMPLETE, results, model, preds, None)
+            self._complete(number, proposed, measurement, recorded=False, dataset=None)
             done += 1
         state = self.ledger.state(self.project)
         if state["status"] == COMPLETE and state["round"] >= self.n_rounds:
             self.ledger.set_status(self.project, FINISHED)
         return self._report(done, proposed)
+
+    def _complete(
+        self,
+        number: int,
+        proposed: list[str],
+        measurement: AnnData | pd.Series,
+        *,
+        recorded: bool,
+        dataset: DatasetRecord | None,
+    ) -> None:
+        """Record the measurement of round ``number`` (proposals already ``recorded`` or not) and report it."""
+        results, model, preds = self._update(number, proposed, measurement)
+        self._commit(
+            number, None if recorded else proposed, COMPLETE, results, model, preds, dataset
+        )
+        if self.on_round is None:
+            return
+        idx, _ = self._measured()
+        self.on_round(
+            RoundOutcome(
+                project=self.project,
+                round=number,
+                proposed=list(proposed),
+                values=np.asarray([r.value for r in results if not r.is_control], dtype=float),
+                measurement=measurement,
+                measured=[self.candidates[int(i)] for i in idx],
+            )
+        )
 
     def _commit(
         self,
@@ -727,14 +1027,13 @@ class _Runner:
             )
         )
         if status == COMPLETE:
-            best = max(
-                (r for r in results if not r.is_control), key=lambda r: r.value or 0.0, default=None
-            )
+            measured = [r for r in results if not r.is_control]
+            best = max(measured, key=lambda r: r.value or 0.0, default=None)
             logger.info(
                 "Round %d/%d complete: %d measured, strongest %s (effect %.3f).",
                 number,
                 self.n_rounds,
-                len(results) - 1,
+                len(measured),
                 best.candidate if best else "-",
                 (best.value or 0.0) if best else 0.0,
             )

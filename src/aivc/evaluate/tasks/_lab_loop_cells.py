@@ -33,6 +33,21 @@ could learn; and ``pool_oracle_error``, the error of ridge regressions from the
 strategies' gene features to the true changes of all pool candidates, with the
 ridge picked on the held-out set (an optimistic bound on what measuring the
 pool could teach a model that uses these features).
+
+The campaigns are run by :func:`aivc.experiments.run_loop`, one ledger project
+per strategy and seed. On the simulator the lab is a
+:class:`~aivc.experiments.SimulatorLab` continuing the campaign's
+:class:`~aivc.sim.VirtualLab` series (the control cells the features come from
+are its first experiment, round ``r`` its experiment ``r + 1``); on
+papalexi2021 it is a :class:`~aivc.experiments.ReplayLab` of the screen. The
+loop's options carry the benchmark's science: ``features`` (the gene
+embedding), ``prior``, ``effect`` (the values fed back: the noise-aware
+z-score effect of the measured cells on the simulator; on papalexi2021 the
+target's effect norm over all its cells, which the replay reveals whole),
+``rng`` (one stream per campaign, seeded by ``[seed, 11]``) and ``on_round``,
+which scores the benchmark's model on each committed round. The loop also
+refits its own ``linear`` model every round, as it does for users; that
+model's predictions are recorded in the ledger but not scored.
 """
 
 from __future__ import annotations
@@ -40,6 +55,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,10 +63,12 @@ import pandas as pd
 
 from aivc.data import PerturbationSchema, log_normalize, observed_changes
 from aivc.evaluate._results import machine_info, summarize
-from aivc.experiments._acquisition import STRATEGIES, propose
+from aivc.experiments._acquisition import STRATEGIES
 
 if TYPE_CHECKING:
     from anndata import AnnData
+
+    from aivc.experiments import Ledger, RoundOutcome
 
 __all__ = [
     "CELL_PROTOCOLS",
@@ -63,6 +81,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CELL_MODELS = ("random", "uncertainty", "gp-ucb", "degree-prior", "aivc-design")
+#: The perturbation model the lab loop refits every round (recorded in the ledger, not scored).
+LOOP_MODEL = "linear"
 #: Reference errors of the simulator campaigns, read from the noise-free truth (the same for
 #: every strategy): no change, the pool's mean change, and the oracle ridge on the gene features.
 REFERENCE_ERRORS = ("no_change_error", "pool_mean_error", "pool_oracle_error")
@@ -228,6 +248,16 @@ class _Campaign:
     pool_oracle_error: float = float("nan")
 
 
+def _record_round(
+    camp: _Campaign, outcome: RoundOutcome, row: dict[str, int], hits: np.ndarray
+) -> None:
+    """Hit ratio, number measured and the chosen candidates after a committed round."""
+    measured = np.asarray([row[c] for c in outcome.measured], dtype=int)
+    camp.hit_ratio.append(float(hits[measured].sum() / hits.sum()))
+    camp.n_measured.append(int(measured.size))
+    camp.chosen.append(list(outcome.proposed))
+
+
 def _fit_and_score(
     adata: AnnData, schema: Any, test: Sequence[str], true_delta: np.ndarray
 ) -> float:
@@ -282,10 +312,11 @@ def _error_auc(n: Sequence[int], err: Sequence[float]) -> float:
 
 
 def _simulator_campaign(
-    strategy: str, seed: int, proto: dict[str, Any]
+    strategy: str, seed: int, proto: dict[str, Any], ledger: Ledger, project: str
 ) -> tuple[_Campaign, dict[str, Any]]:
     import anndata as ad
 
+    from aivc.experiments import SimulatorLab, run_loop
     from aivc.sim import CONTROL, VirtualCellSimulator, VirtualLab, simulation_schema
 
     schema = simulation_schema()
@@ -324,10 +355,6 @@ def _simulator_campaign(
         prior = degree.loc[pool].to_numpy()
     prior = (prior - prior.mean()) / (prior.std() or 1.0)
 
-    rng = np.random.default_rng([seed, 11])
-    measured = np.empty(0, dtype=int)
-    y = np.empty(0, dtype=float)
-    parts: list[AnnData] = [controls]
     camp = _Campaign([], [], [], [])
     # reference: the error of predicting no change for every held-out perturbation
     test_keep = np.ones_like(true_test, dtype=bool)
@@ -341,35 +368,50 @@ def _simulator_campaign(
         features, downstream[: pool.size], test_features, true_test, test_keep
     )
     params = dict(SIMULATOR_DESIGN_PARAMS) if strategy == "aivc-design" else {}
-    for _ in range(proto["n_rounds"]):
-        batch = propose(
-            strategy,
-            features=features,
-            measured_idx=measured,
-            measured_y=y,
-            batch_size=proto["batch_size"],
-            rng=rng,
-            prior=prior if STRATEGIES[strategy].needs_prior or strategy == "aivc-design" else None,
-            **params,
-        )
-        labels = [str(g) for g in pool[batch]]
-        n_cells = [proto["cells_per_perturbation"]] * len(labels) + [
-            proto["control_cells_per_round"]
-        ]
-        data = lab.run([*labels, CONTROL], n_cells=n_cells, cell_type=cell_type)
-        _, zs = _batch_zscores(data, schema, labels)
-        for j, g in enumerate(labels):
+    candidates = [str(g) for g in pool]
+    row = {g: i for i, g in enumerate(candidates)}
+    test_labels = [str(g) for g in test]
+    parts: list[AnnData] = [controls]
+
+    def noise_aware_effect(cells: AnnData, perturbations: list[str]) -> np.ndarray:
+        _, zs = _batch_zscores(cells, schema, perturbations)
+        for j, g in enumerate(perturbations):
             zs[j, col[g]] = 0.0
         # excess of squared z-scores over their null expectation: a noise-aware effect size
-        y = np.concatenate([y, np.log1p(np.maximum(np.mean(zs**2, axis=1) - 1.0, 0.0))])
-        measured = np.concatenate([measured, batch])
+        return np.log1p(np.maximum(np.mean(zs**2, axis=1) - 1.0, 0.0))
+
+    def score(outcome: RoundOutcome) -> None:
+        data = outcome.measurement
         parts.append(data)
         merged = ad.concat(parts, join="inner", merge="same")
         merged.uns["aivc"] = data.uns["aivc"]
-        camp.error.append(_fit_and_score(merged, schema, [str(g) for g in test], true_test))
-        camp.hit_ratio.append(float(hits[measured].sum() / hits.sum()))
-        camp.n_measured.append(int(measured.size))
-        camp.chosen.append(labels)
+        camp.error.append(_fit_and_score(merged, schema, test_labels, true_test))
+        _record_round(camp, outcome, row, hits)
+
+    run_loop(
+        ledger,
+        project,
+        lab=SimulatorLab.from_virtual_lab(
+            lab,
+            cell_type=cell_type,
+            n_cells=proto["cells_per_perturbation"],
+            n_control_cells=proto["control_cells_per_round"],
+            continue_series=True,
+        ),
+        candidates=candidates,
+        model=LOOP_MODEL,
+        strategy=strategy,
+        strategy_params=params,
+        batch_size=proto["batch_size"],
+        n_rounds=proto["n_rounds"],
+        seed=seed,
+        prior=prior if STRATEGIES[strategy].needs_prior or strategy == "aivc-design" else None,
+        features=features,
+        effect=noise_aware_effect,
+        rng=np.random.default_rng([seed, 11]),
+        on_round=score,
+        store_predicted_deltas=False,
+    )
     info = {
         "n_pool": int(pool.size),
         "n_test": int(test.size),
@@ -380,10 +422,16 @@ def _simulator_campaign(
 
 
 def _papalexi_campaign(
-    strategy: str, seed: int, proto: dict[str, Any], cache: dict[str, Any]
+    strategy: str,
+    seed: int,
+    proto: dict[str, Any],
+    cache: dict[str, Any],
+    ledger: Ledger,
+    project: str,
 ) -> tuple[_Campaign, dict[str, Any]]:
     from aivc.data import load
     from aivc.data._registry import schema_of
+    from aivc.experiments import ReplayLab, run_loop
 
     if "adata" not in cache:
         adata = load("papalexi2021")
@@ -436,32 +484,44 @@ def _papalexi_campaign(
     features = _unit_rows(features)
     prior = np.log1p(deg) + string_deg
     prior = (prior - prior.mean()) / (prior.std() or 1.0)
-    rng = np.random.default_rng([seed, 11])
-    measured = np.empty(0, dtype=int)
     camp = _Campaign([], [], [], [])
     params = dict(AIVC_DESIGN_PARAMS) if strategy == "aivc-design" else {}
     labels = c["labels"]
     control = c["schema"].control_label
-    for _ in range(proto["n_rounds"]):
-        batch = propose(
-            strategy,
-            features=features,
-            measured_idx=measured,
-            measured_y=effect[pool_idx][measured],
-            batch_size=proto["batch_size"],
-            rng=rng,
-            prior=prior if STRATEGIES[strategy].needs_prior or strategy == "aivc-design" else None,
-            **params,
-        )
-        measured = np.concatenate([measured, batch])
-        keep = np.isin(labels, [control, *pool[measured]])
+    candidates = [str(g) for g in pool]
+    row = {g: i for i, g in enumerate(candidates)}
+    effect_of = dict(zip(candidates, effect[pool_idx], strict=True))
+
+    def target_effect(cells: AnnData, perturbations: list[str]) -> list[float]:
+        # the effect norm of each target over all its cells in the screen, which the replay reveals whole
+        return [effect_of[p] for p in perturbations]
+
+    def score(outcome: RoundOutcome) -> None:
+        keep = np.isin(labels, [control, *outcome.measured])
         sub = c["adata"][keep].copy()
         camp.error.append(
             _fit_and_score(sub, c["schema"], list(targets[test_idx]), c["delta"][test_idx])
         )
-        camp.hit_ratio.append(float(hits[measured].sum() / hits.sum()))
-        camp.n_measured.append(int(measured.size))
-        camp.chosen.append([str(g) for g in pool[batch]])
+        _record_round(camp, outcome, row, hits)
+
+    run_loop(
+        ledger,
+        project,
+        lab=ReplayLab(c["adata"], schema=c["schema"], name="papalexi2021"),
+        candidates=candidates,
+        model=LOOP_MODEL,
+        strategy=strategy,
+        strategy_params=params,
+        batch_size=proto["batch_size"],
+        n_rounds=proto["n_rounds"],
+        seed=seed,
+        prior=prior if STRATEGIES[strategy].needs_prior or strategy == "aivc-design" else None,
+        features=features,
+        effect=target_effect,
+        rng=np.random.default_rng([seed, 11]),
+        on_round=score,
+        store_predicted_deltas=False,
+    )
     info = {"n_pool": int(pool.size), "n_test": int(test_idx.size), "n_hits": n_hits}
     return camp, info
 
@@ -499,9 +559,16 @@ def run_cell_loop(
     *,
     models: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
+    ledger: Ledger | str | Path | None = None,
 ) -> dict[str, Any]:
-    """Design campaigns on the simulator or papalexi2021 for every strategy and seed."""
+    """Design campaigns on the simulator or papalexi2021 for every strategy and seed.
+
+    Each campaign is a project ``"<dataset>:<strategy>:seed<seed>"`` in ``ledger``
+    (see :func:`aivc.evaluate.tasks.lab_loop.campaign_ledger`; the projects must
+    not exist yet).
+    """
     from aivc.evaluate._memory import ResourceMeter
+    from aivc.evaluate.tasks.lab_loop import campaign_ledger
 
     if dataset not in CELL_PROTOCOLS:
         msg = f"cell lab-loop datasets are {sorted(CELL_PROTOCOLS)}; received {dataset!r}."
@@ -516,40 +583,44 @@ def run_cell_loop(
     results: dict[str, Any] = {}
     wall, peak = {}, {}
     info: dict[str, Any] = {}
-    for name in models:
-        camps = []
-        with ResourceMeter() as meter:
-            for seed in seeds:
-                if dataset == "simulator":
-                    camp, info = _simulator_campaign(name, int(seed), proto)
-                else:
-                    camp, info = _papalexi_campaign(name, int(seed), proto, cache)
-                camps.append(camp)
-        wall[name], peak[name] = meter.wall_seconds, meter.peak_increase_mb
-        hr = np.array([c.hit_ratio for c in camps])
-        err = np.array([c.error for c in camps])
-        n_meas = camps[0].n_measured
-        results[name] = {
-            "hit_ratio": [summarize(hr[:, t]) for t in range(hr.shape[1])],
-            "hit_ratio_final": summarize(hr[:, -1]),
-            "error": [summarize(err[:, t]) for t in range(err.shape[1])],
-            "final_error": summarize(err[:, -1]),
-            "error_auc": summarize([_error_auc(n_meas, e) for e in err]),
-            "n_measured": n_meas,
-            "per_seed_hit_ratio": hr.tolist(),
-            "per_seed_error": err.tolist(),
-            **{
-                key: summarize([getattr(c, key) for c in camps]) if dataset == "simulator" else None
-                for key in REFERENCE_ERRORS
-            },
-            "chosen": [c.chosen for c in camps],
-        }
-        logger.info(
-            "%s: hit_ratio_final %.3f, error_auc %.4f",
-            name,
-            results[name]["hit_ratio_final"]["mean"],
-            results[name]["error_auc"]["mean"],
-        )
+    with campaign_ledger(ledger) as led:
+        for name in models:
+            camps = []
+            with ResourceMeter() as meter:
+                for seed in seeds:
+                    project = f"{dataset}:{name}:seed{int(seed)}"
+                    if dataset == "simulator":
+                        camp, info = _simulator_campaign(name, int(seed), proto, led, project)
+                    else:
+                        camp, info = _papalexi_campaign(name, int(seed), proto, cache, led, project)
+                    camps.append(camp)
+            wall[name], peak[name] = meter.wall_seconds, meter.peak_increase_mb
+            hr = np.array([c.hit_ratio for c in camps])
+            err = np.array([c.error for c in camps])
+            n_meas = camps[0].n_measured
+            results[name] = {
+                "hit_ratio": [summarize(hr[:, t]) for t in range(hr.shape[1])],
+                "hit_ratio_final": summarize(hr[:, -1]),
+                "error": [summarize(err[:, t]) for t in range(err.shape[1])],
+                "final_error": summarize(err[:, -1]),
+                "error_auc": summarize([_error_auc(n_meas, e) for e in err]),
+                "n_measured": n_meas,
+                "per_seed_hit_ratio": hr.tolist(),
+                "per_seed_error": err.tolist(),
+                **{
+                    key: summarize([getattr(c, key) for c in camps])
+                    if dataset == "simulator"
+                    else None
+                    for key in REFERENCE_ERRORS
+                },
+                "chosen": [c.chosen for c in camps],
+            }
+            logger.info(
+                "%s: hit_ratio_final %.3f, error_auc %.4f",
+                name,
+                results[name]["hit_ratio_final"]["mean"],
+                results[name]["error_auc"]["mean"],
+            )
     compare_to_random(results)
     description = {
         "simulator": "mechanistic simulator (aivc.sim.VirtualLab, hidden ground truth): knockouts of single genes",

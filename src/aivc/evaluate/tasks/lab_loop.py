@@ -12,16 +12,27 @@ Datasets (``aivc benchmark lab-loop --dataset D``):
   core essential machinery (:data:`~aivc.experiments._screens_data.ESSENTIAL_GO_TERMS`)
   from the pool and recomputes the hits on what remains.
 * ``simulator`` (default) and ``papalexi2021``: see :mod:`aivc.evaluate.tasks._lab_loop_cells`.
+
+Every campaign is run by the production driver :func:`aivc.experiments.run_loop`:
+each round is proposed, measured, recorded and committed to a ledger (one
+project per strategy and seed, in a temporary SQLite file unless ``ledger=``
+names one), with the benchmark's gene features, priors, feedback values and
+random streams passed in through the loop's options, and the benchmark's
+scores computed from each committed round (``on_round``). On screens the lab
+is an :class:`aivc.experiments.ScreenScoresLab` and no perturbation model is
+refitted (``model=None``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +41,7 @@ import scipy.sparse as sp
 from aivc._io import write_json_atomic
 from aivc.evaluate._results import fmt_summary, machine_info, summarize, write_results
 from aivc.evaluate.tasks import Task, register_task
-from aivc.experiments._acquisition import STRATEGIES, propose
+from aivc.experiments._acquisition import STRATEGIES
 from aivc.experiments._screens_data import (
     ESSENTIAL_GO_TERMS,
     SCREENS,
@@ -39,9 +50,13 @@ from aivc.experiments._screens_data import (
     screen_hits,
 )
 
+if TYPE_CHECKING:
+    from aivc.experiments import Ledger, RoundOutcome
+
 __all__ = [
     "SCREEN_PROTOCOL",
     "ScreenFeatures",
+    "campaign_ledger",
     "lab_loop_markdown",
     "run_lab_loop",
     "run_screen_loop",
@@ -290,6 +305,29 @@ def _subset(feats: ScreenFeatures, keep: np.ndarray) -> ScreenFeatures:
     )
 
 
+@contextlib.contextmanager
+def campaign_ledger(ledger: Ledger | str | Path | None = None) -> Iterator[Ledger]:
+    """The ledger lab-loop campaigns are recorded in.
+
+    Parameters
+    ----------
+    ledger
+        A :class:`~aivc.experiments.Ledger` (left open), its URL or a path to a
+        SQLite file (opened and closed here); ``None`` opens a temporary SQLite
+        file that is removed afterwards.
+    """
+    from aivc.experiments import Ledger
+
+    if isinstance(ledger, Ledger):
+        yield ledger
+        return
+    with contextlib.ExitStack() as stack:
+        if ledger is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="aivc-lab-loop-"))
+            ledger = Path(tmp) / "ledger.db"
+        yield stack.enter_context(Ledger(ledger))
+
+
 def simulate_screen_campaign(
     strategy: str,
     *,
@@ -300,31 +338,82 @@ def simulate_screen_campaign(
     batch_size: int,
     seed: int,
     prior: np.ndarray | None = None,
+    genes: Sequence[str] | None = None,
+    ledger: Ledger | str | Path | None = None,
+    project: str | None = None,
     **params: Any,
 ) -> dict[str, Any]:
     """One design campaign against a screen: reveal ``|values|`` of chosen genes round by round.
 
-    Returns the chosen indices per round and the fraction of ``hits`` found
-    after each round.
+    The campaign is an :func:`aivc.experiments.run_loop` project on an
+    :class:`aivc.experiments.ScreenScoresLab` of ``values`` (no perturbation
+    model; the strategy sees ``features`` and the revealed ``|values|``; one
+    random stream seeded by ``seed`` for all rounds).
+
+    Parameters
+    ----------
+    strategy
+        Acquisition strategy.
+    features
+        Genes x d features the strategy sees.
+    values
+        The screen's score of every gene.
+    hits
+        Boolean mask of the genes that count as hits.
+    n_rounds
+        Rounds.
+    batch_size
+        Genes per round.
+    seed
+        Seed of the campaign's random stream.
+    prior
+        Per-gene prior scores (for strategies that use one).
+    genes
+        Gene names (default ``gene0``, ``gene1``, ...).
+    ledger
+        Where the campaign is recorded (see :func:`campaign_ledger`).
+    project
+        Its project name (default ``"screen:<strategy>:seed<seed>"``).
+    **params
+        Options of the strategy.
+
+    Returns
+    -------
+    The chosen indices per round (``"rounds"``) and the fraction of ``hits``
+    found after each round (``"hit_ratio"``).
     """
-    rng = np.random.default_rng(seed)
-    measured = np.empty(0, dtype=int)
-    rounds, ratios = [], []
-    target = np.abs(np.asarray(values, dtype=float))
-    for _ in range(n_rounds):
-        batch = propose(
-            strategy,
-            features=features,
-            measured_idx=measured,
-            measured_y=target[measured],
-            batch_size=batch_size,
-            rng=rng,
-            prior=prior,
-            **params,
-        )
-        measured = np.concatenate([measured, batch])
-        rounds.append(batch.tolist())
+    from aivc.experiments import ScreenScoresLab, run_loop
+
+    values = np.asarray(values, dtype=float)
+    names = (
+        [str(g) for g in genes] if genes is not None else [f"gene{i}" for i in range(values.size)]
+    )
+    row = {g: i for i, g in enumerate(names)}
+    rounds: list[list[int]] = []
+    ratios: list[float] = []
+
+    def record(outcome: RoundOutcome) -> None:
+        rounds.append([row[g] for g in outcome.proposed])
+        measured = np.asarray([row[g] for g in outcome.measured], dtype=int)
         ratios.append(float(hits[measured].sum() / hits.sum()))
+
+    with campaign_ledger(ledger) as led:
+        run_loop(
+            led,
+            project or f"screen:{strategy}:seed{seed}",
+            lab=ScreenScoresLab(pd.Series(values, index=names)),
+            candidates=names,
+            model=None,
+            strategy=strategy,
+            strategy_params=params,
+            batch_size=batch_size,
+            n_rounds=n_rounds,
+            seed=seed,
+            prior=prior,
+            features=features,
+            rng=np.random.default_rng(seed),
+            on_round=record,
+        )
     return {"rounds": rounds, "hit_ratio": ratios}
 
 
@@ -337,8 +426,13 @@ def run_screen_loop(
     data_dir: str | Path | None = None,
     n_rounds: int | None = None,
     batch_size: int | None = None,
+    ledger: Ledger | str | Path | None = None,
 ) -> dict[str, Any]:
-    """The GeneDisco-style campaign on a real screen for every strategy and seed."""
+    """The GeneDisco-style campaign on a real screen for every strategy and seed.
+
+    Each campaign is a project ``"<dataset>[/<variant>]:<strategy>:seed<seed>"``
+    in ``ledger`` (see :func:`campaign_ledger`; the projects must not exist yet).
+    """
     from aivc.evaluate._memory import ResourceMeter
 
     if variant not in (None, "no-essential"):
@@ -387,38 +481,45 @@ def run_screen_loop(
     )
     results: dict[str, Any] = {}
     wall, peak, runs = {}, {}, {}
-    for name in models:
-        x, prior, params = _strategy_inputs(name, feats)
-        per_seed = []
-        with ResourceMeter() as meter:
-            for seed in seeds:
-                per_seed.append(
-                    simulate_screen_campaign(
-                        name,
-                        features=x,
-                        values=values,
-                        hits=hits,
-                        n_rounds=n_rounds,
-                        batch_size=batch_size,
-                        seed=int(seed),
-                        prior=prior,
-                        **params,
+    genes = [str(g) for g in feats.genes]
+    stem = dataset if variant is None else f"{dataset}/{variant}"
+    with campaign_ledger(ledger) as led:
+        for name in models:
+            x, prior, params = _strategy_inputs(name, feats)
+            per_seed = []
+            with ResourceMeter() as meter:
+                for seed in seeds:
+                    per_seed.append(
+                        simulate_screen_campaign(
+                            name,
+                            features=x,
+                            values=values,
+                            hits=hits,
+                            n_rounds=n_rounds,
+                            batch_size=batch_size,
+                            seed=int(seed),
+                            prior=prior,
+                            genes=genes,
+                            ledger=led,
+                            project=f"{stem}:{name}:seed{int(seed)}",
+                            **params,
+                        )
                     )
-                )
-        wall[name] = meter.wall_seconds
-        peak[name] = meter.peak_increase_mb
-        curves = np.array([r["hit_ratio"] for r in per_seed])
-        results[name] = {
-            "hit_ratio": [summarize(curves[:, t]) for t in range(n_rounds)],
-            "hit_ratio_final": summarize(curves[:, -1]),
-            "hits_found_final": summarize(curves[:, -1] * hits.sum()),
-            "per_seed_hit_ratio": curves.tolist(),
-            "params": params,
-        }
-        runs[name] = [
-            [feats.genes[np.asarray(b, dtype=int)].tolist() for b in r["rounds"]] for r in per_seed
-        ]
-        logger.info("%s: hit_ratio_final %.3f", name, results[name]["hit_ratio_final"]["mean"])
+            wall[name] = meter.wall_seconds
+            peak[name] = meter.peak_increase_mb
+            curves = np.array([r["hit_ratio"] for r in per_seed])
+            results[name] = {
+                "hit_ratio": [summarize(curves[:, t]) for t in range(n_rounds)],
+                "hit_ratio_final": summarize(curves[:, -1]),
+                "hits_found_final": summarize(curves[:, -1] * hits.sum()),
+                "per_seed_hit_ratio": curves.tolist(),
+                "params": params,
+            }
+            runs[name] = [
+                [feats.genes[np.asarray(b, dtype=int)].tolist() for b in r["rounds"]]
+                for r in per_seed
+            ]
+            logger.info("%s: hit_ratio_final %.3f", name, results[name]["hit_ratio_final"]["mean"])
     return {
         "task": "lab-loop",
         "dataset": dataset,
@@ -533,6 +634,10 @@ def run_lab_loop(
         One campaign per seed and strategy; default 0-4 on screens, 0-2 otherwise.
     variant
         ``"no-essential"`` for screens (removes core essential machinery).
+
+    The campaigns are recorded in a temporary ledger; :func:`run_screen_loop`
+    and :func:`~aivc.evaluate.tasks._lab_loop_cells.run_cell_loop` take a
+    ``ledger`` to keep them.
     """
     dataset = dataset or "simulator"
     out = Path(out)
