@@ -107,7 +107,8 @@ def test_simulator_splits_cover_gears_categories(drug_data):
 
 @pytest.mark.slow
 def test_simulator_benchmark_runs_small(tmp_path, monkeypatch):
-    from aivc.evaluate import _benchmark, run_benchmark
+    from aivc.evaluate.tasks import perturbation as _benchmark
+    from aivc.evaluate.tasks.perturbation import run_benchmark
 
     monkeypatch.setitem(_benchmark.SIMULATOR_SETTINGS, "n_genes", 150)
     monkeypatch.setitem(_benchmark.SIMULATOR_SETTINGS, "n_cells", 8000)

@@ -8,7 +8,13 @@ from numpy.testing import assert_allclose
 
 from aivc.data import DataValidationError, prepare
 from aivc.data._synthetic import synthetic_perturbation_data
-from aivc.instruments import PerturbationModel, PerturbModel, check_instrument, make_instrument
+from aivc.instruments import (
+    PerturbationModel,
+    PerturbModel,
+    check_instrument,
+    floor_at_zero,
+    make_instrument,
+)
 from aivc.instruments import _manipulator_module as mm
 from aivc.instruments._perturb import MeasuredSingles, MeasuredState, fit_interactions
 
@@ -77,13 +83,16 @@ def test_three_gene_combination_is_sum_plus_pairwise_interactions(data):
     triple = schema.join([a, b, c])
     pred = model.predict_delta([triple, a, b, c])
     assert pred.shape == (4, adata.n_vars)
-    assert_allclose(pred[0], pred[1:].sum(axis=0), atol=1e-9)
+    base = np.asarray(model.control_mean_[None])[None]
+    # the sum of the singles, floored where it would take a gene below zero expression
+    assert_allclose(pred[0], floor_at_zero(pred[1:].sum(axis=0)[None], base)[0], atol=1e-9)
     # with interaction coefficients, the triple adds them over its three pairs
     model.stages_["interactions"].state.theta = np.tile([0.1, 0.5], (adata.n_vars, 1))
     s = pred[1:]
     pairs = s[0] * s[1] + s[0] * s[2] + s[1] * s[2]
     got = model.predict_delta([triple])[0]
-    assert_allclose(got, 1.1 * s.sum(axis=0) + 0.5 * pairs, atol=1e-9)
+    expected = floor_at_zero((1.1 * s.sum(axis=0) + 0.5 * pairs)[None], base)[0]
+    assert_allclose(got, expected, atol=1e-9)
 
 
 def test_interaction_coefficients_are_learned_when_real():
