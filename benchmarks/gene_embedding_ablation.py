@@ -81,7 +81,9 @@ def main() -> int:
             )
             names.append(name)
     task = replace(_benchmark.PERTURBATION_SPECS["unseen-single"], model_params={})
-    _benchmark.PERTURBATION_SPECS["unseen-single-ablation"] = replace(task, name="unseen-single-ablation")
+    _benchmark.PERTURBATION_SPECS["unseen-single-ablation"] = replace(
+        task, name="unseen-single-ablation"
+    )
     result = _benchmark.run_benchmark(
         "unseen-single-ablation", out=out, models=["train-mean", *names], cell_eval=False
     )
