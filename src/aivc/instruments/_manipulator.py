@@ -776,14 +776,25 @@ class PerturbModel(PerturbationModel):
         control: AnnData | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Predicted change and its raw standard deviation in one pass."""
+        mean, sd, _ = self._with_scale_and_base(perturbations, contexts, doses, control)
+        return mean, sd
+
+    def _with_scale_and_base(
+        self,
+        perturbations: Sequence[str],
+        contexts: Sequence[str | None] | str | None,
+        doses: Sequence[float] | float | None,
+        control: AnnData | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Floored change, raw sd and the control means they are relative to (one resolve)."""
         from aivc.instruments._base import _broadcast_doses, floor_at_zero
 
         perts, ctxs, base = self._resolve(perturbations, contexts, control)
         if not perts:
             z = np.zeros((0, len(self.genes_)))
-            return z, z.copy()
+            return z, z.copy(), z.copy()
         mean, var = self._predict_with_var(perts, ctxs, base, _broadcast_doses(doses, len(perts)))
-        return floor_at_zero(mean, base, model=type(self).__name__), np.sqrt(var)
+        return floor_at_zero(mean, base, model=type(self).__name__), np.sqrt(var), base
 
     def predict_interval(
         self,
@@ -804,12 +815,9 @@ class PerturbModel(PerturbationModel):
         from aivc.instruments._base import clip_interval
 
         check_level(level)
-        delta, scale = self.predict_with_scale(
-            perturbations, contexts=contexts, doses=doses, control=control
-        )
+        delta, scale, base = self._with_scale_and_base(perturbations, contexts, doses, control)
         orders = [self.schema_.order(str(p)) for p in perturbations]
         lower, upper = self._calibration.interval(delta, scale, orders, level=level)
-        _, _, base = self._resolve(perturbations, contexts, control)
         lower, upper = clip_interval(lower, upper, base)
         return delta, lower, upper
 
