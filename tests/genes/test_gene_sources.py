@@ -196,3 +196,53 @@ def test_orthologs_to_adata_renames_and_reports(data_dir):
     assert human.uns["aivc_orthologs"]["unmapped"] == ["Xyz1"]
     with pytest.raises(ValueError, match="None of the 1 genes"):
         orthologs_to_adata(adata[:, [2]].copy())
+
+
+def test_orthologs_to_adata_renames_perturbation_labels_too(data_dir):
+    adata = ad.AnnData(
+        np.ones((4, 4), dtype=np.float32),
+        obs=pd.DataFrame(
+            {"guide": ["ctrl", "Gcg", "Actb+Gcg", "Stat1"]}, index=[f"c{i}" for i in range(4)]
+        ),
+        var=pd.DataFrame(index=["Gcg", "Actb", "Xyz1", "Ins2"]),
+    )
+    human = orthologs_to_adata(adata, perturbation_key="guide", control_label="ctrl")
+    assert list(human.obs["guide"]) == ["ctrl", "GCG", "ACTB+GCG", "STAT1"]
+    assert list(human.obs["guide_mouse"]) == ["ctrl", "Gcg", "Actb+Gcg", "Stat1"]
+    assert human.uns["aivc_orthologs"]["targets"]["Stat1"] == "STAT1"  # not a measured gene
+    assert human.uns["aivc_orthologs"]["unmapped"] == ["Xyz1"]
+    adata.obs.loc["c3", "guide"] = "Xyz1"
+    with pytest.raises(ValueError, match=r"1 perturbation targets have no human ortholog.*Xyz1"):
+        orthologs_to_adata(adata, perturbation_key="guide", control_label="ctrl")
+    with pytest.raises(ValueError, match=r"control label"):
+        orthologs_to_adata(adata, perturbation_key="guide")
+
+
+def test_mouse_style_share_tells_mouse_from_human_symbols():
+    from aivc.genes import mouse_style_share
+
+    assert mouse_style_share(["Stat1", "Jak2", "Irf1", "Gm12345"]) == 1.0
+    assert mouse_style_share(["STAT1", "JAK2", "IRF1", "MT-ATP8"]) == 0.0
+    # a human symbol with lower case does not count when the human symbols are given
+    assert mouse_style_share(["C10orf11", "STAT1"]) == 0.5
+    assert mouse_style_share(["C10orf11", "STAT1"], human_symbols={"C10orf11", "STAT1"}) == 0.0
+    assert mouse_style_share([]) == 0.0
+
+
+# ----------------------------------------------------------------------------- knowledge
+def test_genes_with_knowledge_leaves_out_unannotated_transcripts(data_dir):
+    from aivc.genes import genes_with_knowledge
+
+    genes = ["STAT1", "RP11-228B15.4", "IFNGR1", "LINC00271", "DARS", "STAT1", "NOTAGENE1"]
+    # DARS is an alias of DARS1; a repeated gene is listed once
+    assert genes_with_knowledge(genes) == ["STAT1", "IFNGR1", "DARS"]
+    assert genes_with_knowledge(["IFNGR1"], sources=("huri",)) in ([], ["IFNGR1"])
+    with pytest.raises(ValueError, match=r"Unknown knowledge source 'kegg'"):
+        genes_with_knowledge(genes, sources=("kegg",))
+
+
+def test_genes_with_knowledge_without_tables_says_where_they_belong(tmp_path):
+    from aivc.genes import genes_with_knowledge
+
+    with pytest.raises(FileNotFoundError, match=r"AIVC_DATA_DIR"):
+        genes_with_knowledge(["STAT1"], data_dir=tmp_path)

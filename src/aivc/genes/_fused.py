@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from aivc.genes._knowledge import gene_aliases, go_embedding
+from aivc.genes._knowledge import gene_aliases, go_embedding, knowledge_path
 from aivc.genes._networks import NETWORKS, network_embedding
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["FALLBACKS", "GENE_SOURCES", "embed_genes", "fused_embedding", "source_embedding"]
+__all__ = [
+    "FALLBACKS",
+    "GENE_SOURCES",
+    "KNOWLEDGE_SOURCES",
+    "embed_genes",
+    "fused_embedding",
+    "genes_with_knowledge",
+    "source_embedding",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +34,9 @@ GENE_SOURCES = ("go", "string", "huri", "text", "coexpression")
 
 #: Fallbacks of :func:`embed_genes` for genes no source knows.
 FALLBACKS = ("zero", "mean")
+
+#: Sources of prior knowledge about a gene (curated tables, not a dataset).
+KNOWLEDGE_SOURCES = ("go", "string", "huri")
 
 
 def source_embedding(
@@ -218,3 +230,74 @@ def embed_genes(
             int(np.sum(via_alias)),
         )
     return pd.DataFrame(values, index=report.index, columns=embedding.columns), report
+
+
+@lru_cache(maxsize=8)
+def _symbols_in_table(path: str, columns: tuple[str, ...]) -> frozenset[str]:
+    table = pd.read_csv(path, sep="\t", usecols=list(columns), dtype=str)
+    return frozenset(table[list(columns)].stack().dropna())
+
+
+def _knowledge_file(source: str) -> tuple[str, tuple[str, ...]]:
+    if source == "go":
+        return "human_go_annotations.tsv.gz", ("symbol",)
+    if source in NETWORKS:
+        return NETWORKS[source][0], ("symbol_a", "symbol_b")
+    msg = f"Unknown knowledge source {source!r}; expected one of {list(KNOWLEDGE_SOURCES)}."
+    raise ValueError(msg)
+
+
+def genes_with_knowledge(
+    genes: Sequence[str],
+    *,
+    sources: Sequence[str] = KNOWLEDGE_SOURCES,
+    data_dir: str | Path | None = None,
+) -> list[str]:
+    """The genes of ``genes`` that some knowledge source says anything about.
+
+    A gene has knowledge when it is annotated in the Gene Ontology (``"go"``)
+    or has an interaction in STRING or HuRI (``"string"``, ``"huri"``),
+    looked up as given and then through its unambiguous alias (e.g. ``SEPT2``
+    for ``SEPTIN2``). Unannotated transcripts (most lncRNAs, clone-based names
+    such as ``RP11-...``) have none: a model knows nothing about them beyond
+    the data, and they are rarely what an experiment perturbs.
+
+    Parameters
+    ----------
+    genes
+        Gene symbols (duplicates allowed).
+    sources
+        Any of :data:`KNOWLEDGE_SOURCES`. Sources whose table is missing are
+        skipped; when every one is missing, :class:`FileNotFoundError` says
+        where the tables are expected.
+    data_dir
+        Data directory holding the ``genes`` tables.
+
+    Returns
+    -------
+    The genes with knowledge, in the order given, each once.
+    """
+    if isinstance(genes, str):
+        msg = "genes must be a sequence of gene symbols, not one string."
+        raise TypeError(msg)
+    known: set[str] = set()
+    missing: list[FileNotFoundError] = []
+    for source in dict.fromkeys(sources):
+        filename, columns = _knowledge_file(source)
+        try:
+            path = knowledge_path(filename, data_dir)
+        except FileNotFoundError as e:
+            missing.append(e)
+            continue
+        known |= _symbols_in_table(str(path), columns)
+    if missing and len(missing) == len(set(sources)):
+        raise missing[0]
+    try:
+        aliases = gene_aliases(data_dir)
+    except FileNotFoundError:
+        aliases = {}
+    out = []
+    for g in dict.fromkeys(str(g) for g in genes):
+        if g in known or aliases.get(g) in known:
+            out.append(g)
+    return out

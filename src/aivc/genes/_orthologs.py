@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "SPECIES",
     "OrthologMap",
     "map_orthologs",
+    "mouse_style_share",
     "ortholog_table",
     "orthologs_to_adata",
 ]
@@ -37,6 +39,31 @@ SPECIES = {"human": "human_symbol", "mouse": "mouse_symbol"}
 
 #: Ways of resolving a gene with several orthologs.
 MANY_POLICIES = ("best", "drop")
+
+#: A symbol written the mouse (MGI) way: a capital, then lower case (``Stat1``, ``Jak2``, ``Gm1234``).
+_MOUSE_STYLE = re.compile(r"^[A-Z](?=[a-z0-9.-]*[a-z])[a-z0-9.-]*$")
+
+
+def mouse_style_share(
+    symbols: Sequence[str], *, human_symbols: Collection[str] | None = None
+) -> float:
+    """Share of ``symbols`` written the mouse way (``Stat1``, not ``STAT1``).
+
+    Mouse (MGI) symbols are a capital followed by lower case; human (HGNC)
+    symbols are upper case. A symbol in ``human_symbols`` (e.g.
+    :func:`aivc.genes.gene_symbols`) never counts, so the few human symbols
+    with lower case (``C10orf11``) do not make a human panel look like mouse.
+
+    Returns
+    -------
+    A number in [0, 1]; 0 for no symbols.
+    """
+    names = [str(s) for s in symbols]
+    if not names:
+        return 0.0
+    human = human_symbols if human_symbols is not None else ()
+    hits = sum(1 for s in names if _MOUSE_STYLE.match(s) and s not in human)
+    return hits / len(names)
 
 
 def _ortholog_path(data_dir: str | Path | None) -> Path:
@@ -248,6 +275,9 @@ def orthologs_to_adata(
     to_species: str = "human",
     many: str = "best",
     data_dir: str | Path | None = None,
+    perturbation_key: str | None = None,
+    control_label: str | None = None,
+    separator: str = "+",
 ) -> AnnData:
     """A copy of ``adata`` whose genes are renamed to their orthologs.
 
@@ -257,16 +287,52 @@ def orthologs_to_adata(
     ``counts`` per status, and the ``unmapped`` symbols), and the original
     symbol is kept in ``var["source_symbol"]``. Layers, ``obs`` and ``obsm``
     are kept; ``varm``/``varp`` are not.
+
+    With ``perturbation_key`` the perturbation labels in that ``obs`` column
+    are renamed too (each target of ``"A+B"`` on its own, the
+    ``control_label`` kept), the original labels kept in
+    ``obs[f"{perturbation_key}_{from_species}"]`` and the renamed targets
+    recorded in ``uns["aivc_orthologs"]["targets"]``. Genes and targets are
+    mapped in one call, so a target and its measured gene get the same name.
+    A target without an ortholog raises :class:`ValueError` naming it: its
+    cells cannot be labelled in ``to_species``.
     """
     import anndata as ad
 
+    genes = [str(g) for g in adata.var_names]
+    labels: pd.Series | None = None
+    targets: list[str] = []
+    if perturbation_key is not None:
+        if control_label is None:
+            msg = "Renaming perturbation labels needs the control label (control_label=...)."
+            raise ValueError(msg)
+        if perturbation_key not in adata.obs:
+            msg = (
+                f"No obs column {perturbation_key!r} with the perturbation labels; the columns "
+                f"are {list(map(str, adata.obs.columns))}."
+            )
+            raise ValueError(msg)
+        labels = adata.obs[perturbation_key].astype(str)
+        for label in pd.unique(labels):
+            if label != control_label:
+                targets += [t.strip() for t in str(label).split(separator)]
+        targets = list(dict.fromkeys(targets))
+    wanted = set(genes)
     result = map_orthologs(
-        list(adata.var_names),
+        genes + [t for t in targets if t not in wanted],
         from_species=from_species,
         to_species=to_species,
         many=many,
         data_dir=data_dir,
     )
+    lost = [t for t in targets if t not in result.mapping]
+    if lost:
+        msg = (
+            f"{len(lost)} perturbation targets have no {to_species} ortholog (e.g. {lost[:5]}), "
+            f"so their cells cannot be labelled in {to_species} symbols; remove those cells "
+            "or rename their targets first."
+        )
+        raise ValueError(msg)
     keep = np.asarray([str(g) in result.mapping for g in adata.var_names])
     keep &= ~pd.Index(adata.var_names).duplicated()
     if not keep.any():
@@ -280,19 +346,35 @@ def orthologs_to_adata(
     var["source_symbol"] = np.asarray(adata.var_names[idx], dtype=str)
     var.index = pd.Index([result.mapping[str(g)] for g in adata.var_names[idx]])
     x = adata.X[:, idx]
+    obs = adata.obs.copy()
+    if labels is not None and perturbation_key is not None:
+
+        def rename(label: str) -> str:
+            if label == control_label:
+                return label
+            return separator.join(result.mapping[t.strip()] for t in label.split(separator))
+
+        obs[f"{perturbation_key}_{from_species}"] = labels.to_numpy()
+        renamed = labels.map(rename)
+        if isinstance(adata.obs[perturbation_key].dtype, pd.CategoricalDtype):
+            renamed = renamed.astype("category")
+        obs[perturbation_key] = renamed.to_numpy()
     out = ad.AnnData(
         X=sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x),
-        obs=adata.obs.copy(),
+        obs=obs,
         var=var,
         obsm={k: v.copy() for k, v in adata.obsm.items()},
         layers={k: v[:, idx] for k, v in adata.layers.items()},
         uns=dict(adata.uns),
     )
-    out.uns["aivc_orthologs"] = {
+    report: dict[str, object] = {
         "from_species": from_species,
         "to_species": to_species,
         "many": many,
         "counts": result.counts,
-        "unmapped": result.unmapped,
+        "unmapped": [g for g in result.unmapped if g in wanted],
     }
+    if perturbation_key is not None:
+        report["targets"] = {t: result.mapping[t] for t in targets}
+    out.uns["aivc_orthologs"] = report
     return out
