@@ -231,13 +231,14 @@ def test_contexts_are_resolved() -> None:
 def test_propose_next_learns_from_measurements(data, conformal) -> None:
     adata, schema = data
     model = conformal.model
-    props = propose_next(model, adata, strategy="gp-ucb", batch_size=4, seed=0)
+    genes = list(model.genes_)  # the synthetic genes have no knowledge: name the candidates
+    props = propose_next(model, adata, strategy="gp-ucb", batch_size=4, seed=0, candidates=genes)
     measured = set(_labels(adata, schema))
     chosen = props.table["perturbation"].tolist()
     assert len(chosen) == 4 and not set(chosen) & measured
     assert props.n_candidates == adata.n_vars
     assert props.n_measured == len([p for p in measured if "+" not in p])
-    again = propose_next(model, adata, strategy="gp-ucb", batch_size=4, seed=0)
+    again = propose_next(model, adata, strategy="gp-ucb", batch_size=4, seed=0, candidates=genes)
     assert again.table["perturbation"].tolist() == chosen
     with pytest.raises(KeyError, match=r"Unknown strategy"):
         propose_next(model, adata, strategy="nope")

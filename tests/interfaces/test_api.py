@@ -181,6 +181,26 @@ def test_errors_are_json_with_right_status(client: TestClient, fitted: str) -> N
     assert "Did you mean" in r.json()["detail"]
 
 
+def test_unknown_context_for_a_model_without_contexts_is_404(
+    client: TestClient, fitted: str
+) -> None:
+    """A context given to a model trained without contexts was ignored (200); it is unknown."""
+    requests = {
+        "predict": {"perturbations": ["GENE001"], "context": "liver"},
+        "screen": {"objective": "down:GENE010", "context": "liver"},
+        "explain": {"perturbation": "GENE001", "context": "liver"},
+        "proposals": {"strategy": "random", "candidates": ["GENE030"], "context": "liver"},
+    }
+    for path, body in requests.items():
+        r = client.post(f"/api/models/{fitted}/{path}", json=body)
+        assert r.status_code == 404, (path, r.status_code, r.text)
+        detail = r.json()["detail"]
+        assert "Unknown context 'liver'" in detail and "trained without contexts" in detail
+    # without a context the same requests answer
+    r = client.post(f"/api/models/{fitted}/predict", json={"perturbations": ["GENE001"]})
+    assert r.status_code == 200, r.text
+
+
 def test_intervals_and_calibration(client: TestClient) -> None:
     r = client.post(
         "/api/models",
@@ -341,7 +361,15 @@ def test_screen_proposals_and_ledger(client: TestClient, fitted: str, workspace:
     )
     assert r.status_code == 200, r.text
     out = r.json()
-    assert out["n_candidates"] == 60 and len(out["ranking"]) == 5
+    # the default candidates: the measured targets (held-out ones included); the synthetic
+    # genes have no knowledge, so no other gene is a default candidate when the tables are there
+    measured_targets = {
+        t
+        for p in genes + client.get(f"/api/models/{fitted}").json()["heldout_perturbations"]
+        for t in p.split("+")
+    }
+    assert out["candidates"].startswith(f"candidates: {len(measured_targets)} measured targets")
+    assert out["n_candidates"] in (len(measured_targets), 60) and len(out["ranking"]) == 5
     scores = [row["score"] for row in out["ranking"]]
     assert scores == sorted(scores, reverse=True)
     # the score is minus the predicted mean of the target under each candidate
@@ -356,15 +384,16 @@ def test_screen_proposals_and_ledger(client: TestClient, fitted: str, workspace:
         == 422
     )
 
-    r = client.post(f"/api/models/{fitted}/proposals", json={"batch_size": 4, "strategy": "gp-ucb"})
+    every_gene = [f"GENE{i:03d}" for i in range(60)]
+    ask = {"batch_size": 4, "strategy": "gp-ucb", "candidates": every_gene}
+    r = client.post(f"/api/models/{fitted}/proposals", json=ask)
     assert r.status_code == 200, r.text
+    assert r.json()["candidates"] == "candidates: 60 given"
     props = [p["perturbation"] for p in r.json()["proposals"]]
     measured = set(genes) | set(client.get(f"/api/models/{fitted}").json()["heldout_perturbations"])
     assert len(props) == 4 and not set(props) & measured
     assert r.json()["n_measured"] == len([g for g in measured if "+" not in g])
-    again = client.post(
-        f"/api/models/{fitted}/proposals", json={"batch_size": 4, "strategy": "gp-ucb"}
-    )
+    again = client.post(f"/api/models/{fitted}/proposals", json=ask)
     assert [p["perturbation"] for p in again.json()["proposals"]] == props  # seeded
     bad = client.post(f"/api/models/{fitted}/proposals", json={"strategy": "nope"})
     assert bad.status_code == 404

@@ -93,7 +93,11 @@ def test_mcp_tools_end_to_end(data_dir: Path, tmp_path: Path) -> None:
     assert ex["perturbation"] == "IFNGR1" and len(ex["top_genes"]) == 20
     assert {"term", "name", "q_value"} <= set(ex["pathways"][0]) if ex["pathways"] else ex["notes"]
 
-    assert len(out["screen"]["ranking"]) == 3 and out["screen"]["n_candidates"] == 299
+    # default candidates: the 25 measured targets and the panel genes with knowledge
+    assert len(out["screen"]["ranking"]) == 3 and out["screen"]["n_candidates"] == 274
+    assert out["screen"]["candidates"].startswith(
+        "candidates: 25 measured targets + 249 genes with knowledge"
+    )
     assert len(out["proposals"]["proposals"]) == 3
     measured = set(out["fit"]["heldout_perturbations"])
     assert not {p["perturbation"] for p in out["proposals"]["proposals"]} & measured
@@ -102,6 +106,39 @@ def test_mcp_tools_end_to_end(data_dir: Path, tmp_path: Path) -> None:
 
     assert out["unknown_gene"].is_error and "NOTAGENE99" in out["unknown_gene"].content[0].text
     assert out["unknown_model"].is_error and "nope" in out["unknown_model"].content[0].text
+
+
+def test_mcp_unknown_context_for_a_model_without_contexts_is_a_tool_error(
+    tmp_path: Path,
+) -> None:
+    from aivc.data._synthetic import synthetic_perturbation_data
+
+    ws = Workspace(tmp_path / "ws")
+    adata, schema = synthetic_perturbation_data(
+        n_genes=30, n_singles=5, n_doubles=0, cells_per_condition=15, n_control_cells=30
+    )
+    ws.add_dataset("synth", adata, schema)
+    server = create_server(ws)
+
+    async def talk() -> dict:
+        async with Client(server) as client:
+            await client.call_tool(
+                "fit_model", {"dataset": "synth", "instrument": "additive", "name": "add"}
+            )
+            calls = {
+                "predict_perturbation": {"perturbations": ["GENE001"]},
+                "explain_prediction": {"perturbation": "GENE001"},
+                "run_screen": {"objective": "down:GENE010"},
+                "propose_experiments": {"strategy": "random", "candidates": ["GENE020"]},
+            }
+            return {
+                tool: await client.call_tool(tool, {"model": "add", "context": "liver", **args})
+                for tool, args in calls.items()
+            }
+
+    for tool, result in anyio.run(talk).items():
+        assert result.is_error, tool
+        assert "Unknown context 'liver'" in result.content[0].text, (tool, result.content)
 
 
 def test_mcp_errors_name_the_tool_to_call_not_rest_endpoints(tmp_path: Path) -> None:

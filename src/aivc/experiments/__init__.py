@@ -5,6 +5,9 @@
   by an uncertainty-aware score; chunked, resumable, optionally on Dask.
 - :func:`inverse_design` searches single and paired perturbations (and doses)
   that move a start state closest to a target, with the predicted path.
+- :func:`default_candidates` is what design, screens and proposals choose
+  from when no list is given: the model's measured targets and the genes of
+  its panel that prior knowledge describes.
 - :func:`explain` says why a prediction is what it is: attribution by
   knowledge source, enriched GO processes, responding network neighbours.
 - :func:`propose` picks the next experiments with a registered acquisition
@@ -53,6 +56,8 @@ _EXPORTS = {
     "reference_states": "aivc.experiments._objectives",
     "ScreenResult": "aivc.experiments._screen",
     "screen": "aivc.experiments._screen",
+    "Candidates": "aivc.experiments._candidates",
+    "default_candidates": "aivc.experiments._candidates",
     "DesignResult": "aivc.experiments._design",
     "inverse_design": "aivc.experiments._design",
     "Explanation": "aivc.experiments._explain",
@@ -79,6 +84,7 @@ _EXPORTS = {
     "Proposals": "aivc.experiments._whatif",
     "calibration_curve": "aivc.experiments._whatif",
     "cell_embedding": "aivc.experiments._whatif",
+    "check_context_declared": "aivc.experiments._whatif",
     "check_perturbations": "aivc.experiments._whatif",
     "counts_schema": "aivc.experiments._whatif",
     "fit_holdout": "aivc.experiments._whatif",

@@ -23,7 +23,7 @@ from scipy import sparse, stats
 from aivc.data._validate import DataValidationError, check_gene_panel
 from aivc.instruments._base import PerturbationModel
 
-__all__ = ["DesignResult", "as_state", "inverse_design"]
+__all__ = ["DesignResult", "as_state", "inverse_design", "log_expression"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ class DesignResult:
         Nominal coverage of the intervals.
     genes
         Genes over which distances are measured.
+    candidates
+        What the candidates were, in words (e.g. ``"candidates: 25 measured
+        targets + 240 genes with knowledge"``).
     """
 
     table: pd.DataFrame
@@ -59,6 +62,7 @@ class DesignResult:
     start_distance: float
     level: float
     genes: list[str]
+    candidates: str = ""
 
     @property
     def best(self) -> str:
@@ -66,17 +70,61 @@ class DesignResult:
         return str(self.table["perturbation"].iloc[0])
 
 
+def log_expression(
+    adata: AnnData, *, target_sum: float = 1e4, what: str = "cells"
+) -> tuple[AnnData, str | None]:
+    """``adata`` with log-normalised ``X``, and a note when it had to be normalised.
+
+    Models are fitted on library-size normalised, ``log1p``-transformed
+    expression (:func:`aivc.data.prepare`). An ``X`` that holds raw counts
+    (non-negative integers with values above what log-expression reaches, the
+    rule ``aivc predict`` applies to control cells) is normalised the same
+    way, over all of its genes, in a copy; any other ``X`` is returned as is.
+
+    Parameters
+    ----------
+    adata
+        Cells whose ``X`` is log-expression or raw counts.
+    target_sum
+        Library size the counts are scaled to (the training data's; 10,000 by default).
+    what
+        What the cells are, for the note ("target cells").
+
+    Returns
+    -------
+    The cells (``adata`` itself when ``X`` is not counts) and the note, or ``None``.
+    """
+    from aivc.data._preprocess import log_normalize
+    from aivc.instruments._model_dir import _looks_like_counts
+
+    x = adata.X
+    if x is None or adata.n_obs == 0 or not _looks_like_counts(x):
+        return adata, None
+    top = float(x.max()) if sparse.issparse(x) else float(np.max(x))
+    normalised, used = log_normalize(x, target_sum=target_sum)
+    out = AnnData(X=normalised, obs=adata.obs.copy(), var=adata.var.copy())
+    note = (
+        f"the {what} hold raw counts (integers up to {top:g}), not log-expression; they were "
+        f"log-normalised as the model's training data were (library size to {used:g}, then log1p)"
+    )
+    return out, note
+
+
 def as_state(state: object, genes: Sequence[str], *, what: str = "state") -> np.ndarray:
     """A mean log-expression vector over ``genes`` from a vector, Series or AnnData.
 
-    An AnnData contributes the mean of its cells (log-normalised ``X``); a
-    Series is aligned by gene name; an array must already follow ``genes``.
+    An AnnData contributes the mean of its cells (log-normalised ``X``; raw
+    counts are log-normalised first, with a warning, see :func:`log_expression`);
+    a Series is aligned by gene name; an array must already follow ``genes``.
     """
     genes = list(genes)
     if isinstance(state, AnnData):
         if state.n_obs == 0:
             msg = f"The {what} AnnData has no cells; expected at least one."
             raise DataValidationError(msg)
+        state, note = log_expression(state, what=f"{what} cells")
+        if note is not None:
+            logger.warning("%s.", note[:1].upper() + note[1:])
         idx = check_gene_panel(state.var_names, genes)
         x = state.X[:, idx]
         vec = np.asarray(x.mean(axis=0)).ravel() if sparse.issparse(x) else np.mean(x, axis=0)
@@ -222,8 +270,9 @@ def inverse_design(
     control
         Control cells of a context the model was not trained on.
     candidates
-        Targets to try; default every measured gene of the model. Unknown
-        names raise with suggestions.
+        Targets to try; default :func:`~aivc.experiments.default_candidates`
+        (the model's measured targets and the genes of its panel with prior
+        knowledge). Unknown names raise with suggestions.
     pairs
         Also try every pair among the ``top_singles`` best singles.
     doses
@@ -246,6 +295,10 @@ def inverse_design(
     if not 0 < level < 1:
         msg = f"level must be in (0, 1); got {level}."
         raise ValueError(msg)
+    from aivc.experiments._candidates import default_candidates
+    from aivc.experiments._whatif import check_context_declared
+
+    check_context_declared(model.schema_, context)
     model_genes = [str(g) for g in model.genes_]
     if context is None and model.schema_.context_key is not None:
         contexts = [c for c in model.control_mean_ if c is not None]
@@ -264,9 +317,12 @@ def inverse_design(
         if not mask.any():
             msg = "None of the requested distance genes are measured by the model."
             raise DataValidationError(msg)
-    cands = list(
-        dict.fromkeys(str(c) for c in (candidates if candidates is not None else model_genes))
-    )
+    if candidates is None:
+        chosen = default_candidates(model)
+        cands, described = list(chosen.labels), chosen.description
+    else:
+        cands = list(dict.fromkeys(str(c) for c in candidates))
+        described = f"candidates: {len(cands)} given"
     if not cands:
         msg = "No candidate perturbations to try."
         raise ValueError(msg)
@@ -349,7 +405,12 @@ def inverse_design(
     table = table.reset_index(drop=True)
     path = _path(scorer, table.iloc[0], model, start_d)
     return DesignResult(
-        table=table, path=path, start_distance=start_d, level=level, genes=model_genes
+        table=table,
+        path=path,
+        start_distance=start_d,
+        level=level,
+        genes=model_genes,
+        candidates=described,
     )
 
 

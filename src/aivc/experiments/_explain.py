@@ -300,9 +300,11 @@ def explain(
     level
         Interval level for ``top_genes`` (models with uncertainty).
     """
+    from aivc.experiments._whatif import check_context_declared
     from aivc.genes._knowledge import knowledge_path
 
     model._check_fitted()
+    check_context_declared(model.schema_, context)
     targets = list(model.schema_.targets(str(perturbation)))
     genes = np.asarray([str(g) for g in model.genes_])
     notes: list[str] = []

@@ -339,8 +339,11 @@ def _check_targets(model: PerturbationModel, names: Sequence[str], what: str) ->
 
 
 def _base_state(model: PerturbationModel, context: str | None) -> tuple[np.ndarray, str | None]:
+    from aivc.experiments._whatif import check_context_declared
+
     means = model.control_mean_
     if model.schema_.context_key is None:
+        check_context_declared(model.schema_, context)
         return np.asarray(means[None], float), None
     if context is None:
         if len(means) == 1:

@@ -58,6 +58,7 @@ __all__ = [
     "Proposals",
     "calibration_curve",
     "cell_embedding",
+    "check_context_declared",
     "check_perturbations",
     "counts_schema",
     "fit_holdout",
@@ -125,6 +126,22 @@ def check_perturbations(model: PerturbationModel, perturbations: Sequence[str]) 
     return out
 
 
+def check_context_declared(schema: PerturbationSchema, context: str | None) -> None:
+    """Refuse a context for a model whose data declared none (it would be ignored).
+
+    Raises
+    ------
+    KeyError
+        ``context`` is given but ``schema`` has no context column.
+    """
+    if context is not None and schema.context_key is None:
+        msg = (
+            f"Unknown context {context!r}: the model was trained without contexts (its data "
+            "declare no context column), so it predicts in one state only; leave the context out."
+        )
+        raise KeyError(msg)
+
+
 def resolve_context(model: PerturbationModel, context: str | None = None) -> str | None:
     """The context to predict in: ``context`` checked, or the model's only one.
 
@@ -145,9 +162,11 @@ def resolve_context(model: PerturbationModel, context: str | None = None) -> str
     ValueError
         The model knows several contexts and none was given.
     KeyError
-        ``context`` is not one the model knows.
+        ``context`` is not one the model knows (a model trained without
+        contexts knows none).
     """
     if model.schema_.context_key is None:
+        check_context_declared(model.schema_, context)
         return None
     contexts = sorted(str(c) for c in model.control_mean_ if c is not None)
     if context is None:
@@ -764,6 +783,9 @@ class Proposals:
     table
         One row per proposal, in the strategy's order: ``perturbation``,
         ``predicted_effect`` (root-mean-square predicted change) and ``reason``.
+    candidates
+        What the candidates were, in words (e.g. ``"candidates: 25 measured
+        targets + 240 genes with knowledge"``).
     """
 
     strategy: str
@@ -771,6 +793,7 @@ class Proposals:
     n_candidates: int
     n_measured: int
     table: pd.DataFrame
+    candidates: str = ""
 
 
 def propose_next(
@@ -803,7 +826,10 @@ def propose_next(
     batch_size
         Perturbations to propose (fewer when fewer candidates are left).
     candidates
-        Perturbations to choose from; default every measured gene of the model.
+        Perturbations to choose from; default
+        :func:`~aivc.experiments.default_candidates` (the model's measured
+        targets, those measured in ``observed`` included, and the genes of its
+        panel with prior knowledge).
     context
         Context of the experiments (:func:`resolve_context`).
     seed
@@ -839,11 +865,21 @@ def propose_next(
         by_label = changes.delta.loc[rows].reindex(columns=genes)
         by_label.index = pd.Index(info.loc[rows, "perturbation"].astype(str).to_numpy())
         by_label = by_label[~by_label.index.duplicated()].fillna(0.0)
-    cands = list(dict.fromkeys(candidates if candidates is not None else genes))
+    if candidates is None:
+        from aivc.experiments._candidates import default_candidates
+
+        chosen = default_candidates(
+            model,
+            measured=[p for p in by_label.index if model.schema_.order(str(p)) == 1],
+        )
+        cands, described = list(chosen.labels), chosen.description
+    else:
+        cands = list(dict.fromkeys(candidates))
+        described = f"candidates: {len(cands)} given"
     measured = [c for c in cands if c in by_label.index]
     n_open = len(cands) - len(measured)
     if n_open == 0:
-        msg = "Every candidate has been measured already; pass other candidates."
+        msg = f"Every candidate has been measured already ({described}); pass other candidates."
         raise ValueError(msg)
     delta = model.predict_delta(cands, contexts=context)
     predicted_effect = _effect(delta)
@@ -876,6 +912,7 @@ def propose_next(
         n_candidates=len(cands),
         n_measured=len(measured),
         table=table,
+        candidates=described,
     )
 
 

@@ -249,7 +249,9 @@ def create_server(workspace: Workspace | str | Path, *, fit_timeout: float = 600
     ) -> dict[str, Any]:
         """A small virtual screen: score candidate perturbations under an objective
         ('up:GENE', 'down:GENE' or 'towards:CONTEXT') and return the top_k. Default
-        candidates: every measured gene of the model; pairs_of ranks every pair of a panel."""
+        candidates: the model's measured targets and the genes of its panel with prior
+        knowledge (the answer's 'candidates' says how many of each); pairs_of ranks every
+        pair of a panel."""
         too_many = candidates is not None and len(candidates) > 5000
         if too_many or (pairs_of is not None and len(pairs_of) > 200):
             msg = "Keep screens small here: at most 5000 candidates or a panel of 200 genes."

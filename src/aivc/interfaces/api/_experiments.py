@@ -56,16 +56,25 @@ def screen(
     context: str | None = None,
     level: float = 0.9,
     top_k: int = 20,
+    measured: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A virtual screen with :func:`aivc.experiments._screen.screen`; the ``top_k`` best candidates.
 
-    Without ``candidates`` or ``pairs_of``, every measured gene of the model is
-    screened as a single perturbation.
+    Without ``candidates`` or ``pairs_of``, the default candidates are screened
+    as single perturbations (:func:`aivc.experiments.default_candidates`: the
+    model's measured targets, those of ``measured`` included, and the genes of
+    its panel with prior knowledge).
     """
+    from aivc.experiments import default_candidates
     from aivc.experiments._screen import screen as run_screen
 
     if candidates is None and pairs_of is None:
-        candidates = [str(g) for g in model.genes_]
+        chosen = default_candidates(model, measured=measured)
+        candidates, described = list(chosen.labels), chosen.description
+    elif pairs_of is not None:
+        described = f"candidates: every pair of {len(pairs_of)} given genes"
+    else:
+        described = f"candidates: {len(candidates or [])} given"
     res = run_screen(
         model,
         candidates=None if pairs_of is not None else list(candidates or []),
@@ -81,8 +90,9 @@ def screen(
         "pair_method": res.pair_method,
         "n_candidates": len(res.table),
         "seconds": round(res.seconds, 3),
+        "candidates": described,
         "description": f"{len(res.table)} candidates ranked by {res.objective} "
-        f"(higher is better); {res.uncertainty}",
+        f"(higher is better); {res.uncertainty}; {described}",
         "ranking": _records(table),
     }
 
@@ -194,9 +204,12 @@ def proposals(result: Proposals) -> dict[str, Any]:
     """The proposals of :func:`aivc.experiments.propose_next` as JSON-ready records."""
     return {
         "strategy": result.strategy,
-        "description": result.description,
+        "description": f"{result.description} {result.candidates[:1].upper()}{result.candidates[1:]}."
+        if result.candidates
+        else result.description,
         "n_candidates": result.n_candidates,
         "n_measured": result.n_measured,
+        "candidates": result.candidates,
         "proposals": _records(result.table),
     }
 

@@ -896,11 +896,15 @@ class Workspace:
         level: float = 0.9,
         top_k: int = 20,
     ) -> dict[str, Any]:
-        """A virtual screen of candidates under an objective (:func:`aivc.experiments.screen`)."""
+        """A virtual screen of candidates under an objective (:func:`aivc.experiments.screen`).
+
+        Without ``candidates`` or ``pairs_of``: the model's measured targets
+        (held-out ones included) and the genes of its panel with prior knowledge.
+        """
         from aivc.experiments import resolve_context
         from aivc.interfaces.api import _experiments
 
-        _, model = self._model(model_id)
+        entry, model = self._model(model_id)
         if candidates is not None:
             candidates = self._check_labels(model, candidates)
         if pairs_of is not None:
@@ -915,6 +919,7 @@ class Workspace:
                 context=context,
                 level=level,
                 top_k=top_k,
+                measured=entry.heldout,
             )
 
     def propose(
