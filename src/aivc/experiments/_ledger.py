@@ -440,6 +440,34 @@ class Ledger:
                 raise LedgerConflictError(msg) from None
             return p.id
 
+    def set_rounds(self, name: str, n_rounds: int) -> None:
+        """Change the number of rounds of project ``name`` (its ``n_rounds`` setting).
+
+        A finished project given more rounds than it has run is open again
+        (``"complete"``); a complete one whose rounds are all run is
+        ``"finished"``. Fewer rounds than the project has run are refused.
+        """
+        n_rounds = int(n_rounds)
+        with self._session() as s:
+            p = self._project(s, name)
+            state = s.get(LoopState, p.id)
+            done = state.round if state is not None else 0
+            if n_rounds < max(done, 1):
+                msg = (
+                    f"Project {name!r} has run {done} rounds; it cannot have {n_rounds}. Ask for "
+                    f"at least {max(done, 1)} rounds."
+                )
+                raise ValueError(msg)
+            config = json.loads(p.config)
+            config["n_rounds"] = n_rounds
+            p.config = json.dumps(config, sort_keys=True, default=str)
+            if state is not None:
+                if state.status == FINISHED and done < n_rounds:
+                    state.status = COMPLETE
+                elif state.status == COMPLETE and done >= n_rounds:
+                    state.status = FINISHED
+                state.updated_at = _now()
+
     def project_config(self, name: str) -> dict[str, Any]:
         """The settings a project was created with."""
         with self._session() as s:

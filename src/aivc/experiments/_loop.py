@@ -92,9 +92,10 @@ class SimulatorLab:
     """A laboratory over the mechanistic virtual cell that answers at once.
 
     Each round is one experiment measuring the proposed perturbations and
-    control cells in the same batch. The measurement of round ``r`` depends
-    only on the seed, ``r`` and the request, so a resumed loop measures
-    exactly what an uninterrupted one did. (:meth:`from_virtual_lab` can
+    control cells in the same batch; round ``r`` is experiment ``r`` (batch
+    ``exp000r`` in the cell names and the log). The measurement of round ``r``
+    depends only on the seed, ``r`` and the request, so a resumed loop
+    measures exactly what an uninterrupted one did. (:meth:`from_virtual_lab` can
     instead run the rounds as a :class:`~aivc.sim.VirtualLab`'s own next
     experiments.)
 
@@ -221,12 +222,15 @@ class SimulatorLab:
         return simulation_schema()
 
     def measure(self, perturbations: Sequence[str], *, round: int) -> AnnData:
-        from aivc.sim import CONTROL, VirtualLab
+        from aivc.sim import CONTROL, LabCost, VirtualLab
 
         if self._series is not None:
             return self._measure_in_series(self._series, perturbations, round=round)
         seed = int(np.random.SeedSequence([self.seed, 7, round]).generate_state(1)[0])
         lab = VirtualLab(simulator=self._sim, seed=seed)
+        # round r is experiment r of the campaign (batch exp000r in the data and the log),
+        # in a lab of its own, so it can be measured again without the earlier rounds
+        lab._cost = LabCost(n_experiments=round - 1)
         cell_type = self.cell_type or lab.cell_types[0]
         labels = [CONTROL, *perturbations]
         counts = [self.n_control_cells] + [self.n_cells] * len(perturbations)
@@ -545,7 +549,7 @@ def run_loop(
     strategy: str = "random",
     strategy_params: Mapping[str, Any] | None = None,
     batch_size: int = 48,
-    n_rounds: int = 5,
+    n_rounds: int | None = None,
     seed: int = 0,
     prior: Sequence[float] | None = None,
     features: np.ndarray | sp.spmatrix | None = None,
@@ -595,7 +599,10 @@ def run_loop(
     batch_size
         Candidates per round.
     n_rounds
-        Rounds in the campaign.
+        Rounds in the campaign: default 5 for a new project and, when resuming,
+        the project's own number. Resuming with more rounds than recorded
+        extends the project (a finished one goes on from its next round);
+        fewer than it has run are refused.
     seed
         Seed of the proposals; the same seed and ledger give the same proposals.
     prior
@@ -652,7 +659,14 @@ def run_loop(
         if isinstance(batch_size, bool) or int(batch_size) < 1:
             msg = f"batch_size must be a positive integer. Got {batch_size!r} instead."
             raise ValueError(msg)
-        if int(n_rounds) < 1:
+        exists = any(p["name"] == project for p in led.list_projects())
+        if exists and not resume:
+            msg = f"Project {project!r} already exists in the ledger; pass resume=True (--resume) to continue it."
+            raise ValueError(msg)
+        recorded = led.project_config(project) if exists else {}
+        if n_rounds is None:
+            n_rounds = int(recorded.get("n_rounds", DEFAULT_ROUNDS))
+        if isinstance(n_rounds, bool) or int(n_rounds) < 1:
             msg = f"n_rounds must be a positive integer. Got {n_rounds!r} instead."
             raise ValueError(msg)
         from aivc.sim import VirtualLab
@@ -712,11 +726,18 @@ def run_loop(
             config["effect"] = getattr(effect, "__qualname__", type(effect).__qualname__)
         if rng is not None:
             config["rng"] = "given"
-        exists = any(p["name"] == project for p in led.list_projects())
-        if exists and not resume:
-            msg = f"Project {project!r} already exists in the ledger; pass resume=True (--resume) to continue it."
-            raise ValueError(msg)
-        led.create_project(project, config=config)
+        if exists and recorded.get("n_rounds") != config["n_rounds"]:
+            # every other setting must match the recorded ones; the number of rounds may grow
+            led.create_project(project, config={**config, "n_rounds": recorded.get("n_rounds")})
+            led.set_rounds(project, int(n_rounds))
+            logger.info(
+                "Project %r: %s rounds recorded, now %d.",
+                project,
+                recorded.get("n_rounds"),
+                int(n_rounds),
+            )
+        else:
+            led.create_project(project, config=config)
         runner = _Runner(
             led,
             project,
@@ -1051,6 +1072,9 @@ class _Runner:
             hits=dict(zip(res["candidate"], res["value"].astype(float), strict=True)),
         )
 
+
+#: Rounds of a new campaign when ``n_rounds`` is not given.
+DEFAULT_ROUNDS = 5
 
 #: Strategies that make a sensible first batch without measurements (they use a prior).
 STRATEGY_WORKS_COLD = {"degree-prior": True, "aivc-design": True}
