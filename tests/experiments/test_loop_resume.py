@@ -291,3 +291,69 @@ def test_virtual_lab_is_accepted(tmp_path):
         assert led.project_config("vl")["lab"]["simulator"] == "given"
     with pytest.raises(ValueError, match="Unknown cell type"):
         SimulatorLab.from_virtual_lab(lab, cell_type="liver")
+
+
+def test_resume_extends_a_finished_project_to_more_rounds(tmp_path, reference):
+    """`aivc loop --resume --rounds 3` could not extend a finished 2-round project."""
+    from typer.testing import CliRunner
+
+    from aivc.interfaces.cli import app
+
+    url = f"sqlite:///{tmp_path / 'grow.db'}"
+    rounds = CLI_ARGS.index("--rounds")
+    without = CLI_ARGS[:rounds] + CLI_ARGS[rounds + 2 :]  # every setting but --rounds
+    base = ["loop", "--ledger", url, "--project", "screen", "--lab", "simulator", *without]
+    runner = CliRunner()
+    result = runner.invoke(app, [*base, "--rounds", "2"])
+    assert result.exit_code == 0, result.output
+    assert "round 2, finished" in result.output
+    result = runner.invoke(app, [*base, "--rounds", "3", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "round 3, finished (1 round(s) run now)" in result.output
+    # the same campaign as one run straight through three rounds
+    assert _snapshot(url, "screen") == reference
+    with Ledger(url) as led:
+        assert led.project_config("screen")["n_rounds"] == 3
+    # --resume without --rounds keeps the project's own number: nothing left to run
+    result = runner.invoke(app, [*base, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "round 3, finished (0 round(s) run now)" in result.output
+    # fewer rounds than were run are refused, and nothing changes
+    with pytest.raises(ValueError, match=r"has run 3 rounds; it cannot have 2"):
+        run_loop(
+            url, "screen", lab=SimulatorLab(seed=3, **SIM), resume=True, **{**LOOP, "n_rounds": 2}
+        )
+    assert _snapshot(url, "screen") == reference
+    # other settings still have to match the recorded ones
+    with pytest.raises(ValueError, match=r"different settings .*batch_size"):
+        run_loop(
+            url,
+            "screen",
+            lab=SimulatorLab(seed=3, **SIM),
+            resume=True,
+            **{**LOOP, "n_rounds": 4, "batch_size": 5},
+        )
+    with Ledger(url) as led:
+        assert led.project_config("screen")["n_rounds"] == 3
+
+
+def test_each_round_logs_its_own_experiment_id(tmp_path, caplog):
+    """Every round of a simulator loop logged 'exp0001'."""
+    import logging
+
+    url = f"sqlite:///{tmp_path / 'ids.db'}"
+    with caplog.at_level(logging.INFO, logger="aivc.sim"):
+        run_loop(
+            url,
+            "ids",
+            lab=SimulatorLab(seed=3, **SIM),
+            model="linear",
+            strategy="random",
+            batch_size=3,
+            n_rounds=3,
+        )
+    ran = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Ran experiment")]
+    assert [m.split()[2].rstrip(":") for m in ran] == ["exp0001", "exp0002", "exp0003"]
+    cells = SimulatorLab(seed=3, **SIM).measure(["G0001"], round=2)
+    assert cells.uns["aivc"]["experiment"] == {"id": 2, "batch": "exp0002"}
+    assert cells.obs_names[0].startswith("exp0002_")

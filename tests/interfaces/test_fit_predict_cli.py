@@ -485,3 +485,66 @@ def test_param_of_wrong_type_names_the_parameter_and_its_type(tiny, tmp_path):
     raw = {"perturbation_embedding": "5", "ridge": "1", "n_components": "3"}
     checked = check_param_types("linear", params, raw)
     assert checked == {"perturbation_embedding": "5", "ridge": 1, "n_components": 3}
+
+
+@pytest.fixture(scope="module")
+def mouse_file(data_dir, tmp_path_factory) -> Path:
+    """Synthetic counts whose genes and targets carry mouse symbols (one-to-one orthologs)."""
+    from aivc.genes import ortholog_table
+
+    table = ortholog_table()
+    pairs = table[table["homology_type"] == "ortholog_one2one"].sort_values("mouse_symbol")
+    mouse = [m for m in pairs["mouse_symbol"] if m[:1].isupper() and m[1:].islower()][:40]
+    raw, _ = synthetic_perturbation_data(
+        n_genes=40, n_singles=5, n_doubles=1, cells_per_condition=20, n_control_cells=40, seed=4
+    )
+    rename = {f"GENE{i:03d}": m for i, m in enumerate(mouse)}
+    raw.var_names = [rename[g] for g in raw.var_names]
+    raw.obs["perturbation"] = [
+        "+".join(rename[t] for t in p.split("+")) if p != "control" else p
+        for p in raw.obs["perturbation"].astype(str)
+    ]
+    path = tmp_path_factory.mktemp("mouse") / "mouse.h5ad"
+    raw.write_h5ad(path)
+    return path
+
+
+def test_fit_on_mouse_symbols_is_refused_and_names_the_ortholog_fix(mouse_file, tmp_path):
+    """`aivc fit --data` with mouse symbols fitted without any gene knowledge, saying so at INFO."""
+    out = tmp_path / "m"
+    args = ["fit", "--data", str(mouse_file), "--model", "additive", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, _output(result)
+    text = " ".join(_output(result).split())
+    assert "look like mouse symbols" in text and "no gene knowledge" in text
+    assert "aivc orthologs" in text and "--keep-symbols" in text
+    assert not out.exists()
+    # on purpose, the symbols as they are
+    result = runner.invoke(app, [*args, "--keep-symbols"])
+    assert result.exit_code == 0, _output(result)
+
+
+def test_orthologs_command_maps_genes_and_targets_so_knowledge_is_used(mouse_file, tmp_path):
+    from aivc.genes import genes_with_knowledge
+
+    human = tmp_path / "human.h5ad"
+    result = runner.invoke(app, ["orthologs", str(mouse_file), "--out", str(human)])
+    assert result.exit_code == 0, _output(result)
+    assert "40 of 40 genes renamed to human orthologs" in _output(result)
+    mapped = ad.read_h5ad(human)
+    original = ad.read_h5ad(mouse_file)
+    assert list(mapped.var["source_symbol"]) == list(original.var_names)
+    assert list(mapped.obs["perturbation_mouse"]) == list(original.obs["perturbation"])
+    targets = set(mapped.obs["perturbation"]) - {"control"}
+    assert all(t.isupper() for label in targets for t in label.split("+"))
+    # the renamed file fits without complaint, and its genes have knowledge
+    out = tmp_path / "m"
+    result = runner.invoke(
+        app, ["fit", "--data", str(human), "--model", "additive", "--out", str(out)]
+    )
+    assert result.exit_code == 0, _output(result)
+    genes = json.loads((out / "genes.json").read_text())
+    assert len(genes_with_knowledge(genes)) > 30
+    # an existing --out is kept
+    again = runner.invoke(app, ["orthologs", str(mouse_file), "--out", str(human)])
+    assert again.exit_code == 2 and "--overwrite" in _output(again)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -42,6 +42,28 @@ def fail(message: str) -> None:
     """Print ``message`` as an error and exit with status 2."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+def error_message(e: BaseException) -> str:
+    """An exception's message (KeyError quotes its argument; drop the quotes)."""
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    return str(e)
+
+
+def load_model(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The model of a model directory (``aivc fit``) or an ``Instrument.save`` folder.
+
+    Returns the model and the directory's manifest (empty for a plain folder).
+    """
+    from aivc.instruments import PerturbationModel
+
+    if (path / "aivc-model.json").exists():
+        from aivc.instruments._model_dir import load_model_dir
+
+        md = load_model_dir(path)
+        return md.model, md.manifest
+    return PerturbationModel.load(path), {}
 
 
 @contextmanager

@@ -10,16 +10,21 @@ from typing import Annotated
 
 import typer
 
-from aivc.interfaces._cli_common import Verbosity, working
+from aivc.interfaces._cli_common import Verbosity, error_message, load_model, working
 from aivc.interfaces._cli_common import fail as _fail
 from aivc.interfaces._cli_common import setup as _setup
 
 ModelDir = Annotated[Path, typer.Argument(help="A saved model directory (aivc fit).")]
 
 
-def _cells(path: Path, select: str | None, what: str) -> object:
-    """Cells of an h5ad file, optionally those with ``obs[column] == value``."""
+def _cells(path: Path, select: str | None, what: str, *, target_sum: float) -> object:
+    """Log-expression of the cells of an h5ad file, optionally those with ``obs[column] == value``.
+
+    Raw counts are log-normalised as the model's training data were, with a
+    note saying so.
+    """
     from aivc.data import read_h5ad
+    from aivc.experiments._design import log_expression
 
     adata = read_h5ad(path)
     if select:
@@ -29,7 +34,16 @@ def _cells(path: Path, select: str | None, what: str) -> object:
         adata = adata[adata.obs[column].astype(str) == value]
         if adata.n_obs == 0:
             _fail(f"No cells in {path} with {column} == {value!r}.")
+    adata, note = log_expression(adata, target_sum=target_sum, what=f"--{what} cells of {path}")
+    if note is not None:
+        typer.echo(f"note: {note}.")
     return adata
+
+
+def _target_sum(manifest: dict) -> float:
+    """Library size the model's training data were normalised to (10,000 when not recorded)."""
+    prep = (manifest.get("training") or {}).get("preprocessing") or {}
+    return float(prep.get("target_sum") or 1e4)
 
 
 def _list(value: str | None) -> list[str] | None:
@@ -67,7 +81,8 @@ def register(app: typer.Typer) -> None:
         candidates: Annotated[
             str | None,
             typer.Option(
-                help="Comma-separated targets or a file with one per line (default: all)."
+                help="Comma-separated targets or a file with one per line (default: the model's "
+                "measured targets and the genes of its panel with prior knowledge)."
             ),
         ] = None,
         pairs: Annotated[bool, typer.Option(help="Also try pairs of the best singles.")] = True,
@@ -78,17 +93,25 @@ def register(app: typer.Typer) -> None:
         level: Annotated[float, typer.Option(help="Interval level.")] = 0.9,
         verbosity: Verbosity = "info",
     ) -> None:
-        """Inverse design: perturbations predicted to move a start state closest to a target."""
+        """Inverse design: perturbations predicted to move a start state closest to a target.
+
+        The target (and start) cells are log-expression; a file of raw counts is
+        log-normalised as the model's training data were, and the output says so.
+        """
         _setup(verbosity, None)
         from aivc.data import DataValidationError
         from aivc.experiments._design import inverse_design
-        from aivc.instruments import PerturbationModel
 
         try:
             with working(f"loading {model_dir} and the target and start cells"):
-                model = PerturbationModel.load(model_dir)
-                target_cells = _cells(target, target_obs, "target")
-                start_cells = None if start is None else _cells(start, start_obs, "start")
+                model, manifest = load_model(model_dir)
+                target_sum = _target_sum(manifest)
+                target_cells = _cells(target, target_obs, "target", target_sum=target_sum)
+                start_cells = (
+                    None
+                    if start is None
+                    else _cells(start, start_obs, "start", target_sum=target_sum)
+                )
             steps = "scoring singles" + (", then pairs of the best" if pairs else "")
             with working("searching the designs", steps=steps):
                 result = inverse_design(
@@ -103,12 +126,13 @@ def register(app: typer.Typer) -> None:
                     level=level,
                 )
         except (FileNotFoundError, ValueError, KeyError, DataValidationError) as e:
-            _fail(str(e))
+            _fail(error_message(e))
         from aivc._io import write_csv_atomic
 
         write_csv_atomic(result.table, out)
         path_file = out.with_name(out.stem + "_path.csv")
         write_csv_atomic(result.path, path_file)
+        typer.echo(result.candidates)
         typer.echo(f"start distance to target: {result.start_distance:.3f}")
         typer.echo(result.table.head(10).to_string(index=False))
         typer.echo("\npredicted path of the best design:")
@@ -130,13 +154,12 @@ def register(app: typer.Typer) -> None:
 
         from aivc.data import DataValidationError
         from aivc.experiments._explain import explain as explain_prediction
-        from aivc.instruments import PerturbationModel
 
         try:
-            model = PerturbationModel.load(model_dir)
+            model, _ = load_model(model_dir)
             ex = explain_prediction(model, perturbation, context=context, n_top=n_top)
         except (FileNotFoundError, ValueError, KeyError, DataValidationError) as e:
-            _fail(str(e))
+            _fail(error_message(e))
         typer.echo(f"top predicted changes for {perturbation}:")
         typer.echo(ex.top_genes.head(10).to_string(index=False))
         typer.echo("\nattribution by knowledge source:")

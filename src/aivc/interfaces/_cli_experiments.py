@@ -10,14 +10,9 @@ from typing import Annotated
 
 import typer
 
+from aivc.interfaces._cli_common import error_message as _message
 from aivc.interfaces._cli_common import fail as _fail
-
-
-def _message(e: BaseException) -> str:
-    """An exception's message (KeyError quotes its argument; drop the quotes)."""
-    if isinstance(e, KeyError) and e.args:
-        return str(e.args[0])
-    return str(e)
+from aivc.interfaces._cli_common import load_model
 
 
 def _read_list(path: Path) -> list[str]:
@@ -49,7 +44,14 @@ def loop(
         str, typer.Option("--strategy", help="Acquisition strategy (random, gp-ucb, ...).")
     ] = "random",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Candidates per round.")] = 48,
-    rounds: Annotated[int, typer.Option("--rounds", help="Rounds in the campaign.")] = 5,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            "--rounds",
+            help="Rounds in the campaign (default 5; with --resume the project's own). With "
+            "--resume, more rounds than recorded extend the project, a finished one too.",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the proposals (and simulator).")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an existing project.")] = False,
     candidates: Annotated[
@@ -82,7 +84,8 @@ def loop(
     """Run the lab in the loop: propose -> measure -> update the model, recorded in a ledger.
 
     Every round is written to the ledger in one transaction; a loop that was
-    killed continues where it stopped with --resume.
+    killed continues where it stopped with --resume, and --resume --rounds N
+    extends a project (finished or not) to N rounds.
     """
     from aivc._settings import settings
 
@@ -138,16 +141,6 @@ def loop(
             typer.echo(f"  {name}\t{value:.3f}")
 
 
-def _load_model(path: Path):
-    from aivc.instruments import PerturbationModel
-
-    if (path / "aivc-model.json").exists():
-        from aivc.instruments._model_dir import load_model_dir
-
-        return load_model_dir(path).model
-    return PerturbationModel.load(path)
-
-
 def screen(
     model_dir: Annotated[
         Path, typer.Argument(help="A saved model directory (aivc fit, or Instrument.save).")
@@ -164,7 +157,9 @@ def screen(
     genes: Annotated[
         Path | None,
         typer.Option(
-            "--genes", help="Text file, one candidate gene per line (single perturbations)."
+            "--genes",
+            help="Text file, one candidate gene per line (single perturbations); without it "
+            "and --pairs-of: the model's measured targets and its genes with prior knowledge.",
         ),
     ] = None,
     pairs_of: Annotated[
@@ -205,20 +200,32 @@ def screen(
     """Virtual screen: score every single perturbation of a gene list, or every pair of a panel.
 
     Ranks by the predicted objective and, for models with intervals, by its
-    lower confidence bound; writes both ranks to the CSV.
+    lower confidence bound; writes both ranks to the CSV. Without --genes or
+    --pairs-of the candidates are the model's measured targets and the genes of
+    its panel with prior knowledge (the output says how many of each).
     """
     from aivc._settings import settings
 
     settings.verbosity = verbosity
     settings.configure_logging()
-    if (genes is None) == (pairs_of is None):
-        _fail("pass either --genes FILE or --pairs-of FILE.")
+    if genes is not None and pairs_of is not None:
+        _fail("pass either --genes FILE or --pairs-of FILE, not both.")
     from aivc.data import DataValidationError
     from aivc.experiments._screen import screen as run_screen
 
     client = None
     try:
-        model = _load_model(model_dir)
+        model, _ = load_model(model_dir)
+        if genes is not None:
+            singles: list[str] | None = _read_list(genes)
+        elif pairs_of is None:
+            from aivc.experiments import default_candidates
+
+            chosen = default_candidates(model)
+            singles = list(chosen.labels)
+            typer.echo(chosen.description)
+        else:
+            singles = None
         states = None
         if reference is not None:
             from aivc.data import read_h5ad
@@ -235,7 +242,7 @@ def screen(
             client = "local"
         result = run_screen(
             model,
-            _read_list(genes) if genes is not None else None,
+            singles,
             pairs_of=_read_list(pairs_of) if pairs_of is not None else None,
             objective=objective,
             context=context,

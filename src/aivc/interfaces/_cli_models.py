@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from aivc.interfaces._cli_common import DataFile, DatasetName, ModelOut, working
+from aivc.interfaces._cli_common import DataFile, DatasetName, ModelOut, error_message, working
 from aivc.interfaces._cli_common import fail as _fail
 from aivc.interfaces._cli_common import setup as _setup
 
@@ -110,6 +110,143 @@ def check_param_types(model: str, params: dict[str, Any], raw: dict[str, str]) -
     return out
 
 
+#: Share of mouse-style gene symbols above which ``aivc fit --data`` refuses the data.
+MOUSE_SHARE = 0.5
+
+
+def _refuse_mouse_symbols(data: Path, schema: Any | None) -> None:
+    """Stop a fit on genes named with mouse symbols, which no gene knowledge covers.
+
+    Reads only the file's annotations (backed mode). Does nothing without the
+    human gene table (no knowledge could be used anyway).
+    """
+    from aivc.data import read_h5ad
+    from aivc.genes import gene_symbols, mouse_style_share
+
+    try:
+        human = gene_symbols()
+    except FileNotFoundError:
+        return
+    adata = read_h5ad(data, backed=True)
+    try:
+        genes = [str(g) for g in adata.var_names]
+    finally:
+        if adata.file is not None:
+            adata.file.close()
+    share = mouse_style_share(genes, human_symbols=human)
+    if share < MOUSE_SHARE:
+        return
+    examples = ", ".join([g for g in genes if g not in human][:3])
+    columns = ""  # a schema stored in the file is read by `aivc orthologs` itself
+    if schema is not None:
+        columns = (
+            f" --perturbation-key {schema.perturbation_key} --control-label {schema.control_label}"
+        )
+        if schema.combination_separator != "+":
+            columns += f" --separator {schema.combination_separator}"
+    mapped = data.with_name(f"{data.stem}_human.h5ad")
+    _fail(
+        f"The genes of {str(data)!r} look like mouse symbols ({share:.0%} of {len(genes)} are "
+        f"written the mouse way and are not human symbols, e.g. {examples}), so the fit would "
+        "use no gene knowledge: GO, STRING and HuRI are human tables. Map the genes and the "
+        f"perturbation targets to their human orthologs first (aivc orthologs {data} --out "
+        f"{mapped}{columns}) and fit on that file, or pass --keep-symbols to fit on the symbols "
+        "as they are, without gene knowledge."
+    )
+
+
+def orthologs(
+    data: Annotated[Path, typer.Argument(help="An .h5ad file (raw counts) to rename.")],
+    out: Annotated[Path, typer.Option("--out", help="The renamed .h5ad file to write.")],
+    perturbation_key: Annotated[
+        str | None,
+        typer.Option(
+            "--perturbation-key",
+            help="obs column with perturbation labels, renamed too (default: the file's schema).",
+        ),
+    ] = None,
+    control_label: Annotated[
+        str | None,
+        typer.Option(
+            "--control-label", help="Label of control cells (default: the file's schema)."
+        ),
+    ] = None,
+    separator: Annotated[
+        str | None,
+        typer.Option(
+            "--separator", help="Separator of combination labels (default: the schema's, or +)."
+        ),
+    ] = None,
+    from_species: Annotated[
+        str, typer.Option("--from", help="Species of the file's symbols: mouse or human.")
+    ] = "mouse",
+    to_species: Annotated[
+        str, typer.Option("--to", help="Species to rename them to: human or mouse.")
+    ] = "human",
+    many: Annotated[
+        str,
+        typer.Option(
+            "--many", help="A gene with several orthologs: 'best' keeps the best one, 'drop' none."
+        ),
+    ] = "best",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --out.")
+    ] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Folder holding the datasets (default: AIVC_DATA_DIR)."),
+    ] = None,
+    verbosity: Annotated[
+        str, typer.Option("--verbosity", "-v", help="debug, info, warning or error.")
+    ] = "info",
+) -> None:
+    """Rename genes and perturbation targets to their orthologs (mouse to human by default).
+
+    Genes without an ortholog are left out (the output lists how many); a
+    perturbation target without one is an error. The original symbols stay in
+    var["source_symbol"] and obs["<perturbation key>_<species>"], the report in
+    uns["aivc_orthologs"]. Example, before fitting with gene knowledge:
+    aivc orthologs mouse.h5ad --out mouse_human.h5ad, then aivc fit --data mouse_human.h5ad.
+    """
+    _setup(verbosity, data_dir)
+    from aivc._io import atomic_path
+    from aivc.data import DataValidationError, read_h5ad
+    from aivc.genes import orthologs_to_adata
+
+    if out.exists() and not overwrite:
+        _fail(f"{str(out)!r} already exists; pass --overwrite to replace it.")
+    if out.resolve() == data.resolve():
+        _fail("--out must be a new file; the input file is kept as it is.")
+    try:
+        adata = read_h5ad(data)
+        stored = (adata.uns.get("aivc") or {}).get("schema") or {}
+        key = perturbation_key or stored.get("perturbation_key")
+        control = control_label or stored.get("control_label")
+        sep = separator or stored.get("combination_separator") or "+"
+        if key is not None and control is None:
+            _fail("renaming perturbation labels needs --control-label.")
+        mapped = orthologs_to_adata(
+            adata,
+            from_species=from_species,
+            to_species=to_species,
+            many=many,
+            perturbation_key=key,
+            control_label=control,
+            separator=sep,
+        )
+    except (FileNotFoundError, ValueError, KeyError, DataValidationError) as e:
+        _fail(error_message(e))
+    report = mapped.uns["aivc_orthologs"]
+    with atomic_path(out) as tmp:
+        mapped.write_h5ad(tmp)
+    targets = report.get("targets", {})
+    typer.echo(
+        f"wrote {out}: {mapped.n_vars} of {adata.n_vars} genes renamed to {to_species} orthologs "
+        f"({len(report['unmapped'])} without one left out)"
+        + (f"; {len(targets)} perturbation targets renamed" if key is not None else "")
+    )
+
+
 def fit(
     out: ModelOut,
     dataset: DatasetName = None,
@@ -160,6 +297,14 @@ def fit(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing --out.")
     ] = False,
+    keep_symbols: Annotated[
+        bool,
+        typer.Option(
+            "--keep-symbols",
+            help="Fit --data whose genes are mouse symbols as they are, without gene knowledge "
+            "(by default such data are refused; map them with `aivc orthologs`).",
+        ),
+    ] = False,
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="Folder holding the datasets (default: AIVC_DATA_DIR)."),
@@ -169,6 +314,10 @@ def fit(
     ] = "info",
 ) -> None:
     """Fit a perturbation model and write a self-describing model directory.
+
+    Gene knowledge (GO, STRING, HuRI) is human: --data whose genes are mouse
+    symbols (Stat1, Jak2) is refused, since no knowledge would reach the model;
+    map it to human orthologs with `aivc orthologs` first, or pass --keep-symbols.
 
     Example: aivc fit --dataset papalexi2021 --model aivc-perturb --out models/papalexi
     """
@@ -198,6 +347,8 @@ def fit(
         params = dict(parse_param(p) for p in (param or []))
         raw = {k.strip(): v for k, _, v in (p.partition("=") for p in (param or []))}
         params = check_param_types(model, params, raw)
+        if data is not None and not keep_symbols:
+            _refuse_mouse_symbols(data, schema)
         source = dataset if dataset is not None else str(data)
         with working(
             f"fitting {model} on {source}", steps=f"loading, preparing, fitting, writing {out}"
@@ -256,12 +407,16 @@ def predict(
     holds predicted_delta, delta_lower/delta_upper and the DE table "de".
     """
     _setup(verbosity, None)
-    from aivc.data import DataValidationError, read_h5ad
-    from aivc.instruments._model_dir import predict_model_dir
+    from aivc.data import DataValidationError, PerturbationSchema, read_h5ad
+    from aivc.experiments import check_context_declared
+    from aivc.instruments._model_dir import predict_model_dir, read_manifest
 
     if out.exists() and not overwrite:
         _fail(f"{str(out)!r} already exists; pass --overwrite to replace it.")
     try:
+        declared = read_manifest(model_dir).get("schema")
+        if declared:
+            check_context_declared(PerturbationSchema.from_dict(dict(declared)), context)
         ctrl = read_h5ad(control) if control is not None else None
         n_perts = len([p for p in perturbations.split(",") if p.strip()])
         with working(
@@ -294,3 +449,4 @@ def register(app: typer.Typer) -> None:
     """Add this area's commands to the ``aivc`` app."""
     app.command("fit")(fit)
     app.command("predict")(predict)
+    app.command("orthologs")(orthologs)
