@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -35,6 +37,13 @@ def _free_port() -> int:
 @pytest.fixture
 def server(data_dir: Path, tmp_path: Path):
     """A real ``aivc serve`` on a free loopback port, in a subprocess."""
+    with _serving(data_dir, tmp_path) as url:
+        yield url
+
+
+@contextmanager
+def _serving(data_dir: Path, tmp_path: Path) -> Iterator[str]:
+    """Run ``aivc serve`` on the workspace ``tmp_path / "ws"``; yields its address."""
     port = _free_port()
     env = {**os.environ, "AIVC_DATA_DIR": str(data_dir), "AIVC_API_TOKEN": ""}
     log = (tmp_path / "serve.log").open("w")
@@ -208,3 +217,112 @@ def test_bench_fit_predict_and_screenshot(server: str, browser, tmp_path: Path) 
     browser.find_element(By.ID, "predict-btn").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "pred-summary"), "measured in an upload"))
     assert "(150 cells" in browser.find_element(By.ID, "pred-summary").text
+
+
+@pytest.fixture
+def server_with_models(data_dir: Path, tmp_path: Path):
+    """``aivc serve`` on a workspace that already holds two models of papalexi2021.
+
+    A linear baseline fitted first and the main model (``aivc-perturb``, in a light
+    configuration so the fit takes seconds) fitted second.
+    """
+    from aivc.interfaces.api import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    fits = [
+        ("a-linear", "linear", {}),
+        (
+            "main",
+            "aivc-perturb",
+            {"embeddings": "go", "ridge": 1.0, "interactions": False, "cell_detection": False},
+        ),
+    ]
+    for name, instrument, params in fits:
+        job = ws.submit_fit(dataset="papalexi2021", instrument=instrument, params=params, name=name)
+        done = ws.jobs.wait(job["id"], timeout=300)
+        assert done.state == "succeeded", done.error
+    ws.shutdown()
+    with _serving(data_dir, tmp_path) as url:
+        yield url
+
+
+def test_failed_prediction_shows_the_error_in_the_result_area_and_clears_stale_plots(
+    server_with_models: str, browser, tmp_path: Path
+) -> None:
+    """A failed request left the last perturbation's plots up, the error in the header only."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(server_with_models + "/")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "model-info"), "held out"))
+    # the page starts on the main model and its dataset, not on the first of each list
+    assert (
+        Select(browser.find_element(By.ID, "model")).first_selected_option.get_attribute("value")
+        == "main"
+    )
+    assert (
+        Select(browser.find_element(By.ID, "dataset")).first_selected_option.get_attribute("value")
+        == "papalexi2021"
+    )
+    assert (
+        Select(browser.find_element(By.ID, "instrument")).first_selected_option.get_attribute(
+            "value"
+        )
+        == "aivc-perturb"
+    )
+    wait.until(
+        lambda d: (
+            d.execute_script("return (document.getElementById('embedding').data || []).length") > 0
+        )
+    )
+
+    def predict(label: str) -> None:
+        box = browser.find_element(By.ID, "pert-input")
+        box.clear()
+        box.send_keys(label)
+        browser.find_element(By.ID, "predict-btn").click()
+
+    predict("IFNGR1")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "volcano"), "IFNGR1"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#top-table tbody tr")) == 20
+    traces = browser.execute_script(
+        "return document.getElementById('embedding').data"
+        ".map((t) => [t.name, t.meta || '', (t.marker && t.marker.color) || '']);"
+    )
+    highlight = [c for name, _, c in traces if name == "IFNGR1 (measured cells)"]
+    groups = {c for _, meta, c in traces if meta != "overlay"}
+    # the measured cells stand out: their colour is no perturbation group's
+    assert highlight and highlight[0] not in groups, traces
+    assert browser.find_element(By.ID, "pred-error").is_displayed() is False
+
+    predict("NOTAGENE99")
+    wait.until(lambda d: d.find_element(By.ID, "pred-error").is_displayed())
+    error = browser.find_element(By.ID, "pred-error")
+    assert "NOTAGENE99" in error.text and "Unknown gene" in error.text
+    assert error.get_attribute("role") == "alert"
+    # the error sits in the result area, above the (now empty) plots
+    plots = browser.find_element(By.CSS_SELECTOR, "#predict .plots")
+    assert error.location["y"] < plots.location["y"]
+    assert browser.find_element(By.ID, "predict").find_element(By.ID, "pred-error") == error
+    # nothing of IFNGR1 is left to be read as NOTAGENE99's result
+    for plot in ("volcano", "pred-obs"):
+        n = browser.execute_script(f"return (document.getElementById('{plot}').data || []).length")
+        assert n == 0, plot
+    assert "IFNGR1" not in browser.find_element(By.ID, "volcano").text
+    assert browser.find_elements(By.CSS_SELECTOR, "#top-table tbody tr") == []
+    assert browser.find_element(By.ID, "pred-summary").text == ""
+    metas = browser.execute_script(
+        "return document.getElementById('embedding').data.map((t) => t.meta || '');"
+    )
+    assert "overlay" not in metas
+    shot = tmp_path / "bench-error.png"
+    browser.execute_script("document.getElementById('predict').scrollIntoView()")
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 20_000
+
+    # the next good request hides the error again
+    predict("STAT1")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "volcano"), "STAT1"))
+    assert browser.find_element(By.ID, "pred-error").is_displayed() is False

@@ -3,12 +3,33 @@
 
 const $ = (id) => document.getElementById(id);
 const PLOT_CONFIG = { responsive: true, displaylogo: false, displayModeBar: false };
+// The project's main model, and the dataset to start on when no model of it is fitted yet.
+const MAIN_INSTRUMENT = "aivc-perturb";
+const MAIN_DATASET = "papalexi2021";
+// Perturbation groups of the embedding get these colours; none is the highlight's.
+const GROUP_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#8c6d31"];
+const CONTROL_COLOUR = "#9e9e9e";
+const OTHER_COLOUR = "#cfd8dc";
+const HIGHLIGHT_COLOUR = "#ff1744";
 const state = { token: localStorage.getItem("aivc-token") || "", job: null, model: null, info: null, caps: {} };
 
 function setStatus(text, error = false) {
   const s = $("status");
   s.textContent = text;
   s.className = error ? "error" : "";
+}
+
+// An error shown where the result would have been (a box that screen readers announce).
+function showError(id, message) {
+  const box = $(id);
+  box.textContent = message;
+  box.hidden = false;
+}
+
+function hideError(id) {
+  const box = $(id);
+  box.textContent = "";
+  box.hidden = true;
 }
 
 async function api(path, options = {}) {
@@ -44,8 +65,13 @@ function fmt(v, digits = 3) {
 }
 
 // ---------------------------------------------------------------- setup
+// The model to start with: the first of the main instrument, else the first fitted one.
+function mainModel(models) {
+  return models.find((x) => x.instrument === MAIN_INSTRUMENT) || models[0] || null;
+}
+
 async function loadLists() {
-  const [datasets, instruments] = await Promise.all([api("/datasets"), api("/instruments")]);
+  const [datasets, instruments, models] = await Promise.all([api("/datasets"), api("/instruments"), api("/models")]);
   const ds = $("dataset");
   ds.innerHTML = "";
   datasets.forEach((d) => option(ds, d.name, d.name));
@@ -55,23 +81,31 @@ async function loadLists() {
     state.caps[i.name] = i.capabilities;
     option(ins, i.name, i.name + (i.capabilities.includes("uncertainty") ? " (intervals)" : ""));
   });
-  if ([...ins.options].some((o) => o.value === "linear-knowledge")) ins.value = "linear-knowledge";
-  await loadModels();
+  if (state.caps[MAIN_INSTRUMENT]) ins.value = MAIN_INSTRUMENT;
+  // start on the dataset of the main model; without one, on the main dataset
+  const names = datasets.map((d) => d.name);
+  const main = mainModel(models.filter((x) => names.includes(x.dataset)));
+  if (main) ds.value = main.dataset;
+  else if (names.includes(MAIN_DATASET)) ds.value = MAIN_DATASET;
+  await loadModels(main ? main.id : undefined, models);
 }
 
-async function loadModels(select) {
-  const models = await api("/models");
+async function loadModels(select, known) {
+  const models = known || (await api("/models"));
   const m = $("model");
   m.innerHTML = "";
   models.forEach((x) => option(m, x.id, `${x.id} (${x.instrument} on ${x.dataset})`));
-  if (select) m.value = select;
+  const chosen = select || (mainModel(models) || {}).id;
+  if (chosen) m.value = chosen;
   if (m.value) await chooseModel(m.value);
 }
 
 async function chooseModel(id) {
   state.model = id;
+  clearPrediction();
   state.info = await api("/models/" + encodeURIComponent(id));
   const i = state.info;
+  if ([...$("dataset").options].some((o) => o.value === i.dataset)) $("dataset").value = i.dataset;
   $("model-info").textContent =
     `${i.instrument} fitted on ${i.dataset} (${i.train_perturbations.length} training perturbations, ` +
     `${i.n_genes} genes); held out: ${i.heldout_perturbations.join(", ") || "none"}.`;
@@ -98,10 +132,12 @@ async function drawEmbedding(dataset) {
     (groups[g] = groups[g] || []).push(k);
   });
   const control = state.info ? state.info.control_label : null;
+  let next = 0;
+  const colour = (g) => (g === control ? CONTROL_COLOUR : g === "other" ? OTHER_COLOUR : GROUP_COLOURS[next++ % GROUP_COLOURS.length]);
   const traces = Object.keys(groups).map((g) => ({
     type: "scatter", mode: "markers", name: g,
     x: groups[g].map((k) => e.x[k]), y: groups[g].map((k) => e.y[k]),
-    marker: Object.assign({ size: 4, opacity: 0.6 }, g === control || g === "other" ? { color: g === control ? "#9e9e9e" : "#cfd8dc" } : {}),
+    marker: { size: 4, opacity: 0.6, color: colour(g) },
   }));
   Plotly.react("embedding", traces, {
     title: { text: `${dataset}: ${e.n_cells} cells (${e.method})`, font: { size: 13 } },
@@ -157,17 +193,32 @@ function suggest() {
   }, 150);
 }
 
+// Remove the results of the last prediction: plots, table, summary and the embedding overlays.
+function clearPrediction() {
+  ["volcano", "pred-obs"].forEach((id) => {
+    Plotly.purge(id);
+    $(id).innerHTML = "";
+  });
+  $("top-table").querySelector("tbody").innerHTML = "";
+  $("pred-summary").textContent = "";
+  removeOverlays();
+}
+
 async function predict() {
   const pert = $("pert-input").value.trim();
   if (!state.model || !pert) return;
   const body = { perturbations: [pert], top_k: 20, all_genes: true };
   if (!$("context").hidden) body.context = $("context").value;
   setStatus(`predicting ${pert}…`);
+  hideError("pred-error");
   let out;
   try {
     out = await api(`/models/${encodeURIComponent(state.model)}/predict`, { method: "POST", json: body });
   } catch (err) {
-    setStatus(err.message, true);
+    // the last perturbation's results would read as this one's: clear them, say why here
+    clearPrediction();
+    showError("pred-error", `could not predict ${pert}: ${err.message}`);
+    setStatus(`prediction of ${pert} failed`, true);
     return;
   }
   const p = out.predictions[0];
@@ -186,6 +237,13 @@ async function predict() {
   setStatus(`predicted ${p.perturbation}`);
 }
 
+function removeOverlays() {
+  const g = $("embedding");
+  if (!g.data) return;
+  const old = g.data.map((t, k) => (t.meta === "overlay" ? k : -1)).filter((k) => k >= 0);
+  if (old.length) Plotly.deleteTraces(g, old);
+}
+
 function highlightCells(pert, emb) {
   const e = state.embedding;
   const g = $("embedding");
@@ -194,20 +252,19 @@ function highlightCells(pert, emb) {
   const trace = {
     type: "scatter", mode: "markers", name: `${pert} (measured cells)`,
     x: keep.map((k) => e.x[k]), y: keep.map((k) => e.y[k]),
-    marker: { size: 5, color: "#e53935", opacity: 0.8 },
+    marker: { size: 7, color: HIGHLIGHT_COLOUR, opacity: 0.9, line: { color: "#000", width: 1 } },
   };
-  const old = g.data.map((t, k) => (t.meta === "overlay" ? k : -1)).filter((k) => k >= 0);
-  if (old.length) Plotly.deleteTraces(g, old);
+  removeOverlays();
   const overlays = [];
   if (keep.length) overlays.push(Object.assign(trace, { meta: "overlay" }));
   if (emb) {
-    const arrow = (to, name, color) => ({
+    const arrow = (to, name, dash) => ({
       type: "scatter", mode: "lines+markers", name, meta: "overlay",
       x: [emb.control[0], to[0]], y: [emb.control[1], to[1]],
-      line: { color, width: 3 }, marker: { size: [6, 12], color, symbol: ["circle", "diamond"] },
+      line: { color: "#111", width: 3, dash }, marker: { size: [6, 12], color: "#111", symbol: ["circle", "diamond"] },
     });
-    overlays.push(arrow(emb.predicted, "control → predicted mean", "#111"));
-    if (emb.observed) overlays.push(arrow(emb.observed, "control → observed mean", "#b71c1c"));
+    overlays.push(arrow(emb.predicted, "control → predicted mean", "solid"));
+    if (emb.observed) overlays.push(arrow(emb.observed, "control → observed mean", "dot"));
   }
   if (overlays.length) Plotly.addTraces(g, overlays);
 }
@@ -288,6 +345,7 @@ async function drawCalibration() {
     return;
   }
   try {
+    Plotly.purge("calibration");
     const c = await api(`/models/${encodeURIComponent(state.model)}/calibration`);
     Plotly.react("calibration", [
       { type: "scatter", mode: "lines+markers", name: state.info.instrument, x: c.levels, y: c.coverage },
@@ -299,6 +357,7 @@ async function drawCalibration() {
     }, PLOT_CONFIG);
     $("calibration-note").textContent = "";
   } catch (err) {
+    $("calibration").innerHTML = "";
     $("calibration-note").textContent = "no calibration: " + err.message;
   }
 }
@@ -320,6 +379,7 @@ function fillRanked(tableId, rows, cols) {
 async function screen() {
   if (!state.model) return;
   $("screen-note").textContent = "screening…";
+  hideError("screen-error");
   try {
     const objective = $("objective").value.trim();
     const body = { objective, top_k: 10 };
@@ -328,13 +388,16 @@ async function screen() {
     fillRanked("screen-table", out.ranking, ["perturbation", "score", "score_lower", "effect_size"]);
     $("screen-note").textContent = out.description || "";
   } catch (err) {
-    $("screen-note").textContent = "screen unavailable: " + err.message;
+    $("screen-table").querySelector("tbody").innerHTML = "";
+    $("screen-note").textContent = "";
+    showError("screen-error", "screen unavailable: " + err.message);
   }
 }
 
 async function propose() {
   if (!state.model) return;
   $("proposal-note").textContent = "proposing…";
+  hideError("proposal-error");
   try {
     const body = { batch_size: 10, strategy: $("strategy").value };
     if (!$("context").hidden) body.context = $("context").value;
@@ -342,7 +405,9 @@ async function propose() {
     fillRanked("proposal-table", out.proposals, ["perturbation", "predicted_effect"]);
     $("proposal-note").textContent = out.description || "";
   } catch (err) {
-    $("proposal-note").textContent = "suggestions unavailable: " + err.message;
+    $("proposal-table").querySelector("tbody").innerHTML = "";
+    $("proposal-note").textContent = "";
+    showError("proposal-error", "suggestions unavailable: " + err.message);
   }
 }
 
