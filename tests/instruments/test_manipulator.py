@@ -18,7 +18,9 @@ from aivc.instruments import (
 from aivc.instruments import _manipulator_module as mm
 from aivc.instruments._perturb import MeasuredSingles, MeasuredState, fit_interactions
 
-FAST = {"embeddings": "coexpression"}  # no knowledge tables: quick and offline
+# no knowledge tables (quick and offline); the regression without the blend, whose stages these
+# tests check (the blend has its own tests)
+FAST = {"embeddings": "coexpression", "blend": False}
 
 
 @pytest.fixture(scope="module")

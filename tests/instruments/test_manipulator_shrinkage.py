@@ -10,7 +10,9 @@ from aivc.data import prepare
 from aivc.data._synthetic import synthetic_perturbation_data
 from aivc.instruments import PerturbModel
 
-FAST = {"embeddings": "coexpression"}  # no knowledge tables: quick and offline
+# no knowledge tables (quick and offline); the regression without the blend, whose stages these
+# tests check (the blend has its own tests)
+FAST = {"embeddings": "coexpression", "blend": False}
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ from numpy.testing import assert_allclose
 from aivc.data import DataValidationError
 from aivc.instruments import PerturbModel
 
-FAST = {"embeddings": "coexpression"}  # no knowledge tables: quick and offline
+# no knowledge tables (quick and offline); the regression without the blend, whose stages these
+# tests check (the blend has its own tests)
+FAST = {"embeddings": "coexpression", "blend": False}
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,9 @@ from aivc.instruments._perturb import (
 from aivc.instruments._perturb._embeddings import data_tables
 from aivc.instruments._perturb._state import state_fields
 
-FAST = {"embeddings": "coexpression"}  # no knowledge tables: quick and offline
+# no knowledge tables (quick and offline); the regression without the blend, whose stages these
+# tests check (the blend has its own tests)
+FAST = {"embeddings": "coexpression", "blend": False}
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -379,10 +381,10 @@ def test_save_writes_every_declared_field(fitted, tmp_path):
     config = json.loads((path / "config.json").read_text())
     arrays = load_file(str(path / "weights.safetensors"))
     state = config["state"]
-    assert state["perturb_format_version"] == 2
+    assert state["perturb_format_version"] == 3
     assert set(model.stages_) == {
         "kernel", "context", "target", "shrinkage", "measured", "interactions", "inferred",
-        "cells", "calibration",
+        "cells", "calibration", "blend",
     }  # fmt: skip
     for stage, component in model.stages_.items():
         for name, kind, _, _ in state_fields(type(component.state)):

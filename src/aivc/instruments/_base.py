@@ -10,6 +10,7 @@ version; ``weights.safetensors`` with arrays). Nothing is ever pickled.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import json
 import logging
@@ -135,6 +136,20 @@ class PerturbationSummary:
             n_cells=info["n_cells"].to_numpy()[pert_rows],
             control_mean=control_mean,
             doses=[float(d) for d in info["dose"].to_numpy()[pert_rows]],
+        )
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> PerturbationSummary:
+        """The same summary restricted to the conditions at ``rows`` (controls kept)."""
+        idx = np.asarray(rows, dtype=int)
+        doses = self.doses or [0.0] * len(self.perturbations)
+        return dataclasses.replace(
+            self,
+            perturbations=[self.perturbations[i] for i in idx],
+            contexts=[self.contexts[i] for i in idx],
+            mean=self.mean[idx],
+            delta=self.delta[idx],
+            n_cells=np.asarray(self.n_cells)[idx],
+            doses=[float(doses[i]) for i in idx],
         )
 
 
@@ -459,6 +474,18 @@ class PerturbationModel(Instrument):
                 msg = "perturbation_features contains NaN or infinite values; expected finite numbers."
                 raise DataValidationError(msg)
             summary.features = pd.DataFrame(values, index=perturbation_features.index.astype(str))
+        return self._fit_summary(summary, adata, known_genes=known_genes)
+
+    def _fit_summary(
+        self,
+        summary: PerturbationSummary,
+        adata: AnnData,
+        *,
+        known_genes: Sequence[str] | None = None,
+    ) -> Self:
+        """Fit on a pseudobulk summary already built from ``adata`` (e.g. a subset of its
+        conditions, for nested cross-validation); ``adata`` supplies the control cells."""
+        schema = summary.schema
         if not summary.perturbations:
             msg = "The training data hold no perturbed cells; a perturbation model needs some."
             raise DataValidationError(msg)

@@ -83,6 +83,7 @@ import numpy as np
 from aivc.data import DataValidationError
 from aivc.instruments._base import PerturbationModel, PerturbationSummary
 from aivc.instruments._conformal import check_level
+from aivc.instruments._perturb._blend import Blend
 from aivc.instruments._perturb._calibration import Calibration
 from aivc.instruments._perturb._cells import CellGeneration
 from aivc.instruments._perturb._combinations import (
@@ -115,8 +116,9 @@ __all__ = ["PERTURB_FORMAT_VERSION", "PerturbModel"]
 logger = logging.getLogger(__name__)
 
 #: Version of the layout of an ``aivc-perturb`` state (``state.perturb_format_version`` in
-#: ``config.json``). Version 2 stores one entry per fitting stage; loading refuses others.
-PERTURB_FORMAT_VERSION = 2
+#: ``config.json``). Version 2 stores one entry per fitting stage; version 3 adds the blend
+#: with the simple baselines; loading refuses others.
+PERTURB_FORMAT_VERSION = 3
 
 #: The dispersion of a prediction's neighbours, under its former name (used by benchmarks).
 _neighbour_dispersion = neighbour_dispersion
@@ -329,6 +331,7 @@ class PerturbModel(PerturbationModel):
         ("_inferred", InferredSingles),
         ("_cells", CellGeneration),
         ("_calibration", Calibration),
+        ("_blend", Blend),
     )
 
     # fitted attributes, each a field of one stage's state
@@ -378,6 +381,7 @@ class PerturbModel(PerturbationModel):
         null_shrinkage: str = "dispersion",
         target_effect: bool = True,
         cell_detection: bool | str = "auto",
+        blend: bool = True,
         n_coexpression_cells: int = 1000,
         seed: int = 0,
     ) -> None:
@@ -389,6 +393,7 @@ class PerturbModel(PerturbationModel):
         self.null_shrinkage = null_shrinkage
         self.target_effect = target_effect
         self.cell_detection = cell_detection
+        self.blend = blend
         self.n_coexpression_cells = n_coexpression_cells
         self.seed = seed
 
@@ -433,6 +438,11 @@ class PerturbModel(PerturbationModel):
         if not isinstance(self.target_effect, bool | np.bool_):
             msg = f"The 'target_effect' parameter of PerturbModel must be a bool. Got {self.target_effect!r} instead."
             raise ValueError(msg)
+        if not isinstance(self.blend, bool | np.bool_):
+            msg = (
+                f"The 'blend' parameter of PerturbModel must be a bool. Got {self.blend!r} instead."
+            )
+            raise ValueError(msg)
         if not (isinstance(self.cell_detection, bool) or self.cell_detection == "auto"):
             msg = f"The 'cell_detection' parameter of PerturbModel must be True, False or 'auto'. Got {self.cell_detection!r} instead."
             raise ValueError(msg)
@@ -463,6 +473,7 @@ class PerturbModel(PerturbationModel):
             "_interactions",
             "_cells",
             "_inferred",
+            "_blend",
         ):
             out.update(getattr(self, attr).state.selection)
         return out
@@ -473,7 +484,12 @@ class PerturbModel(PerturbationModel):
         schema = summary.schema
         g = len(summary.genes)
         wanted = self._requested_sources()
-        frames = knowledge_tables([s for s in wanted if s in KNOWLEDGE_SOURCES], self._known_set)
+        knowledge = getattr(self, "_knowledge_frames", None)
+        if knowledge is None:
+            knowledge = knowledge_tables(
+                [s for s in wanted if s in KNOWLEDGE_SOURCES], self._known_set
+            )
+        frames = dict(knowledge)
         frames.update(
             data_tables(
                 wanted,
@@ -571,6 +587,10 @@ class PerturbModel(PerturbationModel):
             enabled=self.combination_singles,
         )
         self._calibration = Calibration.fit(residuals, scales, labels)
+        # 5. the blend with the simple baselines, on nested held-out predictions
+        self._blend = Blend.none(summary)
+        if self.blend:
+            self._blend = Blend.fit(self, summary, adata, knowledge=knowledge, seed=self.seed)
         logger.info(
             "aivc-perturb: sources %s, ridge %g, tau %g, rho %g, mean interaction %s",
             self.sources_,
@@ -702,7 +722,69 @@ class PerturbModel(PerturbationModel):
             )
             out[multi] = self._interactions.combine(add, prod)
             var[multi] = self._interactions.variance(var_add)
+        blend = getattr(self, "_blend", None)
+        if blend is not None and blend.state.kinds:
+            out = self._blended(out, perturbations, contexts, control_mean, doses)
         return out, var
+
+    def query_kinds(
+        self,
+        perturbations: Sequence[str],
+        contexts: Sequence[str | None],
+        doses: Sequence[float] | None = None,
+    ) -> list[str | None]:
+        """How each query is predicted: ``None`` for a measured (or inferred) single, else the
+        kind of the blend (``"target"``, ``"pair"`` or ``"combination"``; see
+        :mod:`aivc.instruments._perturb._blend`)."""
+        doses = list(doses) if doses is not None else [0.0] * len(perturbations)
+        measured_targets = {str(k[0]) for k in self.measured_keys_}
+        out: list[str | None] = []
+        for p, c, d in zip(perturbations, contexts, doses, strict=True):
+            if self.schema_.order(p) >= 2:
+                out.append("combination")
+            elif (
+                len(self._measured) and self._measured.profile(p, c, d) is not None
+            ) or self._inferred.lookup(p, c, d) is not None:
+                out.append(None)
+            elif p in measured_targets:
+                out.append("pair")
+            else:
+                out.append("target")
+        return out
+
+    def _blended(
+        self,
+        kernel: np.ndarray,
+        perturbations: list[str],
+        contexts: list[str | None],
+        control_mean: np.ndarray,
+        doses: list[float],
+    ) -> np.ndarray:
+        """The regression's changes with the blend applied to the rows of each blended kind."""
+        out = kernel.copy()
+        kinds = self.query_kinds(perturbations, contexts, doses)
+        targets = [self.schema_.targets(p) for p in perturbations]
+        for kind in self._blend.state.kinds:
+            rows = [i for i, k in enumerate(kinds) if k == kind]
+            if not rows:
+                continue
+            keep = None
+            if kind == "target":
+                keep = np.zeros((len(rows), len(self.genes_)), dtype=bool)
+                for r, gene in self._own_gene([perturbations[i] for i in rows]):
+                    keep[r, gene] = True
+            out[rows] = self._blend.apply(
+                kernel,
+                rows,
+                kind,
+                targets=targets,
+                perturbations=perturbations,
+                contexts=contexts,
+                doses=doses,
+                control_mean=control_mean,
+                keep=keep,
+            )
+        return out
 
     # ------------------------------------------------------------------------- prediction
     def _predict_delta(
@@ -812,12 +894,20 @@ class PerturbModel(PerturbationModel):
         on the training conditions (leave-one-target-out for singles,
         leave-one-combination-out for combinations, pooled over genes).
         """
-        from aivc.instruments._base import clip_interval
+        from aivc.instruments._base import _broadcast_doses, clip_interval
 
         check_level(level)
         delta, scale, base = self._with_scale_and_base(perturbations, contexts, doses, control)
         orders = [self.schema_.order(str(p)) for p in perturbations]
         lower, upper = self._calibration.interval(delta, scale, orders, level=level)
+        if self._blend.state.kinds and len(delta):
+            perts, ctxs, _ = self._resolve(perturbations, contexts, control)
+            kinds = self.query_kinds(perts, ctxs, _broadcast_doses(doses, len(perts)))
+            for kind in self._blend.state.kinds:
+                rows = [i for i, k in enumerate(kinds) if k == kind]
+                if rows:
+                    half = self._blend.half_width(scale[rows], kind, level)
+                    lower[rows], upper[rows] = delta[rows] - half, delta[rows] + half
         lower, upper = clip_interval(lower, upper, base)
         return delta, lower, upper
 
@@ -842,6 +932,7 @@ class PerturbModel(PerturbationModel):
             raise DataValidationError(msg)
         for attr, component in self._STAGES:
             setattr(self, attr, component(load_state(component.State, arrays, meta)))
+        self._blend.attach(self.schema_, self.genes_)
         g = len(self.genes_)
         changes = self._row_changes()
         if self.shrinkage_ == "dispersion" and changes.shape != (len(self.row_targets_), g):
