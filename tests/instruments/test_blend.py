@@ -202,6 +202,7 @@ def test_blended_intervals_use_the_quantile_of_their_stratum():
                 "target/1": np.linspace(0.0, 10.0, 1001),
             },
             n_units={"target": 999},
+            change_weight={"target": 0.0},
             selection={},
         )
     )
@@ -209,3 +210,37 @@ def test_blended_intervals_use_the_quantile_of_their_stratum():
     # level 0.5 with 999 units: the quantile at 0.5 * 1000 / 999
     q = 0.5 * 1000 / 999
     assert_allclose(half[0], [q, 10 * q, 10 * q], rtol=1e-6)
+
+
+def test_intervals_widen_with_the_predicted_change_by_the_chosen_weight():
+    blend = Blend(
+        Blend.State(
+            kinds=["target"],
+            candidates={"target": ["kernel"]},
+            blocks=np.zeros(2, dtype=np.int64),
+            strata=np.zeros(2, dtype=np.int64),
+            weights={"target": np.ones((1, 1))},
+            simple=None,  # type: ignore[arg-type]
+            linear=None,  # type: ignore[arg-type]
+            scores={"target/0": np.full(1001, 2.0)},
+            n_units={"target": 100},
+            change_weight={"target": 0.5},
+            selection={},
+        )
+    )
+    half = blend.half_width(np.array([[0.3, 0.3]]), "target", 0.9, change=np.array([[0.0, 0.8]]))
+    assert_allclose(half, [[0.6, 2.0 * np.sqrt(0.09 + 0.16)]])
+
+
+def test_the_change_weight_is_chosen_to_cover_the_strongly_changed_genes():
+    from aivc.instruments._perturb._blend import _choose_change_weight
+
+    rng = np.random.default_rng(4)
+    # errors proportional to the size of the change: strong changes are the uncertain ones
+    change = rng.normal(0, 1.0, (60, 50)) * (rng.random((60, 50)) < 0.2)
+    y = change * (1 + rng.normal(0, 0.5, change.shape)) + rng.normal(0, 0.05, change.shape)
+    held = _held_out(y, {"kernel": change})
+    held.sd[:] = 0.05
+    lam, top_coverage = _choose_change_weight(held, change, np.zeros(50, int))
+    assert lam > 0
+    assert top_coverage > 0.8

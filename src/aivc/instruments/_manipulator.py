@@ -61,13 +61,29 @@ How it predicts the change of mean log-expression of a condition
    mix strong and null responses the model cannot tell which it is, and a
    timid prediction costs less.
 
+8. **The blend with the simple baselines.** A user who would otherwise
+   predict with a simple baseline must not do worse with this model, on data
+   it was never tuned on. So the baselines are candidates inside it: for a
+   target never measured, a target measured only in other contexts and a
+   combination, the regression's prediction (steps 1-7) is blended with
+   ``control``, ``train-mean``, ``context-mean``, ``perturbation-elsewhere``,
+   ``additive`` and ``linear`` (those that apply), with convex weights per
+   block of genes fitted on nested held-out predictions of the training data
+   (every candidate refitted without the held-out conditions). The blend, or a
+   single candidate, replaces the regression only when a cross-fit shows it
+   ahead by more than one standard error over held-out conditions
+   (``blend``; :mod:`aivc.instruments._perturb._blend`). Intervals of blended
+   predictions are conformal per kind of query and decile of gene
+   variability.
+
 Each step is a small component with its own fitted state, in
 :mod:`aivc.instruments._perturb`: the knowledge-kernel regression
 (``_kernel``, with the embedding tables of ``_embeddings``), the context
 transfer (``_context``), the own-gene model (``_target``), the shrinkage
 towards no change (``_shrinkage``), the measured singles (``_measured``), the
 combinations and the singles inferred from them (``_combinations``), the
-calibration (``_calibration``) and the cell generation (``_cells``).
+calibration (``_calibration``), the cell generation (``_cells``) and the blend
+with the simple baselines (``_blend``).
 :class:`PerturbModel` composes them; its fitted attributes read the stages'
 states, and its saved state is derived from their declarations
 (:mod:`aivc.instruments._perturb._state`).
@@ -258,6 +274,13 @@ class PerturbModel(PerturbationModel):
         ``True`` raised overlap_at_N from 0.224 to 0.305 but on the norman2019
         combinations lowered it (0.500 -> 0.400); ``"auto"`` keeps both gains
         and losses to what the training conditions support (BENCHMARKS.md).
+    blend
+        Blend the regression with the simple baselines (see the module
+        docstring, point 8, and :mod:`aivc.instruments._perturb._blend`). The
+        weights, and whether they are used at all, are chosen on the training
+        data only; ``selection_["blend_<kind>"]`` records the held-out errors,
+        the choice and the mean weights. Where it was developed and checked is
+        written in docs/benchmarks/defaults.md.
     n_coexpression_cells
         Control cells sampled (with ``seed``) for the co-expression embedding.
     seed
@@ -906,7 +929,7 @@ class PerturbModel(PerturbationModel):
             for kind in self._blend.state.kinds:
                 rows = [i for i, k in enumerate(kinds) if k == kind]
                 if rows:
-                    half = self._blend.half_width(scale[rows], kind, level)
+                    half = self._blend.half_width(scale[rows], kind, level, change=delta[rows])
                     lower[rows], upper[rows] = delta[rows] - half, delta[rows] + half
         lower, upper = clip_interval(lower, upper, base)
         return delta, lower, upper

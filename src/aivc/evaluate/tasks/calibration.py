@@ -63,7 +63,13 @@ __all__ = ["CALIBRATION_METRICS", "CALIBRATION_STRATA", "CALIBRATION_TASKS", "ru
 logger = logging.getLogger(__name__)
 
 #: Perturbation tasks scored by default, in order.
-CALIBRATION_TASKS = ("unseen-single", "combinations", "unseen-cell-type", "simulator")
+CALIBRATION_TASKS = (
+    "unseen-single",
+    "combinations",
+    "unseen-cell-type",
+    "unseen-context",
+    "simulator",
+)
 LEVELS = (0.8, 0.9)
 WRAPPER = "conformal"
 OUR_MODEL = "aivc-perturb"

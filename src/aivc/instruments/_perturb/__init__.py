@@ -13,6 +13,7 @@ module             stage
 ``_combinations``  combination interactions, and singles inferred from combinations
 ``_calibration``   conformal intervals around the raw predictive sd
 ``_cells``         predicted cells (detection shift)
+``_blend``         the blend with the simple baselines, and its Mondrian intervals
 ``_state``         fitted-state declarations and the save/load derived from them
 =================  ==================================================================
 
@@ -21,6 +22,7 @@ module             stage
 
 from __future__ import annotations
 
+from aivc.instruments._perturb._blend import Blend, BlendState
 from aivc.instruments._perturb._calibration import Calibration, CalibrationState
 from aivc.instruments._perturb._cells import CellGeneration, CellState
 from aivc.instruments._perturb._combinations import (
@@ -40,6 +42,8 @@ from aivc.instruments._perturb._state import FittedState, dump_state, load_state
 from aivc.instruments._perturb._target import TargetEffect, TargetEffectState
 
 __all__ = [
+    "Blend",
+    "BlendState",
     "Calibration",
     "CalibrationState",
     "CellGeneration",

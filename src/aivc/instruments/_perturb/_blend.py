@@ -74,6 +74,7 @@ BLEND_KINDS: dict[str, tuple[str, ...]] = {
         "train-mean",
         "context-mean",
         "perturbation-elsewhere",
+        "perturbation-plus-context",
         "linear",
     ),
     "combination": ("kernel", "control", "train-mean", "additive", "linear"),
@@ -236,6 +237,17 @@ class SimpleCandidates:
         rows = [i for i in self._targets.get(target, []) if self.pair_names[i][1] != _ctx(context)]
         return self.pair_deltas[rows].mean(axis=0) if rows else None
 
+    def _plus_context(self, target: str, context: str | None) -> np.ndarray:
+        """Two-way additive: the target's mean change in the other contexts where it was
+        measured, plus how much the query's context mean differs from theirs."""
+        rows = [i for i in self._targets.get(target, []) if self.pair_names[i][1] != _ctx(context)]
+        if not rows:
+            return self._context_mean(context)
+        others = np.stack([self._context_mean(self.pair_names[i][1]) for i in rows])
+        return (
+            self.pair_deltas[rows].mean(axis=0) + self._context_mean(context) - others.mean(axis=0)
+        )
+
     def _single(self, target: str, context: str | None) -> np.ndarray:
         """The target's single change in ``context``, else over other contexts, else the mean single."""
         i = self._pairs.get((target, _ctx(context)))
@@ -260,6 +272,8 @@ class SimpleCandidates:
             elif name == "perturbation-elsewhere":
                 other = self._elsewhere(ts[0], c) if len(ts) == 1 else None
                 out[i] = self._context_mean(c) if other is None else other
+            elif name == "perturbation-plus-context":
+                out[i] = self._plus_context(ts[0], c) if len(ts) == 1 else self._context_mean(c)
             elif name == "additive":
                 out[i] = sum(self._single(t, c) for t in ts)
             else:
@@ -347,7 +361,7 @@ def candidates_of(kind: str, summary: PerturbationSummary) -> tuple[str, ...]:
     ``train-mean`` when there is one context)."""
     names = BLEND_KINDS[kind]
     if len(set(summary.contexts)) < 2:
-        names = tuple(n for n in names if n != "context-mean")
+        names = tuple(n for n in names if n not in {"context-mean", "perturbation-plus-context"})
     return names
 
 
@@ -488,6 +502,9 @@ class BlendState(FittedState):
         ``|residual| / sd`` of the blend.
     n_units
         Kind -> held-out conditions its calibration rests on.
+    change_weight
+        Kind -> weight ``lam`` of the predicted change in the interval scale
+        ``sqrt(sd^2 + (lam * change)^2)`` (see :func:`interval_scale`).
     selection
         Held-out mean squared error of every candidate and of the blend, by kind.
     """
@@ -503,6 +520,7 @@ class BlendState(FittedState):
     linear: LinearCandidate
     scores: dict[str, np.ndarray]
     n_units: dict[str, int]
+    change_weight: dict[str, float]
     selection: dict[str, Any]
 
 
@@ -528,6 +546,7 @@ class Blend:
                 linear=LinearCandidate(),
                 scores={},
                 n_units={},
+                change_weight={},
                 selection={},
             )
         )
@@ -570,7 +589,9 @@ class Blend:
             state.candidates[kind] = list(names)
             state.weights[kind] = weights
             state.n_units[kind] = held.n_conditions
-            scores = np.abs(held.y - blended) / held.sd
+            lam, coverage = _choose_change_weight(held, blended, strata)
+            state.change_weight[kind] = lam
+            scores = np.abs(held.y - blended) / interval_scale(held.sd, blended, lam)
             levels = np.linspace(0.0, 1.0, N_QUANTILES)
             for b in np.unique(strata):
                 state.scores[f"{kind}/{int(b)}"] = np.quantile(scores[:, strata == b], levels)
@@ -579,6 +600,8 @@ class Blend:
             state.selection[f"blend_{kind}"] = {
                 "held_out_conditions": held.n_conditions,
                 "chosen": choice,
+                "interval_change_weight": lam,
+                "held_out_top_coverage_90": coverage,
                 "cross_fitted_loss": losses,
                 "mse": mse,
                 "mean_weights": dict(
@@ -630,9 +653,16 @@ class Blend:
             out = np.where(keep, preds["kernel"], out)
         return out
 
-    def half_width(self, scale: np.ndarray, kind: str, level: float) -> np.ndarray:
-        """Conformal half-widths of blended predictions of ``kind`` (rows x genes)."""
+    def half_width(
+        self, scale: np.ndarray, kind: str, level: float, change: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Conformal half-widths of blended predictions of ``kind`` (rows x genes).
+
+        ``scale`` is the regression's raw sd and ``change`` the predicted change.
+        """
         state = self.state
+        if change is not None:
+            scale = interval_scale(scale, change, state.change_weight.get(kind, 0.0))
         n = max(int(state.n_units[kind]), 1)
         adjusted = min(1.0, level * (n + 1) / n)
         levels = np.linspace(0.0, 1.0, N_QUANTILES)
@@ -641,6 +671,54 @@ class Blend:
             scores = state.scores[f"{kind}/{int(b)}"]
             q[state.strata == b] = np.interp(adjusted, levels, scores)
         return scale * q[None, :]
+
+
+#: Candidate weights of the predicted change in the interval scale.
+CHANGE_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
+
+
+def interval_scale(sd: np.ndarray, change: np.ndarray, weight: float) -> np.ndarray:
+    """The scale of an interval: ``sqrt(sd^2 + (weight * change)^2)``.
+
+    A gene predicted to change strongly is also the one whose change is most
+    uncertain in size (a knockout predicted to halve a gene may remove it), so
+    its interval widens with the predicted change.
+    """
+    return np.sqrt(sd**2 + (weight * change) ** 2)
+
+
+def _choose_change_weight(
+    held: HeldOut, blended: np.ndarray, strata: np.ndarray, level: float = 0.9
+) -> tuple[float, float]:
+    """The change weight whose conformal intervals cover most of each held-out condition's
+    most changed genes (ties, within 0.005, go to the narrower intervals).
+
+    Every weight keeps the coverage of each stratum at ``level`` (the quantiles
+    are recalibrated for each); only how the width is shared between genes
+    changes. Returns the weight and its held-out coverage of the top genes.
+    """
+    residual = np.abs(held.y - blended)
+    n = len(held.y)
+    adjusted = min(1.0, level * (n + 1) / n)
+    best: tuple[float, float, float] | None = None
+    for lam in CHANGE_WEIGHTS:
+        scale = interval_scale(held.sd, blended, lam)
+        scores = residual / scale
+        half = np.zeros_like(scale)
+        for b in np.unique(strata):
+            cols = strata == b
+            half[:, cols] = scale[:, cols] * np.quantile(scores[:, cols], adjusted)
+        covered = residual <= half
+        top = float(covered[held.top].mean()) if held.top.any() else 0.0
+        width = float(half.mean())
+        if (
+            best is None
+            or top > best[1] + 0.005
+            or (abs(top - best[1]) <= 0.005 and width < best[2])
+        ):
+            best = (lam, top, width)
+    assert best is not None
+    return float(best[0]), round(best[1], 4)
 
 
 def _fit_weights(
