@@ -178,8 +178,11 @@ def test_save_load_keeps_the_blended_predictions_and_intervals(contexts_data, tm
     before = model.predict_interval(queries, contexts=contexts)
     loaded = PerturbModel.load(model.save(tmp_path / "m"))
     after = loaded.predict_interval(queries, contexts=contexts)
-    for b, a in zip(before, after, strict=True):
-        assert_array_equal(a, b)
+    assert_array_equal(after[0], before[0])
+    # the regression's calibration (used where the blend has few held-out conditions) keeps
+    # float32 scales on disk
+    for b, a in zip(before[1:], after[1:], strict=True):
+        assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     blend_keys = [k for k in model.selection_ if k.startswith("blend_")]
     assert blend_keys
     assert {k: loaded.selection_[k] for k in blend_keys} == {
@@ -244,3 +247,24 @@ def test_the_change_weight_is_chosen_to_cover_the_strongly_changed_genes():
     lam, top_coverage = _choose_change_weight(held, change, np.zeros(50, int))
     assert lam > 0
     assert top_coverage > 0.8
+
+
+def test_few_held_out_conditions_keep_the_regressions_intervals():
+    from aivc.instruments._perturb._blend import MIN_CALIBRATION_UNITS
+
+    state = Blend.State(
+        kinds=["pair"],
+        candidates={"pair": ["kernel"]},
+        blocks=np.zeros(2, dtype=np.int64),
+        strata=np.zeros(2, dtype=np.int64),
+        weights={"pair": np.ones((1, 1))},
+        simple=None,  # type: ignore[arg-type]
+        linear=None,  # type: ignore[arg-type]
+        scores={"pair/0": np.full(1001, 1e6)},
+        n_units={"pair": MIN_CALIBRATION_UNITS - 1},
+        change_weight={"pair": 0.0},
+        selection={},
+    )
+    assert not Blend(state).calibrates("pair")
+    state.n_units["pair"] = MIN_CALIBRATION_UNITS
+    assert Blend(state).calibrates("pair")

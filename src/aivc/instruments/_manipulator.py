@@ -928,7 +928,7 @@ class PerturbModel(PerturbationModel):
             kinds = self.query_kinds(perts, ctxs, _broadcast_doses(doses, len(perts)))
             for kind in self._blend.state.kinds:
                 rows = [i for i, k in enumerate(kinds) if k == kind]
-                if rows:
+                if rows and self._blend.calibrates(kind):
                     half = self._blend.half_width(scale[rows], kind, level, change=delta[rows])
                     lower[rows], upper[rows] = delta[rows] - half, delta[rows] + half
         lower, upper = clip_interval(lower, upper, base)

@@ -32,7 +32,9 @@ held-out conditions (fewer than ``MIN_HELD_OUT``) keeps the regression alone.
 The own gene of a never-measured target keeps the regression's own-gene model
 (the baselines know nothing of it) and is left out of the weight fit.
 
-Intervals of blended predictions are conformal in each (kind, stratum) group
+Intervals of blended predictions (of a kind with at least
+``MIN_CALIBRATION_UNITS`` held-out conditions; otherwise the regression's
+calibration) are conformal in each (kind, stratum) group
 (Mondrian; strata are deciles of the genes' sd across the training changes): the held-out residuals of the blend divided by the regression's
 raw predictive sd, whose quantile is taken per group, with the finite-sample
 correction of the number of held-out conditions.
@@ -88,6 +90,9 @@ N_FOLDS = 5
 N_BLOCKS = 10
 #: Most changed genes of each held-out condition whose error the weights also minimise.
 N_TOP = 20
+#: Fewest held-out conditions for the blend's own (Mondrian) intervals: a finite conformal
+#: quantile at level 0.95 needs 19; with fewer, the regression's calibration is used.
+MIN_CALIBRATION_UNITS = 20
 #: Quantiles kept of each calibration group's scores.
 N_QUANTILES = 1001
 
@@ -615,6 +620,11 @@ class Blend:
 
     def blends(self, kind: str | None) -> bool:
         return kind is not None and kind in self.state.kinds
+
+    def calibrates(self, kind: str) -> bool:
+        """Whether blended predictions of ``kind`` get the blend's own intervals (enough
+        held-out conditions, :data:`MIN_CALIBRATION_UNITS`); otherwise the regression's."""
+        return kind in self.state.kinds and self.state.n_units[kind] >= MIN_CALIBRATION_UNITS
 
     def apply(
         self,
