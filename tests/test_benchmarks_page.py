@@ -528,5 +528,5 @@ def test_project_suite_rows_point_at_the_suite() -> None:
         "suite/unseen-context/kang2018",
     } <= parts
     assert all(
-        r.command() == "aivc benchmark suite --peers --out results/suite" for r in runs if r.out
+        r.command() == "aivc benchmark suite --out results/suite" for r in runs if r.out
     )
