@@ -892,14 +892,27 @@ class PerturbModel(PerturbationModel):
         control: AnnData | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Floored change, raw sd and the control means they are relative to (one resolve)."""
+        return self._resolved_prediction(perturbations, contexts, doses, control)[3:]
+
+    def _resolved_prediction(
+        self,
+        perturbations: Sequence[str],
+        contexts: Sequence[str | None] | str | None,
+        doses: Sequence[float] | float | None,
+        control: AnnData | None,
+    ) -> tuple[list[str], list[str | None], list[float], np.ndarray, np.ndarray, np.ndarray]:
+        """The resolved request (labels, contexts, doses) with its floored change, raw sd and
+        control means."""
         from aivc.instruments._base import _broadcast_doses, floor_at_zero
 
         perts, ctxs, base = self._resolve(perturbations, contexts, control)
         if not perts:
             z = np.zeros((0, len(self.genes_)))
-            return z, z.copy(), z.copy()
-        mean, var = self._predict_with_var(perts, ctxs, base, _broadcast_doses(doses, len(perts)))
-        return floor_at_zero(mean, base, model=type(self).__name__), np.sqrt(var), base
+            return perts, ctxs, [], z, z.copy(), z.copy()
+        dose_list = _broadcast_doses(doses, len(perts))
+        mean, var = self._predict_with_var(perts, ctxs, base, dose_list)
+        delta = floor_at_zero(mean, base, model=type(self).__name__)
+        return perts, ctxs, dose_list, delta, np.sqrt(var), base
 
     def predict_interval(
         self,
@@ -917,15 +930,16 @@ class PerturbModel(PerturbationModel):
         on the training conditions (leave-one-target-out for singles,
         leave-one-combination-out for combinations, pooled over genes).
         """
-        from aivc.instruments._base import _broadcast_doses, clip_interval
+        from aivc.instruments._base import clip_interval
 
         check_level(level)
-        delta, scale, base = self._with_scale_and_base(perturbations, contexts, doses, control)
-        orders = [self.schema_.order(str(p)) for p in perturbations]
+        perts, ctxs, dose_list, delta, scale, base = self._resolved_prediction(
+            perturbations, contexts, doses, control
+        )
+        orders = [self.schema_.order(p) for p in perts]
         lower, upper = self._calibration.interval(delta, scale, orders, level=level)
         if self._blend.state.kinds and len(delta):
-            perts, ctxs, _ = self._resolve(perturbations, contexts, control)
-            kinds = self.query_kinds(perts, ctxs, _broadcast_doses(doses, len(perts)))
+            kinds = self.query_kinds(perts, ctxs, dose_list)
             for kind in self._blend.state.kinds:
                 rows = [i for i, k in enumerate(kinds) if k == kind]
                 if rows and self._blend.calibrates(kind):

@@ -618,9 +618,6 @@ class Blend:
     def attach(self, schema: Any, genes: Any) -> None:
         self.state.linear.attach(schema, genes)
 
-    def blends(self, kind: str | None) -> bool:
-        return kind is not None and kind in self.state.kinds
-
     def calibrates(self, kind: str) -> bool:
         """Whether blended predictions of ``kind`` get the blend's own intervals (enough
         held-out conditions, :data:`MIN_CALIBRATION_UNITS`); otherwise the regression's."""
