@@ -140,6 +140,12 @@ RULES: dict[str, Rule] = {
     "label-transfer": Rule(
         "aivc", "accuracy", "higher", ("accuracy", "macro_f1", "ece", "abstention")
     ),
+    "unknown-type": Rule(
+        "aivc",
+        "unknown_auroc",
+        "higher",
+        ("unknown_auroc", "unknown_recall", "accuracy_known", "accuracy_known_closed", "known_accuracy_drop"),
+    ),
     "integration": Rule(
         "aivc-encoder",
         "overall",

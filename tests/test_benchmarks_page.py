@@ -527,6 +527,4 @@ def test_project_suite_rows_point_at_the_suite() -> None:
         "suite/unseen-cell-type/kang2018",
         "suite/unseen-context/kang2018",
     } <= parts
-    assert all(
-        r.command() == "aivc benchmark suite --out results/suite" for r in runs if r.out
-    )
+    assert all(r.command() == "aivc benchmark suite --out results/suite" for r in runs if r.out)

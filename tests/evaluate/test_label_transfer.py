@@ -7,14 +7,18 @@ import pytest
 
 from aivc.data import DataValidationError
 from aivc.evaluate.tasks.label_transfer import (
+    TRANSFERS,
     VARIANTS,
     label_transfer_metrics,
+    resolve_transfers,
     run_label_transfer,
     shared_gene_panel,
     transfer_labels,
 )
 
 QUICK = VARIANTS["quick"]
+M2H = TRANSFERS["baron-mouse-to-human"]
+H2M = TRANSFERS["baron-human-to-mouse"]
 
 
 def test_metrics_hand_made() -> None:
@@ -49,21 +53,12 @@ def small_pair(data_dir):
 @pytest.mark.slow
 def test_query_lacking_genes(small_pair) -> None:
     human, mouse = small_pair
-    models = ["pca-knn", "logistic", "aivc-pca"]
-    full = transfer_labels(
-        mouse, human, ref_species="mouse", query_species="human", models=models, config=QUICK
-    )
+    models = ["pca-knn", "logistic", "aivc"]
+    full = transfer_labels(mouse, human, spec=M2H, models=models, config=QUICK)
     rng = np.random.default_rng(1)
     keep = np.sort(rng.choice(human.n_vars, human.n_vars // 2, replace=False))
     partial_query = human[:, keep].copy()
-    partial = transfer_labels(
-        mouse,
-        partial_query,
-        ref_species="mouse",
-        query_species="human",
-        models=models,
-        config=QUICK,
-    )
+    partial = transfer_labels(mouse, partial_query, spec=M2H, models=models, config=QUICK)
     assert partial["genes"]["query_genes"] == human.n_vars // 2
     assert partial["genes"]["shared_genes"] < 0.6 * full["genes"]["shared_genes"]
     # the baselines read only genes the query measured
@@ -85,10 +80,11 @@ def test_query_lacking_genes(small_pair) -> None:
     assert full["excluded_cells"] == expected
     assert "pancreatic acinar cell" in expected
     assert full["n_query_included"] + sum(full["excluded_cells"].values()) == human.n_obs
-    # the decoder answers "unknown" for some cells, the baselines never do
+    # kNN never answers "unknown"; the annotator rarely does for types the reference has
     assert full["metrics"]["pca-knn"]["abstention"] == 0.0
     assert full["metrics"]["pca-knn"]["unknown_rate_excluded"] == 0.0
-    assert full["metrics"]["aivc-pca"]["unknown_rate_excluded"] > 0.0
+    assert 0.0 <= full["metrics"]["aivc"]["abstention"] < 0.1
+    assert full["extra"]["aivc"]["chosen"] in full["extra"]["aivc"]["candidates"]
 
 
 def test_no_shared_genes_and_bad_input_refused(small_pair) -> None:
@@ -98,15 +94,18 @@ def test_no_shared_genes_and_bad_input_refused(small_pair) -> None:
     with pytest.raises(DataValidationError, match="share only 0 genes"):
         shared_gene_panel(human, renamed, n_top_genes=100)
     with pytest.raises(ValueError, match="Unknown label-transfer model"):
-        transfer_labels(
-            human, mouse, ref_species="human", query_species="mouse", models=["x"], config=QUICK
-        )
-    bad = mouse.copy()
-    del bad.obs["donor"]
+        transfer_labels(human, mouse, spec=H2M, models=["x"], config=QUICK)
+    # a query without a batch column is one batch; a reference without the declared one is refused
+    no_donor = mouse.copy()
+    del no_donor.obs["donor"]
+    res = transfer_labels(human, no_donor, spec=H2M, models=["pca-knn"], config=QUICK)
+    assert res["metrics"]["pca-knn"]["accuracy"] > 0.3
     with pytest.raises(DataValidationError, match="obs\\['donor'\\]"):
-        transfer_labels(
-            human, bad, ref_species="human", query_species="mouse", models=["pca-knn"], config=QUICK
-        )
+        transfer_labels(no_donor, human, spec=M2H, models=["pca-knn"], config=QUICK)
+    no_label = mouse.copy()
+    del no_label.obs["cell_ontology_class"]
+    with pytest.raises(DataValidationError, match="--cell-type-key"):
+        transfer_labels(human, no_label, spec=H2M, models=["pca-knn"], config=QUICK)
 
 
 def test_run_label_transfer_rejects_unknown_dataset_and_variant(tmp_path) -> None:
@@ -114,6 +113,57 @@ def test_run_label_transfer_rejects_unknown_dataset_and_variant(tmp_path) -> Non
         run_label_transfer(tmp_path, dataset="pbmc")
     with pytest.raises(ValueError, match="variant"):
         run_label_transfer(tmp_path, variant="huge")
+    with pytest.raises(ValueError, match="--cell-type-key"):
+        run_label_transfer(tmp_path, dataset="cells.h5ad", query_key="tech")
+    with pytest.raises(ValueError, match="declares its own columns"):
+        run_label_transfer(tmp_path, dataset="baron", cell_type_key="x")
+
+
+def test_resolve_transfers() -> None:
+    assert [s.name for s in resolve_transfers(None)] == [
+        "baron-human-to-mouse",
+        "baron-mouse-to-human",
+    ]
+    (kang,) = resolve_transfers("kang2018")
+    assert (kang.label_key, kang.batch_key, kang.query_value) == ("cell_type", None, "stimulated")
+    (spec,) = resolve_transfers(
+        "some/pbmc.h5ad", cell_type_key="ct", batch_key="tech", query_key="tech", query_value="v3"
+    )
+    assert spec.name == "pbmc:tech=v3" and spec.reference == spec.query == "some/pbmc.h5ad"
+    assert (spec.label_key, spec.batch_key) == ("ct", "tech")
+
+
+def test_label_transfer_on_a_file_through_the_cli(tmp_path, technology_file) -> None:
+    from typer.testing import CliRunner
+
+    from aivc.interfaces.cli import app
+
+    path = technology_file
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        [
+            "benchmark", "label-transfer", "--dataset", str(path), "--out", str(out),
+            "--cell-type-key", "kind", "--batch-key", "chemistry", "--query-key", "chemistry",
+            "--query-value", "v3", "--models", "aivc,logistic,pca-knn,harmony", "--seeds", "0",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    res = json.loads((out / "results.json").read_text())
+    (d,) = res["directions"].values()
+    assert d["n_query"] == 200 and d["n_reference"] == 400
+    for m in ("aivc", "logistic", "pca-knn", "harmony"):
+        assert res["models"][m]["accuracy"]["mean"] > 0.9
+    # the declared columns are the only ones read: a wrong one is a clear error
+    bad = CliRunner().invoke(
+        app,
+        [
+            "benchmark", "label-transfer", "--dataset", str(path), "--out", str(tmp_path / "bad"),
+            "--cell-type-key", "celltype", "--query-key", "chemistry", "--query-value", "v3",
+            "--models", "logistic", "--seeds", "0",
+        ],
+    )  # fmt: skip
+    assert bad.exit_code != 0 and "celltype" in bad.output
 
 
 @pytest.mark.slow
@@ -125,7 +175,7 @@ def test_benchmark_writes_strict_json(data_dir, tmp_path) -> None:
         "label-transfer",
         out,
         dataset="baron-mouse-to-human",
-        models=["pca-knn", "aivc-pca"],
+        models=["pca-knn", "logistic"],
         seeds=[0, 1],
         variant="quick",
     )
@@ -145,25 +195,56 @@ def test_benchmark_writes_strict_json(data_dir, tmp_path) -> None:
         "pancreatic epsilon cell": 3,
     }
     assert d["n_query_included"] == 2142 - 242
-    for name in ("pca-knn", "aivc-pca"):
+    for name in ("pca-knn", "logistic"):
         entry = result["models"][name]
         assert entry["accuracy"]["mean"] is not None
         assert set(entry["by_direction"]) == {"baron-mouse-to-human"}
         assert result["wall_seconds"][name] > 0
     # deterministic baseline: no spread over seeds
     assert result["models"]["pca-knn"]["accuracy"]["sd"] == 0.0
-    # the decoder calls some acinar (and mast, epsilon) cells unknown, kNN never does
-    assert d["models"]["aivc-pca"]["unknown_rate_excluded"]["mean"] > 0.0
+    # the baselines never answer unknown for the acinar (and mast, epsilon) cells the reference lacks
     assert d["models"]["pca-knn"]["unknown_rate_excluded"]["mean"] == 0.0
-    assert "| aivc-pca |" in (out / "results.md").read_text()
+    assert d["models"]["logistic"]["abstention"]["mean"] == 0.0
+    assert "| logistic |" in (out / "results.md").read_text()
 
 
 @pytest.mark.slow
 def test_encoder_plus_decoder_runs(small_pair) -> None:
     human, mouse = small_pair
-    res = transfer_labels(
-        mouse, human, ref_species="mouse", query_species="human", models=["aivc"], config=QUICK
-    )
-    m = res["metrics"]["aivc"]
+    res = transfer_labels(mouse, human, spec=M2H, models=["aivc-encoder"], config=QUICK)
+    m = res["metrics"]["aivc-encoder"]
     assert 0.0 <= m["accuracy"] <= m["accuracy_forced"] + 1e-12
-    assert res["extra"]["aivc"]["temperature"] > 0
+    assert res["extra"]["aivc-encoder"]["temperature"] > 0
+
+
+@pytest.mark.slow
+def test_log_normalised_input_without_counts_skips_count_models(data_dir) -> None:
+    from dataclasses import replace
+
+    from aivc.data import load, log_normalize
+
+    kang = load("kang2018")
+    rng = np.random.default_rng(0)
+    kang = kang[np.sort(rng.choice(kang.n_obs, 600, replace=False))].copy()
+    counts = kang.layers["counts"]
+    kang.X, _ = log_normalize(counts)
+    kang.obs["library"] = np.asarray(counts.sum(axis=1)).ravel()
+    del kang.layers["counts"]
+    stim = kang.obs["condition_source"].astype(str) == "stimulated"
+    ref, query = kang[~stim].copy(), kang[stim].copy()
+    spec = replace(TRANSFERS["kang2018-control-to-stimulated"], counts_layer=None)
+    res = transfer_labels(ref, query, spec=spec, models=["logistic", "scanvi"], config=QUICK)
+    assert "scanvi" in res["skipped"] and "needs raw counts" in res["skipped"]["scanvi"]
+    assert res["input"]["reference"] == "log-normalised values, used as given (no counts)"
+    rebuilt = transfer_labels(
+        ref,
+        query,
+        spec=replace(spec, library_size_key="library"),
+        models=["logistic"],
+        config=QUICK,
+    )
+    assert "counts rebuilt" in rebuilt["input"]["reference"]
+    # rebuilding the counts and normalising them gives back the same values: the same answer
+    assert rebuilt["metrics"]["logistic"]["accuracy"] == pytest.approx(
+        res["metrics"]["logistic"]["accuracy"], abs=1e-9
+    )

@@ -3,13 +3,16 @@
 A gene-panel-agnostic cell encoder reads a cell as a weighted set of the genes
 it expresses, through the gene representations of :mod:`aivc.genes`, so data
 from different panels, technologies and species map into one space. Decoders
-read cells back out: cell type with calibrated probabilities and an "unknown"
+read cells back out: cell-type labels transferred from a reference by a
+classifier chosen on held-out reference batches (:class:`CellAnnotator`), cell type with calibrated probabilities and an "unknown"
 answer (:class:`CellTypeDecoder`), expression (:meth:`CellEncoder.decode`) and
 protein abundance from RNA (:class:`ProteinDecoder`).
 """
 
 from __future__ import annotations
 
+from aivc.cells._annotate import CANDIDATES as ANNOTATOR_CANDIDATES
+from aivc.cells._annotate import CellAnnotator, reference_panel
 from aivc.cells._calibration import expected_calibration_error, fit_temperature
 from aivc.cells._celltype import CellTypeDecoder
 from aivc.cells._data import BackedCells, embed_file, iter_chunks, open_cells
@@ -29,9 +32,11 @@ from aivc.cells._protein import (
 )
 
 __all__: list[str] = [
+    "ANNOTATOR_CANDIDATES",
     "ANTIBODY_GENES",
     "GENE_EMBEDDINGS",
     "BackedCells",
+    "CellAnnotator",
     "CellEncoder",
     "CellTypeDecoder",
     "ProteinDecoder",
@@ -45,5 +50,6 @@ __all__: list[str] = [
     "normalize_proteins",
     "open_cells",
     "protein_matrix",
+    "reference_panel",
     "rna_lognorm",
 ]

@@ -5,6 +5,12 @@ from __future__ import annotations
 from aivc.data import _public  # noqa: F401  (registers the public datasets)
 from aivc.data._changes import ControlReference, observed_changes
 from aivc.data._download import download_dataset as download
+from aivc.data._expression import (
+    ExpressionInput,
+    counts_from_log,
+    log_expression,
+    looks_like_counts,
+)
 from aivc.data._preprocess import (
     CONDITION_SEP,
     DOSE_SEP,
@@ -42,11 +48,13 @@ __all__ = [
     "ControlReference",
     "DataValidationError",
     "DatasetEntry",
+    "ExpressionInput",
     "PerturbationSchema",
     "RemoteFile",
     "check_gene_panel",
     "check_perturbation_labels",
     "condition_labels",
+    "counts_from_log",
     "dataset_entry",
     "differential_expression",
     "dose_label",
@@ -55,7 +63,9 @@ __all__ = [
     "highly_variable_genes",
     "list_datasets",
     "load",
+    "log_expression",
     "log_normalize",
+    "looks_like_counts",
     "observed_changes",
     "prepare",
     "pseudobulk",

@@ -94,11 +94,11 @@ def log_expression(
     -------
     The cells (``adata`` itself when ``X`` is not counts) and the note, or ``None``.
     """
+    from aivc.data import looks_like_counts
     from aivc.data._preprocess import log_normalize
-    from aivc.instruments._model_dir import _looks_like_counts
 
     x = adata.X
-    if x is None or adata.n_obs == 0 or not _looks_like_counts(x):
+    if x is None or adata.n_obs == 0 or not looks_like_counts(x):
         return adata, None
     top = float(x.max()) if sparse.issparse(x) else float(np.max(x))
     normalised, used = log_normalize(x, target_sum=target_sum)

@@ -584,18 +584,8 @@ def fit_model_dir(
     )
 
 
-def _looks_like_counts(x: object) -> bool:
-    values = x.data if sp.issparse(x) else np.asarray(x).ravel()  # type: ignore[union-attr]
-    values = np.asarray(values[:200_000], dtype=np.float64)
-    return (
-        bool(values.size)
-        and bool(np.all(values >= 0))
-        and bool(np.all(np.abs(values - np.round(values)) < 1e-6))
-        and float(values.max()) > 14
-    )
-
-
 def _query_controls(md: ModelDirectory, control: AnnData | None, context: str | None) -> AnnData:
+    from aivc.data._expression import looks_like_counts
     from aivc.data._preprocess import log_normalize
     from aivc.data._validate import check_gene_panel
 
@@ -607,7 +597,7 @@ def _query_controls(md: ModelDirectory, control: AnnData | None, context: str | 
         return md.controls
     idx = check_gene_panel(control.var_names, md.genes, what=f"the model in {str(md.path)!r}")
     x = control.X
-    if _looks_like_counts(x):
+    if looks_like_counts(x):
         prep = md.manifest.get("training", {}).get("preprocessing", {})
         x, _ = log_normalize(sp.csr_matrix(x), target_sum=prep.get("target_sum", 1e4))
     import anndata as ad

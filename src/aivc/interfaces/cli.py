@@ -141,6 +141,37 @@ def benchmark(
         str | None,
         typer.Option(help="For --dataset FILE.h5ad: layer with raw counts (default: X)."),
     ] = None,
+    cell_type_key: Annotated[
+        str | None,
+        typer.Option(help="Label tasks, --dataset FILE.h5ad: obs column with the cell type."),
+    ] = None,
+    query_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Label tasks, --dataset FILE.h5ad: obs column that marks the query cells."
+        ),
+    ] = None,
+    query_value: Annotated[
+        str | None,
+        typer.Option(
+            help="Label tasks: the --query-key value of the query cells (others: reference)."
+        ),
+    ] = None,
+    species: Annotated[
+        str | None, typer.Option(help="Label tasks, --dataset FILE.h5ad: human or mouse.")
+    ] = None,
+    input_kind: Annotated[
+        str | None,
+        typer.Option(
+            "--input", help="Label tasks: X holds 'counts', 'log-normalized' values, or 'auto'."
+        ),
+    ] = None,
+    library_size_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Label tasks: obs column with library sizes (rebuilds counts from log values)."
+        ),
+    ] = None,
     data_dir: DataDir = None,
     verbosity: Verbosity = "info",
 ) -> None:
@@ -171,6 +202,27 @@ def benchmark(
         if "peers" not in spec.options:
             _fail(f"task {task!r} has no --peers option; peers run inside the suite.")
         options["peers"] = True
+    if "cell_type_key" in spec.options:
+        # label tasks: the columns go to the task itself, not to a perturbation schema
+        labels = {
+            "cell_type_key": cell_type_key,
+            "batch_key": batch_key,
+            "query_key": query_key,
+            "query_value": query_value,
+            "species": species,
+            "input": input_kind,
+            "library_size_key": library_size_key,
+            "counts_layer": counts_layer,
+        }
+        options.update({k: v for k, v in labels.items() if v is not None and k in spec.options})
+        batch_key = counts_layer = None
+    elif any(
+        v is not None
+        for v in (cell_type_key, query_key, query_value, species, input_kind, library_size_key)
+    ):
+        _fail(
+            f"task {task!r} takes no --cell-type-key/--query-key/--query-value/--species/--input options."
+        )
     declared = {
         "context_key": context_key,
         "batch_key": batch_key,

@@ -29,6 +29,7 @@ _TASK_MODULES = (
     "perturbation",
     "calibration",
     "label_transfer",
+    "unknown_type",
     "integration",
     "rna_to_protein",
     "lab_loop",

@@ -1,12 +1,17 @@
-"""Cross-species label transfer benchmark: Baron pancreas human <-> mouse.
+"""Label-transfer benchmark: annotate a query with cell types learnt on a labelled reference.
 
 ``run_label_transfer(out)`` (task ``label-transfer``; ``aivc benchmark
-label-transfer --out DIR``) trains every model on the labelled cells of one
-species (the reference) and annotates the other species (the query) without
-using any query label. Cell types are matched through their Cell Ontology
-class (``obs["cell_ontology_class"]``), so e.g. human ``t_cell`` and mouse
-``T_cell`` are one type, and activated and quiescent stellate cells are one
-type ("pancreatic stellate cell").
+label-transfer --out DIR``) trains every model on the labelled cells of a
+reference and annotates a query without using any query label. Built-in
+transfers (``--dataset``):
+
+- ``baron`` (default): Baron pancreas human -> mouse and mouse -> human, cell
+  types matched through their Cell Ontology class, donors as batches;
+- ``kang2018``: control PBMCs -> the same donors' IFN-beta-stimulated PBMCs
+  (a cross-condition shift, no batch column);
+- a path to an ``.h5ad`` file with ``--cell-type-key``, optional
+  ``--batch-key``, and ``--query-key`` / ``--query-value`` naming the query
+  cells (all others form the reference).
 
 Scoring uses only query cells whose type exists in the reference; how many
 were excluded per type is reported, and so is what each model answers for
@@ -14,24 +19,30 @@ the excluded cells (the share called "unknown").
 
 Models, all on the same cells in the same run:
 
-- ``aivc``: :class:`~aivc.cells.CellEncoder` trained on the reference counts
-  (batch = donor), the query embedded without retraining (mouse genes through
-  human one-to-one orthologs), and :class:`~aivc.cells.CellTypeDecoder` fit on
-  the reference embedding.
-- ``aivc-adaptive``: the same encoder embedding and decoder with
-  ``adapt_to_query=True`` (novelty thresholds corrected for a shift of the
-  whole query); its wall time includes the shared encoder.
-- ``aivc-pca``: the same decoder on the PCA representation of ``pca-knn``
-  (separates the decoder's contribution from the encoder's).
-- ``pca-knn``: PCA (fit on the reference) of log-normalised, scaled
-  expression of shared one-to-one orthologous genes, then a kNN classifier.
-- ``logistic``: CellTypist-style L2 logistic regression on log1p-normalised
-  (1e4), scaled expression of the same genes.
-- ``scvi``: scANVI (scvi-tools), scArches-style: SCVI pre-trained on the
-  reference with the donor as batch, SCANVI initialised from it and trained on
-  the reference labels, the query added with ``SCANVI.load_query_data`` (new
-  batches, frozen reference weights) and trained for a few epochs without its
-  labels.
+- ``aivc``: :class:`~aivc.cells.CellAnnotator`, which chooses among logistic,
+  PCA-kNN and PCA-logistic classifiers (reference- or batch-scaled) by
+  predicting held-out reference batches, calibrates its probabilities on them
+  and answers "unknown" for cells unlike any reference type.
+- ``aivc-encoder``: :class:`~aivc.cells.CellEncoder` trained on the reference
+  counts, the query embedded without retraining, and
+  :class:`~aivc.cells.CellTypeDecoder` fit on the reference embedding.
+- ``logistic``: L2 logistic regression (C = 1) on log-normalised, scaled
+  expression of the panel (the reference's most variable shared genes).
+- ``pca-knn``: PCA (fit on the reference) of the same values, then 15-nearest-neighbour vote.
+- ``harmony``: Harmony (harmonypy) on the joint principal components of
+  reference and query (batches: the reference's batches and the query), then
+  the kNN vote of the corrected reference.
+- ``scanvi``: scANVI (scvi-tools), scArches-style: SCVI trained on the
+  reference counts (batch covariate), SCANVI initialised from it on the
+  reference labels, the query added with ``SCANVI.load_query_data`` (frozen
+  reference weights) and trained without its labels. Epochs are those of
+  :class:`TransferConfig` (scvi-tools' own size heuristic with early stopping
+  for SCVI, the scvi-tools/scArches tutorial schedule for SCANVI and the query).
+
+Every model reads the same log-expression (:func:`aivc.data.log_expression`):
+counts are normalised once, log-normalised input is used as given, and the
+count models (``scanvi``, ``aivc-encoder``) get counts rebuilt from library
+sizes when ``--library-size-key`` names them, or are skipped with a note.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ import logging
 import os
 import platform
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,9 +72,10 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 __all__ = [
-    "DIRECTIONS",
     "LABEL_TRANSFER_MODELS",
+    "TRANSFERS",
     "TransferConfig",
+    "TransferSpec",
     "label_transfer_metrics",
     "run_label_transfer",
     "shared_gene_panel",
@@ -72,13 +84,21 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Direction name -> (reference dataset, reference species, query dataset, query species).
-DIRECTIONS: dict[str, tuple[str, str, str, str]] = {
-    "baron-human-to-mouse": ("baron_human", "human", "baron_mouse", "mouse"),
-    "baron-mouse-to-human": ("baron_mouse", "mouse", "baron_human", "human"),
-}
-LABEL_TRANSFER_MODELS = ("aivc", "aivc-adaptive", "aivc-pca", "pca-knn", "logistic", "scvi")
+LABEL_TRANSFER_MODELS = ("aivc", "aivc-encoder", "logistic", "pca-knn", "harmony", "scanvi")
+#: Models that need raw counts (given, or rebuilt from library sizes).
+COUNT_MODELS = frozenset({"aivc-encoder", "scanvi"})
 UNKNOWN = "unknown"
+#: Keyword options of the label tasks (``--cell-type-key`` etc. on the command line).
+LABEL_OPTIONS = (
+    "cell_type_key",
+    "batch_key",
+    "query_key",
+    "query_value",
+    "species",
+    "input",
+    "library_size_key",
+    "counts_layer",
+)
 _METRICS = (
     "accuracy",
     "macro_f1",
@@ -100,48 +120,92 @@ _HIGHER = {
 
 
 @dataclass(frozen=True)
-class TransferConfig:
-    """Settings of one label-transfer run (the same for every seed and direction).
+class TransferSpec:
+    """One reference -> query transfer: where the cells come from and which columns to read.
 
-    ``label_key`` and ``batch_key`` name the ``obs`` columns of the cell type
-    and the batch (donor, technology) in both the reference and the query;
-    they have no default, since they belong to the data (the Baron benchmark
-    declares its own in :data:`BARON_COLUMNS`).
+    ``reference`` and ``query`` are registered dataset names or ``.h5ad``
+    paths (the same one when ``query_key`` / ``query_value`` split a single
+    dataset); ``label_key`` and ``batch_key`` are declared by the data, never
+    assumed.
     """
 
+    name: str
+    reference: str
+    reference_species: str
+    query: str
+    query_species: str
     label_key: str
-    batch_key: str
+    batch_key: str | None = None
+    query_key: str | None = None
+    query_value: str | None = None
+    input: str = "auto"
+    library_size_key: str | None = None
+    counts_layer: str | None = None
+    description: str = ""
+
+
+#: The built-in transfers.
+TRANSFERS: dict[str, TransferSpec] = {
+    "baron-human-to-mouse": TransferSpec(
+        "baron-human-to-mouse", "baron_human", "human", "baron_mouse", "mouse",
+        "cell_ontology_class", "donor",
+        description="Baron pancreas, human donors -> mouse donors",
+    ),
+    "baron-mouse-to-human": TransferSpec(
+        "baron-mouse-to-human", "baron_mouse", "mouse", "baron_human", "human",
+        "cell_ontology_class", "donor",
+        description="Baron pancreas, mouse donors -> human donors",
+    ),
+    "kang2018-control-to-stimulated": TransferSpec(
+        "kang2018-control-to-stimulated", "kang2018", "human", "kang2018", "human",
+        "cell_type", None, "condition_source", "stimulated", counts_layer="counts",
+        description="Kang PBMCs, control cells -> IFN-beta-stimulated cells",
+    ),
+}  # fmt: skip
+#: ``--dataset`` names and the transfers they run.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "baron": ("baron-human-to-mouse", "baron-mouse-to-human"),
+    "kang2018": ("kang2018-control-to-stimulated",),
+    **{name: (name,) for name in TRANSFERS},
+}
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Model settings of one label-transfer run (the same for every seed and transfer)."""
+
     n_top_genes: int = 2000
     n_pcs: int = 50
     n_neighbors: int = 15
     logistic_c: float = 1.0
-    #: CellEncoder epochs and latent size of the ``aivc`` models, chosen on the reference
+    #: CellEncoder epochs and latent size of ``aivc-encoder``, chosen on the reference
     #: species only (held-out-donor cell-type accuracy, never query labels; see
     #: ``benchmarks/label_transfer_encoder_selection.py``): 40 epochs beat 10 (human
-    #: held-out kNN 0.85 vs 0.61), 16 dimensions beat 32, and the adversarial batch
-    #: weight (CellEncoder default 1.0) tied with 0 and 0.1, so it is left unchanged.
+    #: held-out kNN 0.85 vs 0.61), 16 dimensions beat 32.
     encoder_epochs: int = 40
     encoder_latent: int = 16
     scvi_latent: int = 10
-    scvi_epochs: int = 10
-    scanvi_epochs: int = 4
-    query_epochs: int = 6
+    #: SCVI: ``None`` is scvi-tools' own heuristic (400 epochs below 20,000 cells, fewer above),
+    #: stopped early when the validation loss stops improving (the library's convergence rule).
+    scvi_epochs: int | None = None
+    #: SCANVI fine-tuning from SCVI and query training: the schedule of the scvi-tools /
+    #: scArches reference-mapping tutorials (20 and 100 epochs).
+    scanvi_epochs: int = 20
+    query_epochs: int = 100
+    early_stopping: bool = True
     max_threads: int = 2
 
 
-#: The columns of the Baron pancreas datasets the benchmark reads.
-BARON_COLUMNS = {"label_key": "cell_ontology_class", "batch_key": "donor"}
-
 #: Named variants of the run (``--variant``); ``None`` is the default above.
 VARIANTS: dict[str | None, TransferConfig] = {
-    None: TransferConfig(**BARON_COLUMNS),
+    None: TransferConfig(),
     "quick": TransferConfig(
-        **BARON_COLUMNS,
         n_top_genes=1000,
         encoder_epochs=3,
         scvi_epochs=3,
         scanvi_epochs=2,
         query_epochs=2,
+        early_stopping=False,
     ),
 }
 
@@ -167,14 +231,30 @@ def _to_human(adata: AnnData, species: str) -> AnnData:
     return out
 
 
+def _shared_genes(reference: AnnData, query: AnnData) -> pd.Index:
+    shared = reference.var_names.intersection(query.var_names, sort=False)
+    if len(shared) < 10:
+        msg = (
+            f"The reference and the query share only {len(shared)} genes (reference {reference.n_vars}, "
+            f"query {query.n_vars}); check that both use the same gene symbols (map orthologs first)."
+        )
+        raise DataValidationError(msg)
+    return shared
+
+
 def shared_gene_panel(
-    reference: AnnData, query: AnnData, *, n_top_genes: int
+    reference: AnnData,
+    query: AnnData,
+    *,
+    n_top_genes: int,
+    input: str = "auto",
+    library_size_key: str | None = None,
 ) -> tuple[pd.Index, dict[str, int]]:
     """Genes of the baselines: the reference's most variable genes among those both panels share.
 
     Both objects must already use the same (human) symbols. Variability is
-    measured on the reference only (log-normalised dispersion), so the panel
-    does not look at the query beyond which genes it measured.
+    measured on the reference only (:func:`aivc.cells.reference_panel`), so
+    the panel does not look at the query beyond which genes it measured.
 
     Returns
     -------
@@ -183,23 +263,17 @@ def shared_gene_panel(
     info
         Counts: ``reference_genes``, ``query_genes``, ``shared_genes``, ``panel_genes``.
     """
-    import scanpy as sc
+    from aivc.cells._annotate import reference_panel
+    from aivc.data._expression import log_expression
 
-    shared = reference.var_names.intersection(query.var_names, sort=False)
-    if len(shared) < 10:
-        msg = (
-            f"The reference and the query share only {len(shared)} genes (reference {reference.n_vars}, "
-            f"query {query.n_vars}); check that both use the same gene symbols (map orthologs first)."
-        )
-        raise DataValidationError(msg)
-    ref = reference[:, shared].copy()
-    detected = np.asarray((ref.X > 0).sum(axis=0)).ravel() >= 3
-    ref = ref[:, detected].copy()
-    sc.pp.normalize_total(ref, target_sum=1e4)
-    sc.pp.log1p(ref)
-    n = min(n_top_genes, ref.n_vars)
-    sc.pp.highly_variable_genes(ref, n_top_genes=n, flavor="seurat")
-    genes = ref.var_names[ref.var["highly_variable"].to_numpy()]
+    shared = _shared_genes(reference, query)
+    x, _ = log_expression(
+        reference,
+        genes=shared,
+        input=input,
+        library_size_key=library_size_key,  # type: ignore[arg-type]
+    )
+    genes = reference_panel(x, shared, n_top_genes=n_top_genes)
     info = {
         "reference_genes": int(reference.n_vars),
         "query_genes": int(query.n_vars),
@@ -207,14 +281,6 @@ def shared_gene_panel(
         "panel_genes": len(genes),
     }
     return genes, info
-
-
-def _lognorm(adata: AnnData, genes: pd.Index) -> np.ndarray:
-    """log1p of counts normalised to 1e4 over ``genes``, dense float64."""
-    from aivc.data import log_normalize
-
-    x, _ = log_normalize(adata[:, genes].X, dtype=np.float64, dense=True)
-    return x
 
 
 # ----------------------------------------------------------------------------- models
@@ -237,16 +303,22 @@ class _Answer:
     proba: np.ndarray  # cells x classes (reference classes)
     classes: list[str]
     labels: np.ndarray  # answered label per cell (may be UNKNOWN)
+    #: How unlike every reference type each cell is (higher: more likely unknown); models
+    #: without their own score use 1 - the top probability.
+    unknown_score: np.ndarray | None = None
+
+    def novelty(self) -> np.ndarray:
+        if self.unknown_score is not None:
+            return self.unknown_score
+        return 1.0 - self.proba.max(axis=1)
 
 
 def _scaled_pair(ref_x: np.ndarray, query_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = ref_x.mean(axis=0)
-    sd = ref_x.std(axis=0)
-    sd[sd < 1e-8] = 1.0
-    return (
-        np.clip((ref_x - mean) / sd, -10, 10),
-        np.clip((query_x - mean) / sd, -10, 10),
-    )
+    """Both sets centred and scaled by the reference's gene means and sds (clipped at 10)."""
+    from aivc.cells._annotate import _scale, _stats
+
+    mean, sd = _stats(ref_x)
+    return _scale(ref_x, mean, sd), _scale(query_x, mean, sd)
 
 
 def _pca_pair(
@@ -258,16 +330,35 @@ def _pca_pair(
     return pca.fit_transform(ref_s), pca.transform(query_s)
 
 
-def _run_pca_knn(
-    ref_pc: np.ndarray, y: np.ndarray, query_pc: np.ndarray, cfg: TransferConfig
+def _knn_answer(
+    ref_z: np.ndarray, y: np.ndarray, query_z: np.ndarray, cfg: TransferConfig
 ) -> _Answer:
     from sklearn.neighbors import KNeighborsClassifier
 
     knn = KNeighborsClassifier(n_neighbors=min(cfg.n_neighbors, len(y)), weights="distance")
-    knn.fit(ref_pc, y)
-    proba = knn.predict_proba(query_pc)
+    knn.fit(ref_z, y)
+    proba = knn.predict_proba(query_z)
     classes = [str(c) for c in knn.classes_]
     return _Answer(proba, classes, np.asarray(classes, dtype=object)[proba.argmax(axis=1)])
+
+
+def _run_harmony(
+    ref_pc: np.ndarray,
+    query_pc: np.ndarray,
+    y: np.ndarray,
+    ref_batches: np.ndarray,
+    query_batches: np.ndarray,
+    cfg: TransferConfig,
+    seed: int,
+) -> _Answer:
+    import harmonypy
+
+    pcs = np.vstack([ref_pc, query_pc])
+    meta = pd.DataFrame({"batch": np.concatenate([ref_batches, query_batches]).astype(str)})
+    ho = harmonypy.run_harmony(pcs, meta, "batch", random_state=seed, verbose=False)
+    z = np.asarray(ho.Z_corr)
+    z = z if z.shape[0] == len(pcs) else z.T
+    return _knn_answer(z[: len(ref_pc)], y, z[len(ref_pc) :], cfg)
 
 
 def _run_logistic(
@@ -287,97 +378,127 @@ def _run_logistic(
     return _Answer(proba, classes, np.asarray(classes, dtype=object)[proba.argmax(axis=1)])
 
 
-def _run_decoder(
-    ref_z: np.ndarray, y: np.ndarray, query_z: np.ndarray, seed: int, *, adapt: bool = False
-) -> tuple[_Answer, Any]:
-    from aivc.cells._celltype import CellTypeDecoder
-
-    dec = CellTypeDecoder(use_rep=None, seed=seed, unknown_label=UNKNOWN, adapt_to_query=adapt).fit(
-        ref_z, labels=y
-    )
-    table = dec.predict_table(query_z)
-    proba = dec.predict_proba(query_z)
-    answer = _Answer(proba, list(dec.classes_), table["label"].to_numpy(dtype=object))
-    return answer, {
-        "temperature": dec.temperature_,
-        "calibration": dec.calibration_,
-        "novelty_shift": table.attrs["novelty_shift"],
-    }
-
-
-def _encode(
-    reference: AnnData,
-    query: AnnData,
-    *,
-    ref_species: str,
-    query_species: str,
-    cfg: TransferConfig,
-    seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cell encoder trained on the reference; both sets embedded without retraining."""
-    from aivc.cells._encoder import CellEncoder
-
-    enc = CellEncoder(n_latent=cfg.encoder_latent, max_epochs=cfg.encoder_epochs, seed=seed)
-    enc.fit(reference, batch_key=cfg.batch_key, species=ref_species)
-    return enc.transform(reference, species=ref_species), enc.transform(
-        query, species=query_species
-    )
-
-
-def _run_scanvi(
+def _run_annotator(
     reference: AnnData,
     query: AnnData,
     genes: pd.Index,
     *,
-    y: np.ndarray,
+    spec: TransferSpec,
     cfg: TransferConfig,
     seed: int,
-) -> _Answer:
+) -> tuple[_Answer, dict[str, Any]]:
+    from aivc.cells._annotate import CellAnnotator
+
+    ann = CellAnnotator(
+        label_key=spec.label_key,
+        batch_key=spec.batch_key,
+        n_top_genes=cfg.n_top_genes,
+        n_pcs=cfg.n_pcs,
+        n_neighbors=cfg.n_neighbors,
+        input=spec.input,
+        library_size_key=spec.library_size_key,
+        unknown_label=UNKNOWN,
+        seed=seed,
+    ).fit(reference, genes=genes)
+    table = ann.predict_table(query)
+    proba = ann.predict_proba(query)
+    extra = {**ann.selection_, "query_input": table.attrs["input"]}
+    answer = _Answer(
+        proba,
+        list(ann.classes_),
+        table["label"].to_numpy(dtype=object),
+        table["unknown_score"].to_numpy(dtype=np.float64),
+    )
+    return answer, extra
+
+
+def _run_encoder(
+    reference: AnnData,
+    query: AnnData,
+    y: np.ndarray,
+    *,
+    ref_species: str,
+    query_species: str,
+    batch_key: str | None,
+    cfg: TransferConfig,
+    seed: int,
+) -> tuple[_Answer, dict[str, Any]]:
+    """Cell encoder trained on the reference; both sets embedded without retraining; decoder on top."""
+    from aivc.cells._celltype import CellTypeDecoder
+    from aivc.cells._encoder import CellEncoder
+
+    enc = CellEncoder(n_latent=cfg.encoder_latent, max_epochs=cfg.encoder_epochs, seed=seed)
+    enc.fit(reference, batch_key=batch_key, species=ref_species)
+    ref_z = enc.transform(reference, species=ref_species)
+    query_z = enc.transform(query, species=query_species)
+    dec = CellTypeDecoder(use_rep=None, seed=seed, unknown_label=UNKNOWN).fit(ref_z, labels=y)
+    table = dec.predict_table(query_z)
+    proba = dec.predict_proba(query_z)
+    answer = _Answer(proba, list(dec.classes_), table["label"].to_numpy(dtype=object))
+    return answer, {"temperature": dec.temperature_, "calibration": dec.calibration_}
+
+
+def _epochs_run(model: Any) -> int | None:
+    """Epochs a scvi-tools model trained for, from its training history."""
+    history = getattr(model, "history", None) or {}
+    for key in ("elbo_train", "train_loss_epoch"):
+        if key in history:
+            return len(history[key])
+    return None
+
+
+def _run_scanvi(
+    ref_counts: sp.csr_matrix,
+    query_counts: sp.csr_matrix,
+    genes: pd.Index,
+    *,
+    y: np.ndarray,
+    ref_batches: np.ndarray,
+    query_batches: np.ndarray,
+    cfg: TransferConfig,
+    seed: int,
+) -> tuple[_Answer, dict[str, Any]]:
     import anndata as ad
     import scvi
 
     unlabeled = "__unlabeled__"
     ref = ad.AnnData(
-        X=sp.csr_matrix(reference[:, genes].X, dtype=np.float32),
-        obs=pd.DataFrame(
-            {
-                "batch": reference.obs[cfg.batch_key].astype(str).to_numpy(),
-                "label": y,
-            },
-            index=reference.obs_names.astype(str),
-        ),
+        X=sp.csr_matrix(ref_counts, dtype=np.float32),
+        obs=pd.DataFrame({"batch": ref_batches.astype(str), "label": y}),
         var=pd.DataFrame(index=genes),
     )
     qry = ad.AnnData(
-        X=sp.csr_matrix(query[:, genes].X, dtype=np.float32),
+        X=sp.csr_matrix(query_counts, dtype=np.float32),
         obs=pd.DataFrame(
-            {
-                "batch": ["query:" + b for b in query.obs[cfg.batch_key].astype(str)],
-                "label": unlabeled,
-            },
-            index=query.obs_names.astype(str),
+            {"batch": ["query:" + b for b in query_batches.astype(str)], "label": unlabeled}
         ),
         var=pd.DataFrame(index=genes),
     )
+    ref.obs_names = [f"r{i}" for i in range(ref.n_obs)]
+    qry.obs_names = [f"q{i}" for i in range(qry.n_obs)]
+    # scvi-tools' own in-memory logger stays on: it records the epochs each stage ran
     quiet = {
         "enable_progress_bar": False,
         "enable_model_summary": False,
-        "logger": False,
         "enable_checkpointing": False,
     }
+    stop = {"early_stopping": True} if cfg.early_stopping else {}
     old_seed = scvi.settings.seed
     lightning_loggers = [logging.getLogger(n) for n in ("lightning", "lightning.pytorch", "scvi")]
     old_levels = [lg.level for lg in lightning_loggers]
+    epochs: dict[str, Any] = {}
     try:
         for lg in lightning_loggers:
             lg.setLevel(logging.ERROR)
         scvi.settings.seed = seed
+        scvi.settings.dl_num_workers = 0
         scvi.model.SCVI.setup_anndata(ref, batch_key="batch", labels_key="label")
         vae = scvi.model.SCVI(
             ref, n_latent=cfg.scvi_latent, n_layers=2, encode_covariates=True,
             deeply_inject_covariates=False, use_layer_norm="both", use_batch_norm="none",
         )  # fmt: skip
-        vae.train(max_epochs=cfg.scvi_epochs, accelerator="cpu", devices=1, **quiet)
+        vae.train(max_epochs=cfg.scvi_epochs, accelerator="cpu", devices=1, **stop, **quiet)
+        epochs["scvi"] = _epochs_run(vae)
         lvae = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category=unlabeled)
         lvae.train(
             max_epochs=cfg.scanvi_epochs,
@@ -386,6 +507,7 @@ def _run_scanvi(
             devices=1,
             **quiet,
         )
+        epochs["scanvi"] = _epochs_run(lvae)
         scvi.model.SCANVI.prepare_query_anndata(qry, lvae)
         qmodel = scvi.model.SCANVI.load_query_data(qry, lvae, accelerator="cpu", device=1)
         qmodel.train(
@@ -396,6 +518,7 @@ def _run_scanvi(
             devices=1,
             **quiet,
         )
+        epochs["query"] = _epochs_run(qmodel)
         soft = qmodel.predict(soft=True)
     finally:
         scvi.settings.seed = old_seed
@@ -405,7 +528,8 @@ def _run_scanvi(
     proba = soft.to_numpy(dtype=np.float64)
     proba = proba / proba.sum(axis=1, keepdims=True)
     classes = [str(c) for c in soft.columns]
-    return _Answer(proba, classes, np.asarray(classes, dtype=object)[proba.argmax(axis=1)])
+    answer = _Answer(proba, classes, np.asarray(classes, dtype=object)[proba.argmax(axis=1)])
+    return answer, {"epochs": epochs}
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -476,27 +600,61 @@ def _excluded_answers(
 
 
 # ----------------------------------------------------------------------------- one transfer
-def transfer_labels(
+def _batches(adata: AnnData, key: str | None, default: str) -> np.ndarray:
+    if key is None or key not in adata.obs:
+        return np.full(adata.n_obs, default, dtype=object)
+    return adata.obs[key].astype(str).to_numpy(dtype=object)
+
+
+def _counts(adata: AnnData, genes: pd.Index, spec: TransferSpec) -> sp.csr_matrix | None:
+    """Raw counts of ``genes`` (given, or rebuilt from library sizes), or ``None`` when there are none."""
+    from aivc.data._expression import _resolve_kind, counts_from_log
+
+    kind = _resolve_kind(adata.X, spec.input, "X")
+    if kind == "counts":
+        return sp.csr_matrix(adata[:, genes].X, dtype=np.float32)
+    if spec.library_size_key is None or spec.library_size_key not in adata.obs:
+        return None
+    lib = adata.obs[spec.library_size_key].to_numpy(dtype=np.float64)
+    return sp.csr_matrix(counts_from_log(adata.X, lib)[:, adata.var_names.get_indexer(genes)])
+
+
+@dataclass
+class QueryAnswers:
+    """What :func:`answer_query` returns: every model's answer and its cost."""
+
+    answers: dict[str, _Answer]
+    wall: dict[str, float]
+    peak: dict[str, float]
+    extra: dict[str, Any]
+    skipped: dict[str, str]
+    classes: list[str]
+    genes: dict[str, int]
+    panel: list[str]
+    input: dict[str, str]
+    n_reference: int
+
+
+def answer_query(
     reference: AnnData,
     query: AnnData,
     *,
-    ref_species: str,
-    query_species: str,
+    spec: TransferSpec,
     models: Sequence[str] = LABEL_TRANSFER_MODELS,
     seed: int = 0,
     config: TransferConfig,
-) -> dict[str, Any]:
-    """Annotate ``query`` with every model trained on ``reference``; score against the query labels.
+) -> QueryAnswers:
+    """Every model trained on ``reference`` answers ``query`` (no query label is read).
 
-    Both objects hold raw counts in ``X`` with gene symbols of their species as
-    var names, the cell type in ``obs[config.label_key]`` and the batch in
-    ``obs[config.batch_key]`` (the query's labels are used only for scoring).
+    Both objects hold raw counts or log-normalised values in ``X`` (as
+    ``spec.input`` says) with gene symbols of their species as var names, the
+    cell type in ``obs[spec.label_key]`` and, optionally, the batch in
+    ``obs[spec.batch_key]`` (the query's labels are used only for scoring).
 
-    Returns
-    -------
-    ``{"metrics": {model: {...}}, "wall_seconds": {...}, "peak_memory_mb": {...},
-    "excluded_answers": {model: {type: {answer: n}}}, "genes": {...}, "extra": {...}}``.
+    The query's labels must exist (the label column is checked on both
+    sides) but only :func:`transfer_labels` and the unknown-type task read them, to score.
     """
+    from aivc.data._expression import log_expression
     from aivc.evaluate._memory import ResourceMeter
 
     cfg = config
@@ -505,64 +663,121 @@ def transfer_labels(
         msg = f"Unknown label-transfer model(s) {unknown_models}; expected some of {list(LABEL_TRANSFER_MODELS)}."
         raise ValueError(msg)
     for name, a in (("reference", reference), ("query", query)):
-        for key in (cfg.label_key, cfg.batch_key):
-            if key not in a.obs:
-                msg = f"The {name} has no obs[{key!r}] (columns: {list(a.obs.columns)})."
-                raise DataValidationError(msg)
-    y = reference.obs[cfg.label_key].astype(str).to_numpy()
-    truth = query.obs[cfg.label_key].astype(str).to_numpy()
+        if spec.label_key not in a.obs:
+            msg = (
+                f"The {name} has no obs[{spec.label_key!r}] with cell types (columns: "
+                f"{list(a.obs.columns)}); name the cell-type column (--cell-type-key)."
+            )
+            raise DataValidationError(msg)
+    if spec.batch_key is not None and spec.batch_key not in reference.obs:
+        msg = (
+            f"The reference has no obs[{spec.batch_key!r}] (columns: {list(reference.obs.columns)}); "
+            "name the batch column, or leave --batch-key out when there is none."
+        )
+        raise DataValidationError(msg)
+    y = reference.obs[spec.label_key].astype(str).to_numpy()
 
-    ref_h, query_h = _to_human(reference, ref_species), _to_human(query, query_species)
-    genes, gene_info = shared_gene_panel(ref_h, query_h, n_top_genes=cfg.n_top_genes)
-    ref_x, query_x = _lognorm(ref_h, genes), _lognorm(query_h, genes)
-    ref_s, query_s = _scaled_pair(ref_x, query_x)
-    del ref_x, query_x
-    need_pca = {"pca-knn", "aivc-pca"} & set(models)
+    ref_h = _to_human(reference, spec.reference_species)
+    query_h = _to_human(query, spec.query_species)
+    shared = _shared_genes(ref_h, query_h)
+    read = {"input": spec.input, "library_size_key": spec.library_size_key}
+    ref_all, ref_input = log_expression(ref_h, genes=shared, **read)  # type: ignore[arg-type]
+    query_all, query_input = log_expression(query_h, genes=shared, **read)  # type: ignore[arg-type]
+    from aivc.cells._annotate import reference_panel
+
+    genes = reference_panel(ref_all, shared, n_top_genes=cfg.n_top_genes)
+    pos = shared.get_indexer(genes)
+    ref_s, query_s = _scaled_pair(ref_all[:, pos], query_all[:, pos])
+    del ref_all, query_all
+    gene_info = {
+        "reference_genes": int(ref_h.n_vars),
+        "query_genes": int(query_h.n_vars),
+        "shared_genes": len(shared),
+        "panel_genes": len(genes),
+    }
+    need_pca = {"pca-knn", "harmony"} & set(models)
     ref_pc, query_pc = _pca_pair(ref_s, query_s, cfg.n_pcs, seed) if need_pca else (None, None)
+    ref_batches = _batches(reference, spec.batch_key, "reference")
+    query_batches = _batches(query, spec.batch_key, "query")
 
     answers: dict[str, _Answer] = {}
     wall: dict[str, float] = {}
     peak: dict[str, float] = {}
     extra: dict[str, Any] = {}
-    embedding: tuple[np.ndarray, np.ndarray] | None = None
-    encoder_seconds = encoder_mb = 0.0
-    first_encoder_model = next((m for m in models if m in ("aivc", "aivc-adaptive")), None)
+    skipped: dict[str, str] = {}
     with _threads(cfg.max_threads):
         for name in progress(list(models), desc="label transfer", unit="model"):
+            if name in COUNT_MODELS:
+                ref_counts = _counts(ref_h, genes, spec)
+                query_counts = _counts(query_h, genes, spec)
+                if ref_counts is None or query_counts is None:
+                    skipped[name] = (
+                        "needs raw counts: the data holds log-normalised values and no library-size "
+                        "column (--library-size-key) to rebuild them"
+                    )
+                    logger.warning("label transfer: %s skipped (%s)", name, skipped[name])
+                    continue
             with ResourceMeter() as meter:
                 if name == "pca-knn":
-                    answers[name] = _run_pca_knn(ref_pc, y, query_pc, cfg)
-                elif name == "aivc-pca":
-                    answers[name], extra[name] = _run_decoder(ref_pc, y, query_pc, seed)
+                    answers[name] = _knn_answer(ref_pc, y, query_pc, cfg)
+                elif name == "harmony":
+                    answers[name] = _run_harmony(
+                        ref_pc, query_pc, y, ref_batches, "query:" + query_batches, cfg, seed
+                    )
                 elif name == "logistic":
                     answers[name] = _run_logistic(ref_s, y, query_s, cfg)
-                elif name == "scvi":
-                    answers[name] = _run_scanvi(ref_h, query_h, genes, y=y, cfg=cfg, seed=seed)
-                elif name in ("aivc", "aivc-adaptive"):
-                    if embedding is None:
-                        with ResourceMeter() as enc_meter:
-                            embedding = _encode(
-                                reference,
-                                query,
-                                ref_species=ref_species,
-                                query_species=query_species,
-                                cfg=cfg,
-                                seed=seed,
-                            )
-                        encoder_seconds = enc_meter.wall_seconds
-                        encoder_mb = enc_meter.peak_increase_mb
-                    answers[name], extra[name] = _run_decoder(
-                        embedding[0], y, embedding[1], seed, adapt=name == "aivc-adaptive"
+                elif name == "aivc":
+                    answers[name], extra[name] = _run_annotator(
+                        ref_h, query_h, genes=shared, spec=spec, cfg=cfg, seed=seed
                     )
-            if name in ("aivc", "aivc-adaptive") and name != first_encoder_model:
-                # the encoder ran once for both rows: count its cost in each
-                wall[name] = meter.wall_seconds + encoder_seconds
-                peak[name] = max(meter.peak_increase_mb, encoder_mb)
-                continue
+                elif name == "scanvi":
+                    answers[name], extra[name] = _run_scanvi(
+                        ref_counts, query_counts, genes, y=y, ref_batches=ref_batches,
+                        query_batches=query_batches, cfg=cfg, seed=seed,
+                    )  # fmt: skip
+                elif name == "aivc-encoder":
+                    answers[name], extra[name] = _run_encoder(
+                        reference, query, y, ref_species=spec.reference_species,
+                        query_species=spec.query_species, batch_key=spec.batch_key, cfg=cfg, seed=seed,
+                    )  # fmt: skip
             wall[name] = meter.wall_seconds
             peak[name] = meter.peak_increase_mb
             logger.info("label transfer: %s took %.1f s", name, meter.wall_seconds)
-    classes = sorted(set(y.tolist()))
+    return QueryAnswers(
+        answers=answers,
+        wall=wall,
+        peak=peak,
+        extra=extra,
+        skipped=skipped,
+        classes=sorted(set(y.tolist())),
+        genes=gene_info,
+        panel=[str(g) for g in genes],
+        input={"reference": ref_input.describe(), "query": query_input.describe()},
+        n_reference=len(y),
+    )
+
+
+def transfer_labels(
+    reference: AnnData,
+    query: AnnData,
+    *,
+    spec: TransferSpec,
+    models: Sequence[str] = LABEL_TRANSFER_MODELS,
+    seed: int = 0,
+    config: TransferConfig,
+) -> dict[str, Any]:
+    """Annotate ``query`` with every model trained on ``reference``; score against the query labels.
+
+    Returns
+    -------
+    ``{"metrics": {model: {...}}, "wall_seconds": {...}, "peak_memory_mb": {...},
+    "excluded_answers": {model: {type: {answer: n}}}, "genes": {...}, "extra": {...},
+    "skipped": {model: reason}}``.
+    """
+    res = answer_query(reference, query, spec=spec, models=models, seed=seed, config=config)
+    truth = query.obs[spec.label_key].astype(str).to_numpy()
+    classes = res.classes
+    answers = res.answers
     metrics = {}
     for name, ans in answers.items():
         # every model's probabilities over the same reference types, same order
@@ -573,32 +788,109 @@ def transfer_labels(
     excluded = {t: int((truth == t).sum()) for t in sorted(set(truth.tolist()) - set(classes))}
     return {
         "metrics": metrics,
-        "wall_seconds": wall,
-        "peak_memory_mb": peak,
+        "wall_seconds": res.wall,
+        "peak_memory_mb": res.peak,
         "excluded_cells": excluded,
         "n_query_included": int(np.isin(truth, classes).sum()),
         "n_query": len(truth),
-        "n_reference": len(y),
+        "n_reference": res.n_reference,
         "reference_types": classes,
         "excluded_answers": {
             name: _excluded_answers(truth, ans.labels, classes) for name, ans in answers.items()
         },
-        "genes": gene_info,
-        "panel": [str(g) for g in genes],
-        "extra": extra,
+        "genes": res.genes,
+        "input": res.input,
+        "panel": res.panel,
+        "extra": res.extra,
+        "skipped": res.skipped,
     }
 
 
 # ----------------------------------------------------------------------------- runner
-def _directions(dataset: str | None) -> list[str]:
-    if dataset in (None, "baron", "baron_human_mouse", "pancreas_baron_human_mouse"):
-        return list(DIRECTIONS)
-    if dataset not in DIRECTIONS:
+def resolve_transfers(
+    dataset: str | None,
+    *,
+    cell_type_key: str | None = None,
+    batch_key: str | None = None,
+    query_key: str | None = None,
+    query_value: str | None = None,
+    species: str = "human",
+    input: str = "auto",
+    library_size_key: str | None = None,
+    counts_layer: str | None = None,
+) -> list[TransferSpec]:
+    """The transfers ``--dataset`` names: a built-in group, or one file split by ``query_key``."""
+    declared = {
+        "cell_type_key": cell_type_key,
+        "batch_key": batch_key,
+        "query_key": query_key,
+        "query_value": query_value,
+    }
+    if dataset is None or dataset in GROUPS:
+        if any(v is not None for v in declared.values()):
+            msg = (
+                f"The built-in transfer {dataset or 'baron'!r} declares its own columns; "
+                "--cell-type-key, --batch-key and --query-key/--query-value are for a dataset file."
+            )
+            raise ValueError(msg)
+        given: dict[str, Any] = {"input": input} if input != "auto" else {}
+        if library_size_key is not None:
+            given["library_size_key"] = library_size_key
+        if counts_layer is not None:
+            given["counts_layer"] = counts_layer
+        return [replace(TRANSFERS[n], **given) for n in GROUPS[dataset or "baron"]]
+    if not (dataset.endswith((".h5ad", ".zarr")) or os.sep in dataset):
         msg = (
-            f"Unknown label-transfer dataset {dataset!r}; expected one of {[*DIRECTIONS, 'baron']}."
+            f"Unknown label-transfer dataset {dataset!r}; expected one of {list(GROUPS)}, or the path "
+            "of an .h5ad file with --cell-type-key and --query-key/--query-value."
         )
         raise ValueError(msg)
-    return [dataset]
+    if cell_type_key is None or query_key is None or query_value is None:
+        msg = (
+            "A dataset file needs its columns declared: --cell-type-key (the cell type), "
+            "--query-key and --query-value (which cells form the query; all others are the "
+            "reference), and --batch-key when it has batches."
+        )
+        raise ValueError(msg)
+    stem = Path(dataset).name.removesuffix(".h5ad").removesuffix(".zarr")
+    return [
+        TransferSpec(
+            f"{stem}:{query_key}={query_value}", dataset, species, dataset, species,
+            cell_type_key, batch_key, query_key, query_value, input, library_size_key, counts_layer,
+            description=f"{stem}: cells with {query_key} != {query_value} -> {query_key} == {query_value}",
+        )
+    ]  # fmt: skip
+
+
+def _load_pair(spec: TransferSpec) -> tuple[AnnData, AnnData]:
+    from aivc.data._registry import load
+    from aivc.data._validate import read_h5ad
+
+    def read(name: str) -> AnnData:
+        data = read_h5ad(name) if name.endswith(".h5ad") or os.sep in name else load(name)
+        if spec.counts_layer is None:
+            return data
+        if spec.counts_layer not in data.layers:
+            msg = f"The dataset has no layers[{spec.counts_layer!r}] (layers: {list(data.layers)})."
+            raise DataValidationError(msg)
+        data.X = data.layers[spec.counts_layer]
+        return data
+
+    if spec.query_key is None:
+        return read(spec.reference), read(spec.query)
+    data = read(spec.reference)
+    if spec.query_key not in data.obs:
+        msg = f"The dataset has no obs[{spec.query_key!r}] (columns: {list(data.obs.columns)})."
+        raise DataValidationError(msg)
+    in_query = data.obs[spec.query_key].astype(str).to_numpy() == str(spec.query_value)
+    if not in_query.any() or in_query.all():
+        values = sorted(data.obs[spec.query_key].astype(str).unique().tolist())[:10]
+        msg = (
+            f"obs[{spec.query_key!r}] == {spec.query_value!r} selects {int(in_query.sum())} of "
+            f"{data.n_obs} cells; the query and the reference must both be non-empty (values: {values})."
+        )
+        raise DataValidationError(msg)
+    return data[~in_query].copy(), data[in_query].copy()
 
 
 def run_label_transfer(
@@ -608,25 +900,35 @@ def run_label_transfer(
     models: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     variant: str | None = None,
+    cell_type_key: str | None = None,
+    batch_key: str | None = None,
+    query_key: str | None = None,
+    query_value: str | None = None,
+    species: str = "human",
+    input: str = "auto",
+    library_size_key: str | None = None,
+    counts_layer: str | None = None,
 ) -> dict[str, Any]:
-    """Run the cross-species label-transfer benchmark and write ``results.json`` / ``results.md``.
+    """Run the label-transfer benchmark and write ``results.json`` / ``results.md``.
 
     Parameters
     ----------
     out
         Output directory (created).
     dataset
-        ``"baron-human-to-mouse"``, ``"baron-mouse-to-human"``, or ``None`` /
-        ``"baron"`` for both directions.
+        ``None`` / ``"baron"`` (both Baron directions), ``"kang2018"``, one
+        transfer of :data:`TRANSFERS`, or the path of an ``.h5ad`` file with
+        ``cell_type_key``, ``query_key`` and ``query_value`` (and optionally
+        ``batch_key``, ``species``, ``input``, ``library_size_key``, and
+        ``counts_layer``: a layer with raw counts read instead of ``X``).
     models
         Subset of :data:`LABEL_TRANSFER_MODELS` (default: all).
     seeds
-        Seeds of every model (encoder, decoder split, scVI); the cells are the same for every seed.
+        Seeds of every model; the cells are the same for every seed.
     variant
         ``None`` (default settings) or ``"quick"`` (few epochs, for smoke tests).
     """
     from aivc._version import __version__
-    from aivc.data._registry import load
 
     if variant not in VARIANTS:
         msg = f"Unknown label-transfer variant {variant!r}; expected one of {list(VARIANTS)}."
@@ -637,36 +939,37 @@ def run_label_transfer(
     if not seeds:
         msg = "Pass at least one seed."
         raise ValueError(msg)
+    specs = resolve_transfers(
+        dataset, cell_type_key=cell_type_key, batch_key=batch_key, query_key=query_key,
+        query_value=query_value, species=species, input=input, library_size_key=library_size_key,
+        counts_layer=counts_layer,
+    )  # fmt: skip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    directions = _directions(dataset)
-
-    runs_by_direction: dict[str, list[dict[str, Any]]] = {d: [] for d in directions}
+    runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in specs}
     result: dict[str, Any] = {}
-    for direction in directions:
-        ref_name, ref_species, query_name, query_species = DIRECTIONS[direction]
-        reference, query = load(ref_name), load(query_name)
+    label = dataset or "baron"
+    for spec in specs:
+        reference, query = _load_pair(spec)
         for seed in seeds:
-            logger.info("label transfer %s, seed %d", direction, seed)
-            runs_by_direction[direction].append(
+            logger.info("label transfer %s, seed %d", spec.name, seed)
+            runs[spec.name].append(
                 transfer_labels(
-                    reference,
-                    query,
-                    ref_species=ref_species,
-                    query_species=query_species,
-                    models=model_names,
-                    seed=seed,
-                    config=cfg,
+                    reference, query, spec=spec, models=model_names, seed=seed, config=cfg
                 )
             )
             # written after every seed, so an interrupted run leaves its finished seeds
-            result = _build_result(runs_by_direction, seeds, model_names, cfg, variant, __version__)
+            result = _build_result(
+                runs, specs, label, seeds, model_names, cfg, variant, __version__
+            )
             write_results(out, result, label_transfer_markdown(result))
     return json_safe(result)
 
 
 def _build_result(
     runs_by_direction: dict[str, list[dict[str, Any]]],
+    specs: Sequence[TransferSpec],
+    dataset: str,
     seeds: Sequence[int],
     model_names: Sequence[str],
     cfg: TransferConfig,
@@ -674,15 +977,26 @@ def _build_result(
     version: str,
 ) -> dict[str, Any]:
     directions = list(runs_by_direction)
+    by_spec = {s.name: s for s in specs}
     by_direction: dict[str, Any] = {}
+    skipped: dict[str, dict[str, str]] = {}
     for direction, runs in runs_by_direction.items():
         if not runs:
             continue
-        ref_name, _, query_name, _ = DIRECTIONS[direction]
+        spec = by_spec[direction]
         first = runs[0]
+        ran = [m for m in model_names if all(m in r["metrics"] for r in runs)]
+        if first["skipped"]:
+            skipped[direction] = dict(first["skipped"])
         by_direction[direction] = {
-            "reference": ref_name,
-            "query": query_name,
+            "reference": spec.reference,
+            "query": spec.query,
+            "description": spec.description,
+            "label_key": spec.label_key,
+            "batch_key": spec.batch_key,
+            "query_key": spec.query_key,
+            "query_value": spec.query_value,
+            "input": first["input"],
             "seeds": list(seeds[: len(runs)]),
             "n_reference": first["n_reference"],
             "n_query": first["n_query"],
@@ -691,30 +1005,22 @@ def _build_result(
             "reference_types": first["reference_types"],
             "genes": first["genes"],
             "models": {
-                m: {k: summarize([r["metrics"][m][k] for r in runs]) for k in _METRICS}
-                for m in model_names
+                m: {k: summarize([r["metrics"][m][k] for r in runs]) for k in _METRICS} for m in ran
             },
-            "per_seed": {
-                m: {k: [r["metrics"][m][k] for r in runs] for k in _METRICS} for m in model_names
-            },
-            "wall_seconds": {
-                m: summarize([r["wall_seconds"][m] for r in runs]) for m in model_names
-            },
-            "wall_seconds_total": {
-                m: float(sum(r["wall_seconds"][m] for r in runs)) for m in model_names
-            },
-            "peak_memory_mb": {
-                m: float(max(r["peak_memory_mb"][m] for r in runs)) for m in model_names
-            },
+            "per_seed": {m: {k: [r["metrics"][m][k] for r in runs] for k in _METRICS} for m in ran},
+            "wall_seconds": {m: summarize([r["wall_seconds"][m] for r in runs]) for m in ran},
+            "wall_seconds_total": {m: float(sum(r["wall_seconds"][m] for r in runs)) for m in ran},
+            "peak_memory_mb": {m: float(max(r["peak_memory_mb"][m] for r in runs)) for m in ran},
             "excluded_answers_first_seed": first["excluded_answers"],
-            "decoder_first_seed": first["extra"],
+            "model_details_first_seed": first["extra"],
         }
     done = list(by_direction)
     n_common = min(len(runs_by_direction[d]) for d in done)
     complete = all(len(runs_by_direction[d]) == len(seeds) for d in directions)
-    # top level: mean over directions per seed, then mean +- sd over seeds
+    everywhere = [m for m in model_names if all(m in by_direction[d]["models"] for d in done)]
+    # top level: mean over transfers per seed, then mean +- sd over seeds
     top: dict[str, Any] = {}
-    for m in model_names:
+    for m in everywhere:
         entry: dict[str, Any] = {}
         for k in _METRICS:
             per_seed = []
@@ -725,37 +1031,43 @@ def _build_result(
             entry[k] = summarize(per_seed)
         entry["by_direction"] = {d: by_direction[d]["models"][m] for d in done}
         top[m] = entry
+    cross_species = any(
+        by_spec[d].reference_species != by_spec[d].query_species for d in directions
+    )
     return {
         "task": "label-transfer",
-        "dataset": directions[0] if len(directions) == 1 else "baron-human-mouse",
+        "dataset": "baron-human-mouse" if dataset == "baron" else dataset,
         "description": (
-            "Cross-species cell-type label transfer, Baron 2016 pancreas: train on one species' labelled "
-            "cells, annotate the other's; types matched by Cell Ontology class; scored on query cells whose "
-            "type exists in the reference"
+            "Cell-type label transfer: train on a labelled reference, annotate a query without its "
+            "labels ("
+            + "; ".join(by_spec[d].description for d in directions)
+            + "); scored on query "
+            "cells whose type exists in the reference"
         ),
         "complete": complete,
         "split": {
-            "kind": "cross-species",
+            "kind": "cross-species" if cross_species else "reference-to-query",
             "directions": directions,
             "seeds": list(seeds) if complete else list(seeds[:n_common]),
             "n_splits": len(directions),
-            "label_key": cfg.label_key,
-            "batch_key": cfg.batch_key,
+            "label_key": sorted({by_spec[d].label_key for d in directions}),
+            "batch_key": sorted({str(by_spec[d].batch_key) for d in directions}),
         },
         "variant": variant,
         "config": asdict(cfg),
         "models": top,
+        "skipped": skipped,
         "metrics": {k: {"higher_is_better": _HIGHER[k], "source": "aivc"} for k in _METRICS},
         "directions": by_direction,
         "wall_seconds": {
             m: float(sum(by_direction[d]["wall_seconds_total"][m] for d in done))
-            for m in model_names
+            for m in everywhere
         },
         "peak_memory_mb": {
-            m: float(max(by_direction[d]["peak_memory_mb"][m] for d in done)) for m in model_names
+            m: float(max(by_direction[d]["peak_memory_mb"][m] for d in done)) for m in everywhere
         },
         "peak_memory_note": "peak resident memory of fit+predict above the process's memory before the model ran (max over runs)",
-        "wall_note": "total seconds of fit+predict over all seeds and directions",
+        "wall_note": "total seconds of fit+predict over all seeds and transfers",
         "machine": {
             "cpus": os.cpu_count(),
             "threads": cfg.max_threads,
@@ -777,8 +1089,8 @@ def label_transfer_markdown(result: dict[str, Any]) -> str:
             f"## {d} ({info['reference']} → {info['query']})",
             "",
             f"{info['n_reference']} reference cells; {info['n_query_included']} of {info['n_query']} query cells "
-            f"scored; shared one-to-one orthologous genes {g['shared_genes']}, baseline panel {g['panel_genes']} "
-            f"genes. Mean ± sd over seeds {info['seeds']}.",
+            f"scored; shared genes {g['shared_genes']}, baseline panel {g['panel_genes']} genes; input: "
+            f"{info['input']['reference']}. Mean ± sd over seeds {info['seeds']}.",
             "",
             "| model | " + " | ".join(f"{c} {arrows[c]}" for c in cols) + " | wall s | peak MB |",
             "|---|" + "---|" * (len(cols) + 2),
@@ -807,6 +1119,8 @@ def label_transfer_markdown(result: dict[str, Any]) -> str:
                 )
                 lines.append(f"| {m} | {fmt_summary(vals['unknown_rate_excluded'], 2)} | {text} |")
         lines.append("")
+    for d, why in result.get("skipped", {}).items():
+        lines += [f"Skipped in {d}: " + "; ".join(f"{m} ({r})" for m, r in why.items()) + ".", ""]
     m = result["machine"]
     lines += [
         "Metrics: accuracy and macro-F1 count 'unknown' as wrong; abstention = share of scored cells "
@@ -822,11 +1136,12 @@ def label_transfer_markdown(result: dict[str, Any]) -> str:
 register_task(
     Task(
         name="label-transfer",
-        description="Annotate cells of one species from a reference of the other (Baron pancreas, both directions)",
-        datasets=("baron", *DIRECTIONS),
+        description="Annotate a query's cell types from a labelled reference (Baron human <-> mouse; Kang control -> stimulated; any file)",
+        datasets=tuple(GROUPS),
         models=LABEL_TRANSFER_MODELS,
         seeds=(0, 1, 2),
         run=run_label_transfer,
         variants=tuple(v for v in VARIANTS if v is not None),
+        options=LABEL_OPTIONS,
     )
 )
