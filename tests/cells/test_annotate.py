@@ -121,6 +121,8 @@ def test_reference_without_batch_column(data) -> None:
         CellAnnotator(label_key="cell_type", batch_key="donor").fit(no_batch)
     with pytest.raises(DataValidationError, match="obs\\['celltype'\\]"):
         CellAnnotator(label_key="celltype").fit(no_batch)
+    with pytest.raises(ValueError, match="Name the reference's cell-type column"):
+        CellAnnotator().fit(no_batch)
     with pytest.raises(ValueError, match="Unknown annotator candidate"):
         CellAnnotator(label_key="cell_type", candidates=("svm",)).fit(no_batch)
 

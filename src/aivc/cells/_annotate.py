@@ -463,7 +463,8 @@ class CellAnnotator(Instrument):
     Parameters
     ----------
     label_key
-        ``obs`` column with the reference's cell types.
+        ``obs`` column with the reference's cell types; required by :meth:`fit`
+        (no default column is assumed).
     batch_key
         ``obs`` column with the batch (donor, technology); optional. Folds of
         whole batches make the choice mimic a new batch; a query with the
@@ -491,7 +492,7 @@ class CellAnnotator(Instrument):
     def __init__(
         self,
         *,
-        label_key: str,
+        label_key: str | None = None,
         batch_key: str | None = None,
         candidates: tuple[str, ...] | None = None,
         n_top_genes: int = 2000,
@@ -589,6 +590,12 @@ class CellAnnotator(Instrument):
             other species is mapped through one-to-one orthologs.
         """
         cands = self._check_params()
+        if self.label_key is None:
+            msg = (
+                "Name the reference's cell-type column: CellAnnotator(label_key=<obs column>); "
+                f"the reference has {list(adata.obs.columns)}."
+            )
+            raise ValueError(msg)
         if self.label_key not in adata.obs:
             msg = (
                 f"The reference has no obs[{self.label_key!r}] with cell types (columns: "
