@@ -62,3 +62,28 @@ def test_linear_model_with_network_embeddings(data_dir, embedding):
     assert "fit" in check_instrument(
         NearestNeighbourModel, params={"perturbation_embedding": embedding}
     )
+
+
+def test_aliases_with_spaces_after_separators(tmp_path):
+    """Gene tables write aliases as "A; B" as well as "A;B"; both name the alias "B"."""
+    import pandas as pd
+
+    from aivc.genes._knowledge import KNOWLEDGE_FOLDER
+
+    folder = tmp_path / KNOWLEDGE_FOLDER
+    folder.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "symbol": ["MARCHF8", "DARS1", "TP53"],
+            "aliases": ["MARCH8; MIR; ", "DARS;  AspRS", "P53"],
+        }
+    ).to_csv(folder / "human_gene_info.tsv.gz", sep="\t", index=False)
+    aliases = gene_aliases(tmp_path)
+    assert aliases == {
+        "MARCH8": "MARCHF8",
+        "MIR": "MARCHF8",
+        "DARS": "DARS1",
+        "AspRS": "DARS1",
+        "P53": "TP53",
+    }
+    assert gene_symbols(tmp_path) >= {"MIR", "AspRS", "TP53"}

@@ -55,9 +55,13 @@ def _file_digest(paths: list[Path], extra: str) -> str:
 @lru_cache(maxsize=4)
 def _gene_table_cached(path: str) -> tuple[frozenset[str], dict[str, str]]:
     table = pd.read_csv(path, sep="\t", usecols=["symbol", "aliases"], dtype=str)
+    table["symbol"] = table["symbol"].str.strip()
     symbols = frozenset(table["symbol"].dropna())
     pairs = table.dropna().assign(alias=lambda t: t["aliases"].str.split(";")).explode("alias")
-    pairs = pairs[(pairs["alias"] != pairs["symbol"]) & ~pairs["alias"].isin(symbols)]
+    # sources write "A; B" as well as "A;B": an alias is the symbol without surrounding spaces
+    pairs["alias"] = pairs["alias"].str.strip()
+    pairs = pairs[(pairs["alias"] != "") & (pairs["alias"] != pairs["symbol"])]
+    pairs = pairs[~pairs["alias"].isin(symbols)]
     counts = pairs["alias"].value_counts()
     unique = pairs[pairs["alias"].isin(counts.index[counts == 1])]
     return symbols, dict(zip(unique["alias"], unique["symbol"], strict=True))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from aivc.genes._fused import KNOWLEDGE_SOURCES
 from aivc.instruments import _manipulator_module as mm
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-KNOWLEDGE_SOURCES = ("go", "string", "huri")
 DATA_SOURCES = ("coexpression", "response")
 ALL_SOURCES = (*KNOWLEDGE_SOURCES, *DATA_SOURCES, "features")
 
