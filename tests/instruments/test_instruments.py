@@ -90,6 +90,38 @@ def test_linear_recovers_in_panel_targets(prepared):
     tm = TrainMeanModel().fit(train, schema).predict_delta(held)
     assert np.isfinite(lin).all()
     assert lin.shape == tm.shape == obs.shape
+    # the targets are in the panel: their data embedding carries their own knockdown
+    assert np.mean((lin - obs) ** 2) < np.mean((tm - obs) ** 2)
+    own = [list(means.columns).index(t) for t in held]
+    for i, j in enumerate(own):
+        assert abs(lin[i, j] - obs[i, j]) < abs(tm[i, j] - obs[i, j])
+
+
+def test_linear_answers_measured_targets_outside_the_panel_with_their_change(prepared, caplog):
+    """Targets outside the gene panel have no data embedding; measured ones must not all get the mean."""
+    import logging
+
+    from aivc.data import pseudobulk
+    from aivc.instruments import ConformalModel
+
+    adata, schema = prepared
+    means, _ = pseudobulk(adata, schema)
+    perts = sorted(p for p in means.index if p != "control" and "+" not in p)[:3]
+    # drop the targets' own genes from the panel, as with knockouts of genes that are not highly variable
+    panel = adata[:, ~adata.var_names.isin(perts)].copy()
+    obs = (
+        means.loc[perts, panel.var_names].to_numpy()
+        - means.loc["control", panel.var_names].to_numpy()
+    )
+    for model in (LinearModel(), ConformalModel(base="linear")):
+        pred = model.fit(panel, schema).predict_delta(perts)
+        assert_allclose(pred, obs, atol=1e-6)
+        assert not np.allclose(pred[0], pred[1])
+    # an unmeasured target without an embedding gets the mean change, and the log says so
+    held = panel[panel.obs["perturbation"] != perts[0]].copy()
+    with caplog.at_level(logging.WARNING):
+        LinearModel().fit(held, schema).predict_delta([perts[0]])
+    assert perts[0] in caplog.text and "not measured in training" in caplog.text
 
 
 def test_not_fitted_and_unknown_gene(prepared):

@@ -442,6 +442,13 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
     several contexts the principal components of the contexts' control means
     are appended.
 
+    A perturbation measured in training, in the same context, is answered
+    with its measured change: the low-rank fit is for what was not measured
+    (a target outside the gene panel has no ``"data"`` embedding, so the
+    fit alone would give every such target the same mean change). Targets
+    with no embedding that were never measured get the mean change, with a
+    warning that names them.
+
     Parameters
     ----------
     n_components
@@ -486,6 +493,17 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         else:
             self.ridge_ = float(self.ridge)
         self._solve(perts, doses, y, base, self.ridge_)
+        self.measured_delta_ = np.asarray(y, dtype=np.float64)
+
+    @property
+    def _measured(self) -> dict[tuple[str, str | None], int]:
+        """(perturbation, context) of each training condition -> its row of ``measured_delta_``."""
+        return {
+            (str(p), None if c is None else str(c)): i
+            for i, (p, c) in enumerate(
+                zip(self.train_perturbations_, self.train_contexts_, strict=True)
+            )
+        }
 
     def _features(
         self,
@@ -498,7 +516,17 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
             table = pd.DataFrame(g if g is not None else self.g_, index=self.genes_)
             self._set_gene_table(table)
         pf, missing = self._pert_features(perturbations, doses)
-        if missing:
+        unmeasured = sorted(set(missing) - set(getattr(self, "_measured", {})))
+        if unmeasured and getattr(self, "_warn_missing", False):
+            logger.warning(
+                "%s: %d target(s) have no %s embedding and were not measured in training: they "
+                "get the mean change of the training perturbations, e.g. %s",
+                type(self).__name__,
+                len(unmeasured),
+                self.perturbation_embedding,
+                unmeasured[:5],
+            )
+        elif missing:
             logger.debug(
                 "%s: %d target(s) have no %s embedding and get the mean change, e.g. %s",
                 type(self).__name__,
@@ -586,11 +614,24 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         control_mean: np.ndarray,
         doses: list[float] | None = None,
     ) -> np.ndarray:
-        return self._predict_raw(perturbations, doses or [0.0] * len(perturbations), control_mean)
+        self._warn_missing = True
+        try:
+            pred = self._predict_raw(
+                perturbations, doses or [0.0] * len(perturbations), control_mean
+            )
+        finally:
+            self._warn_missing = False
+        measured = self._measured
+        for i, (p, c) in enumerate(zip(perturbations, contexts, strict=True)):
+            row = measured.get((p, c))
+            if row is not None and not (doses and doses[i]):
+                pred[i] = self.measured_delta_[row]
+        return pred
 
     def _model_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         feat_arrays, feat_meta = self._feature_state()
         arrays = {
+            "measured_delta": self.measured_delta_,
             "g": self.g_,
             "k": self.k_,
             "b": self.b_,
@@ -605,6 +646,7 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         return arrays, meta
 
     def _set_model_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.measured_delta_ = np.asarray(arrays["measured_delta"])
         self.g_, self.k_, self.b_ = arrays["g"], arrays["k"], arrays["b"]
         self.context_center_, self.context_basis_ = (
             arrays["context_center"],
