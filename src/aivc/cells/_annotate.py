@@ -4,8 +4,8 @@
 a query (another donor, technology, condition or species). It does not trust
 one method: it holds the classifiers a practitioner would use (logistic
 regression on log-normalised genes at three strengths of regularisation, kNN
-and logistic regression on principal components, with the query scaled by the
-reference or every batch scaled by itself, and logistic regression refit with
+and logistic regression on principal components, kNN after Harmony, with the
+query scaled by the reference or every batch scaled by itself, and logistic regression refit with
 its own confident answers on the query) and chooses one by predicting held-out
 reference batches, never the query's labels.
 
@@ -82,7 +82,11 @@ class AnnotatorCandidate:
     name
         Its name in ``selection_`` and results.
     features
-        ``"genes"`` (the scaled gene panel) or ``"pca"`` (its principal components).
+        ``"genes"`` (the scaled gene panel), ``"pca"`` (its principal components
+        fit on the reference) or ``"harmony"`` (those components of reference
+        and query together, corrected by Harmony with the reference's batches
+        and the query's as covariate; the query is read together with the
+        reference, without its labels).
     classifier
         ``"logistic"`` (multinomial, L2 with strength ``1 / c``) or ``"knn"``
         (distance-weighted, ``n_neighbors``).
@@ -114,6 +118,7 @@ CANDIDATES: tuple[AnnotatorCandidate, ...] = (
     AnnotatorCandidate("logistic-c0.1", "genes", "logistic", 0.1),
     AnnotatorCandidate("logistic-c0.01", "genes", "logistic", 0.01),
     AnnotatorCandidate("pca-knn", "pca", "knn"),
+    AnnotatorCandidate("harmony-knn", "harmony", "knn"),
     AnnotatorCandidate("pca-logistic", "pca", "logistic", 1.0),
     AnnotatorCandidate("logistic/batch", "genes", "logistic", 1.0, "batch"),
     AnnotatorCandidate("logistic-c0.1/batch", "genes", "logistic", 0.1, "batch"),
@@ -185,19 +190,35 @@ class _Fitted:
     intercept: np.ndarray
     train_features: np.ndarray  # cells x features (knn)
     train_codes: np.ndarray
+    train_batches: np.ndarray  # batch code of each training cell (harmony)
     n_neighbors: int
+    seed: int
 
     def features(self, x: np.ndarray, batches: np.ndarray | None) -> np.ndarray:
         if self.candidate.scaling == "batch":
             s = _scale_by_batch(x, batches if batches is not None else np.zeros(len(x)))
         else:
             s = _scale(x, self.mean, self.sd)
-        if self.candidate.features == "pca":
+        if self.candidate.features in ("pca", "harmony"):
             return (s - self.pc_mean) @ self.components.T
         return s
 
     def log_proba(self, x: np.ndarray, batches: np.ndarray | None) -> np.ndarray:
         f = self.features(x, batches)
+        if self.candidate.features == "harmony":
+            query_codes = (
+                np.zeros(len(x), dtype=np.int64)
+                if batches is None
+                else np.unique(batches, return_inverse=True)[1]
+            )
+            z = _harmony(
+                np.vstack([self.train_features, f]),
+                np.concatenate([self.train_batches, self.train_batches.max() + 1 + query_codes]),
+                self.seed,
+            )
+            n = len(self.train_features)
+            proba = _knn_proba(z[:n], self.train_codes, z[n:], len(self.classes), self.n_neighbors)
+            return np.log(proba + _EPS)
         if self.candidate.classifier == "logistic":
             logp = _log_softmax(f @ self.coef.T + self.intercept)
             if not self.candidate.self_training:
@@ -251,6 +272,16 @@ def _logistic(
     return coef, intercept
 
 
+def _harmony(pcs: np.ndarray, batch_codes: np.ndarray, seed: int) -> np.ndarray:
+    """Harmony-corrected components (harmonypy, default settings)."""
+    import harmonypy
+
+    meta = pd.DataFrame({"batch": batch_codes.astype(str)})
+    ho = harmonypy.run_harmony(pcs, meta, "batch", random_state=seed, verbose=False)
+    z = np.asarray(ho.Z_corr)
+    return z if z.shape[0] == len(pcs) else z.T
+
+
 def _knn_proba(
     train: np.ndarray, codes: np.ndarray, query: np.ndarray, n_classes: int, k: int
 ) -> np.ndarray:
@@ -282,13 +313,13 @@ def _fit_candidate(
     empty = np.zeros((0, 0))
     fitted = _Fitted(
         cand, classes, mean, sd, empty, np.zeros(0), empty, np.zeros(0), empty,
-        np.zeros(0, dtype=np.int64), n_neighbors,
+        np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), n_neighbors, seed,
     )  # fmt: skip
     if cand.scaling == "batch":
         s = _scale_by_batch(x, batches if batches is not None else np.zeros(len(x)))
     else:
         s = _scale(x, mean, sd)
-    if cand.features == "pca":
+    if cand.features in ("pca", "harmony"):
         n = max(1, min(n_pcs, s.shape[0] - 1, s.shape[1] - 1))
         pca = PCA(n_components=n, svd_solver="randomized", random_state=seed).fit(s)
         fitted.components, fitted.pc_mean = pca.components_, pca.mean_
@@ -301,6 +332,13 @@ def _fit_candidate(
             fitted.train_features, fitted.train_codes = f.astype(np.float32), codes.astype(np.int64)
     else:
         fitted.train_features, fitted.train_codes = f.astype(np.float32), codes.astype(np.int64)
+    if cand.features == "harmony":
+        fitted.train_features = f.astype(np.float64)
+        fitted.train_batches = (
+            np.zeros(len(x), dtype=np.int64)
+            if batches is None
+            else np.unique(batches, return_inverse=True)[1].astype(np.int64)
+        )
     return fitted
 
 
@@ -453,7 +491,7 @@ def _empirical_p(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
     "aivc-annotator",
     kind="decoder",
     description=(
-        "Cell-type label transfer that holds logistic, PCA-kNN and PCA-logistic classifiers and "
+        "Cell-type label transfer that holds logistic, PCA-kNN, Harmony-kNN and PCA-logistic classifiers and "
         "picks one on held-out reference batches; calibrated probabilities and an unknown answer"
     ),
 )
@@ -840,6 +878,7 @@ class CellAnnotator(Instrument):
     # ------------------------------------------------------------------ persistence
     _ARRAYS: ClassVar[tuple[str, ...]] = (
         "mean", "sd", "components", "pc_mean", "coef", "intercept", "train_features", "train_codes",
+        "train_batches",
     )  # fmt: skip
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -885,5 +924,6 @@ class CellAnnotator(Instrument):
             candidate=AnnotatorCandidate(**meta["candidate"]),
             classes=self.classes_,
             n_neighbors=self.n_neighbors,
+            seed=self.seed,
             **model,
         )

@@ -20,7 +20,7 @@ the excluded cells (the share called "unknown").
 Models, all on the same cells in the same run:
 
 - ``aivc``: :class:`~aivc.cells.CellAnnotator`, which chooses among logistic,
-  PCA-kNN and PCA-logistic classifiers (reference- or batch-scaled) by
+  PCA-kNN, Harmony-kNN, PCA-logistic and self-training classifiers (reference- or batch-scaled) by
   predicting held-out reference batches, calibrates its probabilities on them
   and answers "unknown" for cells unlike any reference type.
 - ``aivc-encoder``: :class:`~aivc.cells.CellEncoder` trained on the reference
