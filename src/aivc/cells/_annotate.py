@@ -822,6 +822,16 @@ class CellAnnotator(Instrument):
         ``attrs`` carries ``input`` (which input was read), ``missing_genes``
         (share of the panel the query lacks) and the chosen candidate.
         """
+        return self.answer(adata, species=species)[0]
+
+    def answer(
+        self, adata: AnnData, *, species: str | None = None
+    ) -> tuple[pd.DataFrame, np.ndarray]:
+        """:meth:`predict_table` and :meth:`predict_proba` from one pass over the query.
+
+        (Self-training and Harmony candidates refit on the query, so asking for both
+        separately would do that work twice.)
+        """
         x, batches, missing, kind = self._query_matrix(adata, species)
         proba = softmax(self.fitted_model_.log_proba(x, batches), self.temperature_)
         pcs = (_scale(x, self.mean_, self.sd_) - self.novelty_mean_) @ self.novelty_components_.T
@@ -847,7 +857,7 @@ class CellAnnotator(Instrument):
             index=pd.Index([str(i) for i in adata.obs_names]),
         )
         table.attrs.update(input=kind, missing_genes=missing, chosen=self.selection_["chosen"])
-        return table
+        return table, proba
 
     def predict(self, adata: AnnData, *, species: str | None = None) -> np.ndarray:
         """The answered label of every cell (``unknown_label`` for cells of no reference type)."""
@@ -863,11 +873,11 @@ class CellAnnotator(Instrument):
     ) -> AnnData:
         """Write ``obs[key_added]``, ``obs[key_added + '_confidence']``, ``obs[key_added + '_unknown_score']``,
         ``obsm[key_added + '_proba']`` and ``uns[key_added]`` (classes, chosen candidate, input)."""
-        table = self.predict_table(adata, species=species)
+        table, proba = self.answer(adata, species=species)
         adata.obs[key_added] = table["label"].to_numpy()
         adata.obs[key_added + "_confidence"] = table["confidence"].to_numpy()
         adata.obs[key_added + "_unknown_score"] = table["unknown_score"].to_numpy()
-        adata.obsm[key_added + "_proba"] = self.predict_proba(adata, species=species)
+        adata.obsm[key_added + "_proba"] = proba
         adata.uns[key_added] = {
             "classes": list(self.classes_),
             "chosen": self.selection_["chosen"],

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from aivc.data._validate import DataValidationError
 from aivc.instruments._base import PerturbationModel, PerturbationSummary
 from aivc.instruments._registry import register_instrument
 
@@ -511,13 +512,16 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         doses: list[float],
         control_mean: np.ndarray,
         g: np.ndarray | None = None,
+        *,
+        warn: bool = False,
     ) -> np.ndarray:
         if self.perturbation_embedding == "data":
             table = pd.DataFrame(g if g is not None else self.g_, index=self.genes_)
             self._set_gene_table(table)
         pf, missing = self._pert_features(perturbations, doses)
-        unmeasured = sorted(set(missing) - set(getattr(self, "_measured", {})))
-        if unmeasured and getattr(self, "_warn_missing", False):
+        # a target measured on its own is answered with its measured change (_predict_delta)
+        unmeasured = sorted(set(missing) - set(self.train_perturbations_)) if warn else []
+        if unmeasured:
             logger.warning(
                 "%s: %d target(s) have no %s embedding and were not measured in training: they "
                 "get the mean change of the training perturbations, e.g. %s",
@@ -602,9 +606,14 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         return float(self.ridge_grid[int(np.argmin(errors))])
 
     def _predict_raw(
-        self, perturbations: list[str], doses: list[float], control_mean: np.ndarray
+        self,
+        perturbations: list[str],
+        doses: list[float],
+        control_mean: np.ndarray,
+        *,
+        warn: bool = False,
     ) -> np.ndarray:
-        p = self._features(perturbations, doses, control_mean)
+        p = self._features(perturbations, doses, control_mean, warn=warn)
         return p @ self.k_.T @ self.g_.T + self.b_
 
     def _predict_delta(
@@ -614,13 +623,9 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         control_mean: np.ndarray,
         doses: list[float] | None = None,
     ) -> np.ndarray:
-        self._warn_missing = True
-        try:
-            pred = self._predict_raw(
-                perturbations, doses or [0.0] * len(perturbations), control_mean
-            )
-        finally:
-            self._warn_missing = False
+        pred = self._predict_raw(
+            perturbations, doses or [0.0] * len(perturbations), control_mean, warn=True
+        )
         measured = self._measured
         for i, (p, c) in enumerate(zip(perturbations, contexts, strict=True)):
             row = measured.get((p, c))
@@ -646,6 +651,12 @@ class LinearModel(_EmbeddingMixin, PerturbationModel):
         return arrays, meta
 
     def _set_model_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        if "measured_delta" not in arrays:
+            msg = (
+                f"This {type(self).__name__} was saved by an older aivc without the measured changes "
+                "of its training perturbations; fit it again and save it."
+            )
+            raise DataValidationError(msg)
         self.measured_delta_ = np.asarray(arrays["measured_delta"])
         self.g_, self.k_, self.b_ = arrays["g"], arrays["k"], arrays["b"]
         self.context_center_, self.context_basis_ = (

@@ -400,8 +400,7 @@ def _run_annotator(
         unknown_label=UNKNOWN,
         seed=seed,
     ).fit(reference, genes=genes)
-    table = ann.predict_table(query)
-    proba = ann.predict_proba(query)
+    table, proba = ann.answer(query)
     extra = {**ann.selection_, "query_input": table.attrs["input"]}
     answer = _Answer(
         proba,
@@ -705,11 +704,13 @@ def answer_query(
     peak: dict[str, float] = {}
     extra: dict[str, Any] = {}
     skipped: dict[str, str] = {}
+    counts: tuple[sp.csr_matrix | None, sp.csr_matrix | None] | None = None
     with _threads(cfg.max_threads):
         for name in progress(list(models), desc="label transfer", unit="model"):
             if name in COUNT_MODELS:
-                ref_counts = _counts(ref_h, genes, spec)
-                query_counts = _counts(query_h, genes, spec)
+                if counts is None:
+                    counts = (_counts(ref_h, genes, spec), _counts(query_h, genes, spec))
+                ref_counts, query_counts = counts
                 if ref_counts is None or query_counts is None:
                     skipped[name] = (
                         "needs raw counts: the data holds log-normalised values and no library-size "
