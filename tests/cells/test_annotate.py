@@ -184,3 +184,20 @@ def test_mouse_query_on_human_reference(data_dir) -> None:
     # without the species the mouse symbols match almost none of the human panel
     with pytest.raises(DataValidationError, match="measures none"):
         ann.predict_table(mouse[:, ~mouse.var_names.str.upper().isin(ann.genes_)].copy())
+
+
+def test_without_harmonypy_the_harmony_candidate_is_left_out(data, monkeypatch) -> None:
+    import importlib.util
+
+    reference, _ = data
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "harmonypy" else real(name, *a),
+    )
+    ann = CellAnnotator(label_key="cell_type", batch_key="donor", n_pcs=10, n_top_genes=100)
+    ann.fit(reference)
+    assert "harmony-knn" not in ann.selection_["candidates"]
+    with pytest.raises(ImportError, match="need harmonypy"):
+        CellAnnotator(label_key="cell_type", candidates=("harmony-knn",)).fit(reference)

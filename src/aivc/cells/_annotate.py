@@ -565,6 +565,18 @@ class CellAnnotator(Instrument):
         if unknown or not names:
             msg = f"Unknown annotator candidate(s) {unknown or names}; expected some of {list(_BY_NAME)}."
             raise ValueError(msg)
+        import importlib.util
+
+        needs_harmony = [n for n in names if _BY_NAME[n].features == "harmony"]
+        if needs_harmony and importlib.util.find_spec("harmonypy") is None:
+            if self.candidates is not None:
+                msg = (
+                    f"Candidate(s) {needs_harmony} need harmonypy; install it "
+                    "(pip install 'aivc[cells]') or leave them out."
+                )
+                raise ImportError(msg)
+            logger.warning("harmonypy is not installed: the annotator leaves out %s", needs_harmony)
+            names = [n for n in names if n not in needs_harmony]
         if self.input not in INPUT_MODES:
             msg = f"input must be one of {list(INPUT_MODES)}; got {self.input!r}."
             raise ValueError(msg)
