@@ -395,6 +395,10 @@ def download_dataset(name: str, *, data_dir: str | Path | None = None, force: bo
     entry = dataset_entry(name)
     base = Path(data_dir).expanduser() if data_dir is not None else settings.data_dir
     if not entry.remote:
+        from aivc.data.sources import rebuild, source_of
+
+        if source_of(name) is not None:
+            return rebuild(name, data_dir=base, force=force)
         msg = (
             f"Dataset {name!r} has no public download. Copy its folder {entry.folder!r} into the data "
             f"directory {str(base)!r} (set AIVC_DATA_DIR to choose another)."

@@ -196,7 +196,10 @@ def load(name: str, *, data_dir: str | Path | None = None, download: bool = Fals
         )
         path = embedded
     if not path.exists():
-        if download and entry.remote:
+        from aivc.data.sources import source_of
+
+        rebuildable = entry.remote or source_of(name) is not None
+        if download and rebuildable:
             from aivc.data._download import download_dataset
 
             download_dataset(name, data_dir=data_dir)
@@ -204,7 +207,7 @@ def load(name: str, *, data_dir: str | Path | None = None, download: bool = Fals
             base = Path(data_dir) if data_dir is not None else settings.data_dir
             how = (
                 f"aivc.data.download({name!r}) (or `aivc datasets download {name}`) fetches it from its source"
-                if entry.remote
+                if rebuildable
                 else "this dataset has no public download; copy its folder there"
             )
             msg = (
