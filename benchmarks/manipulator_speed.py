@@ -49,7 +49,7 @@ def main() -> int:
     queries = [str(g) for g in rng.choice(pool, args.n, replace=args.n > len(pool))]
     model.predict_interval(queries[:10])  # warm-up (first-call imports)
     with ResourceMeter() as pred_meter:
-        delta, lower, upper = model.predict_interval(queries, level=0.9)
+        delta, lower, upper = model.predict_interval(queries, level=0.9).arrays()
     if not (np.isfinite(delta).all() and (lower <= delta).all() and (delta <= upper).all()):
         sys.stderr.write("predictions or intervals are not finite/ordered\n")
         return 1

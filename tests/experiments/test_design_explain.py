@@ -88,9 +88,7 @@ class _UncertainAdditive(AdditiveModel):
 
     capabilities: ClassVar[frozenset[str]] = AdditiveModel.capabilities | {"uncertainty"}
 
-    def predict_interval(
-        self, perturbations, *, contexts=None, doses=None, control=None, level=0.9
-    ):
+    def _predict_interval(self, perturbations, *, contexts, doses, control, level):
         delta = self.predict_delta(perturbations, contexts=contexts, doses=doses, control=control)
         half = stats.norm.ppf(0.5 + level / 2) * 0.2
         return delta, delta - half, delta + half

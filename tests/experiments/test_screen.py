@@ -43,9 +43,7 @@ class _IntervalModel(AdditiveModel):
     capabilities: ClassVar[frozenset[str]] = frozenset({"single", "combination", "uncertainty"})
     widths: ClassVar[dict[str, float]] = {"A": 0.1, "B": 2.0, "C": 0.1, "D": 0.05}
 
-    def predict_interval(
-        self, perturbations, *, contexts=None, doses=None, control=None, level=0.9
-    ):
+    def _predict_interval(self, perturbations, *, contexts, doses, control, level):
         delta = self.predict_delta(perturbations, contexts=contexts)
         w = np.asarray(
             [sum(self.widths[t] for t in self.schema_.targets(p)) for p in perturbations]

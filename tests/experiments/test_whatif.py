@@ -169,7 +169,7 @@ def test_calibration_curve_on_heldout(data, conformal) -> None:
     # coverage at one level, computed independently
     delta, _ = observed_changes(adata, schema)
     obs = delta.loc[conformal.heldout].to_numpy()
-    _, lo, hi = conformal.model.predict_interval(conformal.heldout, level=0.9)
+    _, lo, hi = conformal.model.predict_interval(conformal.heldout, level=0.9).arrays()
     expected = ((lo <= obs) & (obs <= hi)).mean()
     assert curve.coverage[curve.levels.index(0.9)] == pytest.approx(expected)
     with pytest.raises(ValueError, match=r"None of the held-out perturbations was measured"):

@@ -134,7 +134,7 @@ def test_cross_fit_accepts_held_out_targets_that_are_not_measured(data):
     single = next(p for p in labels.unique() if p != schema.control_label and "+" not in p)
     adata.obs[schema.perturbation_key] = labels.replace(single, "UNMEASURED1").to_numpy()
     model = make_instrument("conformal", base="train-mean", n_folds=4).fit(adata, schema)
-    delta, low, high = model.predict_interval(["UNMEASURED1"], level=0.9)
+    delta, low, high = model.predict_interval(["UNMEASURED1"], level=0.9).arrays()
     assert delta.shape == (1, adata.n_vars) and (low <= high).all()
 
 
@@ -191,8 +191,8 @@ def test_conformal_model_intervals_save_load_and_seed(data, tmp_path):
     train = adata[~adata.obs["perturbation"].isin(held)].copy()
     model = ConformalModel(base="linear", n_folds=4, seed=0).fit(train, schema)
     assert model.scale_kind_ == "gene" and model.holdout_ == "perturbation"
-    d90, lo90, hi90 = model.predict_interval(held, level=0.9)
-    _, lo80, hi80 = model.predict_interval(held, level=0.8)
+    d90, lo90, hi90 = model.predict_interval(held, level=0.9).arrays()
+    _, lo80, hi80 = model.predict_interval(held, level=0.8).arrays()
     assert_allclose(d90, model.predict_delta(held))
     assert (lo90 <= d90).all() and (d90 <= hi90).all()
     assert (hi80 - lo80 <= hi90 - lo90 + 1e-12).all() and (hi90 - lo90).mean() > (
@@ -220,7 +220,7 @@ def test_conformal_model_uses_model_scale_and_checks_params(data):
     try:
         model = ConformalModel(base="test-scaled-train-mean", n_folds=3).fit(adata, schema)
         assert model.scale_kind_ == "model"
-        _, lo, hi = model.predict_interval(["GENE000", "GENE001"])
+        _, lo, hi = model.predict_interval(["GENE000", "GENE001"]).arrays()
         # the width follows the model's own per-gene scale (where no floor at zero clipped it)
         free = lo[0] > -np.asarray(model.control_mean_[None]) + 1e-12
         assert free.sum() > 10
@@ -249,7 +249,7 @@ def test_conformal_coverage_on_held_out_synthetic_perturbations():
         held = list(np.random.default_rng(seed).choice(perts, 8, replace=False))
         train = adata[~adata.obs["perturbation"].isin(held)].copy()
         model = ConformalModel(base="train-mean", n_folds=5, seed=seed).fit(train, schema)
-        _, lo, hi = model.predict_interval(held, level=0.9)
+        _, lo, hi = model.predict_interval(held, level=0.9).arrays()
         sub = adata[adata.obs["perturbation"].isin([*held, "control"])]
         x = sub.X.toarray()
         lab = sub.obs["perturbation"].astype(str).to_numpy()
@@ -307,3 +307,38 @@ def test_run_calibration_on_real_combinations(data_dir, tmp_path):
     assert "| conformal:additive |" in (tmp_path / "results.md").read_text()
     with pytest.raises(ValueError, match=r"has variants"):
         run_task("calibration", tmp_path, variant="nope")
+
+
+def test_intervals_are_labelled_conditions_by_genes(data):
+    """predict_interval answers frames: rows named like condition labels, columns the genes."""
+    adata, schema = data
+    model = ConformalModel(base="additive", n_folds=3).fit(adata, schema)
+    queries = ["GENE000", "GENE001+GENE002", "GENE000"]
+    out = model.predict_interval(queries, level=0.8)
+    delta, lower, upper = out
+    for frame in out:
+        assert list(frame.index) == queries and frame.index.name == "condition"
+        assert list(frame.columns) == list(model.genes_) and frame.columns.name == "gene"
+    assert out.level == 0.8
+    assert_allclose(delta.to_numpy(), model.predict_delta(queries))
+    assert_allclose(out.arrays()[1], lower.to_numpy())
+    long = out.long()
+    assert list(long.columns) == ["condition", "gene", "delta", "lower", "upper"]
+    row = long[(long.condition == "GENE001+GENE002") & (long.gene == model.genes_[5])].iloc[0]
+    assert row.lower == lower.iloc[1, 5] and row.upper == upper.iloc[1, 5]
+
+
+def test_intervals_with_contexts_and_doses_are_labelled_with_them():
+    from aivc.data import CONDITION_SEP
+
+    raw, schema = synthetic_perturbation_data(
+        n_genes=30, n_singles=4, n_doubles=0, n_contexts=2, cells_per_condition=12, seed=2
+    )
+    adata, schema = prepare(raw, schema)
+    model = ConformalModel(base="context-mean", n_folds=2).fit(adata, schema)
+    ctxs = sorted(adata.obs[schema.context_key].astype(str).unique())
+    out = model.predict_interval(["GENE000", "GENE001"], contexts=ctxs, level=0.9)
+    assert list(out.delta.index) == [
+        f"GENE000{CONDITION_SEP}{ctxs[0]}",
+        f"GENE001{CONDITION_SEP}{ctxs[1]}",
+    ]

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.testing import assert_allclose
 
 pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient
 
+from aivc.instruments import load_model_dir
 from aivc.interfaces.api import Workspace, create_app
 
 #: The address the test clients call: a loopback name, as a browser on this machine would.
@@ -201,7 +203,7 @@ def test_unknown_context_for_a_model_without_contexts_is_404(
     assert r.status_code == 200, r.text
 
 
-def test_intervals_and_calibration(client: TestClient) -> None:
+def test_intervals_and_calibration(client: TestClient, workspace: Workspace) -> None:
     r = client.post(
         "/api/models",
         json={"dataset": "synth", "instrument": "conformal", "params": {"base": "additive"}},
@@ -216,10 +218,19 @@ def test_intervals_and_calibration(client: TestClient) -> None:
     assert out["has_intervals"] and out["level"] == 0.8
     p = out["predictions"][0]
     lower, delta, upper = map(np.asarray, (p["lower"], p["delta"], p["upper"]))
-    assert (lower <= delta).all() and (delta <= upper).all() and (upper > lower).any()
+    # the served bounds are the saved model's own intervals at the asked level, both of them
+    own = load_model_dir(workspace.root / "models" / model_id).model
+    want = own.predict_interval(["GENE001"], level=0.8)
+    assert list(want.delta.columns) == p["genes"]
+    assert_allclose(delta, want.delta.iloc[0], atol=1e-4)
+    assert_allclose(lower, want.lower.iloc[0], atol=1e-4)
+    assert_allclose(upper, want.upper.iloc[0], atol=1e-4)
+    assert np.isfinite(upper).all() and (upper - lower).max() < 10
     # DE calls: exactly the genes whose interval excludes zero, with the sign of the change.
     excludes = (lower > 0) | (upper < 0)
-    assert len(p["de_genes"]) == int(excludes.sum())
+    assert {c["gene"] for c in p["de_genes"]} == {
+        g for g, e in zip(p["genes"], excludes, strict=True) if e
+    }
     for call in p["de_genes"]:
         j = p["genes"].index(call["gene"])
         assert call["call"] == ("up" if lower[j] > 0 else "down")

@@ -115,7 +115,7 @@ def test_fit_predict_round_trip(model_dir, tmp_path):
     assert uns["interval_level"] == 0.9
     # the same intervals as the model in Python
     md = load_model_dir(model_dir)
-    _, lo2, _ = md.model.predict_interval(["GENE001", "GENE003+GENE010"], level=0.9)
+    _, lo2, _ = md.model.predict_interval(["GENE001", "GENE003+GENE010"], level=0.9).arrays()
     assert_allclose(lo, lo2, rtol=1e-5, atol=1e-5)
     de = uns["de"]
     assert set(de["condition"]) == {"GENE001", "GENE003+GENE010"}

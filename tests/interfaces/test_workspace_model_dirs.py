@@ -64,7 +64,7 @@ def test_workspace_reads_a_directory_written_by_aivc_fit(tiny: Path, tmp_path: P
         # fitted on a file: no dataset here to compare with
         assert not p0["measured"] and p0["in_training"] and p0["embedding"] is None
         md = load_model_dir(root / "models" / "cli")
-        _, lo, _ = md.model.predict_interval(["GENE001"], level=0.9)
+        _, lo, _ = md.model.predict_interval(["GENE001"], level=0.9).arrays()
         np.testing.assert_allclose(p0["lower"], np.round(lo[0], 5), atol=1e-6)
         assert {g["call"] for g in p0["de_genes"]} <= {"up", "down"}
     finally:

@@ -204,7 +204,7 @@ class _Scorer:
         kw = {"contexts": self.context, "doses": doses, "control": self.control}
         if not self.uncertain:
             return self.model.predict_delta(perts, **kw), None
-        delta, low, high = self.model.predict_interval(perts, level=self.level, **kw)
+        delta, low, high = self.model.predict_interval(perts, level=self.level, **kw).arrays()
         z = stats.norm.ppf(0.5 + self.level / 2)
         return delta, np.maximum(high - low, 0) / (2 * z)
 

@@ -311,7 +311,7 @@ def explain(
     if "uncertainty" in type(model).capabilities:
         d, lo, hi = model.predict_interval(
             [perturbation], contexts=context, control=control, level=level
-        )
+        ).arrays()
         delta, low, high = d[0], lo[0], hi[0]
     else:
         delta = model.predict_delta([perturbation], contexts=context, control=control)[0]

@@ -920,7 +920,7 @@ class _Runner:
         score = _effect(delta)
         lower = upper = None
         if "uncertainty" in type(instrument).capabilities:
-            _, lo, hi = instrument.predict_interval(self.candidates)
+            _, lo, hi = instrument.predict_interval(self.candidates).arrays()
             lower, upper = _effect_bounds(lo, hi)
         return [
             PredictionRecord(

@@ -148,8 +148,7 @@ def _pair_index(n: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _predict(model: Any, labels: list[str], context: str | None, level: float, intervals: bool):
     if intervals:
-        delta, lower, upper = model.predict_interval(labels, contexts=context, level=level)
-        return np.asarray(delta, float), np.asarray(lower, float), np.asarray(upper, float)
+        return model.predict_interval(labels, contexts=context, level=level).arrays()
     return np.asarray(model.predict_delta(labels, contexts=context), float), None, None
 
 

@@ -617,7 +617,7 @@ def predict_with_observed(
     context = resolve_context(model, context)
     has_interval = "uncertainty" in type(model).capabilities
     if has_interval:
-        delta, lower, upper = model.predict_interval(perts, contexts=context, level=level)
+        delta, lower, upper = model.predict_interval(perts, contexts=context, level=level).arrays()
         calls = interval_calls(lower, upper, not_called=NOT_CALLED)
     else:
         delta = model.predict_delta(perts, contexts=context)
@@ -756,7 +756,7 @@ def calibration_curve(
     ok = np.isfinite(obs)
     coverage = []
     for lv in levels:
-        _, lo, hi = model.predict_interval(perts, contexts=ctxs, level=lv)
+        _, lo, hi = model.predict_interval(perts, contexts=ctxs, level=lv).arrays()
         coverage.append(float(((lo <= obs) & (obs <= hi))[ok].mean()))
     return CalibrationCurve(
         levels=levels,

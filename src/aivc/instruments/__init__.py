@@ -20,6 +20,7 @@ from aivc.instruments._base import (
     NotFittedError,
     PerturbationModel,
     PerturbationSummary,
+    PredictionInterval,
     clip_interval,
     floor_at_zero,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "PerturbationElsewhereModel",
     "PerturbationModel",
     "PerturbationSummary",
+    "PredictionInterval",
     "TrainMeanModel",
     "check_decoder",
     "check_instrument",

@@ -21,14 +21,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from aivc.data._changes import observed_changes
-from aivc.data._preprocess import CONDITION_SEP, pseudobulk
+from aivc.data._preprocess import CONDITION_SEP, dose_label, pseudobulk
 from aivc.data._registry import schema_of
 from aivc.data._schema import PerturbationSchema
 from aivc.data._validate import DataValidationError, check_gene_panel, check_perturbation_labels
@@ -42,6 +42,7 @@ __all__ = [
     "NotFittedError",
     "PerturbationModel",
     "PerturbationSummary",
+    "PredictionInterval",
     "clip_interval",
     "floor_at_zero",
     "shift_cells",
@@ -54,6 +55,81 @@ FORMAT_VERSION = 1
 
 class NotFittedError(RuntimeError):
     """The instrument was used before :meth:`fit`."""
+
+
+# ----------------------------------------------------------------------------- intervals
+def _condition_label(perturbation: str, context: str | None, dose: float | None) -> str:
+    label = dose_label(perturbation, dose)
+    return label if context is None else f"{label}{CONDITION_SEP}{context}"
+
+
+class PredictionInterval(NamedTuple):
+    """Predicted changes with their intervals, conditions x genes.
+
+    Attributes
+    ----------
+    delta
+        Predicted change of mean log-expression.
+    lower, upper
+        Interval bounds (clipped so that mean expression stays non-negative); the
+        nominal level is in each frame's ``attrs["level"]``.
+
+    It is a tuple: ``delta, lower, upper = model.predict_interval(...)``.
+    """
+
+    delta: pd.DataFrame
+    lower: pd.DataFrame
+    upper: pd.DataFrame
+
+    @classmethod
+    def from_arrays(
+        cls,
+        delta: np.ndarray,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        *,
+        conditions: Sequence[str],
+        genes: Sequence[str],
+        level: float,
+    ) -> PredictionInterval:
+        """Label three conditions x genes arrays."""
+        index = pd.Index(list(conditions), name="condition")
+        columns = pd.Index(list(genes), name="gene")
+        frames = []
+        for name, values in (("delta", delta), ("lower", lower), ("upper", upper)):
+            values = np.asarray(values, dtype=np.float64)
+            if values.shape != (len(index), len(columns)):
+                msg = (
+                    f"The interval's {name} has shape {values.shape}; expected "
+                    f"{(len(index), len(columns))} (conditions x genes)."
+                )
+                raise RuntimeError(msg)
+            frame = pd.DataFrame(values, index=index, columns=columns)
+            frame.attrs["level"] = float(level)
+            frames.append(frame)
+        return cls(*frames)
+
+    @property
+    def level(self) -> float:
+        """Nominal coverage of the intervals."""
+        return float(self.delta.attrs["level"])
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(delta, lower, upper)`` as plain float arrays, conditions x genes."""
+        return self.delta.to_numpy(), self.lower.to_numpy(), self.upper.to_numpy()
+
+    def long(self) -> pd.DataFrame:
+        """One row per (condition, gene): ``condition, gene, delta, lower, upper``."""
+        n_c, n_g = self.delta.shape
+        return pd.DataFrame(
+            {
+                "condition": np.repeat(self.delta.index.to_numpy(), n_g),
+                "gene": np.tile(self.delta.columns.to_numpy(), n_c),
+                "delta": self.delta.to_numpy().ravel(),
+                "lower": self.lower.to_numpy().ravel(),
+                "upper": self.upper.to_numpy().ravel(),
+            }
+        )
 
 
 # ----------------------------------------------------------------------------- summary
@@ -620,13 +696,43 @@ class PerturbationModel(Instrument):
         doses: Sequence[float] | float | None = None,
         control: AnnData | None = None,
         level: float = 0.9,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Predicted change with a per-gene interval: ``(delta, lower, upper)``, each conditions x genes.
+    ) -> PredictionInterval:
+        """Predicted change with a per-gene interval at ``level``, as labelled frames.
 
         Only models with the ``"uncertainty"`` capability give intervals; the
         interval at ``level`` is meant to hold the measured change with that
         probability (models document how it was calibrated).
+
+        Returns
+        -------
+        PredictionInterval
+            ``delta``, ``lower`` and ``upper``, each a conditions x genes
+            :class:`pandas.DataFrame` (rows labelled like
+            :func:`aivc.data.condition_labels`: ``"STAT1"``, ``"STAT1+JAK2"``,
+            ``"drug@1"`` with a dose, ``"<label>|<context>"`` with contexts; columns
+            are the model's genes). It unpacks as ``delta, lower, upper = ...``;
+            :meth:`PredictionInterval.arrays` gives the plain arrays.
         """
+        perts, ctxs, _ = self._resolve(perturbations, contexts, control)
+        dose_list = _broadcast_doses(doses, len(perts))
+        delta, lower, upper = self._predict_interval(
+            perts, contexts=ctxs, doses=doses, control=control, level=level
+        )
+        labels = [_condition_label(p, c, d) for p, c, d in zip(perts, ctxs, dose_list, strict=True)]
+        return PredictionInterval.from_arrays(
+            delta, lower, upper, conditions=labels, genes=list(self.genes_), level=level
+        )
+
+    def _predict_interval(
+        self,
+        perturbations: Sequence[str],
+        *,
+        contexts: Sequence[str | None] | str | None,
+        doses: Sequence[float] | float | None,
+        control: AnnData | None,
+        level: float,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(delta, lower, upper)`` arrays, conditions x genes (models with intervals override it)."""
         msg = f"{type(self).__name__} gives no intervals (it lacks the 'uncertainty' capability)."
         raise NotImplementedError(msg)
 

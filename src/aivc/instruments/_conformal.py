@@ -749,14 +749,14 @@ class ConformalModel(PerturbationModel):
             )
         return np.ones((len(perts), len(self.genes_)))
 
-    def predict_interval(
+    def _predict_interval(
         self,
         perturbations: Sequence[str],
         *,
-        contexts: Sequence[str | None] | str | None = None,
-        doses: Sequence[float] | float | None = None,
-        control: AnnData | None = None,
-        level: float = 0.9,
+        contexts: Sequence[str | None] | str | None,
+        doses: Sequence[float] | float | None,
+        control: AnnData | None,
+        level: float,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predicted change and its conformal interval at ``level``: ``(delta, lower, upper)``."""
         check_level(level)

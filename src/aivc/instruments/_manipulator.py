@@ -914,14 +914,14 @@ class PerturbModel(PerturbationModel):
         delta = floor_at_zero(mean, base, model=type(self).__name__)
         return perts, ctxs, dose_list, delta, np.sqrt(var), base
 
-    def predict_interval(
+    def _predict_interval(
         self,
         perturbations: Sequence[str],
         *,
-        contexts: Sequence[str | None] | str | None = None,
-        doses: Sequence[float] | float | None = None,
-        control: AnnData | None = None,
-        level: float = 0.9,
+        contexts: Sequence[str | None] | str | None,
+        doses: Sequence[float] | float | None,
+        control: AnnData | None,
+        level: float,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predicted change with conformal per-gene intervals: ``(delta, lower, upper)``.
 

@@ -690,7 +690,7 @@ def predict_model_dir(
     if "uncertainty" in getattr(type(model), "capabilities", ()):
         _, lower, upper = model.predict_interval(
             perts, contexts=ctx, doses=doses, control=ctrl, level=level
-        )
+        ).arrays()
         uns["delta_lower"] = lower.astype(np.float32)
         uns["delta_upper"] = upper.astype(np.float32)
         uns["interval_level"] = float(level)

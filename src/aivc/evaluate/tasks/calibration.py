@@ -285,7 +285,7 @@ def _run_task(
                     for level in LEVELS:
                         delta, lo, hi = model.predict_interval(
                             perts, contexts=ctxs, doses=doses, control=control, level=level
-                        )
+                        ).arrays()
                         intervals[level] = (lo, hi)
             except (ValueError, RuntimeError) as e:
                 # e.g. too few training perturbations to cross-fit: the model's row says why
