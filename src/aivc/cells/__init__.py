@@ -6,7 +6,8 @@ from different panels, technologies and species map into one space. Decoders
 read cells back out: cell-type labels transferred from a reference by a
 classifier chosen on held-out reference batches (:class:`CellAnnotator`), cell type with calibrated probabilities and an "unknown"
 answer (:class:`CellTypeDecoder`), expression (:meth:`CellEncoder.decode`) and
-protein abundance from RNA (:class:`ProteinDecoder`).
+protein abundance from RNA (:class:`ProteinDecoder`). :func:`integrate` embeds
+cells so that batches mix (Harmony on scaled components, the engine that measured best).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aivc.cells._encoder import (
     heldout_reconstruction,
     map_species_genes,
 )
+from aivc.cells._integrate import INTEGRATION_METHODS, Integration, integrate
 from aivc.cells._protein import (
     ANTIBODY_GENES,
     ProteinDecoder,
@@ -35,16 +37,19 @@ __all__: list[str] = [
     "ANNOTATOR_CANDIDATES",
     "ANTIBODY_GENES",
     "GENE_EMBEDDINGS",
+    "INTEGRATION_METHODS",
     "BackedCells",
     "CellAnnotator",
     "CellEncoder",
     "CellTypeDecoder",
+    "Integration",
     "ProteinDecoder",
     "canonical_protein",
     "embed_file",
     "expected_calibration_error",
     "fit_temperature",
     "heldout_reconstruction",
+    "integrate",
     "iter_chunks",
     "map_species_genes",
     "normalize_proteins",
