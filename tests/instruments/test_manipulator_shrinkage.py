@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
@@ -26,6 +27,62 @@ def plain(split):
     return PerturbModel(**FAST, null_shrinkage="none").fit(train, schema)
 
 
+# On ``split`` the regression has no informative embedding (co-expression of independent
+# synthetic genes), so its held-out predictions are the mean training change and no shrinkage
+# is ever chosen. Here each target's features are a noisy copy of its measured change: an
+# informative but imperfect embedding whose held-out predictions overshoot, so every kind is
+# chosen with a positive strength (and the prior scale below 1). The tests check that first.
+INFORMED = {"embeddings": "features", "blend": False}
+
+
+@pytest.fixture(scope="module")
+def informed():
+    """``(train, schema, held, features)``: 20 synthetic knockouts, four held out, with features."""
+    raw, schema = synthetic_perturbation_data(
+        n_genes=60, n_singles=20, n_doubles=0, cells_per_condition=20, n_control_cells=80, seed=1
+    )
+    adata, schema = prepare(raw, schema)
+    labels = adata.obs[schema.perturbation_key].astype(str)
+    singles = sorted(set(labels) - {schema.control_label})
+    x = adata.X.toarray()
+    ctrl = x[(labels == schema.control_label).to_numpy()].mean(axis=0)
+    changes = np.stack([x[(labels == t).to_numpy()].mean(axis=0) - ctrl for t in singles])
+    noise = np.random.default_rng(0).normal(size=changes.shape) * changes.std()
+    features = pd.DataFrame(changes + 0.5 * noise, index=singles)
+    held = singles[:4]
+    train = adata[~labels.isin(held).to_numpy()].copy()
+    return train, schema, held, features
+
+
+def _fit_informed(informed, kind, **kwargs):
+    train, schema, _, features = informed
+    return PerturbModel(**INFORMED, null_shrinkage=kind).fit(
+        train, schema, perturbation_features=features, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def informed_plain(informed):
+    return _fit_informed(informed, "none")
+
+
+def _regression(model, held):
+    """The regression's mean change and per-gene variance of held-out targets, before the
+    shrinkage and the own-gene model."""
+    states = np.stack([model.control_mean_[None]] * len(held))
+    mean, v = model._gp_singles(held, np.zeros(len(held)), states)
+    return mean, v[:, None] * model.gene_sigma2_[None, :]
+
+
+def _shrunk_entries(model, held):
+    """Entries the post-hoc shrinkage acts on: all but the held-out targets' own genes (set by
+    the own-gene model afterwards)."""
+    mask = np.ones((len(held), len(model.genes_)), dtype=bool)
+    for i, j in model._own_gene(held):
+        mask[i, j] = False
+    return mask
+
+
 def test_invalid_value_is_refused(split):
     train, schema, _, _ = split
     with pytest.raises(ValueError, match="'null_shrinkage' parameter"):
@@ -40,41 +97,62 @@ def test_default_is_dispersion_and_none_keeps_the_gp_mean(plain):
     assert np.all(plain.null_weight_ == 1)
 
 
-def test_condition_scales_each_prediction_without_turning_it(split, plain):
-    train, schema, held, _ = split
-    model = PerturbModel(**FAST, null_shrinkage="condition").fit(train, schema)
-    ref = plain.predict_delta(held)
-    got = model.predict_delta(held)
-    if model.shrinkage_ == "none":
-        assert_allclose(got, ref)
-        return
+def test_condition_scales_each_prediction_without_turning_it(informed, informed_plain):
+    held = informed[2]
+    model = _fit_informed(informed, "condition")
     assert model.shrinkage_ == "condition" and model.shrinkage_strength_ > 0
-    # one factor in (0, 1) per condition: direction (hence pearson_delta) is unchanged
-    factor = (got * ref).sum(axis=1) / (ref * ref).sum(axis=1)
-    assert np.all((factor > 0) & (factor < 1))
-    assert_allclose(got, factor[:, None] * ref, atol=1e-10)
-    # the factor is |f|^2 / (|f|^2 + c |s|^2) with the model's own predictive sd
-    _, scale = plain.predict_with_scale(held)
-    ff = (ref**2).sum(axis=1)
-    expected = ff / (ff + model.shrinkage_strength_ * (scale**2).sum(axis=1))
-    assert_allclose(factor, expected, rtol=1e-6)
+    ref = informed_plain.predict_delta(held)
+    got, scale = model.predict_with_scale(held)
+    on = _shrunk_entries(model, held)
+    # one factor per condition, in (0, 1) and well away from 1: direction (hence pearson_delta)
+    # is unchanged, the size is not
+    r, g = np.where(on, ref, 0.0), np.where(on, got, 0.0)
+    factor = (g * r).sum(axis=1) / (r * r).sum(axis=1)
+    assert np.all((factor > 0) & (factor < 0.99)), factor
+    assert_allclose(g, factor[:, None] * r, rtol=1e-9, atol=1e-12)
+    # the factor is |f|^2 / (|f|^2 + c |s|^2) with the regression's mean f and predictive
+    # variance s^2 over all genes (the own genes' before the own-gene model replaces them);
+    # the sd is the same with and without the shrinkage, which moves only the mean
+    assert_allclose(scale, informed_plain.predict_scale(held))
+    f, s2 = _regression(model, held)
+    assert_allclose(f[on], ref[on], rtol=1e-9, atol=1e-12)
+    assert_allclose(scale[on], np.sqrt(s2[on]), rtol=1e-9)
+    ff = (f**2).sum(axis=1)
+    assert_allclose(factor, ff / (ff + model.shrinkage_strength_ * s2.sum(axis=1)), rtol=1e-9)
 
 
-def test_uncertainty_shrinks_gene_by_gene_towards_zero(split, plain):
-    train, schema, held, _ = split
-    model = PerturbModel(**FAST, null_shrinkage="uncertainty").fit(train, schema)
-    ref = plain.predict_delta(held)
-    got = model.predict_delta(held)
+def test_uncertainty_shrinks_gene_by_gene_towards_zero(informed, informed_plain):
+    held = informed[2]
+    model = _fit_informed(informed, "uncertainty")
+    assert model.shrinkage_ == "uncertainty" and model.shrinkage_strength_ > 0
+    ref = informed_plain.predict_delta(held)
+    got, scale = model.predict_with_scale(held)
+    on = _shrunk_entries(model, held)
     assert np.all(np.abs(got) <= np.abs(ref) + 1e-12)
     assert np.all(got * ref >= -1e-15)  # never flips a sign
+    # each gene by its own factor f^2 / (f^2 + c s^2): confident changes keep their size,
+    # uncertain ones go to zero, so the factors differ between the genes of one condition
+    c = model.shrinkage_strength_
+    assert_allclose(got[on], (ref * ref**2 / (ref**2 + c * scale**2))[on], rtol=1e-9, atol=1e-12)
+    factor = np.where(on & (np.abs(ref) > 1e-6), got / np.where(ref == 0, 1.0, ref), np.nan)
+    assert np.all(np.nanmax(factor, axis=1) - np.nanmin(factor, axis=1) > 0.5)
 
 
-def test_measured_singles_are_not_shrunk(split, plain):
-    train, schema, _, _ = split
-    model = PerturbModel(**FAST, null_shrinkage="condition").fit(train, schema)
+@pytest.mark.parametrize("kind", ["condition", "uncertainty", "dispersion", "gene"])
+def test_measured_singles_are_not_shrunk(informed, informed_plain, kind):
+    train, schema, held, _ = informed
+    model = _fit_informed(informed, kind)
+    assert model.shrinkage_ == kind and model.shrinkage_strength_ > 0
+    # the shrinkage is active: the unmeasured targets' changes are smaller ...
+    shrunk = np.abs(model.predict_delta(held)).sum(axis=1)
+    assert np.all(shrunk < 0.99 * np.abs(informed_plain.predict_delta(held)).sum(axis=1))
+    # ... but the measured ones are their measured changes, untouched
     labels = train.obs[schema.perturbation_key].astype(str)
-    seen = sorted(set(labels) - {schema.control_label})[:3]
-    assert_allclose(model.predict_delta(seen), plain.predict_delta(seen))
+    seen = sorted(set(labels) - {schema.control_label})
+    rows = [[k[0] for k in model.measured_keys_].index(t) for t in seen]
+    assert_allclose(model.predict_delta(seen), informed_plain.predict_delta(seen), atol=1e-12)
+    measured = np.maximum(model.measured_delta_[rows], -model.control_mean_[None])  # floored
+    assert_allclose(model.predict_delta(seen), measured, atol=1e-12)
 
 
 def test_neighbour_dispersion_weighs_disagreement_by_the_smoother_weights():
@@ -89,9 +167,8 @@ def test_neighbour_dispersion_weighs_disagreement_by_the_smoother_weights():
 
 
 @pytest.mark.parametrize("kind", ["condition", "dispersion", "prior"])
-def test_choice_is_the_lowest_training_objective(split, kind):
-    train, schema, _, _ = split
-    model = PerturbModel(**FAST, null_shrinkage=kind).fit(train, schema)
+def test_choice_is_the_lowest_training_objective(informed, kind):
+    model = _fit_informed(informed, kind)
     prefix = "prior-scale|" if kind == "prior" else "null-shrinkage|"
     scored = {
         k[len(prefix) :]: v["objective"]
@@ -101,31 +178,42 @@ def test_choice_is_the_lowest_training_objective(split, kind):
     assert len(scored) > 1
     if kind == "prior":
         chosen = f"scale={model.prior_scale_}|ridge={model.ridge_}"
-        assert 0.0 <= model.prior_scale_ <= 1.0
+        assert 0.0 < model.prior_scale_ < 1.0
     else:
-        chosen = (
-            "none"
-            if model.shrinkage_ == "none"
-            else f"{model.shrinkage_}={model.shrinkage_strength_}"
-        )
-    assert scored[chosen] == pytest.approx(min(scored.values()))
-
-
-def test_prior_scale_sets_what_unlike_targets_get(split):
-    """A known gene without any embedding gets the scaled mean training change."""
-    train, schema, _, _ = split
-    model = PerturbModel(**FAST, null_shrinkage="prior").fit(
-        train, schema, known_genes=["NOVELGENE"]
+        assert model.shrinkage_ == kind
+        chosen = f"{model.shrinkage_}={model.shrinkage_strength_}"
+    # the chosen candidate beats the others, "none" (scale 1) among them
+    assert scored[chosen] == min(scored.values())
+    assert scored[chosen] < (
+        scored["none"]
+        if kind != "prior"
+        else min(v for k, v in scored.items() if k.startswith("scale=1.0|"))
     )
-    plain = PerturbModel(**FAST).fit(train, schema, known_genes=["NOVELGENE"])
-    assert_allclose(model.predict_delta(["NOVELGENE"])[0], model.prior_mean_, atol=1e-9)
+
+
+def test_prior_scale_sets_what_unlike_targets_get(informed):
+    """A known gene without any embedding gets the scaled mean training change."""
+    model = _fit_informed(informed, "prior", known_genes=["NOVELGENE"])
+    plain = _fit_informed(informed, "none", known_genes=["NOVELGENE"])
+    assert 0.0 < model.prior_scale_ < 1.0
+    assert plain.prior_scale_ == 1.0
+    # the unscaled prior mean (the mean training change) is far from zero, so the scale shows
+    assert np.abs(plain.prior_mean_).max() > 0.5
     assert_allclose(model.prior_mean_, model.prior_scale_ * plain.prior_mean_, atol=1e-9)
+    assert_allclose(model.predict_delta(["NOVELGENE"])[0], model.prior_mean_, atol=1e-9)
+    assert_allclose(plain.predict_delta(["NOVELGENE"])[0], plain.prior_mean_, atol=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["uncertainty", "dispersion", "prior"])
-def test_save_load_keeps_the_shrinkage(split, tmp_path, kind):
-    train, schema, held, _ = split
-    model = PerturbModel(**FAST, null_shrinkage=kind).fit(train, schema)
+@pytest.mark.parametrize("kind", ["condition", "uncertainty", "dispersion", "gene", "prior"])
+def test_save_load_keeps_the_shrinkage(informed, informed_plain, tmp_path, kind):
+    held = informed[2]
+    model = _fit_informed(informed, kind)
+    if kind == "prior":
+        assert 0.0 < model.prior_scale_ < 1.0
+    else:
+        assert model.shrinkage_ == kind and model.shrinkage_strength_ > 0
+    # the shrinkage changes the predictions, so a model that lost it on load would differ
+    assert np.abs(model.predict_delta(held) - informed_plain.predict_delta(held)).max() > 0.1
     path = model.save(tmp_path / "m")
     back = PerturbModel.load(path)
     assert back.get_params()["null_shrinkage"] == kind
