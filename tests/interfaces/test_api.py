@@ -449,3 +449,57 @@ def test_running_job_stops_at_next_step_when_cancelled() -> None:
     failed = jobs.wait(failing.id, timeout=10)
     assert failed.state == "failed" and failed.error_id and failed.error_id in failed.error
     jobs.shutdown()
+
+
+@pytest.mark.parametrize(
+    "upload_ids",
+    [("f" * 12, "0" * 12), ("0" * 12, "f" * 12)],
+    ids=["older-id-larger", "older-id-smaller"],
+)
+def test_newest_upload_wins_whatever_the_ids(
+    client: TestClient, fitted: str, monkeypatch, upload_ids: tuple[str, str]
+) -> None:
+    """Two uploads of one perturbation: predictions and GET /api/uploads follow upload time, not ids."""
+    import types
+
+    from aivc.experiments import measured_changes
+    from aivc.interfaces.api import _uploads
+
+    adata, schema = _synthetic()
+    labels = adata.obs["perturbation"].astype(str)
+    pert = sorted(set(labels) - {"control"})[0]
+    older = adata[labels.isin(["control", pert]).to_numpy()].copy()
+    newer = older.copy()
+    perturbed = (newer.obs["perturbation"].astype(str) == pert).to_numpy()
+    x = np.asarray(newer.X.todense() if hasattr(newer.X, "todense") else newer.X).copy()
+    x[np.ix_(perturbed, np.arange(10))] = x[np.ix_(perturbed, np.arange(10))] * 4 + 3
+    newer.X = x
+
+    # ids that sort the uploads one way, then the other: only the upload time may decide
+    ids = iter(upload_ids)
+    fake_uuid = types.SimpleNamespace(uuid4=lambda: types.SimpleNamespace(hex=next(ids) + "0" * 20))
+    monkeypatch.setattr(_uploads, "uuid", fake_uuid)
+    metas = []
+    for name, data in [("older.h5ad", older), ("newer.h5ad", newer)]:
+        r = client.post(
+            "/api/datasets/synth/measurements",
+            params={"filename": name},
+            content=_h5ad_bytes(data),
+        )
+        assert r.status_code == 201, r.text
+        metas.append(r.json())
+    old_id, new_id = (m["id"] for m in metas)
+    assert (old_id, new_id) == upload_ids
+
+    listed = client.get("/api/uploads").json()
+    assert [u["id"] for u in listed] == [new_id, old_id]
+    assert [u["filename"] for u in listed] == ["newer.h5ad", "older.h5ad"]
+
+    p = client.post(
+        f"/api/models/{fitted}/predict", json={"perturbations": [pert], "all_genes": True}
+    ).json()["predictions"][0]
+    assert p["measured"] and p["observed_source"] == f"upload:{new_id}"
+    expected = measured_changes(newer, schema, counts=True).delta.loc[pert, p["genes"]]
+    stale = measured_changes(older, schema, counts=True).delta.loc[pert, p["genes"]]
+    assert not np.allclose(expected, stale, atol=1e-3)
+    assert_allclose(np.asarray(p["observed"], dtype=float), expected.to_numpy(), atol=1e-4)

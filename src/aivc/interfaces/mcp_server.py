@@ -299,7 +299,7 @@ def create_server(workspace: Workspace | str | Path, *, fit_timeout: float = 600
     @server.tool()
     @_anticipated
     def list_measurements() -> dict[str, Any]:
-        """Measured results uploaded to this workspace (through the REST API)."""
+        """Measured results uploaded to this workspace (through the REST API), newest first."""
         return {"uploads": ws.list_uploads()}
 
     return server

@@ -311,7 +311,7 @@ def create_app(
 
     @api.get("/uploads", tags=["datasets"])
     def uploads() -> list[dict[str, Any]]:
-        """Measurements uploaded to this workspace."""
+        """Measurements uploaded to this workspace, newest first."""
         return ws.list_uploads()
 
     # ------------------------------------------------------------------ instruments and models

@@ -379,8 +379,7 @@ class Workspace:
                 return ds.observed
         from aivc.experiments import measured_changes, merge_observed
 
-        uploads = [u for u in self.list_uploads() if u["dataset"] == ds.name]
-        uploads.sort(key=lambda u: float(u.get("created", 0.0)), reverse=True)
+        uploads = [u for u in self.list_uploads() if u["dataset"] == ds.name]  # newest first
         parts = [self._upload_changes(u["id"], ds) for u in uploads]
         parts.append(measured_changes(ds.adata, ds.schema, source="dataset"))
         observed = merge_observed(*parts, genes=list(ds.adata.var_names))
@@ -727,12 +726,14 @@ class Workspace:
 
     # ------------------------------------------------------------------ uploads
     def list_uploads(self) -> list[dict[str, Any]]:
+        """Descriptions of the uploads, newest first (by the upload time they record)."""
         out = []
-        for f in sorted((self.root / "uploads").glob("*.json")):
+        for f in (self.root / "uploads").glob("*.json"):
             try:
                 out.append(json.loads(f.read_text()))
             except (OSError, ValueError):
                 continue
+        out.sort(key=lambda u: (float(u.get("created", 0.0)), str(u.get("id", ""))), reverse=True)
         return out
 
     # ------------------------------------------------------------------ disk quota
