@@ -103,9 +103,16 @@ def test_papalexi_reference_numbers(data_dir):
         for k in ("pearson_delta_de20", "mse_de20")
     }
     ctrl_mse = np.nanmean([s["mse_de20"] for s in scores["control"]])
-    assert 0.30 < tm["pearson_delta_de20"] < 0.45
-    assert 0.17 < tm["mse_de20"] < 0.25
-    assert 0.22 < ctrl_mse < 0.31
+    # The published sanity ranges are pearson_delta_de20 0.30-0.45 and mse_de20 0.17-0.25 for
+    # train-mean and 0.22-0.31 for control; within them, the numbers are pinned to what this
+    # harness computes (library size 10,000 + log1p, Wilcoxon top-20 DE genes, leave one of the
+    # 25 knockouts out). Nothing here is random (the same digits with 1 and 2 BLAS threads), so
+    # the tolerance only absorbs floating-point summation order: a change of the
+    # normalisation, the DE genes, the baselines or the metrics moves them by far more.
+    assert len(perts) == 25
+    assert tm["pearson_delta_de20"] == pytest.approx(0.3668374609283797, rel=1e-6)
+    assert tm["mse_de20"] == pytest.approx(0.2076794040161924, rel=1e-6)
+    assert ctrl_mse == pytest.approx(0.25394352044353335, rel=1e-6)
 
 
 @pytest.mark.slow
