@@ -316,7 +316,9 @@ def datasets_list(data_dir: DataDir = None) -> None:
     """List registered datasets and whether each is present locally.
 
     ``local`` says whether the data directory holds the dataset; ``embedded``
-    whether a copy ships inside aivc (used when the data directory has none).
+    whether a copy ships inside aivc (used when the data directory has none);
+    ``download`` whether ``aivc datasets download`` fetches it: ``yes`` for a
+    ready file, ``rebuild`` for one converted from its public source files.
     On a terminal this is a table; otherwise (a pipe or a file) one line per
     dataset with the columns separated by tabs, after a header line, nothing
     shortened.
@@ -325,6 +327,7 @@ def datasets_list(data_dir: DataDir = None) -> None:
     from aivc._settings import settings
     from aivc.data import list_datasets
     from aivc.data._registry import embedded_path
+    from aivc.data.sources import source_of
 
     columns = ("name", "kind", "local", "embedded", "download", "description")
     rows = [
@@ -333,7 +336,7 @@ def datasets_list(data_dir: DataDir = None) -> None:
             e.kind,
             "yes" if e.path().exists() else "no",
             "yes" if embedded_path(e.name) is not None else "-",
-            "yes" if e.remote else "-",
+            "yes" if e.remote else "rebuild" if source_of(e.name) is not None else "-",
             " ".join(e.description.split()),
         )
         for e in list_datasets()

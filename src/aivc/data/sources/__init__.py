@@ -51,6 +51,11 @@ logger = logging.getLogger(__name__)
 # Modules that register sources, one per source (imported lazily by ``_registered``).
 _SOURCE_MODULES: tuple[str, ...] = (
     # each module below calls register_source(...) for the datasets it converts
+    "came",
+    "perturbench",
+    "scgen",
+    "scvi_data",
+    "scvi_fixtures",
 )
 
 _SOURCES: dict[str, PublicSource] = {}
