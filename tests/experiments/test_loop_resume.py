@@ -180,13 +180,48 @@ def test_kill_and_resume_postgres(tmp_path, reference):
 
 
 def test_reference_has_no_duplicates(reference):
-    props = pd.DataFrame(reference["proposals"])
-    assert len(props) == 18
-    assert props["candidate"].is_unique
-    assert [r["status"] for r in reference["rounds"]] == [COMPLETE] * 3
-    assert reference["state"] == {"round": 3, "status": FINISHED}
-    # the GP rounds chose differently from a plain random draw with the same seed
-    assert len(reference["models"]) == 3
+    """Every ledger entry is written (and read back) once, by its key: a candidate is proposed
+    once over all rounds; a round has one row, one model version, and one result and one
+    prediction per candidate."""
+
+    def duplicated(keys):
+        keys = list(keys)
+        return sorted({k for k in keys if keys.count(k) > 1})
+
+    n_rounds, batch = LOOP["n_rounds"], LOOP["batch_size"]
+    assert [r["round"] for r in reference["rounds"]] == list(range(1, n_rounds + 1))
+    assert [r["status"] for r in reference["rounds"]] == [COMPLETE] * n_rounds
+    assert reference["state"] == {"round": n_rounds, "status": FINISHED}
+    props = reference["proposals"]
+    assert len(props) == n_rounds * batch
+    assert duplicated(p["candidate"] for p in props) == []
+    assert duplicated((p["round"], p["position"]) for p in props) == []
+    assert [m["round"] for m in reference["models"]] == list(range(1, n_rounds + 1))
+    # results: (round, candidate, is_control, ...); each round's proposals and its controls
+    results = reference["results"]
+    assert duplicated(r[:2] for r in results) == []
+    assert len(results) == n_rounds * (batch + 1)
+    measured = {(r, c) for r, c, is_control, *_ in results if not is_control}
+    assert measured == {(p["round"], p["candidate"]) for p in props}
+    # predictions: (round, candidate, ...); every candidate once per round
+    predictions = reference["predictions"]
+    assert duplicated(p[:2] for p in predictions) == []
+    assert len(predictions) == n_rounds * SIM["n_genes"]
+
+
+def test_gp_rounds_differ_from_a_random_draw(tmp_path, reference):
+    """The first round is a random draw (nothing is measured yet); the GP chooses the later
+    ones, differently from a random draw with the same seed."""
+    url = f"sqlite:///{tmp_path / 'random.db'}"
+    run_loop(url, "screen", lab=SimulatorLab(seed=3, **SIM), **{**LOOP, "strategy": "random"})
+    random_draw = _snapshot(url, "screen")["proposals"]
+
+    def by_round(props):
+        return {r: {p["candidate"] for p in props if p["round"] == r} for r in (1, 2, 3)}
+
+    gp, rnd = by_round(reference["proposals"]), by_round(random_draw)
+    assert gp[1] == rnd[1]
+    assert gp[2] != rnd[2] and gp[3] != rnd[3]
 
 
 def test_same_seed_same_proposals_other_seed_differs(tmp_path, reference):
