@@ -548,3 +548,28 @@ def test_orthologs_command_maps_genes_and_targets_so_knowledge_is_used(mouse_fil
     # an existing --out is kept
     again = runner.invoke(app, ["orthologs", str(mouse_file), "--out", str(human)])
     assert again.exit_code == 2 and "--overwrite" in _output(again)
+
+
+@pytest.mark.parametrize(
+    ("perturbations", "wrong", "meant"),
+    [("gene001", "gene001", "GENE001"), ("GENE003+gene010", "gene010", "GENE010")],
+)
+def test_predict_with_a_case_mistake_suggests_the_gene(
+    model_dir, tmp_path, perturbations, wrong, meant
+):
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(model_dir),
+            "--perturbations",
+            perturbations,
+            "--out",
+            str(tmp_path / "p.h5ad"),
+        ],
+    )
+    assert result.exit_code == 2
+    out = " ".join(_output(result).split())  # the console may wrap long lines
+    assert f"Unknown gene '{wrong}'" in out
+    assert f"Did you mean '{meant}'" in out
+    assert not (tmp_path / "p.h5ad").exists()

@@ -195,3 +195,33 @@ def test_aivc_mcp_runs_on_stdio(tmp_path: Path) -> None:
 
     tools, models = anyio.run(talk)
     assert "predict_perturbation" in tools and models == {"models": []}
+
+
+def test_mcp_prediction_with_a_case_mistake_suggests_the_gene(tmp_path: Path) -> None:
+    from aivc.data._synthetic import synthetic_perturbation_data
+
+    ws = Workspace(tmp_path / "ws")
+    adata, schema = synthetic_perturbation_data(
+        n_genes=30, n_singles=5, n_doubles=0, cells_per_condition=15, n_control_cells=30
+    )
+    ws.add_dataset("synth", adata, schema)
+    server = create_server(ws)
+
+    async def talk() -> dict:
+        async with Client(server) as client:
+            await client.call_tool(
+                "fit_model", {"dataset": "synth", "instrument": "additive", "name": "add"}
+            )
+            calls = {
+                "predict_perturbation": {"perturbations": ["gene001"]},
+                "explain_prediction": {"perturbation": "gene001"},
+            }
+            return {
+                tool: await client.call_tool(tool, {"model": "add", **args})
+                for tool, args in calls.items()
+            }
+
+    for tool, result in anyio.run(talk).items():
+        text = result.content[0].text
+        assert result.is_error, tool
+        assert "Unknown gene 'gene001'" in text and "Did you mean 'GENE001'" in text, (tool, text)
