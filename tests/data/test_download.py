@@ -372,8 +372,21 @@ def test_download_dataset_uses_settings_data_dir(
 
 
 def test_download_dataset_refuses_local_only_entries(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="has no public download"):
-        download_dataset("papalexi2021", data_dir=tmp_path)
+    # A throwaway entry with neither remote files nor a registered public source.
+    name = f"test_local_only_{uuid.uuid4().hex}"
+    aivc.data.register_dataset(
+        aivc.data.DatasetEntry(
+            name=name,
+            description="local-only entry",
+            folder=f"{name}_folder",
+            filename="local.h5ad",
+        )
+    )
+    try:
+        with pytest.raises(ValueError, match="has no public download"):
+            download_dataset(name, data_dir=tmp_path)
+    finally:
+        _registry._REGISTRY.pop(name, None)
 
 
 # ----------------------------------------------------------------------------- public registry

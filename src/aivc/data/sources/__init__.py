@@ -52,7 +52,10 @@ logger = logging.getLogger(__name__)
 _SOURCE_MODULES: tuple[str, ...] = (
     # each module below calls register_source(...) for the datasets it converts
     "came",
+    "citefuse",
+    "hsmm",
     "perturbench",
+    "sceptre",
     "scgen",
     "scvi_data",
     "scvi_fixtures",
