@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import anyio
+import numpy as np
 import pytest
+from numpy.testing import assert_allclose
 
 pytest.importorskip("mcp")
 
@@ -176,25 +178,71 @@ def test_in_tool_terms_maps_endpoints_and_says_when_no_tool_does_it() -> None:
 
 @pytest.mark.slow
 def test_aivc_mcp_runs_on_stdio(tmp_path: Path) -> None:
+    """``aivc mcp`` on stdio: a client finds a model fitted in the workspace and predicts with it;
+    the answer is the Python API's for that model: ``additive`` gives a measured single its
+    measured change and a pair the sum of its singles' changes."""
     import os
     import sys
 
     from mcp import StdioServerParameters
 
+    from aivc.data import prepare
+    from aivc.data._synthetic import synthetic_perturbation_data
+
+    adata, schema = synthetic_perturbation_data(
+        n_genes=30, n_singles=5, n_doubles=0, cells_per_condition=15, n_control_cells=30
+    )
+    ws = Workspace(tmp_path / "ws")
+    ws.add_dataset("synth", adata, schema)  # in memory: the server sees only the saved model
+    job = ws.submit_fit(dataset="synth", instrument="additive", name="add", holdout=False)
+    assert ws.jobs.wait(job["id"], timeout=120).state == "succeeded"
+    ws.shutdown()
+    a, b, *_ = sorted(set(adata.obs[schema.perturbation_key].astype(str)) - {schema.control_label})
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "aivc.interfaces.cli", "mcp", "--workspace", str(tmp_path / "ws")],
         env={**os.environ},
     )
 
-    async def talk() -> tuple[set[str], dict]:
+    async def talk() -> dict:
+        out: dict = {}
         async with Client(params) as client:
-            tools = {t.name for t in (await client.list_tools()).tools}
-            models = _payload(await client.call_tool("list_models", {}))
-        return tools, models
+            out["tools"] = {t.name for t in (await client.list_tools()).tools}
+            out["models"] = _payload(await client.call_tool("list_models", {}))
+            out["predict"] = _payload(
+                await client.call_tool(
+                    "predict_perturbation",
+                    {"model": "add", "perturbations": [a, f"{a}+{b}"], "top_k": 30},
+                )
+            )
+            out["unknown"] = await client.call_tool(
+                "predict_perturbation", {"model": "add", "perturbations": ["NOTAGENE99"]}
+            )
+        return out
 
-    tools, models = anyio.run(talk)
-    assert "predict_perturbation" in tools and models == {"models": []}
+    out = anyio.run(talk)
+    assert "predict_perturbation" in out["tools"]
+    assert [(m["id"], m["instrument"]) for m in out["models"]["models"]] == [("add", "additive")]
+    preds = out["predict"]["predictions"]
+    assert [p["perturbation"] for p in preds] == [a, f"{a}+{b}"]
+    # the same answer as the Python API's on the saved model (without the in-memory dataset)
+    direct = Workspace(tmp_path / "ws").predict("add", [a, f"{a}+{b}"], top_k=30)
+    assert out["predict"] == json.loads(json.dumps(direct))
+    # the measured changes, from the log-normalised cells (all 30 genes are in the answer)
+    data, _ = prepare(adata, schema)
+    x, labels = data.X.toarray(), data.obs[schema.perturbation_key].astype(str).to_numpy()
+    base = x[labels == schema.control_label].mean(axis=0)
+    change = {t: x[labels == t].mean(axis=0) - base for t in (a, b)}
+    genes = list(data.var_names)
+    single, double = (
+        np.array([{g["gene"]: g["delta"] for g in p["top_genes"]}[gene] for gene in genes])
+        for p in preds
+    )
+    assert_allclose(single, change[a], rtol=1e-5, atol=1e-6)
+    # (a pair's mean is floored at zero expression)
+    assert_allclose(double, np.maximum(change[a] + change[b], -base), rtol=1e-5, atol=1e-6)
+    assert np.abs(double - single).max() > 0.5
+    assert out["unknown"].is_error and "NOTAGENE99" in out["unknown"].content[0].text
 
 
 def test_mcp_prediction_with_a_case_mistake_suggests_the_gene(tmp_path: Path) -> None:
