@@ -36,12 +36,14 @@ def _bin_dirs() -> list[Path]:
     return [*versions, Path("/usr/local/bin")]
 
 
-def _find_bin(name: str) -> str | None:
+def _server_bins() -> tuple[str, str] | None:
+    """``initdb`` and ``pg_ctl`` of one installation: the newest version folder that has both,
+    else the ones on ``PATH``; ``None`` when there are none."""
     for d in _bin_dirs():
-        p = d / name
-        if p.exists():
-            return str(p)
-    return shutil.which(name)
+        if (d / "initdb").exists() and (d / "pg_ctl").exists():
+            return str(d / "initdb"), str(d / "pg_ctl")
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    return (initdb, pg_ctl) if initdb and pg_ctl else None
 
 
 def _free_port() -> int:
@@ -59,9 +61,10 @@ def _run_as(user: str | None, args: list[str], **kwargs) -> subprocess.Completed
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
     """Start a temporary PostgreSQL cluster; yields a SQLAlchemy URL to an empty database."""
-    initdb, pg_ctl = _find_bin("initdb"), _find_bin("pg_ctl")
-    if initdb is None or pg_ctl is None:
+    bins = _server_bins()
+    if bins is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    initdb, pg_ctl = bins
     try:
         import psycopg  # noqa: F401
     except ImportError:

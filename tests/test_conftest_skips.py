@@ -111,8 +111,30 @@ def test_postgres_binaries_of_the_newest_installed_version_are_found(tmp_path, m
     for version in ("9.6", "15", "17", "notaversion"):
         (tmp_path / version / "bin").mkdir(parents=True)
     for version in ("15", "17"):
-        (tmp_path / version / "bin" / "initdb").touch()
+        for name in ("initdb", "pg_ctl"):
+            (tmp_path / version / "bin" / name).touch()
     monkeypatch.setattr(_postgres, "_DEBIAN_ROOT", tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))
     dirs = _postgres._bin_dirs()
     assert [d.parent.name for d in dirs[:4]] == ["17", "15", "9.6", "notaversion"]
-    assert _postgres._find_bin("initdb") == str(tmp_path / "17" / "bin" / "initdb")
+    bins = tmp_path / "17" / "bin"
+    assert _postgres._server_bins() == (str(bins / "initdb"), str(bins / "pg_ctl"))
+    # both binaries come from one installation: without 17's pg_ctl, 15's pair
+    (bins / "pg_ctl").unlink()
+    bins = tmp_path / "15" / "bin"
+    assert _postgres._server_bins() == (str(bins / "initdb"), str(bins / "pg_ctl"))
+
+
+def test_postgres_binaries_on_path_are_found(tmp_path, monkeypatch):
+    import _postgres
+
+    path = tmp_path / "path"
+    path.mkdir()
+    for name in ("initdb", "pg_ctl"):
+        (path / name).touch(mode=0o755)
+    # no version folder (and not this machine's /usr/local/bin)
+    monkeypatch.setattr(_postgres, "_bin_dirs", lambda: [])
+    monkeypatch.setenv("PATH", str(path))
+    assert _postgres._server_bins() == (str(path / "initdb"), str(path / "pg_ctl"))
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))
+    assert _postgres._server_bins() is None
