@@ -255,29 +255,16 @@ def _dense(x: object) -> np.ndarray:
     return x.toarray() if sp.issparse(x) else np.asarray(x)
 
 
-def _assert_frame(got: pd.DataFrame, expected: pd.DataFrame, *, written: bool) -> None:
-    """Frames equal, dtypes included. ``written``: ``got`` was read back from a rebuilt file.
-
-    rebuild() writes with anndata's defaults, which turn a string column with repeated values
-    into a categorical; such a column is compared by value (see the xfail test below).
-    """
-    if written:
-        got = got.copy()
-        for column in expected.columns:
-            if (
-                column in got
-                and expected[column].dtype == object
-                and isinstance(got[column].dtype, pd.CategoricalDtype)
-            ):
-                got[column] = got[column].astype(object)
+def _assert_frame(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    """Frames equal, dtypes included (rebuild() writes string columns as they are)."""
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
 
 
-def _assert_adata(got: ad.AnnData, expected: ad.AnnData, *, written: bool = True) -> None:
+def _assert_adata(got: ad.AnnData, expected: ad.AnnData) -> None:
     assert type(got.X) is type(expected.X) and got.X.dtype == expected.X.dtype
     np.testing.assert_array_equal(_dense(got.X), _dense(expected.X))
-    _assert_frame(got.obs, expected.obs, written=written)
-    _assert_frame(got.var, expected.var, written=written)
+    _assert_frame(got.obs, expected.obs)
+    _assert_frame(got.var, expected.var)
     assert sorted(got.layers) == sorted(expected.layers)
     assert sorted(got.obsm) == sorted(expected.obsm)
     for key, value in expected.obsm.items():
@@ -656,15 +643,9 @@ def test_hsmm_timecourse_converts_the_three_rda_files_too(tmp_path: Path) -> Non
 
     rdas = _hsmm_rdas(tmp_path)
     got = hsmm.convert({p.name: p for p in rdas})
-    _assert_adata(got, _expected_hsmm(), written=False)
+    _assert_adata(got, _expected_hsmm())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rebuild() writes with anndata's default convert_strings_to_categoricals=True, which "
-    "makes obs['time_point'] and var['gene_short_name'] categorical; the data directory's copy "
-    "keeps them as plain strings",
-)
 def test_rebuilt_hsmm_timecourse_keeps_its_plain_string_columns(
     serve_folder, tmp_path: Path
 ) -> None:
@@ -765,7 +746,7 @@ def test_mimitou2019_cite_small_reads_dense_matrices(tmp_path: Path) -> None:
         ADT=r_matrix(ADT, ADT_NAMES, CELLS),
         HTO=r_matrix(HTO, HTO_NAMES, CELLS),
     )
-    _assert_adata(citefuse.convert({rda.name: rda}), _expected_mimitou(), written=False)
+    _assert_adata(citefuse.convert({rda.name: rda}), _expected_mimitou())
 
 
 def test_mimitou2019_cite_small_needs_the_same_cells_in_every_matrix(tmp_path: Path) -> None:

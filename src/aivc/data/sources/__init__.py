@@ -234,7 +234,7 @@ def rebuild(
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        adata.write_h5ad(tmp, compression="gzip")
+        adata.write_h5ad(tmp, compression="gzip", convert_strings_to_categoricals=False)
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
