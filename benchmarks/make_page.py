@@ -46,7 +46,7 @@ MAX_LINES = 340
 
 #: Published models of other groups, run in the same command: "peers". Every other model whose
 #: name does not start with "aivc" is a baseline; other "aivc*" models are variants of ours.
-PEERS = frozenset({"gears", "scvi", "scanvi", "harmony"})
+PEERS = frozenset({"gears", "scvi", "scanvi", "scanvi-retrain", "harmony"})
 #: Prefix of a wrapped model (calibration wraps baselines as ``conformal:<name>``).
 WRAPPER_PREFIX = "conformal:"
 
@@ -138,7 +138,7 @@ RULES: dict[str, Rule] = {
         then="interval_width_90",
     ),
     "label-transfer": Rule(
-        "aivc", "accuracy", "higher", ("accuracy", "macro_f1", "ece", "abstention")
+        "aivc", "accuracy", "higher", ("accuracy", "macro_f1", "ece", "abstention", "query_mixing")
     ),
     "unknown-type": Rule(
         "aivc",
@@ -147,7 +147,7 @@ RULES: dict[str, Rule] = {
         ("unknown_auroc", "unknown_recall", "accuracy_known", "accuracy_known_closed", "known_accuracy_drop"),
     ),
     "integration": Rule(
-        "aivc-encoder",
+        "aivc",
         "overall",
         "higher",
         ("overall", "bio", "batch", "nmi", "ari", "label_asw", "ilisi", "graph_connectivity"),

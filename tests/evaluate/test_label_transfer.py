@@ -248,3 +248,33 @@ def test_log_normalised_input_without_counts_skips_count_models(data_dir) -> Non
     assert rebuilt["metrics"]["logistic"]["accuracy"] == pytest.approx(
         res["metrics"]["logistic"]["accuracy"], abs=1e-9
     )
+
+
+def test_query_mixing_is_zero_apart_and_one_when_mixed() -> None:
+    from aivc.evaluate.tasks.label_transfer import query_mixing
+
+    rng = np.random.default_rng(0)
+    ref, query = rng.normal(size=(300, 5)), rng.normal(size=(300, 5))
+    assert query_mixing(ref, query) > 0.85
+    assert query_mixing(ref, query + 50.0) < 0.01
+    # half of the query lands on the reference: in between
+    half = query.copy()
+    half[:150] += 50.0
+    assert 0.2 < query_mixing(ref, half) < 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")  # lightning's notes on tiny training runs
+def test_mapping_without_retraining_and_retraining_both_answer(small_pair) -> None:
+    human, mouse = small_pair
+    res = transfer_labels(
+        mouse, human, spec=M2H, models=["scanvi", "scanvi-retrain", "logistic"], config=QUICK
+    )
+    for name in ("scanvi", "scanvi-retrain"):
+        m = res["metrics"][name]
+        assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["query_mixing"] <= 1.0
+    assert res["extra"]["scanvi"]["retrained_on_query"] is False
+    assert "query" in res["extra"]["scanvi"]["epochs"]  # the query-only surgery step ran
+    assert res["extra"]["scanvi-retrain"]["retrained_on_query"] is True
+    assert "query" not in res["extra"]["scanvi-retrain"]["epochs"]
+    assert np.isnan(res["metrics"]["logistic"]["query_mixing"])  # no joint space

@@ -84,9 +84,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LABEL_TRANSFER_MODELS = ("aivc", "aivc-encoder", "logistic", "pca-knn", "harmony", "scanvi")
+LABEL_TRANSFER_MODELS = (
+    "aivc", "aivc-encoder", "logistic", "pca-knn", "harmony", "scanvi", "scanvi-retrain",
+)  # fmt: skip
 #: Models that need raw counts (given, or rebuilt from library sizes).
-COUNT_MODELS = frozenset({"aivc-encoder", "scanvi"})
+COUNT_MODELS = frozenset({"aivc-encoder", "scanvi", "scanvi-retrain"})
 UNKNOWN = "unknown"
 #: Keyword options of the label tasks (``--cell-type-key`` etc. on the command line).
 LABEL_OPTIONS = (
@@ -107,6 +109,7 @@ _METRICS = (
     "accuracy_answered",
     "accuracy_forced",
     "unknown_rate_excluded",
+    "query_mixing",
 )
 _HIGHER = {
     "accuracy": True,
@@ -116,6 +119,7 @@ _HIGHER = {
     "accuracy_answered": True,
     "accuracy_forced": True,
     "unknown_rate_excluded": True,
+    "query_mixing": True,
 }
 
 
@@ -306,6 +310,9 @@ class _Answer:
     #: How unlike every reference type each cell is (higher: more likely unknown); models
     #: without their own score use 1 - the top probability.
     unknown_score: np.ndarray | None = None
+    #: The reference and query cells in the model's joint space (for ``query_mixing``);
+    #: ``None`` for models without one (logistic regression on genes).
+    embedding: tuple[np.ndarray, np.ndarray] | None = None
 
     def novelty(self) -> np.ndarray:
         if self.unknown_score is not None:
@@ -339,7 +346,8 @@ def _knn_answer(
     knn.fit(ref_z, y)
     proba = knn.predict_proba(query_z)
     classes = [str(c) for c in knn.classes_]
-    return _Answer(proba, classes, np.asarray(classes, dtype=object)[proba.argmax(axis=1)])
+    labels = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+    return _Answer(proba, classes, labels, embedding=(ref_z, query_z))
 
 
 def _run_harmony(
@@ -407,6 +415,7 @@ def _run_annotator(
         list(ann.classes_),
         table["label"].to_numpy(dtype=object),
         table["unknown_score"].to_numpy(dtype=np.float64),
+        embedding=(ann.transform(reference), ann.transform(query)),
     )
     return answer, extra
 
@@ -433,7 +442,9 @@ def _run_encoder(
     dec = CellTypeDecoder(use_rep=None, seed=seed, unknown_label=UNKNOWN).fit(ref_z, labels=y)
     table = dec.predict_table(query_z)
     proba = dec.predict_proba(query_z)
-    answer = _Answer(proba, list(dec.classes_), table["label"].to_numpy(dtype=object))
+    answer = _Answer(
+        proba, list(dec.classes_), table["label"].to_numpy(dtype=object), embedding=(ref_z, query_z)
+    )
     return answer, {"temperature": dec.temperature_, "calibration": dec.calibration_}
 
 
@@ -456,25 +467,31 @@ def _run_scanvi(
     query_batches: np.ndarray,
     cfg: TransferConfig,
     seed: int,
+    retrain: bool = False,
 ) -> tuple[_Answer, dict[str, Any]]:
+    """scANVI on the reference, then either the query mapped onto it without retraining the
+    reference (scArches surgery: ``load_query_data``, only the query's batch weights learn), or,
+    with ``retrain``, one model trained from scratch on reference + unlabelled query cells."""
     import anndata as ad
     import scvi
 
     unlabeled = "__unlabeled__"
     ref = ad.AnnData(
         X=sp.csr_matrix(ref_counts, dtype=np.float32),
-        obs=pd.DataFrame({"batch": ref_batches.astype(str), "label": y}),
+        obs=pd.DataFrame(
+            {"batch": ref_batches.astype(str), "label": y},
+            index=[f"r{i}" for i in range(len(y))],
+        ),
         var=pd.DataFrame(index=genes),
     )
     qry = ad.AnnData(
         X=sp.csr_matrix(query_counts, dtype=np.float32),
         obs=pd.DataFrame(
-            {"batch": ["query:" + b for b in query_batches.astype(str)], "label": unlabeled}
+            {"batch": ["query:" + b for b in query_batches.astype(str)], "label": unlabeled},
+            index=[f"q{i}" for i in range(len(query_batches))],
         ),
         var=pd.DataFrame(index=genes),
     )
-    ref.obs_names = [f"r{i}" for i in range(ref.n_obs)]
-    qry.obs_names = [f"q{i}" for i in range(qry.n_obs)]
     # scvi-tools' own in-memory logger stays on: it records the epochs each stage ran
     quiet = {
         "enable_progress_bar": False,
@@ -491,9 +508,10 @@ def _run_scanvi(
             lg.setLevel(logging.ERROR)
         scvi.settings.seed = seed
         scvi.settings.dl_num_workers = 0
-        scvi.model.SCVI.setup_anndata(ref, batch_key="batch", labels_key="label")
+        train = ad.concat([ref, qry]) if retrain else ref
+        scvi.model.SCVI.setup_anndata(train, batch_key="batch", labels_key="label")
         vae = scvi.model.SCVI(
-            ref, n_latent=cfg.scvi_latent, n_layers=2, encode_covariates=True,
+            train, n_latent=cfg.scvi_latent, n_layers=2, encode_covariates=True,
             deeply_inject_covariates=False, use_layer_norm="both", use_batch_norm="none",
         )  # fmt: skip
         vae.train(max_epochs=cfg.scvi_epochs, accelerator="cpu", devices=1, **stop, **quiet)
@@ -507,18 +525,25 @@ def _run_scanvi(
             **quiet,
         )
         epochs["scanvi"] = _epochs_run(lvae)
-        scvi.model.SCANVI.prepare_query_anndata(qry, lvae)
-        qmodel = scvi.model.SCANVI.load_query_data(qry, lvae, accelerator="cpu", device=1)
-        qmodel.train(
-            max_epochs=cfg.query_epochs,
-            plan_kwargs={"weight_decay": 0.0},
-            check_val_every_n_epoch=None,
-            accelerator="cpu",
-            devices=1,
-            **quiet,
-        )
-        epochs["query"] = _epochs_run(qmodel)
-        soft = qmodel.predict(soft=True)
+        if retrain:
+            rows = np.arange(ref.n_obs, train.n_obs)
+            soft = lvae.predict(indices=rows, soft=True)
+            latent = lvae.get_latent_representation()
+            space = (latent[: ref.n_obs], latent[ref.n_obs :])
+        else:
+            scvi.model.SCANVI.prepare_query_anndata(qry, lvae)
+            qmodel = scvi.model.SCANVI.load_query_data(qry, lvae, accelerator="cpu", device=1)
+            qmodel.train(
+                max_epochs=cfg.query_epochs,
+                plan_kwargs={"weight_decay": 0.0},
+                check_val_every_n_epoch=None,
+                accelerator="cpu",
+                devices=1,
+                **quiet,
+            )
+            epochs["query"] = _epochs_run(qmodel)
+            soft = qmodel.predict(soft=True)
+            space = (lvae.get_latent_representation(), qmodel.get_latent_representation())
     finally:
         scvi.settings.seed = old_seed
         for lg, lvl in zip(lightning_loggers, old_levels, strict=True):
@@ -527,8 +552,9 @@ def _run_scanvi(
     proba = soft.to_numpy(dtype=np.float64)
     proba = proba / proba.sum(axis=1, keepdims=True)
     classes = [str(c) for c in soft.columns]
-    answer = _Answer(proba, classes, np.asarray(classes, dtype=object)[proba.argmax(axis=1)])
-    return answer, {"epochs": epochs}
+    labels = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+    answer = _Answer(proba, classes, labels, embedding=space)
+    return answer, {"epochs": epochs, "retrained_on_query": retrain}
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -582,6 +608,28 @@ def label_transfer_metrics(
         else float("nan"),
     }
     return out
+
+
+def query_mixing(
+    reference: np.ndarray, query: np.ndarray, *, max_cells: int = 3000, seed: int = 0
+) -> float:
+    """How well query cells mix with reference cells in a model's joint space, 0 to 1.
+
+    The batch LISI of the labels "reference" / "query" (Korsunsky et al. 2019),
+    averaged over cells and scaled so that 0 means every neighbourhood holds one
+    side only and 1 means neighbourhoods as mixed as two sides can be. At most
+    ``max_cells`` cells (sampled with ``seed``, in proportion) are scored.
+    """
+    from aivc.evaluate._scib import lisi
+
+    x = np.vstack([reference, query]).astype(np.float64)
+    side = np.repeat(["reference", "query"], [len(reference), len(query)])
+    if len(x) > max_cells:
+        take = np.sort(np.random.default_rng(seed).choice(len(x), max_cells, replace=False))
+        x, side = x[take], side[take]
+    if len(np.unique(side)) < 2:
+        return float("nan")
+    return float(np.clip(np.mean(lisi(x, side)) - 1.0, 0.0, 1.0))
 
 
 def _excluded_answers(
@@ -731,10 +779,11 @@ def answer_query(
                     answers[name], extra[name] = _run_annotator(
                         ref_h, query_h, genes=shared, spec=spec, cfg=cfg, seed=seed
                     )
-                elif name == "scanvi":
+                elif name in ("scanvi", "scanvi-retrain"):
                     answers[name], extra[name] = _run_scanvi(
                         ref_counts, query_counts, genes, y=y, ref_batches=ref_batches,
                         query_batches=query_batches, cfg=cfg, seed=seed,
+                        retrain=name == "scanvi-retrain",
                     )  # fmt: skip
                 elif name == "aivc-encoder":
                     answers[name], extra[name] = _run_encoder(
@@ -786,6 +835,9 @@ def transfer_labels(
             columns=classes, fill_value=0.0
         )
         metrics[name] = label_transfer_metrics(truth, ans.labels, proba.to_numpy(), classes)
+        metrics[name]["query_mixing"] = (
+            query_mixing(*ans.embedding, seed=seed) if ans.embedding is not None else float("nan")
+        )
     excluded = {t: int((truth == t).sum()) for t in sorted(set(truth.tolist()) - set(classes))}
     return {
         "metrics": metrics,
@@ -1081,7 +1133,10 @@ def _build_result(
 
 def label_transfer_markdown(result: dict[str, Any]) -> str:
     """A readable report of a label-transfer ``results.json``."""
-    cols = ("accuracy", "macro_f1", "ece", "abstention", "accuracy_answered", "accuracy_forced")
+    cols = (
+        "accuracy", "macro_f1", "ece", "abstention", "accuracy_answered", "accuracy_forced",
+        "query_mixing",
+    )  # fmt: skip
     arrows = {k: "↑" if result["metrics"][k]["higher_is_better"] else "↓" for k in cols}
     lines = [f"# label-transfer on {result['dataset']}", "", result["description"] + ".", ""]
     for d, info in result["directions"].items():
@@ -1126,7 +1181,11 @@ def label_transfer_markdown(result: dict[str, Any]) -> str:
     lines += [
         "Metrics: accuracy and macro-F1 count 'unknown' as wrong; abstention = share of scored cells "
         "answered 'unknown'; accuracy_answered = accuracy of the rest; accuracy_forced = accuracy of the "
-        "most probable type; ECE = 15-bin top-label expected calibration error of the probabilities.",
+        "most probable type; ECE = 15-bin top-label expected calibration error of the probabilities; "
+        "query_mixing = reference-vs-query LISI in the model's joint space, scaled to 0 (apart) - 1 "
+        "(fully mixed), blank for models without one. scanvi maps the query onto the trained "
+        "reference without retraining it (scArches surgery); scanvi-retrain trains one model from "
+        "scratch on reference + unlabelled query.",
         "",
         f"Machine: {m['cpus']} CPUs ({m['threads']} threads), Python {m['python']}, aivc {m['aivc']}.",
         "",
