@@ -138,3 +138,22 @@ def test_postgres_binaries_on_path_are_found(tmp_path, monkeypatch):
     assert _postgres._server_bins() == (str(path / "initdb"), str(path / "pg_ctl"))
     monkeypatch.setenv("PATH", str(tmp_path / "none"))
     assert _postgres._server_bins() is None
+
+
+def test_a_module_skipped_at_import_fails_the_run_when_every_test_is_required(tmp_path):
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    shutil.copy(CONFTEST, suite / "conftest.py")
+    (suite / "test_optional.py").write_text(
+        'import pytest\n\npytest.importorskip("no_such_module")\n\n\ndef test_uses_it():\n    pass\n'
+    )
+    (suite / "test_plain.py").write_text("def test_passes():\n    pass\n")
+    r = _pytest(suite, AIVC_REQUIRE_ALL_TESTS="1")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "1 skipped test(s) fail this run (AIVC_REQUIRE_ALL_TESTS=1" in r.stdout
+    listed = [line for line in r.stdout.splitlines() if line.strip().startswith("test_optional.py")]
+    assert len(listed) == 1 and "no_such_module" in listed[0], r.stdout
+    # without the requirement the same run passes, the module skipped
+    r = _pytest(suite)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 passed, 1 skipped" in r.stdout
