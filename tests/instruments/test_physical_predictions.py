@@ -39,7 +39,7 @@ def test_predicted_means_are_never_negative(fitted, name, size) -> None:
     assert (base + delta >= -1e-12).all()
     assert (model.predict_mean([combo]) >= -1e-12).all()
     if "uncertainty" in type(model).capabilities:
-        d, lo, hi = model.predict_interval([combo], level=0.9)
+        d, lo, hi = model.predict_interval([combo], level=0.9).arrays()
         assert np.array_equal(d, delta)
         # the lower bound stays within the rounding margin below zero expression
         assert (base + lo >= -1e-4).all() and (lo <= hi).all()
