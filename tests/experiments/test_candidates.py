@@ -77,3 +77,27 @@ def test_propose_next_defaults_to_the_candidates_and_says_so(data_dir, fitted):
     props = propose_next(model, None, strategy="random", batch_size=3)
     assert props.candidates.startswith("candidates: ")
     assert set(props.table["perturbation"]) <= set(default_candidates(model).labels)
+
+
+def test_gp_ucb_proposals_on_papalexi2021_are_default_candidates_without_lncrnas(
+    data_dir, papalexi2021
+):
+    """GP-UCB, the default strategy, proposes from the default candidates: no unannotated
+    transcripts (RP11-, CTD-, LINC), though the panel holds some."""
+    from aivc.data import prepare, schema_of
+    from aivc.genes import gene_symbols
+    from aivc.instruments import make_instrument
+
+    adata, schema = prepare(papalexi2021, schema_of(papalexi2021))
+    model = make_instrument("linear").fit(adata, schema, known_genes=sorted(gene_symbols()))
+    unannotated = ("RP11-", "CTD-", "LINC")
+    assert [g for g in map(str, model.genes_) if g.startswith(unannotated)]
+    chosen = default_candidates(model)
+    # a batch as large as the candidates: every open candidate is proposed, in GP-UCB's order
+    props = propose_next(model, adata, strategy="gp-ucb", batch_size=10_000)
+    proposed = list(props.table["perturbation"])
+    assert not [p for p in proposed if p.startswith(unannotated)]
+    assert set(proposed) <= set(chosen.labels)
+    assert not set(proposed) & set(chosen.measured_targets)
+    assert props.strategy == "gp-ucb" and props.n_candidates == len(chosen)
+    assert len(proposed) == len(chosen) - len(chosen.measured_targets) > 100
