@@ -7,6 +7,8 @@ import builtins
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -49,3 +51,67 @@ def test_readme_experiments_snippet_defines_every_name() -> None:
 
 def test_undefined_name_check_finds_an_undefined_name() -> None:
     assert _undefined_names(["a = 1\nb = a + c\n", "d = [x for x in b]\n"]) == [(1, 2, "c")]
+
+
+def _write_my_screen(path: Path) -> None:
+    """A small screen with the columns the README's own-data snippet declares."""
+    from aivc.data._synthetic import synthetic_perturbation_data
+
+    adata, schema = synthetic_perturbation_data(
+        n_genes=40, n_singles=4, n_doubles=0, cells_per_condition=15, n_control_cells=30
+    )
+    labels = adata.obs[schema.perturbation_key].astype(str)
+    adata.obs = adata.obs.assign(
+        guide_target=labels.replace({schema.control_label: "non-targeting"}).to_numpy(),
+        cell_line="K562",
+    )[["guide_target", "cell_line"]]
+    adata.layers["counts"] = adata.X.copy()
+    adata.uns.clear()
+    adata.write_h5ad(path)
+
+
+#: Cells kept of each Baron pancreas dataset: the whole human reference takes minutes to
+#: annotate (the annotator refits each of its candidate classifiers on every held-out donor).
+_BARON_CELLS = {"baron_human": 400, "baron_mouse": 200}
+
+
+@pytest.mark.slow
+def test_readme_python_snippets_run_in_order_in_one_session(data_dir, tmp_path, monkeypatch):
+    """Every Python block of the README, run as written, one after the other, in one namespace.
+
+    The data are the README's: the embedded papalexi2021, and the Baron pancreas datasets
+    with fewer cells (a seeded sample of each). The own-data block reads
+    ``my_screen.h5ad``, which the test writes from synthetic data.
+    """
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    import aivc.data
+
+    real_load = aivc.data.load
+
+    def load(name, *args, **kwargs):
+        adata = real_load(name, *args, **kwargs)
+        n = _BARON_CELLS.get(name)
+        if n is not None and adata.n_obs > n:
+            keep = np.sort(np.random.default_rng(0).choice(adata.n_obs, n, replace=False))
+            adata = adata[keep].copy()
+        return adata
+
+    monkeypatch.setattr(aivc.data, "load", load)
+    monkeypatch.chdir(tmp_path)
+    _write_my_screen(tmp_path / "my_screen.h5ad")
+    namespace: dict = {"__name__": "readme"}
+    # one thread per library: on a busy machine threads waiting for each other make it minutes
+    with threadpool_limits(limits=1):
+        for k, code in enumerate(_snippets(), start=1):
+            exec(compile(code, f"README.md, Python block {k}", "exec"), namespace)
+
+    delta, lower, upper = (namespace[k] for k in ("delta", "lower", "upper"))
+    assert list(delta.index) == ["IRF9", "STAT1+JAK2"]
+    assert (lower.to_numpy() <= upper.to_numpy()).all()
+    assert (tmp_path / "models" / "papalexi" / "config.json").exists()
+    assert len(namespace["labels"]) == namespace["mouse"].n_obs == _BARON_CELLS["baron_mouse"]
+    assert len(namespace["table"]) == namespace["mouse"].n_obs
+    assert len(namespace["ranked"].table) > 0 and namespace["design"].best
+    assert namespace["schema"].perturbation_key == "perturbation"  # the own-data block kept it
