@@ -109,6 +109,58 @@ def browser(tmp_path: Path):
         driver.quit()
 
 
+#: An element's computed text colour and the background colours of it and its ancestors,
+#: the element's first.
+_COLOURS_JS = """
+const el = arguments[0];
+const backgrounds = [];
+for (let e = el; e; e = e.parentElement) backgrounds.push(getComputedStyle(e).backgroundColor);
+return [getComputedStyle(el).color, backgrounds];
+"""
+
+
+def _rgba(css: str) -> tuple[float, float, float, float]:
+    """``rgb(r, g, b)`` or ``rgba(r, g, b, a)`` as computed by the browser, channels 0-255."""
+    parts = [
+        float(v) for v in css[css.index("(") + 1 : css.index(")")].replace("/", ",").split(",")
+    ]
+    return (*parts[:3], parts[3] if len(parts) > 3 else 1.0)
+
+
+def _over(top: tuple[float, ...], below: tuple[float, float, float]) -> tuple[float, float, float]:
+    r, g, b, a = top
+    return tuple(a * c + (1 - a) * d for c, d in zip((r, g, b), below, strict=True))
+
+
+def _luminance(rgb: tuple[float, float, float]) -> float:
+    def linear(c: float) -> float:
+        c /= 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(c) for c in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def _contrast_ratio(text: str, backgrounds: list[str]) -> float:
+    """WCAG contrast ratio of ``text`` over the backgrounds (element first) on a white canvas."""
+    below = (255.0, 255.0, 255.0)
+    for css in reversed(backgrounds):
+        below = _over(_rgba(css), below)
+    lum = sorted((_luminance(_over(_rgba(text), below)), _luminance(below)))
+    return (lum[1] + 0.05) / (lum[0] + 0.05)
+
+
+def test_contrast_ratio_of_known_colours() -> None:
+    assert _contrast_ratio("rgb(0, 0, 0)", ["rgba(0, 0, 0, 0)"]) == pytest.approx(21.0)
+    assert _contrast_ratio("rgb(255, 255, 255)", ["rgb(255, 255, 255)"]) == pytest.approx(1.0)
+    # #767676 on white is the lightest grey that passes AA: 4.54
+    assert _contrast_ratio("rgb(118, 118, 118)", ["rgba(0, 0, 0, 0)"]) == pytest.approx(
+        4.54, abs=0.01
+    )
+    # a half-transparent black layer over white is mid grey
+    assert _contrast_ratio("rgb(0, 0, 0)", ["rgba(0, 0, 0, 0.5)"]) < 6
+
+
 def test_bench_fit_predict_and_screenshot(server: str, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -121,6 +173,12 @@ def test_bench_fit_predict_and_screenshot(server: str, browser, tmp_path: Path) 
     assert all(s.startswith(server) for s in scripts if s), scripts
     wait.until(lambda d: len(Select(d.find_element(By.ID, "dataset")).options) > 0)
     assert browser.execute_script("return typeof Plotly") == "object"
+    # a first visit, nothing fitted or chosen yet: the page starts on the main dataset and model
+    first = {
+        key: Select(browser.find_element(By.ID, key)).first_selected_option.get_attribute("value")
+        for key in ("dataset", "instrument")
+    }
+    assert first == {"dataset": "papalexi2021", "instrument": "aivc-perturb"}
 
     Select(browser.find_element(By.ID, "dataset")).select_by_value("papalexi2021")
     Select(browser.find_element(By.ID, "instrument")).select_by_value("conformal")
@@ -302,6 +360,9 @@ def test_failed_prediction_shows_the_error_in_the_result_area_and_clears_stale_p
     error = browser.find_element(By.ID, "pred-error")
     assert "NOTAGENE99" in error.text and "Unknown gene" in error.text
     assert error.get_attribute("role") == "alert"
+    # readable: WCAG AA contrast (4.5:1) between the message and what it is drawn on
+    text, backgrounds = browser.execute_script(_COLOURS_JS, error)
+    assert _contrast_ratio(text, backgrounds) >= 4.5, (text, backgrounds)
     # the error sits in the result area, above the (now empty) plots
     plots = browser.find_element(By.CSS_SELECTOR, "#predict .plots")
     assert error.location["y"] < plots.location["y"]
