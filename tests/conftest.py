@@ -72,7 +72,7 @@ class _SkipLedger:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        n_data = sum(NO_DATA_REASON in reason for _, reason in self.skipped)
+        n_data = sum("AIVC_DATA_DIR" in reason for _, reason in self.skipped)
         if n_data:
             terminalreporter.write_line(
                 f"{n_data} test{'s' if n_data != 1 else ''} skipped without the data folder; "

@@ -157,3 +157,17 @@ def test_a_module_skipped_at_import_fails_the_run_when_every_test_is_required(tm
     r = _pytest(suite)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 passed, 1 skipped" in r.stdout
+
+
+def test_skips_that_name_the_data_folder_in_their_own_words_are_counted_in_the_summary(tmp_path):
+    suite = tmp_path / "own_words"
+    suite.mkdir()
+    shutil.copy(CONFTEST, suite / "conftest.py")
+    (suite / "test_own.py").write_text(
+        "import pytest\n\n\n"
+        "def test_needs_tables():\n"
+        "    pytest.skip('the gene tables are not in the data directory (set AIVC_DATA_DIR)')\n"
+    )
+    r = _pytest(suite)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 test skipped without the data folder" in r.stdout
