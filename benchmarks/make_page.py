@@ -144,7 +144,13 @@ RULES: dict[str, Rule] = {
         "aivc",
         "unknown_auroc",
         "higher",
-        ("unknown_auroc", "unknown_recall", "accuracy_known", "accuracy_known_closed", "known_accuracy_drop"),
+        (
+            "unknown_auroc",
+            "unknown_recall",
+            "accuracy_known",
+            "accuracy_known_closed",
+            "known_accuracy_drop",
+        ),
     ),
     "integration": Rule(
         "aivc",

@@ -34,7 +34,9 @@ def _source(base_url: str, folder: Path, blob: str | None = None) -> PublicSourc
         filename="matrix.csv",
         git_blob=blob or git_blob_id(folder / "matrix.csv"),
     )
-    return PublicSource(dataset="papalexi2021", origin="loopback test", files=(file,), convert=convert)
+    return PublicSource(
+        dataset="papalexi2021", origin="loopback test", files=(file,), convert=convert
+    )
 
 
 def test_rebuild_downloads_verifies_and_converts(serve_folder, tmp_path: Path) -> None:
@@ -68,5 +70,9 @@ def test_a_failing_converter_leaves_no_file(serve_folder, tmp_path: Path) -> Non
         raise ValueError("the source changed")
 
     with pytest.raises(ValueError, match="the source changed"):
-        rebuild("papalexi2021", data_dir=tmp_path / "data", source=dataclasses.replace(source, convert=broken))
+        rebuild(
+            "papalexi2021",
+            data_dir=tmp_path / "data",
+            source=dataclasses.replace(source, convert=broken),
+        )
     assert not aivc.data.dataset_entry("papalexi2021").path(tmp_path / "data").exists()
