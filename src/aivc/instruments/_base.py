@@ -587,12 +587,10 @@ class PerturbationModel(Instrument):
     ) -> np.ndarray: ...
 
     # prediction -----------------------------------------------------------------
-    def _resolve(
-        self,
-        perturbations: Sequence[str],
-        contexts: Sequence[str | None] | str | None,
-        control: AnnData | None,
-    ) -> tuple[list[str], list[str | None], np.ndarray]:
+    def _request(
+        self, perturbations: Sequence[str], contexts: Sequence[str | None] | str | None
+    ) -> tuple[list[str], list[str | None]]:
+        """The labels and one context per label (``None`` throughout without contexts)."""
         self._check_fitted()
         perts = [str(p) for p in perturbations]
         if isinstance(contexts, str) or contexts is None:
@@ -604,6 +602,15 @@ class PerturbationModel(Instrument):
                 raise ValueError(msg)
         if self.schema_.context_key is None:
             ctxs = [None] * len(perts)
+        return perts, ctxs
+
+    def _resolve(
+        self,
+        perturbations: Sequence[str],
+        contexts: Sequence[str | None] | str | None,
+        control: AnnData | None,
+    ) -> tuple[list[str], list[str | None], np.ndarray]:
+        perts, ctxs = self._request(perturbations, contexts)
         check_perturbation_labels(perts, self.schema_, known_genes=self._known_set)
         control_means = dict(self.control_mean_)
         if control is not None:
@@ -713,11 +720,11 @@ class PerturbationModel(Instrument):
             are the model's genes). It unpacks as ``delta, lower, upper = ...``;
             :meth:`PredictionInterval.arrays` gives the plain arrays.
         """
-        perts, ctxs, _ = self._resolve(perturbations, contexts, control)
-        dose_list = _broadcast_doses(doses, len(perts))
+        perts, ctxs = self._request(perturbations, contexts)
         delta, lower, upper = self._predict_interval(
             perts, contexts=ctxs, doses=doses, control=control, level=level
         )
+        dose_list = _broadcast_doses(doses, len(perts))
         labels = [_condition_label(p, c, d) for p, c, d in zip(perts, ctxs, dose_list, strict=True)]
         return PredictionInterval.from_arrays(
             delta, lower, upper, conditions=labels, genes=list(self.genes_), level=level
