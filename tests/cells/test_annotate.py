@@ -72,6 +72,41 @@ def test_chooses_on_held_out_batches_and_transfers(fitted, data) -> None:
     assert get_instrument_class("aivc-annotator") is CellAnnotator
 
 
+def test_answer_is_the_best_held_out_ensemble(fitted) -> None:
+    from aivc.cells._annotate import ENSEMBLE_SIZES
+
+    sel = fitted.selection_
+    sizes = sel["ensembles"]
+    assert set(sizes) == {str(s or "all") for s in ENSEMBLE_SIZES}
+    assert sizes["1"]["members"] == [sel["chosen"]]
+    # top-k by held-out score, in that order
+    ranked = sorted(sel["candidates"], key=lambda c: -sel["candidates"][c]["score"])
+    assert sizes["3"]["members"] == ranked[:3]
+    assert len(sizes["all"]["members"]) == len(ANNOTATOR_CANDIDATES)
+    best = max(v["score"] for v in sizes.values())
+    # the best size answers; on a tie the larger one
+    winners = [k for k, v in sizes.items() if v["score"] == best]
+    assert sel["members"] == sizes[winners[-1]]["members"]
+    assert len(fitted.fitted_models_) == len(sel["members"])
+
+
+def test_rare_far_types_get_their_own_unknown_threshold() -> None:
+    from aivc.cells._annotate import _class_thresholds
+
+    rng = np.random.default_rng(0)
+    common = rng.uniform(0.0, 0.9, 500)  # type 0: many typical cells
+    rare = np.array([0.97, 0.99, 0.995])  # type 1: few cells, all far from the rest
+    held = np.concatenate([common, rare])
+    predicted = np.array([0] * 500 + [1] * 3)
+    overall = float(np.quantile(held, 0.98))
+    thr = _class_thresholds(held, predicted, 3, 0.02, overall)
+    assert thr[0] == overall  # never below the overall threshold
+    assert thr[1] == pytest.approx(0.995)  # its highest held-out score
+    assert thr[2] == overall  # a type never answered on held-out cells
+    assert (rare > thr[1]).sum() == 0
+    assert np.all(_class_thresholds(held, predicted, 3, 0.0, np.inf) == np.inf)
+
+
 def test_log_normalised_input_is_never_normalised_twice(fitted, data) -> None:
     reference, query = data
     lognorm = query.copy()

@@ -19,12 +19,19 @@ How it works
    into 5 label-stratified folds. Every candidate is fit on the other folds
    and predicts each held-out fold; its score is the mean over folds of
    ``(accuracy + macro-F1) / 2``.
-3. **Choice.** The best-scoring candidate is chosen unless an earlier one in
+3. **Choice.** The best-scoring candidate is picked unless an earlier one in
    :data:`CANDIDATES` (simpler, or the usual default) is within one standard
-   error of the paired per-fold difference; ``selection_`` records the table.
-4. **Calibration.** One temperature for the chosen candidate minimises the
-   negative log-likelihood of its held-out predictions; probabilities are
-   ``softmax(log p / T)``.
+   error of the paired per-fold difference. Then the answer may be an
+   ensemble: the mean probability of the top :data:`ENSEMBLE_SIZES`
+   candidates by held-out score, scored on the same held-out folds; the size
+   with the best held-out score is kept (on a tie the larger one, 1 being the
+   picked candidate alone). Held-out batches of one reference rank single
+   classifiers poorly for a query that differs more (another species or
+   condition); averaging a few good ones is the robust answer.
+   ``selection_`` records both tables.
+4. **Calibration.** One temperature for the answer (candidate or ensemble)
+   minimises the negative log-likelihood of its held-out predictions;
+   probabilities are ``softmax(log p / T)``.
 5. **Unknown.** Three signals say a cell is unlike the reference: a low
    calibrated top probability, a large mean distance to its ``n_neighbors``
    nearest reference cells in the reference's principal components, and a
@@ -34,10 +41,12 @@ How it works
    of two), chosen by simulating unknown types on the reference: in every
    held-out fold each type is removed from the training cells in turn, and
    the rule that best separates its held-out cells (mean AUROC) wins. Cells
-   above the ``1 - false_alarm`` quantile of the held-out scores are answered
-   ``unknown_label``.
+   above the ``1 - false_alarm`` quantile of the held-out scores of reference
+   cells are answered ``unknown_label``; a type whose own held-out cells
+   score higher (a rare type, far from most reference cells) gets its own,
+   higher threshold, so it is not flagged wholesale (:func:`_class_thresholds`).
 
-The chosen candidate is refit on the whole reference. The query is read
+The chosen candidates are refit on the whole reference. The query is read
 without retraining, except by a self-training candidate, which refits once
 on the reference plus the query's confident answers.
 """
@@ -64,6 +73,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CANDIDATES",
+    "ENSEMBLE_SIZES",
     "UNKNOWN_RULES",
     "AnnotatorCandidate",
     "CellAnnotator",
@@ -126,6 +136,9 @@ CANDIDATES: tuple[AnnotatorCandidate, ...] = (
     AnnotatorCandidate("logistic+self-training", "genes", "logistic", 1.0, self_training=True),
     AnnotatorCandidate("logistic-c0.1+self-training", "genes", "logistic", 0.1, self_training=True),
 )
+#: Ensemble sizes the annotator compares on held-out folds (the top candidates by held-out
+#: score; 1 is the picked candidate alone, ``None`` all candidates).
+ENSEMBLE_SIZES: tuple[int | None, ...] = (1, 3, 5, None)
 #: Query cells answered at least this confidently become labels of a self-training refit.
 SELF_TRAINING_CONFIDENCE = 0.9
 _BY_NAME = {c.name: c for c in CANDIDATES}
@@ -479,6 +492,80 @@ def _simulate_unknown(
     }
 
 
+def _mean_log_proba(logps: Sequence[np.ndarray]) -> np.ndarray:
+    """Log of the mean probability of several classifiers (one: unchanged)."""
+    if len(logps) == 1:
+        return logps[0]
+    stacked = np.stack(logps)
+    top = stacked.max(axis=0)
+    return top + np.log(np.exp(stacked - top).mean(axis=0))
+
+
+def _choose_ensemble(
+    cands: Sequence[AnnotatorCandidate],
+    chosen: int,
+    mean: np.ndarray,
+    held_logp: dict[str, np.ndarray],
+    codes: np.ndarray,
+    folds: list[np.ndarray],
+) -> tuple[list[AnnotatorCandidate], dict[str, Any]]:
+    """The members of the answer: the picked candidate alone or the top-k by held-out score.
+
+    Every size of :data:`ENSEMBLE_SIZES` is scored like a candidate (mean over
+    the held-out folds of ``(accuracy + macro-F1) / 2``, from the members'
+    held-out probabilities); the best size wins, the larger one on a tie.
+    """
+    ranked = [cands[i] for i in np.argsort(-mean, kind="stable")]
+    table: dict[str, Any] = {}
+    best_members: list[AnnotatorCandidate] = [cands[chosen]]
+    best_score = -np.inf
+    for size in ENSEMBLE_SIZES:
+        k = len(cands) if size is None else size
+        if k > len(cands) or (size is not None and size > 1 and k == len(cands)):
+            continue
+        members = [cands[chosen]] if k == 1 else ranked[:k]
+        logp = _mean_log_proba([held_logp[m.name] for m in members])
+        per_fold = [_fold_score(codes[t], logp[t].argmax(axis=1)) for t in folds]
+        score = float(np.mean(per_fold))
+        table[str(size or "all")] = {
+            "members": [m.name for m in members], "score": score, "per_fold": per_fold,
+        }  # fmt: skip
+        if score >= best_score:
+            best_members, best_score = members, score
+    return best_members, table
+
+
+def _class_thresholds(
+    held_score: np.ndarray,
+    predicted: np.ndarray,
+    n_classes: int,
+    false_alarm: float,
+    overall: float,
+) -> np.ndarray:
+    """The unknown threshold of each predicted type: never below ``overall``.
+
+    A type whose held-out cells score high (a rare or spread-out type, far
+    from most reference cells) gets its own ``1 - false_alarm`` quantile, or
+    its highest held-out score when it has fewer than ``1 / false_alarm``
+    held-out cells, so it is not flagged wholesale; other types keep
+    ``overall``.
+    """
+    out = np.full(n_classes, overall)
+    if false_alarm <= 0:
+        return out
+    for c in range(n_classes):
+        scores = held_score[predicted == c]
+        if len(scores) == 0:
+            continue
+        own = (
+            float(np.quantile(scores, 1.0 - false_alarm))
+            if len(scores) * false_alarm >= 1
+            else float(scores.max())
+        )
+        out[c] = max(overall, own)
+    return out
+
+
 def _empirical_p(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Share of ``reference`` scores below each value (0 = most typical, 1 = beyond all)."""
     ref = np.sort(reference)
@@ -705,7 +792,8 @@ class CellAnnotator(Instrument):
                 chosen = ci
                 break
         cand = cands[chosen]
-        logp = held_logp[cand.name]
+        members, ensembles = _choose_ensemble(cands, chosen, mean, held_logp, codes, folds)
+        logp = _mean_log_proba([held_logp[m.name] for m in members])
         temperature = fit_temperature(logp, codes)
         proba = softmax(logp, temperature)
 
@@ -714,16 +802,19 @@ class CellAnnotator(Instrument):
         self.classes_ = classes
         self.mean_, self.sd_ = _stats(x)
         self.species_ = species
-        self.fitted_model_ = _fit_candidate(
-            cand,
-            x,
-            codes,
-            classes,
-            batches,
-            n_pcs=self.n_pcs,
-            n_neighbors=self.n_neighbors,
-            seed=self.seed,
-        )
+        self.fitted_models_ = [
+            _fit_candidate(
+                m,
+                x,
+                codes,
+                classes,
+                batches,
+                n_pcs=self.n_pcs,
+                n_neighbors=self.n_neighbors,
+                seed=self.seed,
+            )
+            for m in members
+        ]
         self.temperature_ = temperature
         self._fit_novelty_space(x)
         self.ref_codes_ = codes.astype(np.int64)
@@ -756,6 +847,9 @@ class CellAnnotator(Instrument):
             if self.false_alarm > 0
             else float("inf")
         )
+        self.class_thresholds_ = _class_thresholds(
+            held_score, predicted, len(classes), self.false_alarm, self.unknown_threshold_
+        )
         self.selection_ = {
             "chosen": cand.name,
             "folds": fold_kind,
@@ -766,6 +860,8 @@ class CellAnnotator(Instrument):
                 for i, c in enumerate(cands)
             },
             "best_by_score": cands[best].name,
+            "members": [m.name for m in members],
+            "ensembles": ensembles,
             "temperature": temperature,
             "ece_held_out_before": expected_calibration_error(np.exp(logp), codes),
             "ece_held_out_after": expected_calibration_error(proba, codes),
@@ -776,8 +872,9 @@ class CellAnnotator(Instrument):
             "unknown_rule_cases": simulation["n_cases"],
         }
         logger.info(
-            "annotator: chose %s (%s; held-out score %.3f, best %s %.3f)",
+            "annotator: chose %s (%s; held-out score %.3f, best %s %.3f); answers with %s",
             cand.name, fold_kind, mean[chosen], cands[best].name, mean[best],
+            " + ".join(m.name for m in members),
         )  # fmt: skip
         self.fitted_ = True
         return self
@@ -826,7 +923,10 @@ class CellAnnotator(Instrument):
     def predict_proba(self, adata: AnnData, *, species: str | None = None) -> np.ndarray:
         """Calibrated cells x ``classes_`` probabilities."""
         x, batches, _, _ = self._query_matrix(adata, species)
-        return softmax(self.fitted_model_.log_proba(x, batches), self.temperature_)
+        return softmax(self._log_proba(x, batches), self.temperature_)
+
+    def _log_proba(self, x: np.ndarray, batches: np.ndarray | None) -> np.ndarray:
+        return _mean_log_proba([f.log_proba(x, batches) for f in self.fitted_models_])
 
     def predict_table(self, adata: AnnData, *, species: str | None = None) -> pd.DataFrame:
         """One row per cell: ``label`` (or ``unknown_label``), ``label_forced``, ``confidence``, ``unknown_score``.
@@ -845,7 +945,7 @@ class CellAnnotator(Instrument):
         separately would do that work twice.)
         """
         x, batches, missing, kind = self._query_matrix(adata, species)
-        proba = softmax(self.fitted_model_.log_proba(x, batches), self.temperature_)
+        proba = softmax(self._log_proba(x, batches), self.temperature_)
         pcs = (_scale(x, self.mean_, self.sd_) - self.novelty_mean_) @ self.novelty_components_.T
         parts = UNKNOWN_RULES[self.unknown_rule_]
         components = {"confidence": -proba.max(axis=1)}
@@ -857,14 +957,15 @@ class CellAnnotator(Instrument):
             )
         score = self._unknown_score(components)
         forced = np.asarray(self.classes_, dtype=object)[proba.argmax(axis=1)]
-        label = np.where(score > self.unknown_threshold_, self.unknown_label, forced)
+        unknown = score > self.class_thresholds_[proba.argmax(axis=1)]
+        label = np.where(unknown, self.unknown_label, forced)
         table = pd.DataFrame(
             {
                 "label": label,
                 "label_forced": forced,
                 "confidence": proba.max(axis=1),
                 "unknown_score": score,
-                "is_unknown": score > self.unknown_threshold_,
+                "is_unknown": unknown,
             },
             index=pd.Index([str(i) for i in adata.obs_names]),
         )
@@ -904,18 +1005,22 @@ class CellAnnotator(Instrument):
     )  # fmt: skip
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        f = self.fitted_model_
-        arrays = {f"model_{k}": np.asarray(getattr(f, k)) for k in self._ARRAYS}
+        arrays = {
+            f"model{i}_{k}": np.asarray(getattr(f, k))
+            for i, f in enumerate(self.fitted_models_)
+            for k in self._ARRAYS
+        }
         arrays.update(
             mean=self.mean_, sd=self.sd_, novelty_components=self.novelty_components_,
             novelty_mean=self.novelty_mean_, ref_pcs=self.ref_pcs_, ref_codes=self.ref_codes_,
+            class_thresholds=self.class_thresholds_,
             **{f"held_{k}": v for k, v in self.held_components_.items()},
         )  # fmt: skip
         meta = {
             "genes": self.genes_,
             "classes": self.classes_,
             "species": self.species_,
-            "candidate": asdict(f.candidate),
+            "members": [asdict(f.candidate) for f in self.fitted_models_],
             "temperature": self.temperature_,
             "unknown_threshold": self.unknown_threshold_,
             "unknown_rule": self.unknown_rule_,
@@ -938,14 +1043,24 @@ class CellAnnotator(Instrument):
         self.ref_pcs_ = np.asarray(arrays["ref_pcs"])
         self.ref_codes_ = np.asarray(arrays["ref_codes"])
         self.unknown_rule_ = str(meta["unknown_rule"])
+        self.class_thresholds_ = (
+            np.asarray(arrays["class_thresholds"])
+            if "class_thresholds" in arrays
+            else np.full(len(self.classes_), self.unknown_threshold_)
+        )
         self.held_components_ = {
             k: np.asarray(arrays[f"held_{k}"]) for k in ("confidence", "distance", "class-distance")
         }
-        model = {k: np.asarray(arrays[f"model_{k}"]) for k in self._ARRAYS}
-        self.fitted_model_ = _Fitted(
-            candidate=AnnotatorCandidate(**meta["candidate"]),
-            classes=self.classes_,
-            n_neighbors=self.n_neighbors,
-            seed=self.seed,
-            **model,
-        )
+        # files written before ensembles hold one candidate under "model_"
+        members = meta["members"] if "members" in meta else [meta["candidate"]]
+        prefixes = [f"model{i}_" for i in range(len(members))] if "members" in meta else ["model_"]
+        self.fitted_models_ = [
+            _Fitted(
+                candidate=AnnotatorCandidate(**member),
+                classes=self.classes_,
+                n_neighbors=self.n_neighbors,
+                seed=self.seed,
+                **{k: np.asarray(arrays[prefix + k]) for k in self._ARRAYS},
+            )
+            for prefix, member in zip(prefixes, members, strict=True)
+        ]
