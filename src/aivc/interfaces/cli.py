@@ -272,6 +272,21 @@ def simulate(
     cell_types: Annotated[int, typer.Option("--cell-types", help="Number of cell types.")] = 2,
     batches: Annotated[int, typer.Option("--batches", help="Number of batches.")] = 3,
     modality: Annotated[str, typer.Option(help="knockout, knockdown or activation.")] = "knockout",
+    modules: Annotated[
+        float,
+        typer.Option(
+            "--modules",
+            help="Fraction of genes in functional modules (complexes and pathways); 0 for none.",
+        ),
+    ] = 0.0,
+    knowledge: Annotated[
+        str | None,
+        typer.Option(
+            "--knowledge",
+            help="Also write a simulated knowledge base of this quality to <name>.knowledge/ "
+            "(perfect, good, typical, poor, useless).",
+        ),
+    ] = None,
     verbosity: Verbosity = "info",
 ) -> None:
     """Simulate a perturbation experiment with the mechanistic virtual cell and write it to disk.
@@ -302,12 +317,15 @@ def simulate(
             n_cell_types=cell_types,
             n_batches=batches,
             modality=modality,
+            simulator={"module_fraction": modules},
+            knowledge=knowledge,
         )
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(
         f"wrote {files.data} ({files.n_cells} cells x {files.n_genes} genes, {files.n_conditions} conditions, "
         f"{files.seconds:.1f} s) and ground truth {files.truth}"
+        + (f"; knowledge base {files.knowledge}" if files.knowledge is not None else "")
     )
 
 

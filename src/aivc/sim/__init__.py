@@ -9,7 +9,10 @@ measurement model (:class:`MeasurementModel`) turns expression into counts with
 library-size variation, overdispersion, dropout and batch effects.
 
 :class:`VirtualCellSimulator` simulates designed experiments in memory and keeps
-the :class:`GroundTruth` apart from the measured AnnData; :class:`VirtualLab`
+the :class:`GroundTruth` apart from the measured AnnData; functional modules
+(complexes, pathways; :class:`FunctionalModules`) make knockouts of partners
+share phenotypes, and :func:`simulated_knowledge` writes what noisy curated
+knowledge would record about them; :class:`VirtualLab`
 answers experiment requests with measurements only; :func:`write_simulation`
 streams large simulations to ``.h5ad`` or ``.zarr``.
 """
@@ -19,8 +22,15 @@ from __future__ import annotations
 from aivc.sim._cells import CellVariation, cell_type_names, random_cell_types
 from aivc.sim._dynamics import Kinetics, RateInputs, SteadyState
 from aivc.sim._interventions import MODALITIES, DrugLibrary, drug_names, random_drugs
+from aivc.sim._knowledge import (
+    KNOWLEDGE_QUALITIES,
+    KnowledgeQuality,
+    simulated_knowledge,
+    write_knowledge,
+)
 from aivc.sim._lab import LabCost, VirtualLab
 from aivc.sim._measure import BatchEffect, MeasurementModel
+from aivc.sim._modules import FunctionalModules, random_modules
 from aivc.sim._network import GeneNetwork, gene_names, random_network
 from aivc.sim._simulator import (
     CONTROL,
@@ -30,18 +40,26 @@ from aivc.sim._simulator import (
     simulation_schema,
 )
 from aivc.sim._truth import GroundTruth, truth_path_for
-from aivc.sim._write import SimulationFiles, default_design, write_simulation
+from aivc.sim._write import (
+    SimulationFiles,
+    default_design,
+    knowledge_path_for,
+    write_simulation,
+)
 
 __all__ = [
     "CONTROL",
+    "KNOWLEDGE_QUALITIES",
     "MODALITIES",
     "NO_SIGNAL",
     "BatchEffect",
     "CellVariation",
     "DrugLibrary",
+    "FunctionalModules",
     "GeneNetwork",
     "GroundTruth",
     "Kinetics",
+    "KnowledgeQuality",
     "LabCost",
     "MeasurementModel",
     "RateInputs",
@@ -54,10 +72,14 @@ __all__ = [
     "default_design",
     "drug_names",
     "gene_names",
+    "knowledge_path_for",
     "random_cell_types",
     "random_drugs",
+    "random_modules",
     "random_network",
+    "simulated_knowledge",
     "simulation_schema",
     "truth_path_for",
+    "write_knowledge",
     "write_simulation",
 ]

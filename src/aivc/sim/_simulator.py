@@ -28,6 +28,7 @@ from aivc.sim._cells import CellVariation, cell_type_names, random_cell_types
 from aivc.sim._dynamics import Kinetics, RateInputs
 from aivc.sim._interventions import MODALITIES, DrugLibrary, random_drugs
 from aivc.sim._measure import BatchEffect, MeasurementModel
+from aivc.sim._modules import FunctionalModules, random_modules
 from aivc.sim._network import GeneNetwork, random_network
 from aivc.sim._truth import GroundTruth
 
@@ -137,6 +138,13 @@ class VirtualCellSimulator:
         Largest log amplitude of a cycling gene.
     max_dose
         Largest drug concentration (µM) accepted.
+    module_fraction
+        Fraction of genes that are members of functional modules (complexes
+        and pathways feeding regulators; :mod:`aivc.sim._modules`); 0: none.
+    complex_share
+        Fraction of those modules that are complexes (the rest are pathways).
+    module_size
+        Mean number of members of a functional module.
     measurement
         Technical noise model; ``None`` uses :class:`MeasurementModel` defaults.
     seed
@@ -164,6 +172,9 @@ class VirtualCellSimulator:
         cycle_fraction: float = 0.05,
         cycle_amplitude: float = 0.7,
         max_dose: float = 100.0,
+        module_fraction: float = 0.0,
+        complex_share: float = 0.5,
+        module_size: float = 4.0,
         measurement: MeasurementModel | None = None,
         seed: int = 0,
     ) -> None:
@@ -185,6 +196,9 @@ class VirtualCellSimulator:
         self.cycle_fraction = cycle_fraction
         self.cycle_amplitude = cycle_amplitude
         self.max_dose = max_dose
+        self.module_fraction = module_fraction
+        self.complex_share = complex_share
+        self.module_size = module_size
         self.measurement = measurement
         self.seed = seed
 
@@ -210,6 +224,9 @@ class VirtualCellSimulator:
             "cycle_fraction",
             "cycle_amplitude",
             "max_dose",
+            "module_fraction",
+            "complex_share",
+            "module_size",
             "seed",
         )
         params: dict[str, object] = {n: getattr(self, n) for n in names}
@@ -264,6 +281,13 @@ class VirtualCellSimulator:
             n_feedback_loops=self.n_feedback_loops,
             seed=self.seed,
         )
+        modules, network = random_modules(
+            network,
+            np.random.default_rng([self.seed, 6]),
+            module_fraction=self.module_fraction,
+            complex_share=self.complex_share,
+            mean_size=self.module_size,
+        )
         master_levels = random_cell_types(
             network, self.n_cell_types, np.random.default_rng([self.seed, 1])
         )
@@ -295,6 +319,7 @@ class VirtualCellSimulator:
             kinetics = Kinetics(network)
             states = check.x
         self.network_: GeneNetwork = network
+        self.modules_: FunctionalModules = modules
         self.kinetics_: Kinetics = kinetics
         self.master_levels_: np.ndarray = master_levels
         self.cell_types_: tuple[str, ...] = tuple(cell_type_names(self.n_cell_types))
@@ -503,6 +528,8 @@ class VirtualCellSimulator:
             inputs.activity[:] = self.drugs_.activity(
                 drugs, conditions["dose"].to_numpy(), net.regulator_index(), len(net.regulators)
             )
+        if self.modules_.n_modules:
+            inputs.activity[:] *= self.modules_.activity_factor(inputs.scale, inputs.add, net)
         return inputs
 
     def solve(self, conditions: pd.DataFrame, *, batch_size: int | None = None) -> SolvedConditions:
@@ -846,6 +873,7 @@ class VirtualCellSimulator:
         return GroundTruth(
             gene_names=self.network_.gene_names,
             network=self.network_,
+            modules=self.modules_,
             drugs=self.drugs_,
             cell_types=self.cell_types_,
             master_levels=self.master_levels_,

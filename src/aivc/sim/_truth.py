@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from aivc.sim._interventions import DrugLibrary
+from aivc.sim._modules import FunctionalModules
 from aivc.sim._network import GeneNetwork
 
 __all__ = ["TRUTH_FORMAT_VERSION", "GroundTruth", "truth_path_for"]
@@ -70,6 +71,9 @@ class GroundTruth:
         Technical effect of each batch (``(n_batches,)`` and ``(n_batches, n_genes)``).
     params
         The simulator's parameters.
+    modules
+        The functional modules (complexes, pathways) feeding regulators; empty
+        when the simulator draws none.
     """
 
     gene_names: np.ndarray
@@ -86,6 +90,7 @@ class GroundTruth:
     batch_log_library: np.ndarray = field(default_factory=lambda: np.zeros(0))
     batch_log_gene_scale: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     params: dict[str, object] = field(default_factory=dict)
+    modules: FunctionalModules = field(default_factory=FunctionalModules.empty)
 
     # ------------------------------------------------------------------ access
     def mean_frame(self) -> pd.DataFrame:
@@ -150,6 +155,7 @@ class GroundTruth:
             "params_json": np.asarray(json.dumps(self.params, sort_keys=True)),
             **self.network.to_arrays(),
             **self.drugs.to_arrays(),
+            **self.modules.to_arrays(),
         }
         for col in _CONDITION_COLUMNS:
             values = self.conditions[col].to_numpy()
@@ -191,4 +197,5 @@ class GroundTruth:
             batch_log_library=arrays["batch_log_library"],
             batch_log_gene_scale=arrays["batch_log_gene_scale"],
             params=json.loads(str(arrays["params_json"])),
+            modules=FunctionalModules.from_arrays(arrays),
         )

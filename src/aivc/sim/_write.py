@@ -13,11 +13,17 @@ import pandas as pd
 
 from aivc._progress import progress
 from aivc.sim._interventions import MODALITIES
+from aivc.sim._knowledge import (
+    KNOWLEDGE_QUALITIES,
+    KnowledgeQuality,
+    simulated_knowledge,
+    write_knowledge,
+)
 from aivc.sim._network import GeneNetwork
 from aivc.sim._simulator import BLOCK, CONTROL, VirtualCellSimulator, measured_uns
 from aivc.sim._truth import truth_path_for
 
-__all__ = ["SimulationFiles", "default_design", "write_simulation"]
+__all__ = ["SimulationFiles", "default_design", "knowledge_path_for", "write_simulation"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +190,10 @@ class SimulationFiles:
         Size of the simulation.
     seconds
         Wall time.
+    knowledge
+        The simulated knowledge base (``<name>.knowledge/``, with its tables
+        under ``genes/``; pass it as ``data_dir`` to :mod:`aivc.genes`), or
+        ``None`` when none was asked for.
     """
 
     data: Path
@@ -192,6 +202,14 @@ class SimulationFiles:
     n_genes: int
     n_conditions: int
     seconds: float
+    knowledge: Path | None = None
+
+
+def knowledge_path_for(data_path: str | Path) -> Path:
+    """Where the simulated knowledge base of a data file goes: ``<stem>.knowledge/`` beside it."""
+    return truth_path_for(data_path).with_name(
+        truth_path_for(data_path).name.removesuffix(".truth.npz") + ".knowledge"
+    )
 
 
 def write_simulation(
@@ -207,6 +225,8 @@ def write_simulation(
     design: pd.DataFrame | None = None,
     n_jobs: int | None = None,
     overwrite: bool = True,
+    simulator: dict[str, object] | None = None,
+    knowledge: str | KnowledgeQuality | None = None,
 ) -> SimulationFiles:
     """Simulate an experiment and stream it to ``.h5ad`` (or ``.zarr``) chunk by chunk.
 
@@ -244,6 +264,12 @@ def write_simulation(
         Worker threads; default ``aivc.settings.n_jobs``.
     overwrite
         Replace existing output; otherwise an existing output is an error.
+    simulator
+        Further :class:`VirtualCellSimulator` parameters (e.g. ``module_fraction``).
+    knowledge
+        Also write a simulated knowledge base of this quality (a name of
+        :data:`aivc.sim.KNOWLEDGE_QUALITIES` or a :class:`KnowledgeQuality`)
+        to ``<name>.knowledge/`` beside the data.
 
     Returns
     -------
@@ -270,7 +296,23 @@ def write_simulation(
         msg = f"The folder {str(path.parent)!r} does not exist; create it first."
         raise FileNotFoundError(msg)
 
-    sim = VirtualCellSimulator(n_genes=int(n_genes), n_cell_types=n_cell_types, seed=seed).build()
+    extra = dict(simulator or {})
+    clash = sorted({"n_genes", "n_cell_types", "seed"} & set(extra))
+    if clash:
+        msg = f"Pass {clash} as write_simulation arguments, not in 'simulator'."
+        raise ValueError(msg)
+    try:
+        sim = VirtualCellSimulator(
+            n_genes=int(n_genes), n_cell_types=n_cell_types, seed=seed, **extra
+        ).build()
+    except TypeError as e:
+        msg = f"Unknown simulator parameter in {sorted(extra)}: {e}"
+        raise ValueError(msg) from None
+    if isinstance(knowledge, str) and knowledge not in KNOWLEDGE_QUALITIES:
+        msg = (
+            f"Unknown knowledge quality {knowledge!r}; expected one of {list(KNOWLEDGE_QUALITIES)}."
+        )
+        raise ValueError(msg)
     user_design = design is not None
     if design is None:
         design = default_design(sim, n_cells=int(n_cells), modality=modality, seed=seed)
@@ -327,6 +369,13 @@ def write_simulation(
     _remove(path)
     partial.rename(path)
     sim.ground_truth(solved, batch_names=names, batch_effects=effects).save(truth_path)
+    knowledge_dir = None
+    if knowledge is not None:
+        knowledge_dir = knowledge_path_for(path)
+        _remove(knowledge_dir)
+        write_knowledge(
+            knowledge_dir, simulated_knowledge(sim.network_, sim.modules_, knowledge, seed=seed)
+        )
     seconds = time.perf_counter() - t0
     logger.info("Wrote %d cells x %d genes to %s in %.1f s.", total, n_genes, path, seconds)
     return SimulationFiles(
@@ -336,6 +385,7 @@ def write_simulation(
         n_genes=int(n_genes),
         n_conditions=len(cond),
         seconds=seconds,
+        knowledge=knowledge_dir,
     )
 
 
