@@ -31,7 +31,13 @@ from scipy import stats
 
 import aivc.data
 from aivc.data import log_normalize
-from aivc.sim import CONTROL, MeasurementModel, VirtualCellSimulator, default_design
+from aivc.sim import (
+    CONTROL,
+    MeasurementModel,
+    VirtualCellSimulator,
+    default_design,
+    simulated_knowledge,
+)
 
 
 # ----------------------------------------------------------------------------- output
@@ -133,6 +139,60 @@ def summarize(
     }
 
 
+def partner_correlation(
+    counts: sp.csr_matrix,
+    labels: np.ndarray,
+    partners: set[frozenset[str]],
+    *,
+    control: str = CONTROL,
+    min_de: int = 1,
+) -> dict[str, float]:
+    """Do interaction partners' perturbations look alike?
+
+    Each single perturbation's profile is its mean log-normalised expression
+    minus the controls' (the targets' own genes left out). Among the
+    perturbations with at least ``min_de`` DE genes (the ones with a
+    detectable effect), the Pearson correlation of every pair's profiles is
+    split by whether the pair is in ``partners`` (e.g. STRING edges).
+    """
+    x, _ = log_normalize(counts)
+    x = sp.csr_matrix(x, dtype=np.float64)
+    groups, codes = np.unique(labels, return_inverse=True)
+    _, mean, _ = _group_moments(x, codes, len(groups))
+    c = int(np.flatnonzero(groups == control)[0])
+    de = n_de_genes(counts, labels, control=control)
+    singles = [g for g in groups if g != control and "+" not in g and de.get(g, 0) >= min_de]
+    pos = {g: i for i, g in enumerate(groups)}
+    profiles = mean[[pos[g] for g in singles]] - mean[c]
+    corr = np.corrcoef(profiles) if len(singles) > 1 else np.zeros((len(singles), len(singles)))
+    within, between = [], []
+    for i, a in enumerate(singles):
+        for j in range(i + 1, len(singles)):
+            (within if frozenset((a, singles[j])) in partners else between).append(corr[i, j])
+    return {
+        "perturbations with an effect (>= 1 DE gene)": len(singles),
+        "partner pairs among them": len(within),
+        "phenotype correlation, partners (mean)": float(np.mean(within))
+        if within
+        else float("nan"),
+        "phenotype correlation, other pairs (mean)": float(np.mean(between))
+        if between
+        else float("nan"),
+    }
+
+
+def string_partners(genes: set[str], data_dir: str | None = None) -> set[frozenset[str]]:
+    """STRING pairs (combined score >= 700) among ``genes``."""
+    from aivc.genes._knowledge import knowledge_path
+
+    path = knowledge_path("string_v12_human_notextmining_700_top3.tsv.gz", data_dir)
+    edges = pd.read_csv(path, sep="\t", usecols=["symbol_a", "symbol_b"], dtype=str)
+    edges = edges[edges["symbol_a"].isin(genes) & edges["symbol_b"].isin(genes)]
+    return {
+        frozenset(p) for p in zip(edges["symbol_a"], edges["symbol_b"], strict=True) if p[0] != p[1]
+    }
+
+
 # ----------------------------------------------------------------------------- data
 def real(name: str) -> tuple[sp.csr_matrix, np.ndarray]:
     adata = aivc.data.load(name)
@@ -151,39 +211,44 @@ def simulated_like(
     n_batches: int,
     seed: int,
     n_genes: int = 2000,
-) -> tuple[sp.csr_matrix, np.ndarray]:
+    module_fraction: float = 0.0,
+    knowledge: str = "good",
+) -> tuple[sp.csr_matrix, np.ndarray, set[frozenset[str]]]:
     """Simulate the design of a real dataset on a random gene panel of the same size.
 
     Same labels and cell numbers; targets are ~60% regulators, chosen with
     probability proportional to their out-degree as a focused screen picks
-    known regulators, and ~40% other genes. Sequencing depth is set so that the
-    median library size of the panel matches the real data; every other
-    parameter is the default.
+    known regulators, and ~40% other genes (whole modules, when the world
+    has them: a focused screen targets a pathway's known parts).
+    Sequencing depth is set so that the median library size of the panel
+    matches the real data; every other parameter is the default. Also
+    returns the pairs of targets the world's simulated STRING (of quality
+    ``knowledge``) links.
     """
     n_measured = real_counts.shape[1]
     rng = np.random.default_rng(seed)
     panel = np.sort(rng.choice(n_genes, n_measured, replace=False))
     # sequencing depth such that the panel's median library matches the real one
-    probe = VirtualCellSimulator(n_genes=n_genes, seed=seed).build()
+    probe = VirtualCellSimulator(
+        n_genes=n_genes, seed=seed, module_fraction=module_fraction
+    ).build()
     control_mean = probe.true_means([CONTROL]).to_numpy()[0]
     share = control_mean[panel].sum() / control_mean.sum()
     depth = float(np.median(np.asarray(real_counts.sum(axis=1)).ravel())) / share
     sim = VirtualCellSimulator(
-        n_genes=n_genes, seed=seed, measurement=MeasurementModel(library_size=depth)
+        n_genes=n_genes,
+        seed=seed,
+        module_fraction=module_fraction,
+        measurement=MeasurementModel(library_size=depth),
     ).build()
     real_targets = sorted({t for lbl in set(labels) - {CONTROL} for t in lbl.split("+")})
     net = sim.network_
     n_reg = round(0.6 * len(real_targets))
-    weight = net.out_degree()[net.regulators].astype(np.float64)
+    others = _other_targets(sim, len(real_targets) - n_reg, rng)
+    regs = np.setdiff1d(net.regulators, others)
+    weight = net.out_degree()[regs].astype(np.float64)
     picks = np.concatenate(
-        [
-            rng.choice(net.regulators, n_reg, replace=False, p=weight / weight.sum()),
-            rng.choice(
-                np.setdiff1d(np.arange(net.n_genes), net.regulators),
-                len(real_targets) - n_reg,
-                replace=False,
-            ),
-        ]
+        [rng.choice(regs, n_reg, replace=False, p=weight / weight.sum()), others]
     )
     mapping = {
         t: str(net.gene_names[g]) for t, g in zip(real_targets, rng.permutation(picks), strict=True)
@@ -199,7 +264,32 @@ def simulated_like(
     )
     design["modality"] = modality
     adata, _ = sim.simulate(design, n_batches=n_batches, seed=seed)
-    return sp.csr_matrix(adata.X[:, panel]), adata.obs["perturbation"].astype(str).to_numpy()
+    string = simulated_knowledge(sim.network_, sim.modules_, knowledge, seed=seed)[
+        "string_v12_human_notextmining_700_top3.tsv.gz"
+    ]
+    targets = set(mapping.values())
+    partners = {
+        frozenset(p)
+        for p in zip(string["symbol_a"], string["symbol_b"], strict=True)
+        if p[0] in targets and p[1] in targets
+    }
+    labels_out = adata.obs["perturbation"].astype(str).to_numpy()
+    return sp.csr_matrix(adata.X[:, panel]), labels_out, partners
+
+
+def _other_targets(sim: VirtualCellSimulator, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` more targets: whole modules first, their output regulator and members
+    (a focused screen targets a pathway's known parts), then other non-regulators."""
+    net, mods = sim.network_, sim.modules_
+    picked: list[int] = []
+    for m in rng.permutation(mods.n_modules):
+        picked += [int(g) for g in mods.module_genes(m)][: n - len(picked)]
+        if len(picked) >= n:
+            break
+    rest = np.setdiff1d(np.arange(net.n_genes), np.r_[net.regulators, picked])
+    return np.r_[
+        np.asarray(picked, dtype=np.int64), rng.choice(rest, n - len(picked), replace=False)
+    ]
 
 
 # ----------------------------------------------------------------------------- additivity
@@ -250,21 +340,34 @@ def additivity(n_genes: int = 2000, n_cells: int = 100_000, seed: int = 0) -> pd
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--module-fraction",
+        type=float,
+        default=0.0,
+        help="Fraction of the simulated genes in functional modules (complexes, pathways).",
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
     columns: dict[str, dict[str, float]] = {}
+
+    def both(counts: sp.csr_matrix, labels: np.ndarray, partners: set) -> dict[str, float]:
+        return {**summarize(counts, labels), **partner_correlation(counts, labels, partners)}
+
+    mf = args.module_fraction
     p_counts, p_labels = real("papalexi2021")
-    columns["papalexi2021 (real)"] = summarize(p_counts, p_labels)
-    s_counts, s_labels = simulated_like(
-        p_labels, p_counts, modality="knockout", n_batches=3, seed=args.seed
+    p_targets = {t for lbl in set(p_labels) for t in lbl.split("+")}
+    columns["papalexi2021 (real)"] = both(p_counts, p_labels, string_partners(p_targets))
+    s_counts, s_labels, s_partners = simulated_like(
+        p_labels, p_counts, modality="knockout", n_batches=3, seed=args.seed, module_fraction=mf
     )
-    columns["papalexi-like (sim)"] = summarize(s_counts, s_labels)
+    columns["papalexi-like (sim)"] = both(s_counts, s_labels, s_partners)
     n_counts, n_labels = real("norman2019_subset")
-    columns["norman2019 (real)"] = summarize(n_counts, n_labels)
-    s_counts, s_labels = simulated_like(
-        n_labels, n_counts, modality="activation", n_batches=2, seed=args.seed
+    n_targets = {t for lbl in set(n_labels) for t in lbl.split("+")}
+    columns["norman2019 (real)"] = both(n_counts, n_labels, string_partners(n_targets))
+    s_counts, s_labels, s_partners = simulated_like(
+        n_labels, n_counts, modality="activation", n_batches=2, seed=args.seed, module_fraction=mf
     )
-    columns["norman-like (sim)"] = summarize(s_counts, s_labels)
+    columns["norman-like (sim)"] = both(s_counts, s_labels, s_partners)
     table = pd.DataFrame(columns)
     print("## Simulated vs real data\n")
     print(markdown(table))

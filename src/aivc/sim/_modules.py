@@ -195,8 +195,9 @@ def random_modules(
     -------
     The modules, and ``network`` with the members' incoming edges removed
     (members are transcribed constitutively; see the module docstring).
-    Modules feed distinct non-master regulators; fewer modules are drawn when
-    regulators or candidate genes run out.
+    Modules feed distinct non-master regulators, drawn with probability
+    proportional to their number of targets plus one; fewer modules are drawn
+    when regulators or candidate genes run out.
     """
     if not 0.0 <= module_fraction < 1.0:
         msg = f"The 'module_fraction' parameter must be in [0, 1). Got {module_fraction!r} instead."
@@ -212,7 +213,11 @@ def random_modules(
         return FunctionalModules.empty(), network
     # candidates: genes that regulate nothing (so no loop can pass through a member)
     candidates = rng.permutation(np.flatnonzero(~network.is_regulator))
-    outputs = rng.permutation(np.setdiff1d(network.regulators, network.master_regulators))
+    # outputs: regulators drawn in proportion to their number of targets (complexes and
+    # pathways tend to feed the transcription factors that run large programs)
+    pool = np.setdiff1d(network.regulators, network.master_regulators)
+    weight = network.out_degree()[pool] + 1.0
+    outputs = rng.choice(pool, size=len(pool), replace=False, p=weight / weight.sum())
     kinds: list[str] = []
     out_genes: list[int] = []
     member_gene: list[int] = []
