@@ -159,3 +159,44 @@ def test_simulate_writes_truth_with_modules_and_the_knowledge_base(tmp_path) -> 
         write_simulation(tmp_path / "x.h5ad", n_cells=100, n_genes=60, knowledge="great")
     with pytest.raises(ValueError, match="simulator parameter"):
         write_simulation(tmp_path / "y.h5ad", n_cells=100, n_genes=60, simulator={"bogus": 1})
+
+
+def test_same_world_same_files_and_other_worlds_differ(tmp_path) -> None:
+    import anndata as ad
+
+    from aivc.sim import WORLD_PRESETS, write_world
+
+    a = write_world(tmp_path / "a.h5ad", 7, n_cells=600, n_genes=150)
+    b = write_world(tmp_path / "b.h5ad", 7, n_cells=600, n_genes=150)
+    c = write_world(tmp_path / "c.h5ad", 8, n_cells=600, n_genes=150)
+    xa, xb, xc = (ad.read_h5ad(f.data).X for f in (a, b, c))
+    assert (xa != xb).nnz == 0
+    assert xa.shape != xc.shape or (xa != xc).nnz > 0
+    for name in ("human_go_annotations.tsv.gz", "string_v12_human_notextmining_700_top3.tsv.gz"):
+        ka = pd.read_csv(a.knowledge / "genes" / name, sep="\t")
+        kb = pd.read_csv(b.knowledge / "genes" / name, sep="\t")
+        pd.testing.assert_frame_equal(ka, kb)
+    truth = GroundTruth.load(a.truth)
+    small = WORLD_PRESETS["small"]
+    assert truth.params["module_fraction"] == small.module_fraction
+    assert truth.params["seed"] == 7 and len(truth.cell_types) == small.n_cell_types
+    with pytest.raises(ValueError, match="preset"):
+        write_world(tmp_path / "d.h5ad", 1, preset="huge")
+
+
+def test_cli_writes_a_world(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from aivc.interfaces.cli import app
+
+    out = tmp_path / "w.h5ad"
+    res = CliRunner().invoke(
+        app, ["simulate", "--world", "2", "--cells", "500", "--genes", "100", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "knowledge base" in res.output
+    assert (tmp_path / "w.knowledge" / "genes" / "go_terms.tsv.gz").exists()
+    bad = CliRunner().invoke(
+        app, ["simulate", "--world", "2", "--preset", "nope", "--out", str(out)]
+    )
+    assert bad.exit_code != 0 and "preset" in bad.output

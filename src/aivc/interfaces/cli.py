@@ -262,8 +262,14 @@ def benchmark(
 
 @app.command()
 def simulate(
-    cells: Annotated[int, typer.Option("--cells", help="Number of cells.")] = 10_000,
-    genes: Annotated[int, typer.Option("--genes", help="Number of genes.")] = 1000,
+    cells: Annotated[
+        int | None,
+        typer.Option("--cells", help="Number of cells (default 10,000, or the preset's)."),
+    ] = None,
+    genes: Annotated[
+        int | None,
+        typer.Option("--genes", help="Number of genes (default 1,000, or the preset's)."),
+    ] = None,
     out: Annotated[
         Path,
         typer.Option("--out", help="Output .h5ad file (or .zarr store) in an existing folder."),
@@ -287,13 +293,26 @@ def simulate(
             "(perfect, good, typical, poor, useless).",
         ),
     ] = None,
+    world: Annotated[
+        int | None,
+        typer.Option(
+            "--world",
+            help="Write world number N of --preset (its seed): data, truth and knowledge base; "
+            "--seed, --modules, --cell-types and --batches then come from the preset.",
+        ),
+    ] = None,
+    preset: Annotated[
+        str, typer.Option("--preset", help="World preset: small, medium or replogle.")
+    ] = "small",
     verbosity: Verbosity = "info",
 ) -> None:
     """Simulate a perturbation experiment with the mechanistic virtual cell and write it to disk.
 
     The default design has controls, single and double genetic perturbations and drugs at
     four doses in every cell type. The ground truth (network, true means) is written next to
-    the data as <name>.truth.npz; the measured file carries none of it.
+    the data as <name>.truth.npz; the measured file carries none of it. With --world N, the
+    world N of a named preset is written, with its simulated knowledge base in
+    <name>.knowledge/ (GO-like annotations, STRING/HuRI-like networks, for aivc.genes).
     """
     _setup(verbosity, None)
     if out.suffix not in (".h5ad", ".zarr"):
@@ -306,20 +325,25 @@ def simulate(
             f"The folder {str(out.parent)!r} of --out does not exist; create it first "
             f"(mkdir -p {out.parent}) or write elsewhere."
         )
-    from aivc.sim import write_simulation
+    from aivc.sim import write_simulation, write_world
 
     try:
-        files = write_simulation(
-            out,
-            n_cells=cells,
-            n_genes=genes,
-            seed=seed,
-            n_cell_types=cell_types,
-            n_batches=batches,
-            modality=modality,
-            simulator={"module_fraction": modules},
-            knowledge=knowledge,
-        )
+        if world is not None:
+            files = write_world(
+                out, world, preset=preset, n_cells=cells, n_genes=genes, knowledge=knowledge
+            )
+        else:
+            files = write_simulation(
+                out,
+                n_cells=10_000 if cells is None else cells,
+                n_genes=1000 if genes is None else genes,
+                seed=seed,
+                n_cell_types=cell_types,
+                n_batches=batches,
+                modality=modality,
+                simulator={"module_fraction": modules},
+                knowledge=knowledge,
+            )
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(

@@ -40,6 +40,7 @@ from aivc.sim._simulator import (
     simulation_schema,
 )
 from aivc.sim._truth import GroundTruth, truth_path_for
+from aivc.sim._worlds import WORLD_PRESETS, WorldPreset, write_world
 from aivc.sim._write import (
     SimulationFiles,
     default_design,
@@ -52,6 +53,7 @@ __all__ = [
     "KNOWLEDGE_QUALITIES",
     "MODALITIES",
     "NO_SIGNAL",
+    "WORLD_PRESETS",
     "BatchEffect",
     "CellVariation",
     "DrugLibrary",
@@ -68,6 +70,7 @@ __all__ = [
     "SteadyState",
     "VirtualCellSimulator",
     "VirtualLab",
+    "WorldPreset",
     "cell_type_names",
     "default_design",
     "drug_names",
@@ -82,4 +85,5 @@ __all__ = [
     "truth_path_for",
     "write_knowledge",
     "write_simulation",
+    "write_world",
 ]

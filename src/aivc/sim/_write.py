@@ -227,6 +227,7 @@ def write_simulation(
     overwrite: bool = True,
     simulator: dict[str, object] | None = None,
     knowledge: str | KnowledgeQuality | None = None,
+    design_options: dict[str, object] | None = None,
 ) -> SimulationFiles:
     """Simulate an experiment and stream it to ``.h5ad`` (or ``.zarr``) chunk by chunk.
 
@@ -270,6 +271,9 @@ def write_simulation(
         Also write a simulated knowledge base of this quality (a name of
         :data:`aivc.sim.KNOWLEDGE_QUALITIES` or a :class:`KnowledgeQuality`)
         to ``<name>.knowledge/`` beside the data.
+    design_options
+        Further :func:`default_design` parameters (e.g. ``max_singles``), used
+        when ``design`` is not given.
 
     Returns
     -------
@@ -315,7 +319,9 @@ def write_simulation(
         raise ValueError(msg)
     user_design = design is not None
     if design is None:
-        design = default_design(sim, n_cells=int(n_cells), modality=modality, seed=seed)
+        design = default_design(
+            sim, n_cells=int(n_cells), modality=modality, seed=seed, **(design_options or {})
+        )
     rng = np.random.default_rng([seed, 21])
     cond, cell_condition, cell_batch, names = sim.cell_plan(design, n_batches=n_batches, rng=rng)
     total = len(cell_condition)
