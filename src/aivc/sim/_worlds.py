@@ -78,6 +78,7 @@ def write_world(
     preset: str = "small",
     n_cells: int | None = None,
     n_genes: int | None = None,
+    n_cell_types: int | None = None,
     knowledge: str | KnowledgeQuality | None = None,
     n_jobs: int | None = None,
     overwrite: bool = True,
@@ -93,7 +94,7 @@ def write_world(
         The world's number (the simulator's seed).
     preset
         A name of :data:`WORLD_PRESETS`.
-    n_cells, n_genes
+    n_cells, n_genes, n_cell_types
         Override the preset's size.
     knowledge
         Override the preset's knowledge quality.
@@ -114,7 +115,7 @@ def write_world(
         n_cells=p.n_cells if n_cells is None else n_cells,
         n_genes=p.n_genes if n_genes is None else n_genes,
         seed=world,
-        n_cell_types=p.n_cell_types,
+        n_cell_types=p.n_cell_types if n_cell_types is None else n_cell_types,
         n_batches=p.n_batches,
         n_jobs=n_jobs,
         overwrite=overwrite,

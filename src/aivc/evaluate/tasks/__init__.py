@@ -33,6 +33,7 @@ _TASK_MODULES = (
     "integration",
     "rna_to_protein",
     "lab_loop",
+    "learning_curve",
     "suite",
 )
 
