@@ -579,7 +579,8 @@ def _empirical_p(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
     kind="decoder",
     description=(
         "Cell-type label transfer that holds logistic, PCA-kNN, Harmony-kNN and PCA-logistic classifiers and "
-        "picks one on held-out reference batches; calibrated probabilities and an unknown answer"
+        "answers with the one or the top-k mean that predicts held-out reference batches best; calibrated "
+        "probabilities and an unknown answer"
     ),
 )
 class CellAnnotator(Instrument):
