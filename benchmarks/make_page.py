@@ -162,6 +162,9 @@ RULES: dict[str, Rule] = {
     "lab-loop": Rule(
         "aivc-design", "hit_ratio_final", "higher", ("hit_ratio_final", "error_auc", "final_error")
     ),
+    "learning-curve": Rule(
+        "aivc-perturb", "pearson_delta_de20", "higher", ("pearson_delta_de20", "mse_de20")
+    ),
 }
 
 #: Directions of metrics whose results.json does not state one ("target": no arrow).
@@ -570,6 +573,48 @@ def _lab_loop_block(label: str, result: Mapping[str, Any], rule: Rule) -> Block:
     return block
 
 
+def _curve_blocks(label: str, result: Mapping[str, Any], rule: Rule) -> list[Block]:
+    """One comparison per knowledge quality: the headline at the largest training size, and
+    pearson_delta_de20 at every size (``n=25`` ...)."""
+    sizes = list(result["split"]["sizes"])
+    replicate = _numbers(result.get("replicate"))
+    blocks = []
+    for quality in result["split"]["knowledge"]:
+        models: dict[str, dict[str, dict[str, Any]]] = {}
+        for m, entry in result["models"].items():
+            points = {p["n_train"]: p for p in entry["curve"] if p["knowledge"] == quality}
+            row: dict[str, dict[str, Any]] = {}
+            for n in sizes:
+                if n in points:
+                    p = points[n]
+                    row[f"n={n}"] = {
+                        "mean": p["pearson_delta_de20"],
+                        "sd": p["pearson_delta_de20_sd"],
+                    }
+            if sizes[-1] in points:
+                last = points[sizes[-1]]
+                for metric in rule.columns:
+                    row[metric] = {"mean": last[metric], "sd": last[metric + "_sd"]}
+            models[m] = row
+        columns = [*rule.columns, *(f"n={n}" for n in sizes)]
+        directions = {**_directions(result, rule), **{f"n={n}": "higher" for n in sizes}}
+        blocks.append(
+            Block(
+                f"{label}, {quality} knowledge",
+                rule,
+                models,
+                _present(columns, models),
+                directions,
+                _numbers(result.get("wall_seconds")),
+                _numbers(result.get("peak_memory_mb")),
+                replicate=replicate,
+                part=f"{quality} knowledge",
+                zero="train-mean" if "train-mean" in models else None,
+            )
+        )
+    return blocks
+
+
 def result_label(run: Run, result: Mapping[str, Any] | None) -> str:
     """``task · dataset[, variant]`` of a run (from the results when present)."""
     dataset = None
@@ -602,6 +647,8 @@ def blocks_of(run: Run, result: Mapping[str, Any]) -> list[Block]:
         return [_protein_block(label, result, rule)]
     if task == "lab-loop":
         return [_lab_loop_block(label, result, rule)]
+    if task == "learning-curve":
+        return _curve_blocks(label, result, rule)
     return [_plain_block(label, result, rule)]
 
 
