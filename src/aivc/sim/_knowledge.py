@@ -28,14 +28,14 @@ from __future__ import annotations
 import gzip
 import io
 import itertools
-import os
-import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from aivc._io import write_bytes_atomic
 from aivc.sim._modules import FunctionalModules
 from aivc.sim._network import GeneNetwork
 
@@ -161,7 +161,7 @@ def _degrade(
     attention: np.ndarray,
     quality: KnowledgeQuality,
     rng: np.random.Generator,
-    draw_spurious,
+    draw_spurious: Callable[[int, np.ndarray], np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keep each true item with a gene-tilted chance, then add spurious ones.
 
@@ -239,9 +239,9 @@ def simulated_knowledge(
             "gene": np.concatenate([mem_gene[kept], extra[:, 1] if len(extra) else []]).astype(
                 np.int64
             ),
-            "true": np.r_[np.ones(len(kept), bool), np.zeros(len(extra), bool)],
         }
     )
+    # a spurious record may hit a true one, so truth is looked up rather than assumed
     true_set = set(zip(mem_term.tolist(), mem_gene.tolist(), strict=True))
     ann["true"] = [(t, g) in true_set for t, g in zip(ann["go_id"], ann["gene"], strict=True)]
     ann = ann.drop_duplicates(["go_id", "gene"]).reset_index(drop=True)
@@ -400,7 +400,7 @@ def simulated_knowledge(
 
 
 def write_knowledge(folder: str | Path, tables: dict[str, pd.DataFrame]) -> Path:
-    """Write :func:`simulated_knowledge` tables under ``folder/genes/`` (gzip, atomically per file).
+    """Write :func:`simulated_knowledge` tables under ``folder/genes/`` (gzip, each file atomically).
 
     Returns ``folder``, the directory to pass as ``data_dir`` to :mod:`aivc.genes`.
     """
@@ -419,13 +419,5 @@ def write_knowledge(folder: str | Path, tables: dict[str, pd.DataFrame]) -> Path
             buf = io.StringIO()
             table.to_csv(buf, sep="\t", index=False)
             text = buf.getvalue()
-        fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as fh:
-                fh.write(text)
-            os.replace(tmp, target / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(target / name, gzip.compress(text.encode("utf-8"), mtime=0))
     return folder

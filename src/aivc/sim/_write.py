@@ -207,9 +207,8 @@ class SimulationFiles:
 
 def knowledge_path_for(data_path: str | Path) -> Path:
     """Where the simulated knowledge base of a data file goes: ``<stem>.knowledge/`` beside it."""
-    return truth_path_for(data_path).with_name(
-        truth_path_for(data_path).name.removesuffix(".truth.npz") + ".knowledge"
-    )
+    truth = truth_path_for(data_path)
+    return truth.with_name(truth.name.removesuffix(".truth.npz") + ".knowledge")
 
 
 def write_simulation(
