@@ -165,6 +165,15 @@ RULES: dict[str, Rule] = {
     "learning-curve": Rule(
         "aivc-perturb", "pearson_delta_de20", "higher", ("pearson_delta_de20", "mse_de20")
     ),
+    "chemical": Rule(
+        "aivc-chem",
+        "pearson_delta_top20",
+        "higher",
+        ("pearson_delta", "pearson_delta_top20", "mse_top20", "mse", "map_moa", "coverage_90"),
+    ),
+    "segmentation": Rule(
+        "classical", "ap50", "higher", ("ap50", "f1_50", "precision50", "recall50", "ap_mean")
+    ),
 }
 
 #: Directions of metrics whose results.json does not state one ("target": no arrow).

@@ -26,9 +26,9 @@ __all__ = ["LAYERS", "Violation", "check_layers", "package_imports"]
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("_root",),
     ("data",),
-    ("genes",),
+    ("genes", "chem"),
     ("instruments", "sim"),
-    ("cells", "tissues", "experiments"),
+    ("cells", "tissues", "experiments", "imaging"),
     ("evaluate",),
     ("interfaces",),
     ("aivc",),

@@ -354,3 +354,17 @@ register_dataset(
         notes="Values are FPKM, not counts.",
     )
 )
+register_dataset(
+    DatasetEntry(
+        name="lincs_cellpainting_a549",
+        description="LINCS Cell Painting, one A549 plate: 384 wells x 454 morphology features, "
+        "56 compounds x 6 doses (uM) + 2 plate controls + 24 DMSO, MOA and SMILES",
+        folder="lincs_cellpainting_a549_compounds",
+        filename="lincs_cellpainting_a549_compounds.h5ad",
+        kind="profiles",
+        citation="Way G.P. et al. Cell Systems 13:911-923 (2022). doi:10.1016/j.cels.2022.10.001",
+        license="CC0 1.0 (lincs-cell-painting); BSD-3-Clause (cytominer-eval example data)",
+        notes="Level-4b profiles (pycytominer mad_robustize over all wells, feature-selected); "
+        "one well per compound and dose; SMILES from the Drug Repurposing Hub, else chemCPA.",
+    )
+)

@@ -46,6 +46,7 @@ _OWN_MODULES = (
     "aivc.instruments._conformal",
     "aivc.instruments._gears",
     "aivc.instruments._manipulator",
+    "aivc.instruments._chemical",
 )
 
 

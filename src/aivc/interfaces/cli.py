@@ -172,6 +172,29 @@ def benchmark(
             help="Label tasks: obs column with library sizes (rebuilds counts from log values)."
         ),
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="chemical: unseen-compound or unseen-dose (the task's variants)."),
+    ] = None,
+    compound_key: Annotated[
+        str | None, typer.Option(help="chemical, --dataset FILE: obs column with the compound.")
+    ] = None,
+    smiles_key: Annotated[
+        str | None,
+        typer.Option(
+            help="chemical, --dataset FILE: obs column(s) with SMILES (comma-separated: first non-empty wins)."
+        ),
+    ] = None,
+    plate_key: Annotated[
+        str | None, typer.Option(help="chemical, --dataset FILE: obs column with the plate.")
+    ] = None,
+    moa_key: Annotated[
+        str | None,
+        typer.Option(help="chemical, --dataset FILE: obs column with the mechanism of action."),
+    ] = None,
+    dose_unit: Annotated[
+        str | None, typer.Option(help="chemical: unit of --dose-key (nM, uM, mM...; default uM).")
+    ] = None,
     data_dir: DataDir = None,
     verbosity: Verbosity = "info",
 ) -> None:
@@ -202,6 +225,23 @@ def benchmark(
         if "peers" not in spec.options:
             _fail(f"task {task!r} has no --peers option; peers run inside the suite.")
         options["peers"] = True
+    chemical = {
+        "split": split,
+        "compound_key": compound_key,
+        "smiles_key": smiles_key,
+        "plate_key": plate_key,
+        "moa_key": moa_key,
+        "dose_unit": dose_unit,
+    }
+    if "compound_key" in spec.options:
+        # profile tasks: the columns go to the task itself, not to a perturbation schema
+        chemical.update({"dose_key": dose_key, "control_label": control_label})
+        options.update({k: v for k, v in chemical.items() if v is not None})
+        dose_key = control_label = None
+    elif any(v is not None for v in chemical.values()):
+        _fail(
+            f"task {task!r} takes no --split/--compound-key/--smiles-key/--plate-key/--moa-key/--dose-unit options."
+        )
     if "cell_type_key" in spec.options:
         # label tasks: the columns go to the task itself, not to a perturbation schema
         labels = {

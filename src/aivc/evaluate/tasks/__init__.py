@@ -34,6 +34,8 @@ _TASK_MODULES = (
     "rna_to_protein",
     "lab_loop",
     "learning_curve",
+    "chemical",
+    "segmentation",
     "suite",
 )
 
