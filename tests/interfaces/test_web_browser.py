@@ -387,3 +387,40 @@ def test_failed_prediction_shows_the_error_in_the_result_area_and_clears_stale_p
     predict("STAT1")
     wait.until(ec.text_to_be_present_in_element((By.ID, "volcano"), "STAT1"))
     assert browser.find_element(By.ID, "pred-error").is_displayed() is False
+
+
+def test_compound_dose_response_on_the_page(server: str, browser, tmp_path: Path) -> None:
+    pytest.importorskip("rdkit")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 90)
+    browser.get(server + "/")
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "chem-dataset")).options) > 0)
+    browser.find_element(By.ID, "chem-fit-btn").click()
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "chem-model")).options) > 0)
+    # a compound never measured, by structure: curves with interval bands, no measured points
+    box = browser.find_element(By.ID, "chem-compound")
+    box.clear()
+    box.send_keys("CC(=O)Oc1ccccc1C(=O)O")
+    browser.find_element(By.ID, "chem-predict-btn").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "chem-summary"), "new compound"))
+    n_traces = browser.execute_script("return document.getElementById('dose-response').data.length")
+    assert n_traces == 6 * 3  # six features: upper and lower band, and the curve
+    # a measured compound also shows its measured doses
+    box.clear()
+    box.send_keys("bortezomib")
+    browser.find_element(By.ID, "chem-predict-btn").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "chem-summary"), "measured compound"))
+    names = browser.execute_script(
+        "return document.getElementById('dose-response').data.map((t) => t.name || '')"
+    )
+    assert any(n.endswith("(measured)") for n in names)
+    # an invalid structure: a clear error where the plot would be
+    box.clear()
+    box.send_keys("C1CC(")
+    browser.find_element(By.ID, "chem-predict-btn").click()
+    wait.until(ec.visibility_of_element_located((By.ID, "chem-error")))
+    assert "SMILES" in browser.find_element(By.ID, "chem-error").text
+    browser.save_screenshot(str(tmp_path / "compounds.png"))

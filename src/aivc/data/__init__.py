@@ -25,8 +25,10 @@ from aivc.data._preprocess import (
 )
 from aivc.data._profiles import (
     DOSE_UNITS,
+    PROFILE_SCHEMAS,
     ProfileSchema,
     ResponseTable,
+    load_profiles,
     normalize_profiles,
     read_profiles,
     response_table,
@@ -54,6 +56,7 @@ __all__ = [
     "CONDITION_SEP",
     "DOSE_SEP",
     "DOSE_UNITS",
+    "PROFILE_SCHEMAS",
     "ControlReference",
     "DataValidationError",
     "DatasetEntry",
@@ -74,6 +77,7 @@ __all__ = [
     "highly_variable_genes",
     "list_datasets",
     "load",
+    "load_profiles",
     "log_expression",
     "log_normalize",
     "looks_like_counts",

@@ -36,8 +36,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DOSE_UNITS",
+    "PROFILE_SCHEMAS",
     "ProfileSchema",
     "ResponseTable",
+    "load_profiles",
     "normalize_profiles",
     "read_profiles",
     "response_table",
@@ -390,3 +392,76 @@ def response_table(adata: AnnData, schema: ProfileSchema) -> ResponseTable:
         smiles=smiles,
         moa=moa,
     )
+
+
+#: Declared columns of the registered profile datasets.
+PROFILE_SCHEMAS: dict[str, ProfileSchema] = {
+    "lincs_cellpainting_a549": ProfileSchema(
+        compound_key="compound_name",
+        control_label="DMSO",
+        dose_key="dose_um",
+        dose_unit="uM",
+        plate_key="plate",
+        smiles_keys=("smiles_repurposing_hub", "smiles"),
+        moa_key="moa",
+    )
+}
+
+
+def load_profiles(
+    dataset: str,
+    *,
+    compound_key: str | None = None,
+    dose_key: str | None = None,
+    smiles_key: str | None = None,
+    control_label: str | None = None,
+    plate_key: str | None = None,
+    moa_key: str | None = None,
+    dose_unit: str | None = None,
+) -> tuple[AnnData, ProfileSchema, str]:
+    """A profile dataset, its schema and a short name, from a registered name or a file.
+
+    A registered profile dataset (:data:`PROFILE_SCHEMAS`) comes with its
+    columns; declared keys override them. A file (``.h5ad``, or a CSV / TSV /
+    Parquet profile table read by :func:`read_profiles`) takes the declared
+    keys, with ``plate``, ``moa`` and ``smiles`` used when such columns exist.
+    ``smiles_key`` may list several columns, comma-separated.
+    """
+    from aivc.data._registry import _REGISTRY, load
+
+    declared: dict[str, object] = {
+        k: v
+        for k, v in {
+            "compound_key": compound_key,
+            "dose_key": dose_key,
+            "control_label": control_label,
+            "plate_key": plate_key,
+            "moa_key": moa_key,
+            "dose_unit": dose_unit,
+        }.items()
+        if v is not None
+    }
+    if smiles_key is not None:
+        declared["smiles_keys"] = tuple(k for k in str(smiles_key).split(",") if k)
+    if dataset in _REGISTRY:
+        if dataset not in PROFILE_SCHEMAS:
+            msg = f"Dataset {dataset!r} is not a profile dataset; profile datasets are {sorted(PROFILE_SCHEMAS)}, or give a file."
+            raise ValueError(msg)
+        base = PROFILE_SCHEMAS[dataset]
+        return load(dataset), ProfileSchema(**{**base.__dict__, **declared}), dataset
+    path = Path(dataset)
+    if not path.exists():
+        msg = f"{dataset!r} is neither a registered dataset nor a file; see `aivc datasets list`."
+        raise FileNotFoundError(msg)
+    if path.suffix == ".h5ad":
+        from aivc.data._validate import read_h5ad
+
+        adata = read_h5ad(path)
+    else:
+        adata = read_profiles(path)
+    defaults: dict[str, object] = {
+        "plate_key": "plate" if "plate" in adata.obs else None,
+        "moa_key": "moa" if "moa" in adata.obs else None,
+        "smiles_keys": ("smiles",) if "smiles" in adata.obs else (),
+    }
+    return adata, ProfileSchema(**{**defaults, **declared}), path.name

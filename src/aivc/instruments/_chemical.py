@@ -72,6 +72,7 @@ __all__ = [
     "ChemicalManipulator",
     "ChemicalModel",
     "condition_scores",
+    "dose_response",
 ]
 
 logger = logging.getLogger(__name__)
@@ -766,3 +767,37 @@ CHEMICAL_MODELS: dict[str, type[ChemicalModel]] = {
         ChemicalManipulator,
     )
 }
+
+
+def dose_response(
+    model: ChemicalModel,
+    compound: str,
+    doses: Sequence[float],
+    *,
+    dose_unit: str = "uM",
+    level: float = 0.9,
+) -> pd.DataFrame:
+    """One compound's predicted change at each dose, long: ``compound, dose, dose_unit, feature, delta, lower, upper``.
+
+    Models without intervals (the baselines) give NaN bounds.
+    """
+    doses = [float(d) for d in doses]
+    if isinstance(model, ChemicalManipulator):
+        delta, lower, upper = model.predict_interval(
+            [compound] * len(doses), doses, dose_unit=dose_unit, level=level
+        ).arrays()
+    else:
+        delta = model.predict_delta([compound] * len(doses), doses, dose_unit=dose_unit).to_numpy()
+        lower = upper = np.full_like(delta, np.nan)
+    n_f = len(model.features_)
+    return pd.DataFrame(
+        {
+            "compound": compound,
+            "dose": np.repeat(doses, n_f),
+            "dose_unit": dose_unit,
+            "feature": np.tile(model.features_, len(doses)),
+            "delta": delta.ravel(),
+            "lower": lower.ravel(),
+            "upper": upper.ravel(),
+        }
+    )

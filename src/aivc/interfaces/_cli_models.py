@@ -305,6 +305,27 @@ def fit(
             "(by default such data are refused; map them with `aivc orthologs`).",
         ),
     ] = False,
+    compound_key: Annotated[
+        str | None,
+        typer.Option("--compound-key", help="aivc-chem, --data: obs column with the compound."),
+    ] = None,
+    smiles_key: Annotated[
+        str | None,
+        typer.Option(
+            "--smiles-key", help="aivc-chem, --data: obs column(s) with SMILES (comma-separated)."
+        ),
+    ] = None,
+    plate_key: Annotated[
+        str | None,
+        typer.Option("--plate-key", help="aivc-chem, --data: obs column with the plate."),
+    ] = None,
+    moa_key: Annotated[
+        str | None,
+        typer.Option("--moa-key", help="aivc-chem, --data: obs column with the mechanism."),
+    ] = None,
+    dose_unit: Annotated[
+        str | None, typer.Option("--dose-unit", help="aivc-chem: unit of --dose-key (default uM).")
+    ] = None,
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="Folder holding the datasets (default: AIVC_DATA_DIR)."),
@@ -320,8 +341,33 @@ def fit(
     map it to human orthologs with `aivc orthologs` first, or pass --keep-symbols.
 
     Example: aivc fit --dataset papalexi2021 --model aivc-perturb --out models/papalexi
+
+    The chemical manipulator reads compound profiles instead:
+    aivc fit --model aivc-chem --dataset lincs_cellpainting_a549 --out models/lincs
+    (or --data FILE with --compound-key, --dose-key, --smiles-key, --control-label).
     """
     _setup(verbosity, data_dir)
+    chemical = {
+        "compound_key": compound_key,
+        "smiles_key": smiles_key,
+        "plate_key": plate_key,
+        "moa_key": moa_key,
+        "dose_unit": dose_unit,
+    }
+    if model == "aivc-chem":
+        _fit_chemical(
+            out,
+            dataset,
+            data,
+            {**chemical, "dose_key": dose_key, "control_label": control_label},
+            seed,
+            overwrite,
+        )
+        return
+    if any(v is not None for v in chemical.values()):
+        _fail(
+            "--compound-key/--smiles-key/--plate-key/--moa-key/--dose-unit are for --model aivc-chem."
+        )
     from aivc.data import DataValidationError, PerturbationSchema
     from aivc.instruments._model_dir import fit_model_dir, parse_param
 
@@ -371,13 +417,93 @@ def fit(
     typer.echo(f"wrote model directory {path}")
 
 
+def _fit_chemical(
+    out: Path,
+    dataset: str | None,
+    data: Path | None,
+    keys: dict[str, str | None],
+    seed: int,
+    overwrite: bool,
+) -> None:
+    from aivc.data import DataValidationError, load_profiles
+    from aivc.instruments._chemical import ChemicalManipulator
+
+    if (dataset is None) == (data is None):
+        _fail("give one of --dataset NAME or --data FILE.")
+    if out.exists() and not overwrite:
+        _fail(f"{str(out)!r} already exists; pass --overwrite to replace it.")
+    source = dataset if dataset is not None else str(data)
+    try:
+        with working(
+            f"fitting aivc-chem on {source}", steps=f"loading, choosing candidates, writing {out}"
+        ):
+            adata, schema, _ = load_profiles(
+                source, **{k: v for k, v in keys.items() if v is not None}
+            )
+            model = ChemicalManipulator(seed=seed).fit(adata, schema)
+            path = model.save(out, overwrite=overwrite)
+    except KeyError as e:
+        _fail(str(e.args[0]) if e.args else str(e))
+    except (FileNotFoundError, ValueError, DataValidationError) as e:
+        _fail(str(e))
+    chosen = {k: v["chosen"] for k, v in model.selection_.items()}
+    typer.echo(
+        f"wrote model directory {path} (aivc-chem: {chosen['seen']} for measured compounds at new doses, "
+        f"{chosen['unseen']} for new compounds)"
+    )
+
+
+def _predict_chemical(
+    model_dir: Path, compound: str, doses: list[float], dose_unit: str, level: float, out: Path
+) -> None:
+    from aivc._io import write_csv_atomic
+    from aivc.instruments import Instrument
+    from aivc.instruments._chemical import ChemicalModel, dose_response
+
+    if out.suffix != ".csv":
+        _fail(
+            f"a compound's predicted changes are a table: give --out a .csv file (got {str(out)!r})."
+        )
+    try:
+        model = Instrument.load(model_dir)
+        if not isinstance(model, ChemicalModel):
+            _fail(
+                f"{str(model_dir)!r} holds a {type(model).__name__}, not a chemical model; use --perturbations."
+            )
+        table = dose_response(model, compound, doses, dose_unit=dose_unit, level=level)
+    except KeyError as e:
+        _fail(str(e.args[0]) if e.args else str(e))
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    write_csv_atomic(table, out)
+    typer.echo(
+        f"wrote {out} ({len(doses)} dose(s) x {table['feature'].nunique()} features, {int(100 * level)}% intervals)"
+    )
+
+
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="Model directory written by aivc fit.")],
-    perturbations: Annotated[
-        str,
-        typer.Option("--perturbations", help="Comma-separated labels, e.g. STAT1,IRF1+STAT1."),
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Output .h5ad file of predicted cells (.csv for --compound)."),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Output .h5ad file of predicted cells.")],
+    perturbations: Annotated[
+        str | None,
+        typer.Option("--perturbations", help="Comma-separated labels, e.g. STAT1,IRF1+STAT1."),
+    ] = None,
+    compound: Annotated[
+        str | None,
+        typer.Option(
+            "--compound", help="aivc-chem: a compound name of the training data, or a SMILES."
+        ),
+    ] = None,
+    doses: Annotated[
+        str | None,
+        typer.Option("--doses", help="aivc-chem: comma-separated doses for a dose-response table."),
+    ] = None,
+    dose_unit: Annotated[
+        str, typer.Option("--dose-unit", help="aivc-chem: unit of --dose/--doses (nM, uM, mM...).")
+    ] = "uM",
     context: Annotated[
         str | None, typer.Option("--context", help="Context (cell type) to predict in.")
     ] = None,
@@ -407,6 +533,23 @@ def predict(
     holds predicted_delta, delta_lower/delta_upper and the DE table "de".
     """
     _setup(verbosity, None)
+    if (perturbations is None) == (compound is None):
+        _fail(
+            "give --perturbations (genetic or drug labels) or --compound with --dose/--doses (aivc-chem)."
+        )
+    if compound is not None:
+        if out.exists() and not overwrite:
+            _fail(f"{str(out)!r} already exists; pass --overwrite to replace it.")
+        try:
+            values = [float(d) for d in doses.split(",") if d.strip()] if doses else []
+        except ValueError:
+            _fail(f"--doses must be comma-separated numbers; got {doses!r}.")
+        values += [dose] if dose is not None else []
+        if not values:
+            _fail("--compound needs --dose D (or --doses D1,D2,...).")
+        _predict_chemical(model_dir, compound, values, dose_unit, level, out)
+        return
+    perturbations = perturbations or ""  # given: checked above
     from aivc.data import DataValidationError, PerturbationSchema, read_h5ad
     from aivc.experiments import check_context_declared
     from aivc.instruments._model_dir import predict_model_dir, read_manifest

@@ -131,7 +131,9 @@ INSTRUCTIONS = (
     "run_screen to rank candidates under an objective, and propose_experiments for what to measure next. Predictions are changes of mean "
     "log-normalised expression relative to control cells; models with the 'uncertainty' "
     "capability also give intervals. Compare with the measured change where one exists "
-    "('measured': true) before trusting a prediction."
+    "('measured': true) before trusting a prediction. For compounds: fit_compound_model on a "
+    "profile dataset (e.g. lincs_cellpainting_a549), then predict_compound with a name or a "
+    "SMILES and a list of doses (a dose-response curve of the most changed features, with intervals)."
 )
 
 
@@ -226,6 +228,45 @@ def create_server(workspace: Workspace | str | Path, *, fit_timeout: float = 600
             msg = f"Pass 1 to 50 perturbations. Got {len(perturbations)}."
             raise ValueError(msg)
         return ws.predict(model, perturbations, context=context, top_k=top_k, level=level)
+
+    @server.tool()
+    @_anticipated
+    def fit_compound_model(
+        dataset: str = "lincs_cellpainting_a549", name: str | None = None, seed: int = 0
+    ) -> dict[str, Any]:
+        """Fit the chemical manipulator (aivc-chem) on a profile dataset of compounds at doses.
+
+        Returns the model record: its id, compounds, and the candidates it chose
+        on its training data for measured compounds at new doses and for new compounds.
+        """
+        return ws.compounds.fit(dataset, name=name, seed=seed)
+
+    @server.tool()
+    @_anticipated
+    def predict_compound(
+        model: str,
+        compound: str,
+        doses: list[float],
+        dose_unit: str = "uM",
+        level: float = 0.9,
+        top_k: int = 10,
+    ) -> dict[str, Any]:
+        """Predict a compound's profile change at each dose (a dose-response curve).
+
+        `compound` is a name the model was trained on or any SMILES. Returns the
+        top_k most changed features, each with the predicted change and its
+        interval at `level` per dose, and the measured changes if the compound
+        was measured.
+        """
+        if not 1 <= top_k <= 100:
+            msg = f"top_k must be between 1 and 100. Got {top_k} instead."
+            raise ValueError(msg)
+        if not 0 < level < 1:
+            msg = f"level must be between 0 and 1. Got {level} instead."
+            raise ValueError(msg)
+        return ws.compounds.predict(
+            model, compound, doses, dose_unit=dose_unit, level=level, top_k=top_k
+        )
 
     @server.tool()
     @_anticipated

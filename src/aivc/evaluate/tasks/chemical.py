@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from aivc._io import write_csv_atomic
-from aivc.data._profiles import ProfileSchema, ResponseTable, read_profiles, response_table
+from aivc.data._profiles import ProfileSchema, ResponseTable, load_profiles, response_table
 from aivc.data._validate import DataValidationError
 from aivc.evaluate._memory import ResourceMeter
 from aivc.evaluate._results import fmt_summary, machine_info, summarize, write_results
@@ -55,19 +55,6 @@ logger = logging.getLogger(__name__)
 
 CHEMICAL_SPLITS = ("unseen-compound", "unseen-dose")
 FOLDS = 5
-
-#: Declared columns of the registered profile datasets.
-_SCHEMAS = {
-    "lincs_cellpainting_a549": ProfileSchema(
-        compound_key="compound_name",
-        control_label="DMSO",
-        dose_key="dose_um",
-        dose_unit="uM",
-        plate_key="plate",
-        smiles_keys=("smiles_repurposing_hub", "smiles"),
-        moa_key="moa",
-    )
-}
 
 _MODELS = {
     "unseen-compound": (
@@ -91,44 +78,7 @@ _METRICS = ("pearson_delta", "pearson_delta_top20", "mse_top20", "mse")
 
 # ----------------------------------------------------------------------------- data
 def _load(dataset: str, options: dict[str, Any]) -> tuple[ResponseTable, ProfileSchema, str]:
-    from aivc.data._registry import _REGISTRY, load
-
-    declared = {
-        k: options[k]
-        for k in ("compound_key", "dose_key", "control_label", "plate_key", "moa_key", "dose_unit")
-        if options.get(k) is not None
-    }
-    if options.get("smiles_key") is not None:
-        declared["smiles_keys"] = tuple(k for k in str(options["smiles_key"]).split(",") if k)
-    if dataset in _REGISTRY:
-        adata = load(dataset)
-        base = _SCHEMAS.get(dataset)
-        if base is None:
-            msg = f"Dataset {dataset!r} is not a profile dataset; the chemical task reads {sorted(_SCHEMAS)} or a file."
-            raise ValueError(msg)
-        schema = ProfileSchema(**{**base.to_dict(), "smiles_keys": base.smiles_keys, **declared})
-        name = dataset
-    else:
-        path = Path(dataset)
-        if not path.exists():
-            msg = (
-                f"{dataset!r} is neither a registered dataset nor a file; see `aivc datasets list`."
-            )
-            raise FileNotFoundError(msg)
-        if path.suffix == ".h5ad":
-            from aivc.data._validate import read_h5ad
-
-            adata = read_h5ad(path)
-        else:
-            adata = read_profiles(path)
-        obs = adata.obs
-        defaults: dict[str, Any] = {
-            "plate_key": "plate" if "plate" in obs else None,
-            "moa_key": "moa" if "moa" in obs else None,
-            "smiles_keys": ("smiles",) if "smiles" in obs else (),
-        }
-        schema = ProfileSchema(**{**defaults, **declared})
-        name = path.name
+    adata, schema, name = load_profiles(dataset, **options)
     return response_table(adata, schema), schema, name
 
 

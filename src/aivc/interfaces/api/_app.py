@@ -24,6 +24,8 @@ from aivc.interfaces.api._errors import (
 from aivc.interfaces.api._jobs import JobConflictError, JobQueueFullError
 from aivc.interfaces.api._schemas import (
     CalibrationOut,
+    CompoundFitIn,
+    CompoundPredictIn,
     DatasetOut,
     ErrorOut,
     ExplainIn,
@@ -345,6 +347,34 @@ def create_app(
             name=body.name,
             holdout=body.holdout,
             seed=body.seed,
+        )
+
+    @api.get("/compound-datasets", tags=["compounds"])
+    def compound_datasets() -> list[dict[str, Any]]:
+        """Profile datasets (compounds at doses) the chemical manipulator can be fit on."""
+        return ws.compounds.datasets()
+
+    @api.get("/compound-models", tags=["compounds"])
+    def compound_models() -> list[dict[str, Any]]:
+        """Fitted chemical models in this workspace."""
+        return ws.compounds.list()
+
+    @api.post("/compound-models", status_code=201, tags=["compounds"])
+    def fit_compound_model(body: CompoundFitIn) -> dict[str, Any]:
+        """Fit aivc-chem on a profile dataset (seconds; returns the model record)."""
+        return ws.compounds.fit(body.dataset, name=body.name, seed=body.seed)
+
+    @api.post("/compound-models/{model_id}/predict", tags=["compounds"])
+    def predict_compound(model_id: str, body: CompoundPredictIn) -> dict[str, Any]:
+        """A compound's predicted dose response: the most changed features with intervals,
+        and the measured changes where the compound was measured."""
+        return ws.compounds.predict(
+            model_id,
+            body.compound,
+            body.doses,
+            dose_unit=body.dose_unit,
+            level=body.level,
+            top_k=body.top_k,
         )
 
     @api.get("/models/{model_id}", tags=["models"])

@@ -203,3 +203,23 @@ class ProposeIn(_Strict):
     )
     context: str | None = Field(default=None, max_length=200)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class CompoundFitIn(_Strict):
+    """Fit the chemical manipulator (aivc-chem) on a profile dataset."""
+
+    dataset: str = Field(min_length=1, max_length=200, examples=["lincs_cellpainting_a549"])
+    name: str | None = Field(
+        default=None, pattern=_NAME_PATTERN, description="Model id (default: generated)."
+    )
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class CompoundPredictIn(_Strict):
+    """A compound (a name of the training data, or a SMILES) at one or more doses."""
+
+    compound: str = Field(min_length=1, max_length=1000, examples=["CC(=O)Oc1ccccc1C(=O)O"])
+    doses: list[float] = Field(min_length=1, max_length=50, examples=[[0.1, 1.0, 10.0]])
+    dose_unit: str = Field(default="uM", max_length=8, description="pM, nM, uM, mM or M.")
+    level: float = Field(default=0.9, gt=0.0, lt=1.0, description="Interval level.")
+    top_k: int = Field(default=10, ge=1, le=100, description="Most changed features returned.")

@@ -216,6 +216,11 @@ class Workspace:
         self._dataset_locks: dict[str, threading.Lock] = {}
         self._known_genes: list[str] | None = None
         self._scan_models()
+        from aivc.interfaces.api._compounds import CompoundModels
+
+        self.compounds = CompoundModels(
+            self.root / "compound_models", check_quota=self._check_quota, errors=_library_errors
+        )
 
     # ------------------------------------------------------------------ datasets
     def add_dataset(

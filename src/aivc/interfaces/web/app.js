@@ -430,6 +430,79 @@ async function upload() {
 }
 
 // ---------------------------------------------------------------- wiring
+// ---------------------------------------------------------------- compounds
+async function loadCompoundLists(select) {
+  const [datasets, models] = await Promise.all([api("/compound-datasets"), api("/compound-models")]);
+  const ds = $("chem-dataset");
+  ds.innerHTML = "";
+  datasets.forEach((d) => option(ds, d.name, d.name));
+  const ms = $("chem-model");
+  ms.innerHTML = "";
+  models.forEach((m) => option(ms, m.id, `${m.id} (${m.n_compounds} compounds)`));
+  if (select) ms.value = select;
+  const chosen = models.find((m) => m.id === ms.value);
+  const opts = $("chem-options");
+  opts.innerHTML = "";
+  (chosen ? chosen.compounds : []).forEach((c) => option(opts, c));
+}
+
+async function fitCompoundModel() {
+  hideError("chem-error");
+  setStatus("fitting aivc-chem…");
+  try {
+    const m = await api("/compound-models", { method: "POST", json: { dataset: $("chem-dataset").value } });
+    await loadCompoundLists(m.id);
+    setStatus(`fitted ${m.id}: ${m.chosen.seen} for new doses, ${m.chosen.unseen} for new compounds`);
+  } catch (err) {
+    showError("chem-error", err.message);
+    setStatus("fit failed", true);
+  }
+}
+
+async function predictCompound() {
+  hideError("chem-error");
+  const model = $("chem-model").value;
+  if (!model) {
+    showError("chem-error", "fit a chemical model first");
+    return;
+  }
+  const doses = $("chem-doses").value.split(",").map((d) => Number(d.trim()));
+  if (doses.some((d) => !Number.isFinite(d))) {
+    showError("chem-error", "doses must be comma-separated numbers");
+    return;
+  }
+  try {
+    const out = await api(`/compound-models/${encodeURIComponent(model)}/predict`, {
+      method: "POST",
+      json: { compound: $("chem-compound").value.trim(), doses, top_k: 6 },
+    });
+    drawDoseResponse(out);
+    $("chem-summary").textContent = `${out.measured ? "measured compound" : "new compound"} · ${out.candidate} · ${Math.round(out.level * 100)}% intervals`;
+  } catch (err) {
+    showError("chem-error", err.message);
+  }
+}
+
+function drawDoseResponse(out) {
+  const traces = [];
+  out.features.forEach((f, i) => {
+    const colour = GROUP_COLOURS[i % GROUP_COLOURS.length];
+    traces.push({ x: out.doses, y: f.upper, mode: "lines", line: { width: 0 }, hoverinfo: "skip", showlegend: false, legendgroup: f.feature });
+    traces.push({ x: out.doses, y: f.lower, mode: "lines", line: { width: 0 }, fill: "tonexty", fillcolor: colour + "33", hoverinfo: "skip", showlegend: false, legendgroup: f.feature });
+    traces.push({ x: out.doses, y: f.delta, mode: "lines+markers", name: f.feature, line: { color: colour }, legendgroup: f.feature });
+  });
+  out.observed.forEach((o, i) => {
+    const colour = GROUP_COLOURS[i % GROUP_COLOURS.length];
+    traces.push({ x: o.dose_um, y: o.delta, mode: "markers", marker: { symbol: "x", size: 9, color: colour }, name: `${o.feature} (measured)`, legendgroup: o.feature });
+  });
+  Plotly.react("dose-response", traces, {
+    title: `${out.compound} · predicted change vs dose`,
+    xaxis: { title: `dose (${out.dose_unit})`, type: "log" },
+    yaxis: { title: "change from vehicle" },
+    margin: { t: 40, r: 10 },
+  }, PLOT_CONFIG);
+}
+
 function init() {
   $("token").value = state.token;
   $("token-save").addEventListener("click", () => {
@@ -446,6 +519,9 @@ function init() {
   $("screen-btn").addEventListener("click", screen);
   $("propose-btn").addEventListener("click", propose);
   $("upload-btn").addEventListener("click", upload);
+  $("chem-fit-btn").addEventListener("click", fitCompoundModel);
+  $("chem-predict-btn").addEventListener("click", predictCompound);
+  $("chem-model").addEventListener("change", () => loadCompoundLists($("chem-model").value).catch((err) => setStatus(err.message, true)));
   start();
 }
 
@@ -453,6 +529,7 @@ async function start() {
   try {
     await loadLists();
     if (!state.model) setStatus("choose a dataset and an instrument, then fit");
+    await loadCompoundLists();
   } catch (err) {
     setStatus(err.message, true);
   }

@@ -1,0 +1,197 @@
+"""Chemical models in a workspace: fit aivc-chem on a profile dataset, ask for a compound's dose response.
+
+A workspace keeps them in ``compound_models/<id>/`` (model directories as
+:meth:`aivc.instruments.Instrument.save` writes them, e.g. by ``aivc fit
+--model aivc-chem``); the REST API, the MCP server and the web page reach
+them through :class:`CompoundModels`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from aivc.interfaces.api._errors import ConflictError, NotFoundError, WorkspaceValidationError
+
+if TYPE_CHECKING:
+    from aivc.instruments._chemical import ChemicalManipulator
+
+__all__ = ["CompoundModels"]
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_DOSES = 50
+
+
+def _finite(values: np.ndarray) -> list[float | None]:
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
+class CompoundModels:
+    """The chemical models of a workspace.
+
+    Parameters
+    ----------
+    root
+        Folder of the model directories (created if missing).
+    check_quota
+        Called before a fit; raises when the workspace is full.
+    errors
+        Context manager factory turning library errors into the workspace's.
+    """
+
+    def __init__(
+        self, root: Path, *, check_quota: Callable[[], None], errors: Callable[[], Any]
+    ) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._check_quota = check_quota
+        self._errors = errors
+        self._loaded: dict[str, ChemicalManipulator] = {}
+        self._lock = threading.RLock()
+
+    @staticmethod
+    def datasets() -> list[dict[str, Any]]:
+        """Profile datasets present here that a chemical model can be fit on."""
+        from aivc.data import PROFILE_SCHEMAS, dataset_entry
+
+        out = []
+        for name in sorted(PROFILE_SCHEMAS):
+            entry = dataset_entry(name)
+            if entry.path().exists():
+                out.append(
+                    {"name": name, "description": entry.description, "citation": entry.citation}
+                )
+        return out
+
+    def _ids(self) -> list[str]:
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / "config.json").exists()
+        )
+
+    def fit(self, dataset: str, *, name: str | None = None, seed: int = 0) -> dict[str, Any]:
+        """Fit aivc-chem on a registered profile dataset; returns the model's record."""
+        from aivc.data import load_profiles
+        from aivc.instruments._chemical import ChemicalManipulator
+
+        if dataset not in {d["name"] for d in self.datasets()}:
+            msg = f"Unknown profile dataset {dataset!r}; available: {[d['name'] for d in self.datasets()]}."
+            raise NotFoundError(msg)
+        if name is not None and not _NAME.match(name):
+            msg = f"Invalid model name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-'."
+            raise WorkspaceValidationError(msg)
+        model_id = name or f"aivc-chem-{dataset}-{uuid.uuid4().hex[:6]}"
+        self._check_quota()
+        with self._lock:
+            if (self.root / model_id).exists():
+                msg = f"A compound model named {model_id!r} already exists; choose another name."
+                raise ConflictError(msg)
+            with self._errors():
+                adata, schema, _ = load_profiles(dataset)
+                model = ChemicalManipulator(seed=seed).fit(adata, schema)
+            model.save(self.root / model_id)
+            self._loaded[model_id] = model
+        return self._info(model_id, model, dataset)
+
+    def _model(self, model_id: str) -> ChemicalManipulator:
+        from aivc.instruments._chemical import ChemicalManipulator
+
+        with self._lock:
+            if model_id not in self._loaded:
+                if not _NAME.match(model_id) or model_id not in self._ids():
+                    msg = f"Unknown compound model {model_id!r}; fit one with POST /api/compound-models."
+                    raise NotFoundError(msg)
+                self._loaded[model_id] = ChemicalManipulator.load(self.root / model_id)
+            return self._loaded[model_id]
+
+    def _info(
+        self, model_id: str, model: ChemicalManipulator, dataset: str | None = None
+    ) -> dict[str, Any]:
+        table = model.table_
+        return {
+            "id": model_id,
+            "instrument": "aivc-chem",
+            "dataset": dataset,
+            "n_compounds": len(set(table.compounds)),
+            "n_conditions": len(table.compounds),
+            "n_features": len(table.features),
+            "compounds": sorted(set(map(str, table.compounds))),
+            "chosen": {fam: v["chosen"] for fam, v in model.selection_.items()},
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every chemical model of the workspace."""
+        return [self._info(i, self._model(i)) for i in self._ids()]
+
+    def predict(
+        self,
+        model_id: str,
+        compound: str,
+        doses: Sequence[float],
+        *,
+        dose_unit: str = "uM",
+        level: float = 0.9,
+        top_k: int = 10,
+    ) -> dict[str, Any]:
+        """A compound's predicted dose response: the ``top_k`` most changed features, each as a curve
+        with its interval, and the measured changes where the compound was measured."""
+        from aivc.instruments._chemical import dose_response
+
+        if not 1 <= len(doses) <= MAX_DOSES:
+            msg = f"Give 1 to {MAX_DOSES} doses; got {len(doses)}."
+            raise WorkspaceValidationError(msg)
+        model = self._model(model_id)
+        with self._errors():
+            table = dose_response(model, compound, doses, dose_unit=dose_unit, level=level)
+        n_d, n_f = len(doses), len(model.features_)
+        delta = table["delta"].to_numpy().reshape(n_d, n_f)
+        lower = table["lower"].to_numpy().reshape(n_d, n_f)
+        upper = table["upper"].to_numpy().reshape(n_d, n_f)
+        order = np.argsort(-np.abs(delta).max(0))[:top_k]
+        measured = compound in model.train_.curves
+        observed: list[dict[str, Any]] = []
+        if measured:
+            rows = np.flatnonzero(model.table_.compounds == compound)
+            for j in order:
+                observed.append(
+                    {
+                        "feature": model.features_[j],
+                        "dose_um": [float(d) for d in model.table_.doses[rows]],
+                        "delta": [float(v) for v in model.table_.delta[rows, j]],
+                    }
+                )
+        smiles = (
+            model.library_.structures.get(compound)
+            if measured
+            else model.library_.smiles_of(compound)
+        )
+        return {
+            "model": model_id,
+            "compound": compound,
+            "smiles": smiles,
+            "measured": measured,
+            "candidate": model.selection_["seen" if measured else "unseen"]["chosen"],
+            "doses": [float(d) for d in doses],
+            "dose_unit": dose_unit,
+            "level": level,
+            "features": [
+                {
+                    "feature": model.features_[j],
+                    "delta": _finite(delta[:, j]),
+                    "lower": _finite(lower[:, j]),
+                    "upper": _finite(upper[:, j]),
+                }
+                for j in order
+            ],
+            "observed": observed,
+        }
