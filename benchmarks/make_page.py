@@ -171,6 +171,12 @@ RULES: dict[str, Rule] = {
         "higher",
         ("pearson_delta", "pearson_delta_top20", "mse_top20", "mse", "map_moa", "coverage_90"),
     ),
+    "time": Rule(
+        "aivc-time",
+        "energy_distance_rel",
+        "lower",
+        ("energy_distance_rel", "energy_distance", "w2", "pearson_delta"),
+    ),
     "segmentation": Rule(
         "classical", "ap50", "higher", ("ap50", "f1_50", "precision50", "recall50", "ap_mean")
     ),

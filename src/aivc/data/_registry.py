@@ -368,3 +368,15 @@ register_dataset(
         "one well per compound and dose; SMILES from the Drug Repurposing Hub, else chemCPA.",
     )
 )
+register_dataset(
+    DatasetEntry(
+        name="schiebinger2019",
+        description="MEF -> iPSC reprogramming (serum), 250 cells x 1,479 genes at days 10, 10.5 and 11",
+        folder="schiebinger2019_reprogramming_moscot_subset",
+        filename="schiebinger2019_reprogramming_moscot_subset.h5ad",
+        kind="timecourse",
+        citation="Schiebinger G. et al. Cell 176:928-943 (2019). doi:10.1016/j.cell.2019.01.006",
+        license="BSD-3-Clause (moscot test data); GEO GSE122662",
+        notes="moscot's test subset; log-normalised X, reconstructed counts in layers['counts']; time in obs['day'].",
+    )
+)

@@ -47,6 +47,7 @@ _OWN_MODULES = (
     "aivc.instruments._gears",
     "aivc.instruments._manipulator",
     "aivc.instruments._chemical",
+    "aivc.instruments._temporal",
 )
 
 

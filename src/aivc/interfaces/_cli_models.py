@@ -326,6 +326,16 @@ def fit(
     dose_unit: Annotated[
         str | None, typer.Option("--dose-unit", help="aivc-chem: unit of --dose-key (default uM).")
     ] = None,
+    time_key: Annotated[
+        str | None,
+        typer.Option("--time-key", help="aivc-time, --data: obs column with each cell's time."),
+    ] = None,
+    expression: Annotated[
+        str | None,
+        typer.Option(
+            "--expression", help="aivc-time: X (or --counts-layer) holds 'counts', 'log' or 'fpkm'."
+        ),
+    ] = None,
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="Folder holding the datasets (default: AIVC_DATA_DIR)."),
@@ -354,6 +364,11 @@ def fit(
         "moa_key": moa_key,
         "dose_unit": dose_unit,
     }
+    if model == "aivc-time":
+        _fit_temporal(out, dataset, data, time_key, expression, counts_layer, seed, overwrite)
+        return
+    if time_key is not None or expression is not None:
+        _fail("--time-key/--expression are for --model aivc-time.")
     if model == "aivc-chem":
         _fit_chemical(
             out,
@@ -417,16 +432,11 @@ def fit(
     typer.echo(f"wrote model directory {path}")
 
 
-def _fit_chemical(
-    out: Path,
-    dataset: str | None,
-    data: Path | None,
-    keys: dict[str, str | None],
-    seed: int,
-    overwrite: bool,
-) -> None:
-    from aivc.data import DataValidationError, load_profiles
-    from aivc.instruments._chemical import ChemicalManipulator
+def _fit_saved(
+    name: str, out: Path, dataset: str | None, data: Path | None, overwrite: bool, build: Any
+) -> Any:
+    """Fit ``build(source)`` (a dataset name or a file path) and save it to ``out``; the fitted model."""
+    from aivc.data import DataValidationError
 
     if (dataset is None) == (data is None):
         _fail("give one of --dataset NAME or --data FILE.")
@@ -435,22 +445,102 @@ def _fit_chemical(
     source = dataset if dataset is not None else str(data)
     try:
         with working(
-            f"fitting aivc-chem on {source}", steps=f"loading, choosing candidates, writing {out}"
+            f"fitting {name} on {source}", steps=f"loading, choosing candidates, writing {out}"
         ):
-            adata, schema, _ = load_profiles(
-                source, **{k: v for k, v in keys.items() if v is not None}
-            )
-            model = ChemicalManipulator(seed=seed).fit(adata, schema)
-            path = model.save(out, overwrite=overwrite)
+            model = build(source)
+            model.save(out, overwrite=overwrite)
     except KeyError as e:
         _fail(str(e.args[0]) if e.args else str(e))
     except (FileNotFoundError, ValueError, DataValidationError) as e:
         _fail(str(e))
+    return model
+
+
+def _fit_chemical(
+    out: Path,
+    dataset: str | None,
+    data: Path | None,
+    keys: dict[str, str | None],
+    seed: int,
+    overwrite: bool,
+) -> None:
+    from aivc.data import load_profiles
+    from aivc.instruments._chemical import ChemicalManipulator
+
+    def build(source: str) -> ChemicalManipulator:
+        adata, schema, _ = load_profiles(source, **{k: v for k, v in keys.items() if v is not None})
+        return ChemicalManipulator(seed=seed).fit(adata, schema)
+
+    model = _fit_saved("aivc-chem", out, dataset, data, overwrite, build)
     chosen = {k: v["chosen"] for k, v in model.selection_.items()}
     typer.echo(
-        f"wrote model directory {path} (aivc-chem: {chosen['seen']} for measured compounds at new doses, "
+        f"wrote model directory {out} (aivc-chem: {chosen['seen']} for measured compounds at new doses, "
         f"{chosen['unseen']} for new compounds)"
     )
+
+
+def _fit_temporal(
+    out: Path,
+    dataset: str | None,
+    data: Path | None,
+    time_key: str | None,
+    expression: str | None,
+    layer: str | None,
+    seed: int,
+    overwrite: bool,
+) -> None:
+    from aivc.evaluate.tasks.time import load_time_course
+    from aivc.instruments._temporal import TemporalManipulator
+
+    def build(source: str) -> TemporalManipulator:
+        adata, key, kind, lay = load_time_course(source, time_key, expression, layer)
+        return TemporalManipulator(seed=seed).fit(adata, time_key=key, expression=kind, layer=lay)
+
+    model = _fit_saved("aivc-time", out, dataset, data, overwrite, build)
+    chosen = {k: v["chosen"] for k, v in model.selection_.items()}
+    typer.echo(
+        f"wrote model directory {out} (aivc-time, times {model.times_.tolist()}: {chosen['interpolate']} "
+        f"between them, {chosen['forecast']} beyond)"
+    )
+
+
+def _predict_temporal(model_dir: Path, times: list[float], n_cells: int, out: Path) -> None:
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from aivc.instruments import Instrument
+    from aivc.instruments._temporal import TemporalModel
+
+    if out.suffix != ".h5ad":
+        _fail(f"predicted cells are an AnnData: give --out an .h5ad file (got {str(out)!r}).")
+    try:
+        model = Instrument.load(model_dir)
+        if not isinstance(model, TemporalModel):
+            _fail(f"{str(model_dir)!r} holds a {type(model).__name__}, not a temporal model.")
+        blocks = [model.predict_cells(t, n_cells=n_cells) for t in times]
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    z = np.vstack(blocks)
+    cells = ad.AnnData(
+        X=model.center_ + z @ model.components_,
+        obs=pd.DataFrame(
+            {"time": np.repeat(times, [len(b) for b in blocks])},
+            index=[f"predicted_{i}" for i in range(len(z))],
+        ),
+        var=pd.DataFrame(index=model.genes_),
+    )
+    cells.obsm["X_aivc_time"] = z
+    cells.uns["aivc"] = {
+        "model": "aivc-time",
+        "measured_times": [float(t) for t in model.times_],
+        "selection": {k: v["chosen"] for k, v in model.selection_.items()},
+        "X": "log expression of the representation's genes, reconstructed from its components",
+    }
+    tmp = out.with_name(f".{out.name}.tmp")
+    cells.write_h5ad(tmp)
+    tmp.replace(out)
+    typer.echo(f"wrote {out} ({cells.n_obs} predicted cells at times {times})")
 
 
 def _predict_chemical(
@@ -504,6 +594,12 @@ def predict(
     dose_unit: Annotated[
         str, typer.Option("--dose-unit", help="aivc-chem: unit of --dose/--doses (nM, uM, mM...).")
     ] = "uM",
+    time: Annotated[
+        str | None,
+        typer.Option(
+            "--time", help="aivc-time: time(s) to predict the population at, comma-separated."
+        ),
+    ] = None,
     context: Annotated[
         str | None, typer.Option("--context", help="Context (cell type) to predict in.")
     ] = None,
@@ -533,10 +629,20 @@ def predict(
     holds predicted_delta, delta_lower/delta_upper and the DE table "de".
     """
     _setup(verbosity, None)
-    if (perturbations is None) == (compound is None):
+    if sum(x is not None for x in (perturbations, compound, time)) != 1:
         _fail(
-            "give --perturbations (genetic or drug labels) or --compound with --dose/--doses (aivc-chem)."
+            "give one of --perturbations (genetic or drug labels), --compound with --dose/--doses "
+            "(aivc-chem) or --time (aivc-time)."
         )
+    if time is not None:
+        if out.exists() and not overwrite:
+            _fail(f"{str(out)!r} already exists; pass --overwrite to replace it.")
+        try:
+            times = [float(t) for t in time.split(",") if t.strip()]
+        except ValueError:
+            _fail(f"--time must be comma-separated numbers; got {time!r}.")
+        _predict_temporal(model_dir, times, n_cells, out)
+        return
     if compound is not None:
         if out.exists() and not overwrite:
             _fail(f"{str(out)!r} already exists; pass --overwrite to replace it.")

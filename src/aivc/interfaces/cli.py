@@ -195,6 +195,13 @@ def benchmark(
     dose_unit: Annotated[
         str | None, typer.Option(help="chemical: unit of --dose-key (nM, uM, mM...; default uM).")
     ] = None,
+    time_key: Annotated[
+        str | None, typer.Option(help="time, --dataset FILE: obs column with each cell's time.")
+    ] = None,
+    expression: Annotated[
+        str | None,
+        typer.Option(help="time: X (or --counts-layer) holds 'counts', 'log' or 'fpkm' values."),
+    ] = None,
     data_dir: DataDir = None,
     verbosity: Verbosity = "info",
 ) -> None:
@@ -233,6 +240,21 @@ def benchmark(
         "moa_key": moa_key,
         "dose_unit": dose_unit,
     }
+    if "time_key" in spec.options:
+        options.update(
+            {
+                k: v
+                for k, v in {
+                    "time_key": time_key,
+                    "expression": expression,
+                    "layer": counts_layer,
+                }.items()
+                if v is not None
+            }
+        )
+        counts_layer = None
+    elif time_key is not None or expression is not None:
+        _fail(f"task {task!r} takes no --time-key/--expression options.")
     if "compound_key" in spec.options:
         # profile tasks: the columns go to the task itself, not to a perturbation schema
         chemical.update({"dose_key": dose_key, "control_label": control_label})

@@ -36,6 +36,7 @@ _TASK_MODULES = (
     "learning_curve",
     "chemical",
     "segmentation",
+    "time",
     "suite",
 )
 

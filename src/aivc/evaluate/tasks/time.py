@@ -1,0 +1,321 @@
+"""Time benchmark: a cell population at a time point the models never saw.
+
+``aivc benchmark time --dataset NAME_OR_PATH --variant interpolate|forecast --out DIR``:
+
+- ``interpolate``: each intermediate time point is held out in turn and
+  predicted from all the others.
+- ``forecast``: the last time point is predicted from the earlier ones.
+
+Every model fits the same representation on the same training cells (log
+expression of the most variable genes, principal components; see
+:mod:`aivc.instruments._temporal`) and predicts cells at the held-out time;
+they are compared there with the measured cells of that time. Metrics, per
+held-out time point, then averaged over them; mean ± sd over seeds (each
+seed keeps a seeded 90% of every training time point's cells):
+``energy_distance`` and ``w2`` (Wasserstein-2, exact OT) between predicted
+and measured cells in the representation; ``energy_distance_rel``, the
+energy distance divided by that of ``nearest-time`` (the nearest measured
+time point's cells) on the same split; ``pearson_delta``, the Pearson
+correlation over genes of the predicted and measured change of mean log
+expression from the nearest earlier training time point.
+
+Datasets: ``schiebinger2019`` (reprogramming, days 10/10.5/11, counts),
+``hsmm_timecourse`` (myoblast differentiation, 0/24/48/72 h, FPKM: log1p,
+no library-size normalisation), ``sim-timecourse-N`` (the simulator: cells
+of one type sent towards another, measured at 0, 3, 6, 12, 24 and 48 h; N is
+the world's seed), or the path of an ``.h5ad`` with ``--time-key`` (counts
+in ``layers["counts"]`` or ``X`` are detected; otherwise ``X`` is taken as
+log expression).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from aivc.data._validate import DataValidationError
+from aivc.evaluate._memory import ResourceMeter
+from aivc.evaluate._results import fmt_summary, machine_info, summarize, write_results
+from aivc.evaluate.tasks import Task, register_task
+from aivc.instruments._temporal import (
+    TEMPORAL_MODELS,
+    _log_expression,
+    check_time_course,
+    energy_distance,
+    w2_distance,
+)
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["TIME_MODELS", "load_time_course", "run_time", "simulated_time_course"]
+
+logger = logging.getLogger(__name__)
+
+TIME_MODELS = ("nearest-time", "linear-time", "ot-interpolation", "aivc-time")
+VARIANTS = ("interpolate", "forecast")
+SUBSAMPLE = 0.9
+SIM_TIMES = (0.0, 3.0, 6.0, 12.0, 24.0, 48.0)
+
+#: How the registered time courses are read: time column, expression kind, layer.
+_DATASETS = {
+    "schiebinger2019": ("day", "counts", "counts"),
+    "hsmm_timecourse": ("time_hours", "fpkm", None),
+}
+
+
+def simulated_time_course(world: int, *, n_cells: int = 250, n_genes: int = 400) -> AnnData:
+    """Cells of the simulator's first cell type sent towards its second, at :data:`SIM_TIMES` hours."""
+    from aivc.sim import CONTROL, VirtualCellSimulator
+
+    sim = VirtualCellSimulator(n_genes=n_genes, n_cell_types=2, seed=world).build()
+    start, target = sim.cell_types[:2]
+    design = pd.DataFrame(
+        {
+            "perturbation": CONTROL,
+            "cell_type": start,
+            "signal": target,
+            "time": list(SIM_TIMES),
+            "n_cells": n_cells,
+        }
+    )
+    adata, _ = sim.simulate(design, seed=world)
+    return adata
+
+
+def load_time_course(
+    dataset: str, time_key: str | None, expression: str | None, layer: str | None
+) -> tuple[AnnData, str, str, str | None]:
+    """A time course, its time column, expression kind and layer, from a name or a file (see the module docstring)."""
+    from aivc.data._registry import _REGISTRY, load
+
+    if dataset.startswith("sim-timecourse-"):
+        world = int(dataset.rsplit("-", 1)[1])
+        return simulated_time_course(world), "time", "counts", None
+    if dataset in _REGISTRY:
+        if dataset not in _DATASETS:
+            msg = f"Dataset {dataset!r} is not a time course; time courses are {sorted(_DATASETS)}, sim-timecourse-N or a file."
+            raise ValueError(msg)
+        key, kind, lay = _DATASETS[dataset]
+        return (
+            load(dataset),
+            time_key or key,
+            expression or kind,
+            layer if layer is not None else lay,
+        )
+    path = Path(dataset)
+    if not path.exists():
+        msg = f"{dataset!r} is neither a registered time course nor a file."
+        raise FileNotFoundError(msg)
+    if time_key is None:
+        msg = "A time course file needs --time-key (the obs column with each cell's time)."
+        raise ValueError(msg)
+    from aivc.data._validate import read_h5ad
+
+    adata = read_h5ad(path)
+    if layer is None and expression in (None, "counts") and "counts" in adata.layers:
+        layer = "counts"
+    if expression is None:
+        X = adata.layers[layer] if layer else adata.X
+        values = X.data if sp.issparse(X) else np.asarray(X).ravel()
+        expression = "counts" if np.allclose(values[:10000], np.round(values[:10000])) else "log"
+    return adata, time_key, expression, layer
+
+
+def _splits(times: np.ndarray, variant: str) -> list[float]:
+    if variant == "forecast":
+        return [float(times[-1])]
+    inner = [float(t) for t in times[1:-1]]
+    if not inner:
+        msg = f"Interpolation needs three or more time points; this course has {times.tolist()}."
+        raise DataValidationError(msg)
+    return inner
+
+
+def run_time(
+    out: str | Path,
+    *,
+    dataset: str | None = None,
+    models: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    variant: str | None = None,
+    time_key: str | None = None,
+    expression: str | None = None,
+    layer: str | None = None,
+) -> dict[str, Any]:
+    """Run the time benchmark (see the module docstring); writes results into ``out``."""
+    out = Path(out)
+    variant = variant or "interpolate"
+    dataset = dataset or "schiebinger2019"
+    models = list(models or TIME_MODELS)
+    unknown = [m for m in models if m not in TEMPORAL_MODELS]
+    if unknown:
+        msg = f"Unknown time model(s) {unknown}; choose from {sorted(TEMPORAL_MODELS)}."
+        raise ValueError(msg)
+    if "nearest-time" not in models:
+        models.insert(0, "nearest-time")  # the reference of energy_distance_rel
+    adata, key, kind, lay = load_time_course(dataset, time_key, expression, layer)
+    t = check_time_course(adata, key)
+    times = np.unique(t)
+    held = _splits(times, variant)
+    metrics = ("energy_distance", "energy_distance_rel", "w2", "pearson_delta")
+    per_seed = {m: {k: [] for k in metrics} for m in models}
+    rows: list[dict[str, Any]] = []
+    wall = dict.fromkeys(models, 0.0)
+    peak = dict.fromkeys(models, 0.0)
+    choices: list[str] = []
+    for seed in seeds:
+        rng = np.random.default_rng([int(seed), 7])
+        unit: dict[str, dict[str, list[float]]] = {m: {k: [] for k in metrics} for m in models}
+        for target in held:
+            train_times = times[times < target] if variant == "forecast" else times[times != target]
+            keep = np.zeros(adata.n_obs, dtype=bool)
+            for tt in train_times:
+                idx = np.flatnonzero(t == tt)
+                keep[rng.choice(idx, size=max(2, round(SUBSAMPLE * len(idx))), replace=False)] = (
+                    True
+                )
+            train, test = adata[keep].copy(), adata[t == target].copy()
+            reference = float(train_times[train_times < target].max())
+            ed_nearest = None
+            for m in models:
+                with ResourceMeter() as meter:
+                    model = TEMPORAL_MODELS[m](seed=int(seed)).fit(
+                        train, time_key=key, expression=kind, layer=lay
+                    )
+                    observed = model.transform(test)
+                    predicted = model.predict_cells(target, n_cells=len(observed))
+                wall[m] += meter.wall_seconds
+                peak[m] = max(peak[m], meter.peak_increase_mb)
+                if m == "aivc-time":
+                    choices.append(
+                        model.selection_["forecast" if variant == "forecast" else "interpolate"][
+                            "chosen"
+                        ]
+                    )
+                ed = energy_distance(predicted, observed)
+                if m == "nearest-time":
+                    ed_nearest = ed
+                X_test = test.layers[lay] if lay else test.X
+                obs_mean = _log_expression(X_test, kind)[:, model.gene_index_].mean(0)
+                ref_mean = model.center_ + model.populations_[reference].mean(0) @ model.components_
+                pred_mean = model.center_ + predicted.mean(0) @ model.components_
+                a, b = pred_mean - ref_mean, obs_mean - ref_mean
+                pearson = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
+                values = {
+                    "energy_distance": ed,
+                    "energy_distance_rel": ed / ed_nearest if ed_nearest else float("nan"),
+                    "w2": w2_distance(predicted, observed),
+                    "pearson_delta": pearson,
+                }
+                for k, v in values.items():
+                    unit[m][k].append(v)
+                rows.append({"seed": int(seed), "model": m, "held_out_time": target, **values})
+        for m in models:
+            for k in metrics:
+                per_seed[m][k].append(float(np.mean(unit[m][k])))
+    result = {
+        "task": "time",
+        "dataset": dataset if not Path(dataset).exists() else Path(dataset).name,
+        "variant": variant,
+        "description": (
+            "Predict the cells of a held-out time point "
+            + (
+                "from all other time points"
+                if variant == "interpolate"
+                else "from the earlier time points (forecast)"
+            )
+        ),
+        "split": {
+            "kind": variant,
+            "seeds": [int(s) for s in seeds],
+            "times": [float(x) for x in times],
+            "held_out_times": held,
+            "time_key": key,
+            "expression": kind,
+            "training_subsample": SUBSAMPLE,
+        },
+        "models": {m: {k: summarize(v) for k, v in per_seed[m].items()} for m in models},
+        "aivc_time_choices": pd.Series(choices).value_counts().to_dict() if choices else {},
+        "metrics": {
+            "energy_distance": {
+                "higher_is_better": False,
+                "description": "energy distance between predicted and measured cells (representation)",
+            },
+            "energy_distance_rel": {
+                "higher_is_better": False,
+                "description": "energy distance / that of nearest-time on the same split",
+            },
+            "w2": {
+                "higher_is_better": False,
+                "description": "Wasserstein-2 distance (exact OT) between predicted and measured cells",
+            },
+            "pearson_delta": {
+                "higher_is_better": True,
+                "description": "Pearson r over genes of predicted vs measured change of mean log expression from the nearest earlier training time",
+            },
+        },
+        "wall_seconds": {k: round(v, 3) for k, v in wall.items()},
+        "peak_memory_mb": {k: round(v, 1) for k, v in peak.items()},
+        "peak_memory_note": "largest increase of resident memory during one fit+predict",
+        "machine": machine_info(),
+    }
+    from aivc._io import write_csv_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv_atomic(pd.DataFrame(rows), out / "per_time_point.csv")
+    write_results(out, result, time_markdown(result))
+    return result
+
+
+def time_markdown(result: dict[str, Any]) -> str:
+    """A readable table of a ``time`` ``results.json``."""
+    s = result["split"]
+    lines = [
+        f"# time on {result['dataset']} ({result['variant']})",
+        "",
+        result["description"] + ".",
+        "",
+        f"Times {s['times']} ({s['time_key']}, {s['expression']}); held out {s['held_out_times']}; seeds {s['seeds']}; "
+        "mean ± sd over seeds of the mean over held-out time points.",
+        "",
+        "| model | energy_distance ↓ | energy_distance_rel ↓ | w2 ↓ | pearson_delta ↑ | wall s | peak MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, e in result["models"].items():
+        cells = " | ".join(
+            fmt_summary(e[k])
+            for k in ("energy_distance", "energy_distance_rel", "w2", "pearson_delta")
+        )
+        lines.append(
+            f"| {name} | {cells} | {result['wall_seconds'].get(name, 0):.1f} | {result['peak_memory_mb'].get(name, 0):.0f} |"
+        )
+    if result.get("aivc_time_choices"):
+        lines += [
+            "",
+            "aivc-time's choices on its training time points: "
+            + ", ".join(f"{k} ×{v}" for k, v in result["aivc_time_choices"].items()),
+        ]
+    m = result["machine"]
+    lines += ["", f"Machine: {m['cpus']} CPUs, Python {m['python']}, aivc {m['aivc']}.", ""]
+    return "\n".join(lines)
+
+
+register_task(
+    Task(
+        name="time",
+        description="Predict the cell population at a held-out or future time point",
+        datasets=("schiebinger2019", "hsmm_timecourse", "sim-timecourse-0"),
+        models=TIME_MODELS,
+        seeds=(0, 1, 2),
+        run=run_time,
+        variants=VARIANTS,
+        options=("time_key", "expression", "layer"),
+    )
+)

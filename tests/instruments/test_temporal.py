@@ -1,0 +1,88 @@
+"""The temporal manipulator and its baselines: exact on a linear drift, clear errors, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ot")
+
+from _timecourses import DRIFT, drifting
+from aivc.data import DataValidationError
+from aivc.instruments import Instrument
+from aivc.instruments._temporal import TEMPORAL_MODELS, TemporalManipulator, check_time_course
+
+
+@pytest.mark.parametrize("name", ["linear-time", "ot-interpolation", "aivc-time"])
+def test_an_unseen_time_point_on_a_linear_drift_is_interpolated_exactly(name):
+    full = drifting()
+    train = full[full.obs["time"] != 2.0].copy()
+    model = TEMPORAL_MODELS[name](n_components=10).fit(train, time_key="time", expression="log")
+    mean = model.predict_mean(2.0).to_numpy()
+    truth = full[full.obs["time"] == 2.0].X.mean(0)
+    assert np.abs(mean - truth).max() < 0.05
+
+
+def test_forecast_beyond_the_last_time_point_follows_the_drift():
+    model = TemporalManipulator(n_components=10).fit(drifting(), time_key="time", expression="log")
+    assert model.selection_["forecast"]["chosen"] in {
+        "linear-time",
+        "ot-interpolation",
+        "ot-drift",
+        "ot-sinkhorn",
+    }
+    mean = model.predict_mean(5.0).to_numpy()
+    assert np.abs(mean - (5.0 + 5.0 * DRIFT + drifting().X[:120].mean(0) - 5.0)).max() < 0.1
+    with pytest.raises(ValueError, match="before the first"):
+        model.predict_cells(-1.0)
+
+
+def test_times_as_text_are_read_or_refused():
+    data = drifting(times=(24.0, 0.0, 48.0))  # unsorted is fine
+    data.obs["time"] = data.obs["time"].map(lambda v: f"{v:g}h")
+    assert sorted(set(check_time_course(data, "time"))) == [0.0, 24.0, 48.0]
+    data.obs["time"] = "late"
+    with pytest.raises(DataValidationError, match="hold no number"):
+        check_time_course(data, "time")
+    one = drifting(times=(0.0,))
+    with pytest.raises(DataValidationError, match="at least two time points"):
+        check_time_course(one, "time")
+    few = drifting(times=(0.0, 1.0), n=3)
+    with pytest.raises(DataValidationError, match="fewer than"):
+        check_time_course(few, "time")
+    with pytest.raises(DataValidationError, match="No time column"):
+        check_time_course(drifting(), "hours")
+
+
+def test_save_load_gives_identical_forecasts(tmp_path):
+    model = TemporalManipulator(n_components=8, seed=3).fit(
+        drifting(), time_key="time", expression="log"
+    )
+    again = Instrument.load(model.save(tmp_path / "t"))
+    assert isinstance(again, TemporalManipulator)
+    for t in (2.5, 6.0):
+        assert np.array_equal(model.predict_cells(t), again.predict_cells(t))
+    assert again.selection_ == model.selection_
+
+
+def test_time_benchmark_reads_a_declared_file(tmp_path):
+    from aivc.evaluate.tasks import run_task
+
+    data = drifting(n=40)
+    data.obs["hours"] = data.obs.pop("time")
+    path = tmp_path / "course.h5ad"
+    data.write_h5ad(path)
+    result = run_task(
+        "time",
+        tmp_path / "out",
+        dataset=str(path),
+        seeds=[0],
+        variant="interpolate",
+        time_key="hours",
+        expression="log",
+    )
+    assert result["split"]["held_out_times"] == [1.0, 2.0, 3.0]
+    models = result["models"]
+    assert models["nearest-time"]["energy_distance_rel"]["mean"] == 1.0
+    assert models["ot-interpolation"]["energy_distance_rel"]["mean"] < 0.5
+    assert models["linear-time"]["pearson_delta"]["mean"] > 0.9
