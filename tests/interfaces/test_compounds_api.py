@@ -109,3 +109,60 @@ def test_compound_tools_over_mcp(data_dir: Path, tmp_path: Path) -> None:
     assert fit["id"] == "chem"
     assert len(pred["features"]) == 3 and pred["doses"] == [1.0, 10.0]
     assert bad_is_error
+
+
+def test_temporal_models_over_rest_and_mcp(data_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ot")
+    ws = Workspace(tmp_path / "ws")
+    with TestClient(create_app(ws), base_url=BASE) as client:
+        assert "schiebinger2019" in [d["name"] for d in client.get("/api/temporal-datasets").json()]
+        r = client.post(
+            "/api/temporal-models", json={"dataset": "schiebinger2019", "name": "reprog"}
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["times"] == [10.0, 10.5, 11.0]
+        r = client.post(
+            "/api/temporal-models/reprog/forecast",
+            json={"times": [10.25, 11.5], "n_cells": 50, "top_k": 5},
+        )
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert [p["rule"] for p in out["predictions"]] == ["interpolate", "forecast"]
+        assert (
+            len(out["predictions"][0]["cells_pc"]) == 50
+            and len(out["predictions"][1]["top_genes"]) == 5
+        )
+        assert out["predictions"][1]["compared_with_time"] == 11.0
+        assert (
+            client.post("/api/temporal-models/reprog/forecast", json={"times": [5.0]}).status_code
+            == 422
+        )
+        assert (
+            client.post("/api/temporal-models/none/forecast", json={"times": [11.0]}).status_code
+            == 404
+        )
+        assert (
+            client.post("/api/temporal-models", json={"dataset": "papalexi2021"}).status_code == 404
+        )
+    pytest.importorskip("mcp")
+    from mcp import Client
+
+    from aivc.interfaces.mcp_server import create_server
+
+    server = create_server(Workspace(tmp_path / "ws"))
+
+    async def talk() -> dict:
+        async with Client(server) as client:
+            r = await client.call_tool(
+                "forecast_population", {"model": "reprog", "times": [12.0], "top_k": 3}
+            )
+            return (
+                r.structured_content
+                if r.structured_content is not None
+                else json.loads(r.content[0].text)
+            )
+
+    got = anyio.run(talk)
+    assert (
+        got["predictions"][0]["rule"] == "forecast" and len(got["predictions"][0]["top_genes"]) == 3
+    )

@@ -424,3 +424,30 @@ def test_compound_dose_response_on_the_page(server: str, browser, tmp_path: Path
     wait.until(ec.visibility_of_element_located((By.ID, "chem-error")))
     assert "SMILES" in browser.find_element(By.ID, "chem-error").text
     browser.save_screenshot(str(tmp_path / "compounds.png"))
+
+
+def test_time_slider_shows_the_predicted_population(server: str, browser) -> None:
+    pytest.importorskip("ot")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 90)
+    browser.get(server + "/")
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "time-dataset")).options) > 0)
+    Select(browser.find_element(By.ID, "time-dataset")).select_by_value("schiebinger2019")
+    browser.find_element(By.ID, "time-fit-btn").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "time-summary"), "measured times"))
+    names = browser.execute_script(
+        "return document.getElementById('time-cells').data.map((t) => t.name)"
+    )
+    assert names[:3] == ["measured 10", "measured 10.5", "measured 11"] and names[3].startswith(
+        "predicted"
+    )
+    # move the slider beyond the last measured day: a forecast
+    browser.execute_script(
+        "const s = document.getElementById('time-slider'); s.value = s.max;"
+        "s.dispatchEvent(new Event('change'));"
+    )
+    wait.until(ec.text_to_be_present_in_element((By.ID, "time-summary"), "forecast beyond"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#time-genes tbody tr")) == 10

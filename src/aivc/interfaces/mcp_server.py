@@ -133,7 +133,9 @@ INSTRUCTIONS = (
     "capability also give intervals. Compare with the measured change where one exists "
     "('measured': true) before trusting a prediction. For compounds: fit_compound_model on a "
     "profile dataset (e.g. lincs_cellpainting_a549), then predict_compound with a name or a "
-    "SMILES and a list of doses (a dose-response curve of the most changed features, with intervals)."
+    "SMILES and a list of doses (a dose-response curve of the most changed features, with intervals). "
+    "For time courses: fit_temporal_model, then forecast_population at times between or after "
+    "the measured ones."
 )
 
 
@@ -267,6 +269,30 @@ def create_server(workspace: Workspace | str | Path, *, fit_timeout: float = 600
         return ws.compounds.predict(
             model, compound, doses, dose_unit=dose_unit, level=level, top_k=top_k
         )
+
+    @server.tool()
+    @_anticipated
+    def fit_temporal_model(
+        dataset: str = "schiebinger2019", name: str | None = None, seed: int = 0
+    ) -> dict[str, Any]:
+        """Fit the temporal manipulator (aivc-time) on a time course; returns its measured times
+        and the candidates it chose for interpolation and forecasting."""
+        return ws.temporal.fit(dataset, name=name, seed=seed)
+
+    @server.tool()
+    @_anticipated
+    def forecast_population(
+        model: str, times: list[float], n_cells: int = 200, top_k: int = 10
+    ) -> dict[str, Any]:
+        """Predict the cell population at each time (between measured times, or after the last).
+
+        Returns, per time, the predicted cells on the first two principal components and the
+        top_k genes whose mean changes most from the last measured time before it.
+        """
+        if not 1 <= n_cells <= 2000:
+            msg = f"n_cells must be between 1 and 2000. Got {n_cells} instead."
+            raise ValueError(msg)
+        return ws.temporal.forecast(model, times, n_cells=n_cells, top_k=top_k)
 
     @server.tool()
     @_anticipated

@@ -54,7 +54,7 @@ from aivc.instruments._temporal import (
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["TIME_MODELS", "load_time_course", "run_time", "simulated_time_course"]
+__all__ = ["TIME_COURSES", "TIME_MODELS", "load_time_course", "run_time", "simulated_time_course"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ SUBSAMPLE = 0.9
 SIM_TIMES = (0.0, 3.0, 6.0, 12.0, 24.0, 48.0)
 
 #: How the registered time courses are read: time column, expression kind, layer.
-_DATASETS = {
+TIME_COURSES = {
     "schiebinger2019": ("day", "counts", "counts"),
     "hsmm_timecourse": ("time_hours", "fpkm", None),
 }
@@ -99,10 +99,10 @@ def load_time_course(
         world = int(dataset.rsplit("-", 1)[1])
         return simulated_time_course(world), "time", "counts", None
     if dataset in _REGISTRY:
-        if dataset not in _DATASETS:
-            msg = f"Dataset {dataset!r} is not a time course; time courses are {sorted(_DATASETS)}, sim-timecourse-N or a file."
+        if dataset not in TIME_COURSES:
+            msg = f"Dataset {dataset!r} is not a time course; time courses are {sorted(TIME_COURSES)}, sim-timecourse-N or a file."
             raise ValueError(msg)
-        key, kind, lay = _DATASETS[dataset]
+        key, kind, lay = TIME_COURSES[dataset]
         return (
             load(dataset),
             time_key or key,

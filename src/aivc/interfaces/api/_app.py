@@ -30,12 +30,14 @@ from aivc.interfaces.api._schemas import (
     ErrorOut,
     ExplainIn,
     FitIn,
+    ForecastIn,
     InstrumentOut,
     JobOut,
     PredictIn,
     PredictOut,
     ProposeIn,
     ScreenIn,
+    TemporalFitIn,
 )
 from aivc.interfaces.api._security import (
     HostGuard,
@@ -376,6 +378,27 @@ def create_app(
             level=body.level,
             top_k=body.top_k,
         )
+
+    @api.get("/temporal-datasets", tags=["time"])
+    def temporal_datasets() -> list[dict[str, Any]]:
+        """Time courses the temporal manipulator can be fit on."""
+        return ws.temporal.datasets()
+
+    @api.get("/temporal-models", tags=["time"])
+    def temporal_models() -> list[dict[str, Any]]:
+        """Fitted temporal models in this workspace."""
+        return ws.temporal.list()
+
+    @api.post("/temporal-models", status_code=201, tags=["time"])
+    def fit_temporal_model(body: TemporalFitIn) -> dict[str, Any]:
+        """Fit aivc-time on a time course (seconds; returns the model record)."""
+        return ws.temporal.fit(body.dataset, name=body.name, seed=body.seed)
+
+    @api.post("/temporal-models/{model_id}/forecast", tags=["time"])
+    def forecast(model_id: str, body: ForecastIn) -> dict[str, Any]:
+        """The predicted population at each time: cells on the first two components and the
+        most changed genes, with the measured populations for comparison."""
+        return ws.temporal.forecast(model_id, body.times, n_cells=body.n_cells, top_k=body.top_k)
 
     @api.get("/models/{model_id}", tags=["models"])
     def model(model_id: str) -> dict[str, Any]:

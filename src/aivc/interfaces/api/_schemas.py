@@ -223,3 +223,23 @@ class CompoundPredictIn(_Strict):
     dose_unit: str = Field(default="uM", max_length=8, description="pM, nM, uM, mM or M.")
     level: float = Field(default=0.9, gt=0.0, lt=1.0, description="Interval level.")
     top_k: int = Field(default=10, ge=1, le=100, description="Most changed features returned.")
+
+
+class TemporalFitIn(_Strict):
+    """Fit the temporal manipulator (aivc-time) on a time course."""
+
+    dataset: str = Field(min_length=1, max_length=200, examples=["schiebinger2019"])
+    name: str | None = Field(
+        default=None, pattern=_NAME_PATTERN, description="Model id (default: generated)."
+    )
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class ForecastIn(_Strict):
+    """Times (in the course's unit) to predict the cell population at."""
+
+    times: list[float] = Field(min_length=1, max_length=20, examples=[[10.25, 11.5]])
+    n_cells: int = Field(default=200, ge=1, le=2000)
+    top_k: int = Field(
+        default=10, ge=1, le=100, description="Most changed genes returned per time."
+    )

@@ -216,10 +216,13 @@ class Workspace:
         self._dataset_locks: dict[str, threading.Lock] = {}
         self._known_genes: list[str] | None = None
         self._scan_models()
-        from aivc.interfaces.api._compounds import CompoundModels
+        from aivc.interfaces.api._stores import CompoundModels, TemporalModels
 
         self.compounds = CompoundModels(
             self.root / "compound_models", check_quota=self._check_quota, errors=_library_errors
+        )
+        self.temporal = TemporalModels(
+            self.root / "temporal_models", check_quota=self._check_quota, errors=_library_errors
         )
 
     # ------------------------------------------------------------------ datasets

@@ -503,6 +503,85 @@ function drawDoseResponse(out) {
   }, PLOT_CONFIG);
 }
 
+// ---------------------------------------------------------------- time courses
+async function loadTemporalLists(select) {
+  const [datasets, models] = await Promise.all([api("/temporal-datasets"), api("/temporal-models")]);
+  const ds = $("time-dataset");
+  ds.innerHTML = "";
+  datasets.forEach((d) => option(ds, d.name, d.name));
+  const ms = $("time-model");
+  ms.innerHTML = "";
+  models.forEach((m) => option(ms, m.id, `${m.id} (times ${m.times.join(", ")})`));
+  if (select) ms.value = select;
+  const chosen = models.find((m) => m.id === ms.value);
+  if (chosen) {
+    // from the first measured time to half a course beyond the last
+    const first = chosen.times[0];
+    const last = chosen.times[chosen.times.length - 1];
+    const slider = $("time-slider");
+    slider.min = first;
+    slider.max = last + (last - first) / 2;
+    slider.step = (last - first) / 100;
+    slider.value = (first + last) / 2;
+    $("time-value").textContent = Number(slider.value).toFixed(2);
+  }
+}
+
+async function fitTemporalModel() {
+  hideError("time-error");
+  setStatus("fitting aivc-time…");
+  try {
+    const m = await api("/temporal-models", { method: "POST", json: { dataset: $("time-dataset").value } });
+    await loadTemporalLists(m.id);
+    setStatus(`fitted ${m.id}: ${m.chosen.interpolate} between measured times, ${m.chosen.forecast} beyond`);
+    await forecastAtSlider();
+  } catch (err) {
+    showError("time-error", err.message);
+    setStatus("fit failed", true);
+  }
+}
+
+async function forecastAtSlider() {
+  hideError("time-error");
+  const model = $("time-model").value;
+  if (!model) return;
+  const t = Number($("time-slider").value);
+  $("time-value").textContent = t.toFixed(2);
+  try {
+    const out = await api(`/temporal-models/${encodeURIComponent(model)}/forecast`, {
+      method: "POST",
+      json: { times: [t], n_cells: 200, top_k: 10 },
+    });
+    const p = out.predictions[0];
+    const traces = out.measured_pc.map((m, i) => ({
+      x: m.cells_pc.map((c) => c[0]), y: m.cells_pc.map((c) => c[1]), mode: "markers", type: "scatter",
+      name: `measured ${m.time}`, marker: { size: 4, color: GROUP_COLOURS[i % GROUP_COLOURS.length], opacity: 0.35 },
+    }));
+    traces.push({
+      x: p.cells_pc.map((c) => c[0]), y: p.cells_pc.map((c) => c[1]), mode: "markers", type: "scatter",
+      name: `predicted ${p.time.toFixed(2)}`, marker: { size: 5, color: HIGHLIGHT_COLOUR },
+    });
+    Plotly.react("time-cells", traces, {
+      title: `cells at ${p.time.toFixed(2)} (${p.rule}: ${p.candidate})`,
+      xaxis: { title: "PC1" }, yaxis: { title: "PC2" }, margin: { t: 40, r: 10 },
+    }, PLOT_CONFIG);
+    const body = $("time-genes").querySelector("tbody");
+    body.innerHTML = "";
+    p.top_genes.forEach((g) => {
+      const tr = document.createElement("tr");
+      [g.gene, fmt(g.change)].forEach((v) => {
+        const td = document.createElement("td");
+        td.textContent = v;
+        tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    });
+    $("time-summary").textContent = `${p.rule === "forecast" ? "forecast beyond" : "between"} the measured times ${out.measured_times.join(", ")}; changes from time ${p.compared_with_time}`;
+  } catch (err) {
+    showError("time-error", err.message);
+  }
+}
+
 function init() {
   $("token").value = state.token;
   $("token-save").addEventListener("click", () => {
@@ -521,6 +600,9 @@ function init() {
   $("upload-btn").addEventListener("click", upload);
   $("chem-fit-btn").addEventListener("click", fitCompoundModel);
   $("chem-predict-btn").addEventListener("click", predictCompound);
+  $("time-fit-btn").addEventListener("click", fitTemporalModel);
+  $("time-slider").addEventListener("change", forecastAtSlider);
+  $("time-model").addEventListener("change", () => loadTemporalLists($("time-model").value).then(forecastAtSlider).catch((err) => setStatus(err.message, true)));
   $("chem-model").addEventListener("change", () => loadCompoundLists($("chem-model").value).catch((err) => setStatus(err.message, true)));
   start();
 }
@@ -530,6 +612,7 @@ async function start() {
     await loadLists();
     if (!state.model) setStatus("choose a dataset and an instrument, then fit");
     await loadCompoundLists();
+    await loadTemporalLists();
   } catch (err) {
     setStatus(err.message, true);
   }

@@ -22,8 +22,9 @@ from aivc.interfaces.api._errors import ConflictError, NotFoundError, WorkspaceV
 
 if TYPE_CHECKING:
     from aivc.instruments._chemical import ChemicalManipulator
+    from aivc.instruments._temporal import TemporalManipulator
 
-__all__ = ["CompoundModels"]
+__all__ = ["CompoundModels", "SavedModels", "TemporalModels"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ def _finite(values: np.ndarray) -> list[float | None]:
     return [float(v) if np.isfinite(v) else None for v in values]
 
 
-class CompoundModels:
-    """The chemical models of a workspace.
+class SavedModels:
+    """Models of one kind kept as :meth:`~aivc.instruments.Instrument.save` directories in a folder.
 
     Parameters
     ----------
@@ -48,6 +49,13 @@ class CompoundModels:
         Context manager factory turning library errors into the workspace's.
     """
 
+    #: Instrument name, used in generated ids.
+    instrument = ""
+    #: What the API calls these models, for messages.
+    what = "model"
+    #: The REST path that fits one, for messages.
+    endpoint = ""
+
     def __init__(
         self, root: Path, *, check_quota: Callable[[], None], errors: Callable[[], Any]
     ) -> None:
@@ -55,22 +63,30 @@ class CompoundModels:
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_quota = check_quota
         self._errors = errors
-        self._loaded: dict[str, ChemicalManipulator] = {}
+        self._loaded: dict[str, Any] = {}
         self._lock = threading.RLock()
 
-    @staticmethod
-    def datasets() -> list[dict[str, Any]]:
-        """Profile datasets present here that a chemical model can be fit on."""
-        from aivc.data import PROFILE_SCHEMAS, dataset_entry
+    def datasets(self) -> list[dict[str, Any]]:
+        """Datasets present here that such a model can be fit on."""
+        from aivc.data import dataset_entry
 
         out = []
-        for name in sorted(PROFILE_SCHEMAS):
+        for name in self._dataset_names():
             entry = dataset_entry(name)
             if entry.path().exists():
                 out.append(
                     {"name": name, "description": entry.description, "citation": entry.citation}
                 )
         return out
+
+    def _dataset_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def _build(self, dataset: str, seed: int) -> Any:
+        raise NotImplementedError
+
+    def _info(self, model_id: str, model: Any, dataset: str | None = None) -> dict[str, Any]:
+        raise NotImplementedError
 
     def _ids(self) -> list[str]:
         return sorted(
@@ -80,39 +96,60 @@ class CompoundModels:
         )
 
     def fit(self, dataset: str, *, name: str | None = None, seed: int = 0) -> dict[str, Any]:
-        """Fit aivc-chem on a registered profile dataset; returns the model's record."""
-        from aivc.data import load_profiles
-        from aivc.instruments._chemical import ChemicalManipulator
-
-        if dataset not in {d["name"] for d in self.datasets()}:
-            msg = f"Unknown profile dataset {dataset!r}; available: {[d['name'] for d in self.datasets()]}."
+        """Fit the instrument on a registered dataset and save it; returns the model's record."""
+        known = [d["name"] for d in self.datasets()]
+        if dataset not in known:
+            msg = f"Unknown dataset {dataset!r} for a {self.what}; available here: {known}."
             raise NotFoundError(msg)
         if name is not None and not _NAME.match(name):
             msg = f"Invalid model name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-'."
             raise WorkspaceValidationError(msg)
-        model_id = name or f"aivc-chem-{dataset}-{uuid.uuid4().hex[:6]}"
+        model_id = name or f"{self.instrument}-{dataset}-{uuid.uuid4().hex[:6]}"
         self._check_quota()
         with self._lock:
             if (self.root / model_id).exists():
-                msg = f"A compound model named {model_id!r} already exists; choose another name."
+                msg = f"A {self.what} named {model_id!r} already exists; choose another name."
                 raise ConflictError(msg)
             with self._errors():
-                adata, schema, _ = load_profiles(dataset)
-                model = ChemicalManipulator(seed=seed).fit(adata, schema)
+                model = self._build(dataset, seed)
             model.save(self.root / model_id)
             self._loaded[model_id] = model
         return self._info(model_id, model, dataset)
 
-    def _model(self, model_id: str) -> ChemicalManipulator:
-        from aivc.instruments._chemical import ChemicalManipulator
+    def _model(self, model_id: str) -> Any:
+        from aivc.instruments import Instrument
 
         with self._lock:
             if model_id not in self._loaded:
                 if not _NAME.match(model_id) or model_id not in self._ids():
-                    msg = f"Unknown compound model {model_id!r}; fit one with POST /api/compound-models."
+                    msg = f"Unknown {self.what} {model_id!r}; fit one with POST {self.endpoint}."
                     raise NotFoundError(msg)
-                self._loaded[model_id] = ChemicalManipulator.load(self.root / model_id)
+                self._loaded[model_id] = Instrument.load(self.root / model_id)
             return self._loaded[model_id]
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every model of this kind in the workspace."""
+        return [self._info(i, self._model(i)) for i in self._ids()]
+
+
+class CompoundModels(SavedModels):
+    """The chemical models (aivc-chem) of a workspace."""
+
+    instrument = "aivc-chem"
+    what = "compound model"
+    endpoint = "/api/compound-models"
+
+    def _dataset_names(self) -> list[str]:
+        from aivc.data import PROFILE_SCHEMAS
+
+        return sorted(PROFILE_SCHEMAS)
+
+    def _build(self, dataset: str, seed: int) -> ChemicalManipulator:
+        from aivc.data import load_profiles
+        from aivc.instruments._chemical import ChemicalManipulator
+
+        adata, schema, _ = load_profiles(dataset)
+        return ChemicalManipulator(seed=seed).fit(adata, schema)
 
     def _info(
         self, model_id: str, model: ChemicalManipulator, dataset: str | None = None
@@ -128,10 +165,6 @@ class CompoundModels:
             "compounds": sorted(set(map(str, table.compounds))),
             "chosen": {fam: v["chosen"] for fam, v in model.selection_.items()},
         }
-
-    def list(self) -> list[dict[str, Any]]:
-        """Every chemical model of the workspace."""
-        return [self._info(i, self._model(i)) for i in self._ids()]
 
     def predict(
         self,
@@ -194,4 +227,83 @@ class CompoundModels:
                 for j in order
             ],
             "observed": observed,
+        }
+
+
+MAX_TIMES = 20
+
+
+class TemporalModels(SavedModels):
+    """The temporal models (aivc-time) of a workspace."""
+
+    instrument = "aivc-time"
+    what = "temporal model"
+    endpoint = "/api/temporal-models"
+
+    def _dataset_names(self) -> list[str]:
+        from aivc.evaluate.tasks.time import TIME_COURSES
+
+        return sorted(TIME_COURSES)
+
+    def _build(self, dataset: str, seed: int) -> TemporalManipulator:
+        from aivc.evaluate.tasks.time import load_time_course
+        from aivc.instruments._temporal import TemporalManipulator
+
+        adata, key, kind, layer = load_time_course(dataset, None, None, None)
+        return TemporalManipulator(seed=seed).fit(adata, time_key=key, expression=kind, layer=layer)
+
+    def _info(
+        self, model_id: str, model: TemporalManipulator, dataset: str | None = None
+    ) -> dict[str, Any]:
+        return {
+            "id": model_id,
+            "instrument": "aivc-time",
+            "dataset": dataset,
+            "times": [float(t) for t in model.times_],
+            "n_genes": len(model.genes_),
+            "chosen": {use: v["chosen"] for use, v in model.selection_.items()},
+        }
+
+    def forecast(
+        self, model_id: str, times: Sequence[float], *, n_cells: int = 200, top_k: int = 10
+    ) -> dict[str, Any]:
+        """The predicted population at each time: its cells on the first two components and the
+        genes whose mean changes most from the last measured time before it."""
+        if not 1 <= len(times) <= MAX_TIMES:
+            msg = f"Give 1 to {MAX_TIMES} times; got {len(times)}."
+            raise WorkspaceValidationError(msg)
+        model = self._model(model_id)
+        measured = model.times_
+        out = []
+        for t in times:
+            with self._errors():
+                cells = model.predict_cells(float(t), n_cells=n_cells)
+            before = float(measured[measured <= t].max())
+            ref = model.center_ + model.populations_[before].mean(0) @ model.components_
+            change = model.center_ + cells.mean(0) @ model.components_ - ref
+            order = np.argsort(-np.abs(change))[:top_k]
+            use = "forecast" if t > measured[-1] else "interpolate"
+            out.append(
+                {
+                    "time": float(t),
+                    "rule": use,
+                    "candidate": model.selection_[use]["chosen"],
+                    "compared_with_time": before,
+                    "cells_pc": np.round(cells[:, :2], 4).tolist(),
+                    "top_genes": [
+                        {"gene": model.genes_[j], "change": float(change[j])} for j in order
+                    ],
+                }
+            )
+        return {
+            "model": model_id,
+            "measured_times": [float(x) for x in measured],
+            "measured_pc": [
+                {
+                    "time": float(x),
+                    "cells_pc": np.round(model.populations_[float(x)][:, :2], 4).tolist(),
+                }
+                for x in measured
+            ],
+            "predictions": out,
         }
