@@ -19,12 +19,14 @@ back to genes.
 - ``aivc-time`` (:class:`TemporalManipulator`): the three above, entropic OT
   (Sinkhorn) interpolation, and a drift learned from the coupled pairs
   (k-nearest-neighbour regression of each cell's velocity, integrated from
-  the last time point) for forecasting; it picks one per use on its own
+  the last time point) and a mean that relaxes exponentially towards a
+  plateau (one time constant for all components, least squares) for
+  forecasting; it picks one per use on its own
   time points: interpolation by leaving each inner training time point out,
   forecasting by predicting the last training time point from the earlier
   ones. With too few time points to validate (fewer than three), it keeps
-  ``ot-interpolation``, the community's standard, and says so in
-  ``selection_``.
+  ``ot-interpolation`` between measured times (the community's standard) and
+  ``nearest-time`` beyond them, and says so in ``selection_``.
 """
 
 from __future__ import annotations
@@ -272,6 +274,30 @@ class TemporalModel(Instrument):
         s = (time - t0) / (t1 - t0)
         return (1 - s) * x[i] + s * y[j]
 
+    def _relaxation(self, time: float) -> np.ndarray:
+        """The nearest population shifted to a mean that relaxes exponentially towards a plateau.
+
+        Every component's mean follows ``a + b exp(-t / tau)`` with one ``tau``
+        for all (least squares; ``tau`` on a grid from a tenth to ten times the
+        measured span); with fewer than three time points it is the linear path.
+        """
+        ts = self.times_
+        if len(ts) < 3:
+            return self._linear(time)
+        means = np.stack([self.populations_[float(t)].mean(0) for t in ts])
+        span = float(ts[-1] - ts[0]) or 1.0
+        best = (np.inf, None)
+        for tau in span * np.geomspace(0.1, 10.0, 25):
+            design = np.column_stack([np.ones(len(ts)), np.exp(-(ts - ts[0]) / tau)])
+            coef, *_ = np.linalg.lstsq(design, means, rcond=None)
+            sse = float(((design @ coef - means) ** 2).sum())
+            if sse < best[0]:
+                best = (sse, (tau, coef))
+        tau, coef = best[1]
+        target = np.array([1.0, np.exp(-(time - ts[0]) / tau)]) @ coef
+        cells = self._nearest(time)
+        return cells - cells.mean(0) + target
+
     def _drift(self, time: float, n: int, rng: np.random.Generator, k: int = 10) -> np.ndarray:
         """Push the last population forward along a velocity field regressed on the coupled pairs."""
         t0, t1 = float(self.times_[-2]), float(self.times_[-1])
@@ -351,7 +377,18 @@ class OTInterpolation(TemporalModel):
         return self._ot(time, n, rng)
 
 
-_CANDIDATES = ("nearest-time", "linear-time", "ot-interpolation", "ot-sinkhorn", "ot-drift")
+#: Candidates of each use: the drift and the relaxing mean are forecasting models.
+_CANDIDATES = {
+    "interpolate": ("nearest-time", "linear-time", "ot-interpolation", "ot-sinkhorn"),
+    "forecast": (
+        "nearest-time",
+        "linear-time",
+        "ot-interpolation",
+        "ot-sinkhorn",
+        "ot-drift",
+        "relaxation",
+    ),
+}
 
 
 @register_instrument(
@@ -372,6 +409,8 @@ class TemporalManipulator(TemporalModel):
             return self._ot(time, n, rng)
         if name == "ot-sinkhorn":
             return self._ot(time, n, rng, entropic=True)
+        if name == "relaxation":
+            return self._relaxation(time)
         if (
             time <= self.times_[-1]
         ):  # the drift forecasts; inside the measured times it interpolates by OT
@@ -384,47 +423,44 @@ class TemporalManipulator(TemporalModel):
         full = (self.populations_, self.times_)
         try:
             if len(ts) >= 3:
-                for name in _CANDIDATES:
-                    # interpolation: each inner time point from the others
+                for name in _CANDIDATES["interpolate"]:
+                    # each inner time point from the others
                     inner = []
                     for k in range(1, len(ts) - 1):
                         self._use(ts[np.arange(len(ts)) != k])
-                        pred = self._candidate(
-                            name,
-                            float(ts[k]),
-                            len(full[0][float(ts[k])]),
-                            np.random.default_rng(self.seed),
-                        )
-                        inner.append(energy_distance(pred, full[0][float(ts[k])]))
-                    self._restore(full)
+                        inner.append(self._score(name, float(ts[k]), full[0][float(ts[k])]))
+                        self._restore(full)
                     scores["interpolate"][name] = float(np.mean(inner))
-                    # forecasting: the last time point from the earlier ones
+                for name in _CANDIDATES["forecast"]:
+                    # the last time point from the earlier ones
                     self._use(ts[:-1])
-                    pred = self._candidate(
-                        name,
-                        float(ts[-1]),
-                        len(full[0][float(ts[-1])]),
-                        np.random.default_rng(self.seed),
+                    scores["forecast"][name] = self._score(
+                        name, float(ts[-1]), full[0][float(ts[-1])]
                     )
                     self._restore(full)
-                    scores["forecast"][name] = energy_distance(pred, full[0][float(ts[-1])])
         finally:
             self._restore(full)
         self.selection_ = {}
         for use, s in scores.items():
             if s:
-                chosen = min(s, key=lambda k: (s[k], _CANDIDATES.index(k)))
+                chosen = min(s, key=lambda k: (s[k], _CANDIDATES[use].index(k)))
                 self.selection_[use] = {
                     "chosen": chosen,
                     "energy_distance": s,
                     "rule": "held-out training time points",
                 }
             else:
+                # nothing to validate on: OT interpolation between measured times (the field's
+                # standard), no change beyond the last one (the safe forecast)
                 self.selection_[use] = {
-                    "chosen": "ot-interpolation",
+                    "chosen": "ot-interpolation" if use == "interpolate" else "nearest-time",
                     "energy_distance": {},
-                    "rule": "fewer than three training time points: the OT standard, not validated here",
+                    "rule": "fewer than three training time points: a fixed default, not validated here",
                 }
+
+    def _score(self, name: str, time: float, measured: np.ndarray) -> float:
+        pred = self._candidate(name, time, len(measured), np.random.default_rng(self.seed))
+        return energy_distance(pred, measured)
 
     def _use(self, times: np.ndarray) -> None:
         self.times_ = np.asarray(times, dtype=np.float64)
