@@ -177,6 +177,12 @@ RULES: dict[str, Rule] = {
         "lower",
         ("energy_distance_rel", "energy_distance", "w2", "pearson_delta"),
     ),
+    "time:perturbation": Rule(
+        "aivc-time",
+        "pearson_delta_de20",
+        "higher",
+        ("pearson_delta_de20", "mse_de20", "pearson_delta", "coverage_90"),
+    ),
     "segmentation": Rule(
         "classical", "ap50", "higher", ("ap50", "f1_50", "precision50", "recall50", "ap_mean")
     ),
@@ -648,7 +654,8 @@ def result_label(run: Run, result: Mapping[str, Any] | None) -> str:
 
 def blocks_of(run: Run, result: Mapping[str, Any]) -> list[Block]:
     """The scored comparisons of one run's ``results.json``."""
-    rule = RULES[run.task]
+    # a variant may score with a rule of its own, keyed "task:variant"
+    rule = RULES.get(f"{run.task}:{result.get('variant')}", RULES[run.task])
     label = result_label(run, result)
     task = result.get("task", run.task)
     if task != run.task:

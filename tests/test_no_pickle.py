@@ -64,8 +64,53 @@ def _perturbation_names() -> list[str]:
     )
 
 
+def _chemical():
+    pytest.importorskip("rdkit")
+    from _profiles import SCHEMA, plate
+    from aivc.instruments._chemical import ChemicalManipulator
+
+    model = ChemicalManipulator().fit(plate(n_features=8), SCHEMA)
+    return model, lambda m: m.predict_interval(
+        ["aspirin", "CCOC(=O)c1ccccc1O"], [1.0, 3.0]
+    ).delta.to_numpy()
+
+
+def _temporal():
+    pytest.importorskip("ot")
+    from _timecourses import drifting
+    from aivc.instruments._temporal import TemporalManipulator
+
+    model = TemporalManipulator(n_components=5).fit(
+        drifting(n=30), time_key="time", expression="log"
+    )
+    return model, lambda m: m.predict_cells(2.5)
+
+
+def _effects():
+    from aivc.instruments._temporal import EffectCourse
+
+    rng = np.random.default_rng(0)
+    early = rng.normal(0, 1, (8, 6))
+    model = EffectCourse().fit(early, {12.0: 0.5 * early}, [f"g{j}" for j in range(6)])
+    return model, lambda m: m.predict_interval(early[:2], 12.0)[2]
+
+
+#: Chemical and temporal instruments: a fitted one and the answer compared after loading.
+OTHER_FITS = {"aivc-chem": _chemical, "aivc-time": _temporal, "aivc-time-effect": _effects}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_FITS))
+def test_saved_chemical_and_temporal_instruments_load_without_unpickling(name, tmp_path) -> None:
+    model, answer = OTHER_FITS[name]()
+    path = model.save(tmp_path / name)
+    with no_unpickling():
+        again = Instrument.load(path)
+    assert type(again) is type(model)
+    assert_allclose(answer(again), answer(model))
+
+
 def test_every_registered_instrument_is_checked() -> None:
-    checked = {*_perturbation_names(), *CELL_FITS, *ELSEWHERE}
+    checked = {*_perturbation_names(), *CELL_FITS, *ELSEWHERE, *OTHER_FITS}
     # instruments that other test modules register for themselves ("test-...") are not aivc's
     shipped = {e.name for e in list_instruments() if not e.name.startswith("test-")}
     assert checked == shipped

@@ -86,3 +86,30 @@ def test_time_benchmark_reads_a_declared_file(tmp_path):
     assert models["nearest-time"]["energy_distance_rel"]["mean"] == 1.0
     assert models["ot-interpolation"]["energy_distance_rel"]["mean"] < 0.5
     assert models["linear-time"]["pearson_delta"]["mean"] > 0.9
+
+
+def test_effect_course_learns_how_effects_unfold_and_covers_them(tmp_path):
+    from aivc.instruments._temporal import EffectCourse
+
+    rng = np.random.default_rng(0)
+    n, g = 24, 40
+    early = rng.normal(0, 1, (n, g))
+    mix = rng.normal(0, 0.3, (g, g))  # late effects spread through a fixed "network"
+    late = {
+        12.0: early @ mix + rng.normal(0, 0.05, (n, g)),
+        24.0: 0.2 * early + rng.normal(0, 0.05, (n, g)),
+    }
+    course = EffectCourse(level=0.9).fit(
+        early[:20], {t: v[:20] for t, v in late.items()}, [f"g{j}" for j in range(g)]
+    )
+    assert course.selection_["24"]["chosen"] == "scaled-persistence"
+    assert course.selection_["12"]["chosen"].startswith("kernel-ridge")
+    pred, lo, hi = course.predict_interval(early[20:], 24.0)
+    assert np.abs(pred - late[24.0][20:]).mean() < 0.1
+    assert ((late[24.0][20:] >= lo) & (late[24.0][20:] <= hi)).mean() > 0.8
+    with pytest.raises(ValueError, match="learned the times"):
+        course.predict_effect(early[20:], 6.0)
+    again = Instrument.load(course.save(tmp_path / "effects"))
+    assert np.array_equal(
+        again.predict_effect(early[20:], 12.0), course.predict_effect(early[20:], 12.0)
+    )
