@@ -135,3 +135,32 @@ def test_condition_scores_use_the_most_changed_features():
     assert s["pearson_delta_top20"][0] == pytest.approx(1.0)
     assert s["mse_top20"][0] == pytest.approx((25 + 16) / 2)
     assert condition_scores(obs, np.zeros_like(obs))["pearson_delta"][0] == 0.0
+
+
+def test_profile_tables_are_read_and_a_missing_plate_column_is_named(tmp_path):
+    from aivc.data import load_profiles, read_profiles
+
+    data = plate(n_features=5)
+    table = data.obs.add_prefix("Metadata_").reset_index(drop=True)
+    table[list(data.var_names)] = data.X
+    path = tmp_path / "profiles.csv.gz"
+    table.to_csv(path, index=False)
+    back = read_profiles(path)
+    assert back.shape == data.shape and np.allclose(back.X, data.X)
+    assert list(back.var_names) == list(data.var_names)
+    _, schema, name = load_profiles(str(path), compound_key="compound_name")
+    assert schema.plate_key == "plate" and name == "profiles.csv.gz"
+    table.drop(columns="Metadata_plate").to_csv(path, index=False)
+    adata, schema, _ = load_profiles(str(path), compound_key="compound_name", plate_key="plate")
+    with pytest.raises(DataValidationError, match="plate"):
+        response_table(adata, schema)
+
+
+def test_the_lincs_source_table_reads_as_the_registered_dataset(data_dir):
+    from aivc.data import load, read_profiles
+
+    folder = data_dir / "lincs_cellpainting_a549_compounds"
+    raw = read_profiles(folder / "SQ00015054_normalized_feature_select.csv.gz")
+    registered = load("lincs_cellpainting_a549")
+    assert raw.shape == registered.shape == (384, 454)
+    assert np.allclose(raw[:, registered.var_names].X, registered.X)
