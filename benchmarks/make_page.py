@@ -183,6 +183,7 @@ RULES: dict[str, Rule] = {
         "higher",
         ("pearson_delta_de20", "mse_de20", "pearson_delta", "coverage_90"),
     ),
+    "time:fates": Rule("aivc-time", "fate_accuracy", "higher", ("fate_accuracy", "fate_log_loss")),
     "segmentation": Rule(
         "classical", "ap50", "higher", ("ap50", "f1_50", "precision50", "recall50", "ap_mean")
     ),

@@ -113,3 +113,21 @@ def test_effect_course_learns_how_effects_unfold_and_covers_them(tmp_path):
     assert np.array_equal(
         again.predict_effect(early[20:], 12.0), course.predict_effect(early[20:], 12.0)
     )
+
+
+def test_fate_probabilities_follow_the_coupling():
+    from aivc.instruments._temporal import fate_probabilities
+
+    rng = np.random.default_rng(1)
+    late = np.vstack([rng.normal(-5, 0.3, (30, 2)), rng.normal(5, 0.3, (30, 2))])
+    labels = ["left"] * 30 + ["right"] * 30
+    early = np.vstack([rng.normal(-1, 0.3, (30, 2)), rng.normal(1, 0.3, (30, 2))])
+    for entropic in (False, True):
+        fates = fate_probabilities(early, late, labels, entropic=entropic)
+        assert list(fates.columns) == ["left", "right"]
+        assert np.allclose(fates.sum(1), 1.0)
+        assert (fates["left"].to_numpy()[:30] > 0.5).all() and (
+            fates["right"].to_numpy()[30:] > 0.5
+        ).all()
+    with pytest.raises(ValueError, match="one label per later cell"):
+        fate_probabilities(early, late, labels[:-1])

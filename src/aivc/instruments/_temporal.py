@@ -32,6 +32,7 @@ back to genes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
@@ -51,6 +52,7 @@ __all__ = [
     "TemporalModel",
     "check_time_course",
     "energy_distance",
+    "fate_probabilities",
     "w2_distance",
 ]
 
@@ -640,3 +642,26 @@ class EffectCourse(Instrument):
     def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         late = {float(t): arrays[f"late_{i}"] for i, t in enumerate(meta["times"])}
         self.fit(arrays["early"], late, list(meta["genes"]))
+
+
+# ----------------------------------------------------------------------------- fates
+def fate_probabilities(
+    early: np.ndarray, late: np.ndarray, late_labels: Sequence[str], *, entropic: bool = False
+) -> pd.DataFrame:
+    """For each early cell, the probability of each later state, from the optimal transport coupling.
+
+    Each early cell's mass is sent to later cells by the coupling between the
+    two populations (exact OT, or entropic with ``entropic=True``); its fate
+    probabilities are the shares of that mass landing in cells of each label
+    (CellRank-style absorption probabilities, one column per label).
+    """
+    labels = pd.Categorical(np.asarray(late_labels, dtype=str))
+    if len(labels) != len(late):
+        msg = f"Give one label per later cell: {len(labels)} labels for {len(late)} cells."
+        raise ValueError(msg)
+    plan = _coupling(np.asarray(early, float), np.asarray(late, float), entropic=entropic)
+    onehot = np.zeros((len(late), len(labels.categories)))
+    onehot[np.arange(len(late)), labels.codes] = 1.0
+    mass = plan @ onehot
+    probs = mass / np.maximum(mass.sum(1, keepdims=True), 1e-300)
+    return pd.DataFrame(probs, columns=[str(c) for c in labels.categories])

@@ -12,6 +12,14 @@
   12, 24 and 48 h is predicted (:class:`~aivc.instruments._temporal.EffectCourse`,
   reported as ``aivc-time``) and compared with ``effect-as-first-measured``
   (the 6 h change persists) and ``control-course`` (no effect).
+- ``fates`` (``--dataset sim-branching-N``): one starting type sent towards
+  two others, half the cells each; each cell at 1 h gets fate probabilities
+  towards the two branches at 24 h from the entropic optimal transport
+  coupling (:func:`~aivc.instruments._temporal.fate_probabilities`, reported
+  as ``aivc-time``; ``ot-exact`` is the unregularised coupling), against ``nearest-late`` (the branches of its 15 nearest
+  24 h cells) and ``random`` (the branch proportions); scored by
+  ``fate_accuracy`` and ``fate_log_loss`` against the branch the simulator
+  sent it on.
 
 Every model fits the same representation on the same training cells (log
 expression of the most variable genes, principal components; see
@@ -66,7 +74,7 @@ __all__ = ["TIME_COURSES", "TIME_MODELS", "load_time_course", "run_time", "simul
 logger = logging.getLogger(__name__)
 
 TIME_MODELS = ("nearest-time", "linear-time", "ot-interpolation", "aivc-time")
-VARIANTS = ("interpolate", "forecast", "perturbation")
+VARIANTS = ("interpolate", "forecast", "perturbation", "fates")
 SUBSAMPLE = 0.9
 SIM_TIMES = (0.0, 3.0, 6.0, 12.0, 24.0, 48.0)
 
@@ -159,9 +167,13 @@ def run_time(
     """Run the time benchmark (see the module docstring); writes results into ``out``."""
     out = Path(out)
     variant = variant or "interpolate"
-    dataset = dataset or (
-        "sim-perturbed-timecourse-0" if variant == "perturbation" else "schiebinger2019"
-    )
+    default = {"perturbation": "sim-perturbed-timecourse-0", "fates": "sim-branching-0"}
+    dataset = dataset or default.get(variant, "schiebinger2019")
+    if variant == "fates":
+        if not dataset.startswith("sim-branching-"):
+            msg = "The fates variant runs on the simulator: --dataset sim-branching-N."
+            raise ValueError(msg)
+        return run_time_fates(out, dataset, seeds, models)
     if variant == "perturbation":
         if not dataset.startswith("sim-perturbed-timecourse-"):
             msg = "The perturbation variant runs on the simulator: --dataset sim-perturbed-timecourse-N."
@@ -482,4 +494,137 @@ def run_time_perturbation(
         "",
     ]
     write_results(out, result, "\n".join(lines))
+    return result
+
+
+# ----------------------------------------------------------------------------- fates
+BRANCH_TIMES = (0.0, 1.0, 24.0)
+FATE_MODELS = ("random", "nearest-late", "ot-exact", "aivc-time")
+
+
+def simulated_branching_course(world: int, *, n_cells: int = 200, n_genes: int = 300) -> AnnData:
+    """One starting type sent towards two others (half the cells each) at :data:`BRANCH_TIMES`; the
+    branch a cell is on is in ``obs["signal"]``."""
+    from aivc.sim import CONTROL, VirtualCellSimulator
+
+    sim = VirtualCellSimulator(n_genes=n_genes, n_cell_types=3, seed=world).build()
+    start, *targets = sim.cell_types[:3]
+    design = pd.DataFrame(
+        [
+            {
+                "perturbation": CONTROL,
+                "cell_type": start,
+                "signal": s,
+                "time": t,
+                "n_cells": n_cells,
+            }
+            for s in targets
+            for t in BRANCH_TIMES
+        ]
+    )
+    adata, _ = sim.simulate(design, seed=world)
+    return adata
+
+
+def run_time_fates(
+    out: Path, dataset: str, seeds: Sequence[int], models: Sequence[str] | None
+) -> dict[str, Any]:
+    """Fates on a simulated branching course (see :func:`run_time`)."""
+    from aivc.instruments._temporal import TemporalManipulator, fate_probabilities
+
+    world = int(dataset.rsplit("-", 1)[1])
+    adata = simulated_branching_course(world)
+    early_t, late_t = BRANCH_TIMES[1], BRANCH_TIMES[-1]
+    models = list(models or FATE_MODELS)
+    per_seed: dict[str, dict[str, list[float]]] = {
+        m: {"fate_accuracy": [], "fate_log_loss": []} for m in models
+    }
+    with ResourceMeter() as meter:
+        for seed in seeds:
+            rng = np.random.default_rng([int(seed), 13])
+            t = adata.obs["time"].to_numpy(dtype=float)
+            keep = np.zeros(adata.n_obs, dtype=bool)
+            for tt in BRANCH_TIMES:
+                idx = np.flatnonzero(t == tt)
+                keep[rng.choice(idx, size=round(SUBSAMPLE * len(idx)), replace=False)] = True
+            sub = adata[keep].copy()
+            model = TemporalManipulator(seed=int(seed)).fit(
+                sub, time_key="time", expression="counts"
+            )
+            z = model.transform(sub)
+            ts = sub.obs["time"].to_numpy(dtype=float)
+            branch = sub.obs["signal"].astype(str).to_numpy()
+            early, late = z[ts == early_t], z[ts == late_t]
+            truth, late_labels = branch[ts == early_t], branch[ts == late_t]
+            names = sorted(set(late_labels))
+            for m in models:
+                if m == "random":
+                    prior = (
+                        pd.Series(late_labels)
+                        .value_counts(normalize=True)
+                        .reindex(names)
+                        .to_numpy()
+                    )
+                    probs = np.tile(prior, (len(early), 1))
+                elif m == "nearest-late":
+                    d = ((early[:, None, :] - late[None, :, :]) ** 2).sum(-1)
+                    nn = np.argsort(d, axis=1)[:, :15]
+                    votes = np.stack([(late_labels[nn] == n).mean(1) for n in names], 1)
+                    probs = votes
+                else:  # aivc-time: entropic OT, as Waddington-OT and moscot compute fates
+                    probs = fate_probabilities(early, late, late_labels, entropic=m == "aivc-time")
+                    probs = probs[names].to_numpy()
+                hit = np.array([names.index(x) for x in truth])
+                picked = probs.argmax(1)
+                if m == "random":  # a random guess by the prior: its expected accuracy
+                    acc = float((probs[np.arange(len(hit)), hit]).mean())
+                else:
+                    acc = float((picked == hit).mean())
+                loss = float(-np.log(np.clip(probs[np.arange(len(hit)), hit], 1e-6, 1.0)).mean())
+                per_seed[m]["fate_accuracy"].append(acc)
+                per_seed[m]["fate_log_loss"].append(loss)
+    result = {
+        "task": "time",
+        "dataset": dataset,
+        "variant": "fates",
+        "description": (
+            f"For each cell at {early_t:g} h, the branch it will be on at {late_t:g} h (one starting type sent "
+            "towards two others), scored against the simulator's truth"
+        ),
+        "split": {
+            "kind": "fates",
+            "seeds": [int(s) for s in seeds],
+            "times": list(BRANCH_TIMES),
+            "early_time": early_t,
+            "late_time": late_t,
+        },
+        "models": {m: {k: summarize(v) for k, v in per_seed[m].items()} for m in models},
+        "metrics": {
+            "fate_accuracy": {
+                "higher_is_better": True,
+                "description": "share of early cells whose most probable fate is their true branch (random: expected accuracy of a guess by the branch proportions)",
+            },
+            "fate_log_loss": {
+                "higher_is_better": False,
+                "description": "mean -log probability given to the true branch",
+            },
+        },
+        "wall_seconds": {"all models": round(meter.wall_seconds, 3)},
+        "peak_memory_mb": {"all models": round(meter.peak_increase_mb, 1)},
+        "machine": machine_info(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# time on {dataset} (fates)",
+        "",
+        result["description"] + ".",
+        "",
+        "| model | fate_accuracy ↑ | fate_log_loss ↓ |",
+        "|---|---|---|",
+    ]
+    for m, e in result["models"].items():
+        lines.append(
+            f"| {m} | {fmt_summary(e['fate_accuracy'])} | {fmt_summary(e['fate_log_loss'])} |"
+        )
+    write_results(out, result, "\n".join([*lines, ""]))
     return result
