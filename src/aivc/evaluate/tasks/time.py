@@ -476,25 +476,10 @@ def run_time_perturbation(
         "peak_memory_mb": {"all models": round(meter.peak_increase_mb, 1)},
         "machine": machine_info(),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    lines = [
-        f"# time on {dataset} (perturbation)",
-        "",
-        result["description"] + ".",
-        "",
-        "| model | pearson_delta ↑ | pearson_delta_de20 ↑ | mse_de20 ↓ | coverage_90 |",
-        "|---|---|---|---|---|",
-    ]
-    for m, e in result["models"].items():
-        lines.append(f"| {m} | " + " | ".join(fmt_summary(e[k]) for k in metrics) + " |")
-    lines += [
-        "",
-        "aivc-time's choices (per fold and late time): "
-        + ", ".join(f"{k} ×{v}" for k, v in result["aivc_time_choices"].items()),
-        "",
-    ]
-    write_results(out, result, "\n".join(lines))
-    return result
+    choices = ", ".join(f"{k} ×{v}" for k, v in result["aivc_time_choices"].items())
+    return _write_simulated(
+        out, result, metrics, f"aivc-time's choices (per fold and late time): {choices}"
+    )
 
 
 # ----------------------------------------------------------------------------- fates
@@ -613,18 +598,26 @@ def run_time_fates(
         "peak_memory_mb": {"all models": round(meter.peak_increase_mb, 1)},
         "machine": machine_info(),
     }
-    out.mkdir(parents=True, exist_ok=True)
+    return _write_simulated(out, result, ("fate_accuracy", "fate_log_loss"))
+
+
+def _write_simulated(
+    out: Path, result: dict[str, Any], metrics: Sequence[str], note: str = ""
+) -> dict[str, Any]:
+    """Write a simulated-course result with a table of ``metrics`` (arrows from ``result["metrics"]``)."""
+    arrow = {True: " ↑", False: " ↓", None: ""}
+    head = " | ".join(f"{k}{arrow[result['metrics'][k]['higher_is_better']]}" for k in metrics)
     lines = [
-        f"# time on {dataset} (fates)",
+        f"# time on {result['dataset']} ({result['variant']})",
         "",
         result["description"] + ".",
         "",
-        "| model | fate_accuracy ↑ | fate_log_loss ↓ |",
-        "|---|---|---|",
+        f"| model | {head} |",
+        "|---|" + "---|" * len(metrics),
     ]
     for m, e in result["models"].items():
-        lines.append(
-            f"| {m} | {fmt_summary(e['fate_accuracy'])} | {fmt_summary(e['fate_log_loss'])} |"
-        )
-    write_results(out, result, "\n".join([*lines, ""]))
+        lines.append(f"| {m} | " + " | ".join(fmt_summary(e[k]) for k in metrics) + " |")
+    lines += ["", note, ""] if note else [""]
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(out, result, "\n".join(lines))
     return result
