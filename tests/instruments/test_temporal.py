@@ -131,3 +131,21 @@ def test_fate_probabilities_follow_the_coupling():
         ).all()
     with pytest.raises(ValueError, match="one label per later cell"):
         fate_probabilities(early, late, labels[:-1])
+
+
+def test_fates_of_real_reprogramming_cells_are_written_like_cellrank(data_dir):
+    from aivc.data import load
+    from aivc.instruments._temporal import add_fates
+
+    adata = load("schiebinger2019")
+    model = TemporalManipulator().fit(adata, time_key="day", expression="counts", layer="counts")
+    fates = add_fates(
+        model, adata, time_key="day", label_key="cell_type", from_time=10.0, to_time=11.0
+    )
+    assert len(fates) == int((adata.obs["day"] == 10.0).sum())
+    assert np.allclose(fates.sum(1), 1.0)
+    assert set(fates.columns) <= set(adata.obs["cell_type"].astype(str))
+    assert adata.obsm["aivc_fates"].shape == (adata.n_obs, fates.shape[1])
+    assert adata.uns["aivc_fates"]["to_time"] == 11.0
+    with pytest.raises(DataValidationError, match="later"):
+        add_fates(model, adata, time_key="day", label_key="cell_type", from_time=11.0, to_time=10.0)

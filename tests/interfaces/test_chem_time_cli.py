@@ -118,3 +118,46 @@ def test_fit_and_forecast_a_time_course(tmp_path: Path) -> None:
         app, ["predict", str(model), "--time", "soon", "--out", str(tmp_path / "y.h5ad")]
     )
     assert r.exit_code != 0 and "numbers" in r.output
+
+
+def test_fates_command_writes_them_like_cellrank(tmp_path: Path) -> None:
+    pytest.importorskip("ot")
+    from _timecourses import drifting
+
+    data = drifting(n=40)
+    # at the last time, the cells below the median of the first gene are one state, the rest another
+    last = (data.obs["time"] == 4.0).to_numpy()
+    first_gene = data.X[:, 0]
+    data.obs["state"] = np.where(first_gene < np.median(first_gene[last]), "low", "high")
+    path = tmp_path / "course.h5ad"
+    data.write_h5ad(path)
+    model = tmp_path / "time"
+    fit = [
+        "fit",
+        "--model",
+        "aivc-time",
+        "--data",
+        str(path),
+        "--time-key",
+        "time",
+        "--expression",
+        "log",
+        "--out",
+        str(model),
+    ]
+    assert runner.invoke(app, fit).exit_code == 0
+    out = tmp_path / "fates.h5ad"
+    args = ["fates", str(model), "--data", str(path), "--time-key", "time", "--label-key", "state"]
+    r = runner.invoke(app, [*args, "--from", "3", "--to", "4", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    fates = ad.read_h5ad(out).obsm["aivc_fates"]
+    early = (data.obs["time"] == 3.0).to_numpy()
+    assert (
+        np.allclose(fates.to_numpy()[early].sum(1), 1.0)
+        and np.isnan(fates.to_numpy()[~early]).all()
+    )
+    # a translation keeps each cell's rank: cells low in the first gene at 3 end low at 4
+    low = first_gene[early] < np.median(first_gene[early])
+    assert fates["low"].to_numpy()[early][low].mean() > 0.7
+    r = runner.invoke(app, [*args, "--from", "4", "--to", "3", "--out", str(tmp_path / "x.h5ad")])
+    assert r.exit_code != 0 and "later" in r.output

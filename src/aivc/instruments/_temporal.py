@@ -50,6 +50,7 @@ __all__ = [
     "TEMPORAL_MODELS",
     "TemporalManipulator",
     "TemporalModel",
+    "add_fates",
     "check_time_course",
     "energy_distance",
     "fate_probabilities",
@@ -665,3 +666,46 @@ def fate_probabilities(
     mass = plan @ onehot
     probs = mass / np.maximum(mass.sum(1, keepdims=True), 1e-300)
     return pd.DataFrame(probs, columns=[str(c) for c in labels.categories])
+
+
+def add_fates(
+    model: TemporalModel,
+    adata: AnnData,
+    *,
+    time_key: str,
+    label_key: str,
+    from_time: float,
+    to_time: float,
+    key_added: str = "aivc_fates",
+    entropic: bool = True,
+) -> pd.DataFrame:
+    """Fate probabilities of the cells at ``from_time`` towards the labels of the cells at ``to_time``.
+
+    The cells are placed in ``model``'s representation; the coupling between
+    the two populations (entropic by default) gives each early cell its
+    shares per label (:func:`fate_probabilities`). They are written into
+    ``adata.obsm[key_added]`` (one column per label; NaN for cells of other
+    times) and ``adata.uns[key_added]`` (labels and times), as CellRank
+    writes absorption probabilities, and returned for the early cells.
+    """
+    times = check_time_course(adata, time_key)
+    if label_key not in adata.obs:
+        msg = f"No label column {label_key!r} in obs; the later cells' labels define the fates."
+        raise DataValidationError(msg)
+    early, late = np.isclose(times, from_time), np.isclose(times, to_time)
+    if not early.any() or not late.any() or to_time <= from_time:
+        msg = f"Fates need cells at {from_time:g} and at a later {to_time:g}; the times here are {sorted(set(times))}."
+        raise DataValidationError(msg)
+    z = model.transform(adata)
+    labels = adata.obs[label_key].astype(str).to_numpy()[late]
+    fates = fate_probabilities(z[early], z[late], labels, entropic=entropic)
+    fates.index = adata.obs_names[early]
+    full = np.full((adata.n_obs, fates.shape[1]), np.nan)
+    full[early] = fates.to_numpy()
+    adata.obsm[key_added] = pd.DataFrame(full, index=adata.obs_names, columns=fates.columns)
+    adata.uns[key_added] = {
+        "labels": list(fates.columns),
+        "from_time": float(from_time),
+        "to_time": float(to_time),
+    }
+    return fates

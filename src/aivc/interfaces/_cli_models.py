@@ -694,8 +694,76 @@ def predict(
     typer.echo(f"wrote {out} ({pred.n_obs} cells x {pred.n_vars} genes, {n_cond} conditions)")
 
 
+def fates(
+    model_dir: Annotated[
+        Path, typer.Argument(help="Model directory written by aivc fit --model aivc-time.")
+    ],
+    data: Annotated[
+        Path, typer.Option("--data", help="The time course (.h5ad) with the cells to map.")
+    ],
+    time_key: Annotated[str, typer.Option("--time-key", help="obs column with each cell's time.")],
+    label_key: Annotated[
+        str, typer.Option("--label-key", help="obs column with the later cells' states.")
+    ],
+    from_time: Annotated[
+        float, typer.Option("--from", help="Time of the cells whose fates are wanted.")
+    ],
+    to_time: Annotated[
+        float, typer.Option("--to", help="Later time whose labelled cells are the fates.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output .h5ad: the data with obsm['aivc_fates'].")
+    ],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --out.")
+    ] = False,
+    verbosity: Annotated[
+        str, typer.Option("--verbosity", "-v", help="debug, info, warning or error.")
+    ] = "info",
+) -> None:
+    """Fate probabilities of early cells towards the states of later cells (entropic optimal transport).
+
+    Writes the data with obsm["aivc_fates"] (one column per state, NaN for cells of other
+    times) and uns["aivc_fates"], as CellRank writes absorption probabilities.
+    """
+    _setup(verbosity, None)
+    from aivc.data import DataValidationError, read_h5ad
+    from aivc.instruments import Instrument
+    from aivc.instruments._temporal import TemporalModel, add_fates
+
+    if out.suffix != ".h5ad":
+        _fail(f"--out must name an .h5ad file; got {str(out)!r}.")
+    if out.exists() and not overwrite:
+        _fail(f"{str(out)!r} already exists; pass --overwrite to replace it.")
+    try:
+        model = Instrument.load(model_dir)
+        if not isinstance(model, TemporalModel):
+            _fail(f"{str(model_dir)!r} holds a {type(model).__name__}, not a temporal model.")
+        adata = read_h5ad(data)
+        table = add_fates(
+            model,
+            adata,
+            time_key=time_key,
+            label_key=label_key,
+            from_time=from_time,
+            to_time=to_time,
+        )
+    except (FileNotFoundError, ValueError, KeyError, DataValidationError) as e:
+        _fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
+    tmp = out.with_name(f".{out.name}.tmp")
+    adata.write_h5ad(tmp)
+    tmp.replace(out)
+    top = table.mean().sort_values(ascending=False)
+    typer.echo(
+        f"wrote {out} (fates of {len(table)} cells at {from_time:g} towards {to_time:g}: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in top.items())
+        + ")"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the ``aivc`` app."""
     app.command("fit")(fit)
     app.command("predict")(predict)
+    app.command("fates")(fates)
     app.command("orthologs")(orthologs)
