@@ -10,7 +10,8 @@ pytest.importorskip("rdkit")
 from _profiles import DOSES, SCHEMA, STRUCTURES, plate
 from aivc.data import DataValidationError, ProfileSchema, normalize_profiles, response_table
 from aivc.instruments import Instrument
-from aivc.instruments._chemical import CHEMICAL_MODELS, ChemicalManipulator, condition_scores
+from aivc.instruments._chemical import CHEMICAL_MODELS, ChemicalManipulator
+from aivc.instruments._scores import condition_scores
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,7 @@ from aivc.data._validate import DataValidationError
 from aivc.instruments._base import Instrument, PredictionInterval
 from aivc.instruments._conformal import check_level, conformal_quantile
 from aivc.instruments._registry import register_instrument
+from aivc.instruments._scores import condition_scores
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -71,7 +72,6 @@ __all__ = [
     "CHEMICAL_MODELS",
     "ChemicalManipulator",
     "ChemicalModel",
-    "condition_scores",
     "dose_response",
 ]
 
@@ -86,38 +86,8 @@ CHEMICAL_BASELINES = (
     "dose-interpolation",
 )
 
-TOP_N = 20
 _DOSE_BANDWIDTH = 0.25  # log10 units: doses three-fold apart are 0.48 apart
 _ALPHAS = np.logspace(-2, 4, 13)
-
-
-# ----------------------------------------------------------------------------- scoring
-def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise Pearson r; a constant row scores 0."""
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    num = (a * b).sum(1)
-    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
-
-
-def condition_scores(
-    observed: np.ndarray, predicted: np.ndarray, top: int = TOP_N
-) -> dict[str, np.ndarray]:
-    """Per-condition scores: ``pearson_delta``, ``mse``, and on the ``top`` most changed features
-    (largest observed |change|) ``pearson_delta_top20`` and ``mse_top20``."""
-    observed = np.atleast_2d(np.asarray(observed, float))
-    predicted = np.atleast_2d(np.asarray(predicted, float))
-    k = min(top, observed.shape[1])
-    idx = np.argsort(-np.abs(observed), axis=1)[:, :k]
-    o_top = np.take_along_axis(observed, idx, 1)
-    p_top = np.take_along_axis(predicted, idx, 1)
-    return {
-        "pearson_delta": _pearson_rows(observed, predicted),
-        "mse": ((observed - predicted) ** 2).mean(1),
-        "pearson_delta_top20": _pearson_rows(o_top, p_top),
-        "mse_top20": ((o_top - p_top) ** 2).mean(1),
-    }
 
 
 # ----------------------------------------------------------------------------- training data

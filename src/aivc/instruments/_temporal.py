@@ -42,6 +42,7 @@ import scipy.sparse as sp
 from aivc.data._validate import DataValidationError
 from aivc.instruments._base import Instrument
 from aivc.instruments._registry import register_instrument
+from aivc.instruments._scores import condition_scores
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -489,24 +490,13 @@ TEMPORAL_MODELS: dict[str, type[TemporalModel]] = {
 
 
 # ----------------------------------------------------------------------------- perturbation x time
-def _de20_scores(
-    observed: np.ndarray, predicted: np.ndarray, top: int = 20
-) -> dict[str, np.ndarray]:
-    """Per perturbation: Pearson on all genes and on its ``top`` most changed genes, and MSE on those."""
-    k = min(top, observed.shape[1])
-    idx = np.argsort(-np.abs(observed), axis=1)[:, :k]
-    o, p = np.take_along_axis(observed, idx, 1), np.take_along_axis(predicted, idx, 1)
-
-    def rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        a = a - a.mean(1, keepdims=True)
-        b = b - b.mean(1, keepdims=True)
-        den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-        return np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1.0), 0.0)
-
+def _de20_scores(observed: np.ndarray, predicted: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`~aivc.instruments._scores.condition_scores` under the perturbation tasks' names."""
+    s = condition_scores(observed, predicted)
     return {
-        "pearson_delta": rows(observed, predicted),
-        "pearson_delta_de20": rows(o, p),
-        "mse_de20": ((o - p) ** 2).mean(1),
+        "pearson_delta": s["pearson_delta"],
+        "pearson_delta_de20": s["pearson_delta_top20"],
+        "mse_de20": s["mse_top20"],
     }
 
 

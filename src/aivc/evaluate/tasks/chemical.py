@@ -47,7 +47,8 @@ from aivc.data._validate import DataValidationError
 from aivc.evaluate._memory import ResourceMeter
 from aivc.evaluate._results import fmt_summary, machine_info, summarize, write_results
 from aivc.evaluate.tasks import Task, register_task
-from aivc.instruments._chemical import CHEMICAL_MODELS, condition_scores
+from aivc.instruments._chemical import CHEMICAL_MODELS
+from aivc.instruments._scores import condition_scores
 
 __all__ = ["CHEMICAL_SPLITS", "mechanism_ap", "run_chemical"]
 

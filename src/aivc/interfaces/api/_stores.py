@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aivc.interfaces.api._errors import ConflictError, NotFoundError, WorkspaceValidationError
+from aivc.interfaces.api._schemas import _NAME_PATTERN
 
 if TYPE_CHECKING:
     from aivc.instruments._chemical import ChemicalManipulator
@@ -28,7 +29,7 @@ __all__ = ["CompoundModels", "SavedModels", "TemporalModels"]
 
 logger = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(_NAME_PATTERN)
 MAX_DOSES = 50
 
 

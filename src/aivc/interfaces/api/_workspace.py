@@ -41,6 +41,7 @@ from aivc.interfaces.api._errors import (
     with_error_id,
 )
 from aivc.interfaces.api._jobs import DEFAULT_MAX_QUEUED, JobManager, JobReporter
+from aivc.interfaces.api._schemas import _NAME_PATTERN
 from aivc.interfaces.api._uploads import (
     DEFAULT_MAX_UPLOAD,
     DEFAULT_MAX_UPLOAD_MEMORY,
@@ -69,7 +70,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(_NAME_PATTERN)
 #: Disk space a workspace may fill by default (bytes): models, uploads, the ledger.
 DEFAULT_MAX_WORKSPACE = 10 * 1024**3
 #: The embedding whose PCA predictions are placed in, when the page has asked for it.
