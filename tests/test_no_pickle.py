@@ -95,12 +95,30 @@ def _effects():
     return model, lambda m: m.predict_interval(early[:2], 12.0)[2]
 
 
-#: Chemical and temporal instruments: a fitted one and the answer compared after loading.
-OTHER_FITS = {"aivc-chem": _chemical, "aivc-time": _temporal, "aivc-time-effect": _effects}
+def _niche():
+    from aivc.tissues import NicheModel
+
+    rng = np.random.default_rng(0)
+    tissue = ad.AnnData(X=rng.poisson(5.0, (60, 6)).astype(np.float32))
+    tissue.var_names = [f"g{j}" for j in range(6)]
+    tissue.obsm["spatial"] = rng.uniform(0, 10, (60, 2))
+    model = NicheModel(n_components=3, n_latent=2, steps=3).fit(tissue)
+    return model, lambda m: m.transform(tissue)
+
+
+#: Chemical, temporal and tissue instruments: a fitted one and the answer compared after loading.
+OTHER_FITS = {
+    "aivc-chem": _chemical,
+    "aivc-time": _temporal,
+    "aivc-time-effect": _effects,
+    "aivc-niche": _niche,
+}
 
 
 @pytest.mark.parametrize("name", sorted(OTHER_FITS))
-def test_saved_chemical_and_temporal_instruments_load_without_unpickling(name, tmp_path) -> None:
+def test_saved_chemical_temporal_and_tissue_instruments_load_without_unpickling(
+    name, tmp_path
+) -> None:
     model, answer = OTHER_FITS[name]()
     path = model.save(tmp_path / name)
     with no_unpickling():

@@ -202,6 +202,18 @@ def benchmark(
         str | None,
         typer.Option(help="time: X (or --counts-layer) holds 'counts', 'log' or 'fpkm' values."),
     ] = None,
+    section_key: Annotated[
+        str | None,
+        typer.Option(
+            help="spatial, --dataset FILE: obs column with the section (graphs stay within one)."
+        ),
+    ] = None,
+    region_key: Annotated[
+        str | None,
+        typer.Option(
+            help="spatial, --dataset FILE: obs column with annotated regions (scores domains)."
+        ),
+    ] = None,
     data_dir: DataDir = None,
     verbosity: Verbosity = "info",
 ) -> None:
@@ -264,6 +276,12 @@ def benchmark(
         _fail(
             f"task {task!r} takes no --split/--compound-key/--smiles-key/--plate-key/--moa-key/--dose-unit options."
         )
+    if "section_key" in spec.options:
+        options.update(
+            {k: v for k, v in {"section_key": section_key, "region_key": region_key}.items() if v}
+        )
+    elif section_key is not None or region_key is not None:
+        _fail(f"task {task!r} takes no --section-key/--region-key options.")
     if "cell_type_key" in spec.options:
         # label tasks: the columns go to the task itself, not to a perturbation schema
         labels = {
@@ -337,7 +355,10 @@ def simulate(
         typer.Option("--out", help="Output .h5ad file (or .zarr store) in an existing folder."),
     ] = Path("simulation.h5ad"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    cell_types: Annotated[int, typer.Option("--cell-types", help="Number of cell types.")] = 2,
+    cell_types: Annotated[
+        int | None,
+        typer.Option("--cell-types", help="Number of cell types (default 2; 5 with --spatial)."),
+    ] = None,
     batches: Annotated[int, typer.Option("--batches", help="Number of batches.")] = 3,
     modality: Annotated[str, typer.Option(help="knockout, knockdown or activation.")] = "knockout",
     modules: Annotated[
@@ -366,6 +387,14 @@ def simulate(
     preset: Annotated[
         str, typer.Option("--preset", help="World preset: small, medium or replogle.")
     ] = "small",
+    spatial: Annotated[
+        bool,
+        typer.Option(
+            "--spatial",
+            help="Simulate a spatial measurement of a virtual tissue (layered sections, "
+            "cell-cell signalling) instead of a perturbation experiment; default 300 genes.",
+        ),
+    ] = False,
     verbosity: Verbosity = "info",
 ) -> None:
     """Simulate a perturbation experiment with the mechanistic virtual cell and write it to disk.
@@ -375,6 +404,9 @@ def simulate(
     the data as <name>.truth.npz; the measured file carries none of it. With --world N, the
     world N of a named preset is written, with its simulated knowledge base in
     <name>.knowledge/ (GO-like annotations, STRING/HuRI-like networks, for aivc.genes).
+    With --spatial, a virtual tissue is measured instead (positions in obsm["spatial"],
+    sections, layers and cell types in obs) and its truth (true per-cell expression,
+    signalling pathways and edges) is written as <name>.truth.npz.
     """
     _setup(verbosity, None)
     if out.suffix not in (".h5ad", ".zarr"):
@@ -387,6 +419,9 @@ def simulate(
             f"The folder {str(out.parent)!r} of --out does not exist; create it first "
             f"(mkdir -p {out.parent}) or write elsewhere."
         )
+    if spatial:
+        _simulate_tissue(out, cells=cells, genes=genes, cell_types=cell_types, seed=seed)
+        return
     from aivc.sim import write_simulation, write_world
 
     try:
@@ -400,7 +435,7 @@ def simulate(
                 n_cells=10_000 if cells is None else cells,
                 n_genes=1000 if genes is None else genes,
                 seed=seed,
-                n_cell_types=cell_types,
+                n_cell_types=2 if cell_types is None else cell_types,
                 n_batches=batches,
                 modality=modality,
                 simulator={"module_fraction": modules},
@@ -412,6 +447,40 @@ def simulate(
         f"wrote {files.data} ({files.n_cells} cells x {files.n_genes} genes, {files.n_conditions} conditions, "
         f"{files.seconds:.1f} s) and ground truth {files.truth}"
         + (f"; knowledge base {files.knowledge}" if files.knowledge is not None else "")
+    )
+
+
+def _simulate_tissue(
+    out: Path, *, cells: int | None, genes: int | None, cell_types: int | None, seed: int
+) -> None:
+    """Write a simulated spatial measurement and its truth (``aivc simulate --spatial``)."""
+    import time
+
+    from aivc._io import atomic_path
+    from aivc.sim import VirtualTissue, truth_path_for
+
+    if out.suffix != ".h5ad":
+        _fail(
+            f"--spatial writes an .h5ad file; got {str(out)!r}. Use e.g. --out {out.with_suffix('.h5ad')}."
+        )
+    t0 = time.perf_counter()
+    try:
+        tissue = VirtualTissue(
+            n_genes=300 if genes is None else genes,
+            n_cell_types=5 if cell_types is None else cell_types,
+            seed=seed,
+        ).build()
+        adata, truth = tissue.simulate(10_000 if cells is None else cells, seed=seed)
+    except ValueError as e:
+        _fail(str(e))
+    truth_path = truth_path_for(out)
+    with atomic_path(out) as tmp:
+        adata.write_h5ad(tmp)
+    truth.save(truth_path)
+    typer.echo(
+        f"wrote {out} ({adata.n_obs} cells x {adata.n_vars} genes, "
+        f"{adata.obs['section'].nunique()} sections, {len(truth.pathways)} signalling pathways, "
+        f"{time.perf_counter() - t0:.1f} s) and ground truth {truth_path}"
     )
 
 

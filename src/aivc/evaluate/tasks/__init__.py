@@ -37,6 +37,7 @@ _TASK_MODULES = (
     "chemical",
     "segmentation",
     "time",
+    "spatial",
     "suite",
 )
 
