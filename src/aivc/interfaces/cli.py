@@ -404,6 +404,7 @@ def simulate(
     the data as <name>.truth.npz; the measured file carries none of it. With --world N, the
     world N of a named preset is written, with its simulated knowledge base in
     <name>.knowledge/ (GO-like annotations, STRING/HuRI-like networks, for aivc.genes).
+
     With --spatial, a virtual tissue is measured instead (positions in obsm["spatial"],
     sections, layers and cell types in obs) and its truth (true per-cell expression,
     signalling pathways and edges) is written as <name>.truth.npz.

@@ -15,6 +15,13 @@ share phenotypes, and :func:`simulated_knowledge` writes what noisy curated
 knowledge would record about them; :class:`VirtualLab`
 answers experiment requests with measurements only; :func:`write_simulation`
 streams large simulations to ``.h5ad`` or ``.zarr``.
+
+:class:`VirtualTissue` ("virtual tissue 1.0") lays cell types out in layered
+tissue sections where they signal to their neighbours through ligand-receptor
+:class:`SignallingPathway` objects that switch on target programs;
+:func:`simulate_tissue` measures such a tissue, with its :class:`TissueTruth`
+(true per-cell expression as a :class:`TissueState`, signalling edges) kept
+apart.
 """
 
 from __future__ import annotations
@@ -38,6 +45,13 @@ from aivc.sim._simulator import (
     SolvedConditions,
     VirtualCellSimulator,
     simulation_schema,
+)
+from aivc.sim._tissue import (
+    SignallingPathway,
+    TissueState,
+    TissueTruth,
+    VirtualTissue,
+    simulate_tissue,
 )
 from aivc.sim._truth import GroundTruth, truth_path_for
 from aivc.sim._worlds import WORLD_PRESETS, WorldPreset, write_world
@@ -65,11 +79,15 @@ __all__ = [
     "LabCost",
     "MeasurementModel",
     "RateInputs",
+    "SignallingPathway",
     "SimulationFiles",
     "SolvedConditions",
     "SteadyState",
+    "TissueState",
+    "TissueTruth",
     "VirtualCellSimulator",
     "VirtualLab",
+    "VirtualTissue",
     "WorldPreset",
     "cell_type_names",
     "default_design",
@@ -80,6 +98,7 @@ __all__ = [
     "random_drugs",
     "random_modules",
     "random_network",
+    "simulate_tissue",
     "simulated_knowledge",
     "simulation_schema",
     "truth_path_for",

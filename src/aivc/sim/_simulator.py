@@ -497,11 +497,19 @@ class VirtualCellSimulator:
         return d
 
     # ----------------------------------------------------------------- solving
-    def _inputs(self, conditions: pd.DataFrame, *, use_signal: bool) -> RateInputs:
+    def _inputs(
+        self,
+        conditions: pd.DataFrame,
+        *,
+        use_signal: bool,
+        extra_add: np.ndarray | None = None,
+    ) -> RateInputs:
         net = self.network_
         kin = self.kinetics_
         b = len(conditions)
         inputs = kin.neutral_inputs(b)
+        if extra_add is not None:
+            inputs.add[:] += extra_add
         type_pos = {t: i for i, t in enumerate(self.cell_types_)}
         types = conditions["cell_type"].to_numpy()
         if use_signal:
@@ -520,10 +528,11 @@ class VirtualCellSimulator:
             g = np.asarray(genes)
             if modality == "knockout":
                 inputs.scale[row, g] = 0.0
+                inputs.add[row, g] = 0.0  # a deleted gene is not transcribed at all
             elif modality == "knockdown":
                 inputs.scale[row, g] *= 1.0 - self.knockdown_efficiency
             else:
-                inputs.add[row, g] = self.activation_strength
+                inputs.add[row, g] += self.activation_strength
         if any(drugs):
             inputs.activity[:] = self.drugs_.activity(
                 drugs, conditions["dose"].to_numpy(), net.regulator_index(), len(net.regulators)
@@ -532,7 +541,13 @@ class VirtualCellSimulator:
             inputs.activity[:] *= self.modules_.activity_factor(inputs.scale, inputs.add, net)
         return inputs
 
-    def solve(self, conditions: pd.DataFrame, *, batch_size: int | None = None) -> SolvedConditions:
+    def solve(
+        self,
+        conditions: pd.DataFrame,
+        *,
+        batch_size: int | None = None,
+        extra_add: np.ndarray | None = None,
+    ) -> SolvedConditions:
         """Solve conditions: states, population means and noise sensitivities.
 
         Steady-state conditions start from their cell type's control state, so a
@@ -550,19 +565,35 @@ class VirtualCellSimulator:
         batch_size
             Conditions propagated at once (bounds memory); default: as many as
             keep the temporary arrays near 100 MB.
+        extra_add
+            Optional ``(n_conditions, n_genes)`` non-negative transcription added to
+            each condition's regulator-independent input (:attr:`RateInputs.add`,
+            in units of the gene's maximal rate), e.g. a signal received from
+            neighbouring cells; it acts before and after a differentiation signal.
         """
         self._ensure_built()
         cond = self.normalize_design(conditions)
+        if extra_add is not None:
+            extra_add = np.asarray(extra_add, dtype=np.float64)
+            if extra_add.shape != (len(cond), self.n_genes):
+                msg = (
+                    f"'extra_add' must have shape (n_conditions, n_genes) = ({len(cond)}, "
+                    f"{self.n_genes}); got {extra_add.shape}."
+                )
+                raise ValueError(msg)
+            if not np.isfinite(extra_add).all() or (extra_add < 0).any():
+                msg = "'extra_add' must hold finite, non-negative rates."
+                raise ValueError(msg)
         kin = self.kinetics_
         n = len(cond)
         type_pos = {t: i for i, t in enumerate(self.cell_types_)}
         x0 = self.control_states_[[type_pos[t] for t in cond["cell_type"]]]
-        before = self._inputs(cond, use_signal=False)
+        before = self._inputs(cond, use_signal=False, extra_add=extra_add)
         state = kin.steady_state(before, x0=x0).x
         dynamic = np.flatnonzero(
             (cond["time"] > 0).to_numpy() & (cond["signal"] != NO_SIGNAL).to_numpy()
         )
-        after = self._inputs(cond, use_signal=True)
+        after = self._inputs(cond, use_signal=True, extra_add=extra_add)
         if len(dynamic):
             # one trajectory per distinct starting condition, reported at all its times
             key_cols = ["perturbation", "cell_type", "dose", "modality", "signal"]
