@@ -42,10 +42,13 @@ def server(data_dir: Path, tmp_path: Path):
 
 
 @contextmanager
-def _serving(data_dir: Path, tmp_path: Path) -> Iterator[str]:
-    """Run ``aivc serve`` on the workspace ``tmp_path / "ws"``; yields its address."""
+def _serving(data_dir: Path, tmp_path: Path, **env_vars: str) -> Iterator[str]:
+    """Run ``aivc serve`` on the workspace ``tmp_path / "ws"``; yields its address.
+
+    ``env_vars`` are set in the server's environment.
+    """
     port = _free_port()
-    env = {**os.environ, "AIVC_DATA_DIR": str(data_dir), "AIVC_API_TOKEN": ""}
+    env = {**os.environ, "AIVC_DATA_DIR": str(data_dir), "AIVC_API_TOKEN": "", **env_vars}
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
         [
@@ -451,3 +454,57 @@ def test_time_slider_shows_the_predicted_population(server: str, browser) -> Non
     )
     wait.until(ec.text_to_be_present_in_element((By.ID, "time-summary"), "forecast beyond"))
     assert len(browser.find_elements(By.CSS_SELECTOR, "#time-genes tbody tr")) == 10
+
+
+@pytest.fixture
+def server_without_data(tmp_path: Path):
+    """``aivc serve`` with an empty data folder: only the simulated tissue is offered.
+
+    Torch runs on one thread: where the cores are shared, more threads mostly wait on each other.
+    """
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    with _serving(empty, tmp_path, OMP_NUM_THREADS="1") as url:
+        yield url
+
+
+#: Points drawn in the tissue map, and the names of its legend entries.
+_TISSUE_JS = """
+const g = document.getElementById('tissue-map');
+if (!g.data) return null;
+return [g.data.reduce((n, t) => n + t.x.length, 0),
+        g.data.filter((t) => t.showlegend !== false).map((t) => t.name),
+        Array.from(g.querySelectorAll('.legend .traces')).length,
+        g.layout.yaxis.scaleanchor, g.layout.yaxis2.scaleanchor];
+"""
+
+
+def test_tissue_panel_draws_the_virtual_tissue(server_without_data: str, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(server_without_data + "/")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "tissue-summary"), "cell types"))
+    dataset = Select(browser.find_element(By.ID, "tissue-dataset"))
+    assert [o.get_attribute("value") for o in dataset.options] == ["virtual-tissue"]
+    colour = Select(browser.find_element(By.ID, "tissue-color"))
+    assert [o.get_attribute("value") for o in colour.options] == ["cell_type", "niche", "region"]
+    n_points, legend, n_entries, anchor1, anchor2 = browser.execute_script(_TISSUE_JS)
+    # every cell of both sections, one legend entry per cell type, x and y on one scale
+    assert n_points == 3000
+    assert legend == ["type_A", "type_B", "type_C", "type_D", "type_E"] and n_entries == 5
+    assert (anchor1, anchor2) == ("x", "x2")
+    assert "section S2" in browser.find_element(By.ID, "tissue-map").text
+
+    colour.select_by_value("region")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "tissue-summary"), "4 regions"))
+    n_points, legend, n_entries, *_ = browser.execute_script(_TISSUE_JS)
+    assert n_points == 3000 and n_entries == 4 and legend[0] == "layer_1"
+
+    colour.select_by_value("niche")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "tissue-summary"), "spatial domains"))
+    n_points, legend, n_entries, *_ = browser.execute_script(_TISSUE_JS)
+    assert n_points == 3000 and legend == [f"niche_{k}" for k in range(1, 6)] and n_entries == 5
+    assert browser.find_element(By.ID, "tissue-error").is_displayed() is False

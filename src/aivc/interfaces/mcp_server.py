@@ -3,7 +3,8 @@
 Tools list datasets, instruments and fitted models, fit a model, predict
 perturbations (with intervals when the model has them), explain a prediction
 (top genes, enriched GO biological processes among the predicted DE genes,
-responding network neighbours) and read measured results. They share one
+responding network neighbours), read measured results and summarise a
+spatial tissue by cell type, niche or region. They share one
 :class:`aivc.interfaces.api.Workspace` with the REST API, so a model fitted by
 either is visible to both. ``aivc mcp`` serves it on stdio.
 
@@ -135,7 +136,8 @@ INSTRUCTIONS = (
     "profile dataset (e.g. lincs_cellpainting_a549), then predict_compound with a name or a "
     "SMILES and a list of doses (a dose-response curve of the most changed features, with intervals). "
     "For time courses: fit_temporal_model, then forecast_population at times between or after "
-    "the measured ones."
+    "the measured ones. For tissues: spatial_map summarises where cell types, niches (spatial "
+    "domains of a niche model) or annotated regions lie in each section."
 )
 
 
@@ -293,6 +295,19 @@ def create_server(workspace: Workspace | str | Path, *, fit_timeout: float = 600
             msg = f"n_cells must be between 1 and 2000. Got {n_cells} instead."
             raise ValueError(msg)
         return ws.temporal.forecast(model, times, n_cells=n_cells, top_k=top_k)
+
+    @server.tool()
+    @_anticipated
+    def spatial_map(dataset: str = "virtual-tissue", color: str = "cell_type") -> dict[str, Any]:
+        """Summarise a spatial tissue coloured by 'cell_type', 'niche' or 'region'.
+
+        'virtual-tissue' (simulated) is always available; the answer to an unknown name lists
+        the others. Returns the categories, the cells per category in each section, the extent
+        of the coordinates and the first cells with their x, y, section and label. 'niche' fits
+        a small niche model on the whole tissue on first use (seconds) and clusters its
+        embedding into as many spatial domains as there are cell types.
+        """
+        return ws.spatial.summary(dataset, color=color)
 
     @server.tool()
     @_anticipated

@@ -45,6 +45,8 @@ from aivc.interfaces.api._security import (
     parse_allowed_hosts,
     token_matches,
 )
+from aivc.interfaces.api._spatial import MAX_CELLS as MAX_SPATIAL_CELLS
+from aivc.interfaces.api._spatial import Color
 from aivc.interfaces.api._workspace import (
     ConflictError,
     NotFoundError,
@@ -399,6 +401,23 @@ def create_app(
         """The predicted population at each time: cells on the first two components and the
         most changed genes, with the measured populations for comparison."""
         return ws.temporal.forecast(model_id, body.times, n_cells=body.n_cells, top_k=body.top_k)
+
+    @api.get("/spatial-datasets", tags=["tissues"])
+    def spatial_datasets() -> list[dict[str, Any]]:
+        """Spatial tissues offered here (the simulator's virtual tissue, and registered datasets
+        present in the data folder), each with the colourings it has."""
+        return ws.spatial.datasets()
+
+    @api.get("/spatial/{name}", tags=["tissues"])
+    def spatial_map(
+        name: str,
+        color: Annotated[Color, Query()] = "cell_type",
+        max_cells: Annotated[int, Query(ge=1, le=MAX_SPATIAL_CELLS)] = 5000,
+    ) -> dict[str, Any]:
+        """Cells at their coordinates (a seeded subsample of ``max_cells``), each with its section
+        and its label under ``color``, and the labels in legend order. ``niche`` fits a small
+        niche model on the first request for a dataset (seconds) and keeps its domains."""
+        return ws.spatial.map(name, color=color, max_cells=max_cells)
 
     @api.get("/models/{model_id}", tags=["models"])
     def model(model_id: str) -> dict[str, Any]:

@@ -217,6 +217,7 @@ class Workspace:
         self._dataset_locks: dict[str, threading.Lock] = {}
         self._known_genes: list[str] | None = None
         self._scan_models()
+        from aivc.interfaces.api._spatial import SpatialMaps
         from aivc.interfaces.api._stores import CompoundModels, TemporalModels
 
         self.compounds = CompoundModels(
@@ -225,6 +226,7 @@ class Workspace:
         self.temporal = TemporalModels(
             self.root / "temporal_models", check_quota=self._check_quota, errors=_library_errors
         )
+        self.spatial = SpatialMaps(errors=_library_errors)
 
     # ------------------------------------------------------------------ datasets
     def add_dataset(

@@ -582,6 +582,91 @@ async function forecastAtSlider() {
   }
 }
 
+// ---------------------------------------------------------------- tissues
+const COLOR_NAMES = { cell_type: "cell type", niche: "niche (fits a niche model)", region: "region" };
+const tissueState = { datasets: [], request: 0 };
+
+async function loadTissueLists() {
+  tissueState.datasets = await api("/spatial-datasets");
+  const ds = $("tissue-dataset");
+  ds.innerHTML = "";
+  tissueState.datasets.forEach((d) => option(ds, d.name, d.name));
+  fillTissueColours();
+  await drawTissue();
+}
+
+// The colourings the chosen tissue has; the current one is kept when it has it.
+function fillTissueColours() {
+  const d = tissueState.datasets.find((x) => x.name === $("tissue-dataset").value);
+  const sel = $("tissue-color");
+  const before = sel.value;
+  sel.innerHTML = "";
+  (d ? d.colors : []).forEach((c) => option(sel, c, COLOR_NAMES[c] || c));
+  if ([...sel.options].some((o) => o.value === before)) sel.value = before;
+}
+
+async function drawTissue() {
+  const name = $("tissue-dataset").value;
+  const color = $("tissue-color").value;
+  if (!name || !color) return;
+  const request = ++tissueState.request;
+  hideError("tissue-error");
+  $("tissue-summary").textContent = color === "niche"
+    ? `fitting a niche model on ${name} (seconds, the first time)…`
+    : `loading ${name}…`;
+  let out;
+  try {
+    out = await api(`/spatial/${encodeURIComponent(name)}?color=${encodeURIComponent(color)}&max_cells=5000`);
+  } catch (err) {
+    if (request !== tissueState.request) return;
+    Plotly.purge("tissue-map");
+    $("tissue-map").innerHTML = "";
+    $("tissue-summary").textContent = "";
+    showError("tissue-error", `could not draw ${name}: ${err.message}`);
+    return;
+  }
+  if (request !== tissueState.request) return; // a later choice is on its way
+  // one panel per section, on equal x and y scales; one legend entry per category
+  const n = out.sections.length;
+  const columns = Math.min(n, 3);
+  const rows = Math.ceil(n / columns);
+  const axis = (k) => (k === 0 ? "" : String(k + 1));
+  const traces = [];
+  out.categories.forEach((c, j) => {
+    out.sections.forEach((sec, k) => {
+      const keep = out.labels.map((l, i) => (l === c && out.section[i] === sec ? i : -1)).filter((i) => i >= 0);
+      traces.push({
+        type: "scatter", mode: "markers", name: c, legendgroup: c, showlegend: k === 0,
+        x: keep.map((i) => out.x[i]), y: keep.map((i) => out.y[i]),
+        xaxis: "x" + axis(k), yaxis: "y" + axis(k),
+        hovertemplate: `${c}<br>section ${sec}<br>x %{x}<br>y %{y}<extra></extra>`,
+        marker: { size: 4, opacity: 0.8, color: GROUP_COLOURS[j % GROUP_COLOURS.length] },
+      });
+    });
+  });
+  const layout = {
+    title: { text: `${name}: ${out.n_shown} of ${out.n_cells} cells by ${color.replace("_", " ")}`, font: { size: 13 } },
+    margin: { t: 60, l: 50, r: 10, b: 40 },
+    legend: { title: { text: color.replace("_", " ") } },
+    grid: { rows, columns, pattern: "independent" },
+    annotations: out.sections.map((sec, k) => ({
+      text: n > 1 ? `section ${sec}` : "", showarrow: false, font: { size: 12 },
+      xref: `x${axis(k)} domain`, yref: `y${axis(k)} domain`, x: 0.5, y: 1.06,
+    })),
+  };
+  out.sections.forEach((_, k) => {
+    layout["xaxis" + axis(k)] = { constrain: "domain", zeroline: false };
+    layout["yaxis" + axis(k)] = { scaleanchor: "x" + axis(k), scaleratio: 1, constrain: "domain", zeroline: false };
+  });
+  Plotly.react("tissue-map", traces, layout, PLOT_CONFIG);
+  const niche = out.niche_model;
+  $("tissue-summary").textContent =
+    `${out.categories.length} ${color === "niche" ? "niches" : color === "region" ? "regions" : "cell types"} in ` +
+    `${n} section${n > 1 ? "s" : ""}` +
+    (out.n_shown < out.n_cells ? `; a seeded sample of ${out.n_shown} of the ${out.n_cells} cells` : "") +
+    (niche ? `; spatial domains of ${niche.instrument} (${niche.steps} steps, fitted in ${niche.fit_seconds} s)` : "");
+}
+
 function init() {
   $("token").value = state.token;
   $("token-save").addEventListener("click", () => {
@@ -604,6 +689,11 @@ function init() {
   $("time-slider").addEventListener("change", forecastAtSlider);
   $("time-model").addEventListener("change", () => loadTemporalLists($("time-model").value).then(forecastAtSlider).catch((err) => setStatus(err.message, true)));
   $("chem-model").addEventListener("change", () => loadCompoundLists($("chem-model").value).catch((err) => setStatus(err.message, true)));
+  $("tissue-dataset").addEventListener("change", () => {
+    fillTissueColours();
+    drawTissue();
+  });
+  $("tissue-color").addEventListener("change", drawTissue);
   start();
 }
 
@@ -613,6 +703,7 @@ async function start() {
     if (!state.model) setStatus("choose a dataset and an instrument, then fit");
     await loadCompoundLists();
     await loadTemporalLists();
+    await loadTissueLists();
   } catch (err) {
     setStatus(err.message, true);
   }
