@@ -46,7 +46,7 @@ MAX_LINES = 340
 
 #: Published models of other groups, run in the same command: "peers". Every other model whose
 #: name does not start with "aivc" is a baseline; other "aivc*" models are variants of ours.
-PEERS = frozenset({"gears", "scvi", "scanvi", "scanvi-retrain", "harmony"})
+PEERS = frozenset({"gears", "scvi", "scanvi", "scanvi-retrain", "harmony", "gimvi"})
 #: Prefix of a wrapped model (calibration wraps baselines as ``conformal:<name>``).
 WRAPPER_PREFIX = "conformal:"
 
@@ -184,6 +184,35 @@ RULES: dict[str, Rule] = {
         ("pearson_delta_de20", "mse_de20", "pearson_delta", "coverage_90"),
     ),
     "time:fates": Rule("aivc-time", "fate_accuracy", "higher", ("fate_accuracy", "fate_log_loss")),
+    "spatial": Rule(
+        "aivc-niche",
+        "accuracy",
+        "higher",
+        (
+            "accuracy",
+            "macro_f1",
+            "ece",
+            "domain_ari",
+            "domain_nmi",
+            "imputation_pearson_panel",
+            "imputation_pearson",
+        ),
+    ),
+    "spatial:niche-effect": Rule(
+        "aivc-tissue",
+        "effect_mse_rel",
+        "lower",
+        (
+            "effect_mse_rel",
+            "effect_mse",
+            "effect_mse_receivers",
+            "effect_pearson",
+            "removal_mse_rel",
+            "removal_pearson",
+            "edge_precision",
+            "edge_precision_random",
+        ),
+    ),
     "segmentation": Rule(
         "classical", "ap50", "higher", ("ap50", "f1_50", "precision50", "recall50", "ap_mean")
     ),
@@ -1523,8 +1552,42 @@ def make_page(
         timings = Path(root) / "timings.txt"
     times = read_timings(timings)
     text = render(load_results(root, runs, times), load_suite_result(root, suite, times))
+    scale = scale_section(root)
+    if scale:
+        text += "\n" + "\n".join(scale).rstrip("\n") + "\n"
     write_atomic(out, text)
     return text
+
+
+#: Results of the scale scripts (not benchmark tasks): folder, title, command.
+SCALE_RUNS = (
+    (
+        "embed-tissue-million",
+        "A million-cell virtual tissue embedded by the niche model",
+        "python benchmarks/embed_tissue_million.py --out benchmarks/results/embed-tissue-million",
+    ),
+)
+
+
+def scale_section(root: str | Path) -> list[str]:
+    """Lines of the scale runs whose ``results.json`` is under ``root`` (none: no section)."""
+    found = [(d, t, c) for d, t, c in SCALE_RUNS if (Path(root) / d / "results.json").exists()]
+    if not found:
+        return []
+    lines = ["## Scale", ""]
+    for folder, title, command in found:
+        r = json.loads((Path(root) / folder / "results.json").read_text())
+        target = "met" if r.get("meets_target") else "missed"
+        lines += [
+            f"### {folder}",
+            "",
+            f"{title}: `{command}`. {r['n_cells']:,} cells x {r['n_genes']} genes; read "
+            f"{r['read_seconds']} s, fit {r['fit_seconds']} s, embed {r['embed_seconds']} s; peak "
+            f"resident memory {r['peak_rss_mb']:,.0f} MB (target under {r['target_peak_mb']:,} MB: "
+            f"{target}).",
+            "",
+        ]
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,8 +27,13 @@ datasets_app = typer.Typer(help="List and download datasets.", no_args_is_help=T
 instruments_app = typer.Typer(
     help="List virtual instruments (models and baselines).", no_args_is_help=True
 )
+peers_app = typer.Typer(
+    help="Published peer models, each in a virtual environment of its own (never aivc's).",
+    no_args_is_help=True,
+)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(instruments_app, name="instruments")
+app.add_typer(peers_app, name="peers")
 
 
 @app.command()
@@ -515,22 +520,12 @@ def datasets_list(data_dir: DataDir = None) -> None:
         )
         for e in list_datasets()
     ]
-    if not _stdout_is_terminal():
-        for row in (columns, *rows):
-            typer.echo("\t".join(row))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(
+    _print_listing(
+        columns,
+        rows,
         title="aivc datasets",
         caption=f"data directory: {settings.data_dir}; embedded datasets load without it",
     )
-    for c in columns:
-        t.add_column(c)
-    for row in rows:
-        t.add_row(*row)
-    Console().print(t)
 
 
 def _stdout_is_terminal() -> bool:
@@ -538,6 +533,25 @@ def _stdout_is_terminal() -> bool:
     import sys
 
     return sys.stdout.isatty()
+
+
+def _print_listing(
+    columns: tuple[str, ...], rows: list[tuple[str, ...]], *, title: str, caption: str
+) -> None:
+    """A table on a terminal; otherwise a header line and one tab-separated line a row."""
+    if not _stdout_is_terminal():
+        for row in (columns, *rows):
+            typer.echo("\t".join(row))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, caption=caption)
+    for c in columns:
+        t.add_column(c)
+    for row in rows:
+        t.add_row(*row)
+    Console().print(t)
 
 
 @datasets_app.command("download")
@@ -572,6 +586,68 @@ def instruments_list() -> None:
     for info in list_instruments():
         t.add_row(info.name, info.kind, ", ".join(sorted(info.capabilities)), info.description)
     Console().print(t)
+
+
+@peers_app.command("list")
+def peers_list() -> None:
+    """List the peer models and whether each one's environment is installed.
+
+    ``installed`` says whether its environment (under the cache directory's
+    ``peers`` folder) is ready; ``versions`` gives the installed versions of
+    its packages and of torch. On a terminal this is a table; otherwise one
+    line per peer with the columns separated by tabs, after a header line.
+    """
+    _setup("warning", None)
+    from aivc.evaluate._peer_envs import list_peers, peer_root
+
+    columns = ("name", "installed", "versions", "description", "note")
+    rows = [
+        (
+            s.peer.name,
+            "yes" if s.installed else "no",
+            ", ".join(f"{k} {v}" for k, v in s.versions.items()) or "-",
+            s.peer.description,
+            s.peer.note,
+        )
+        for s in list_peers()
+    ]
+    _print_listing(
+        columns,
+        rows,
+        title="aivc peers",
+        caption=f"environments in {peer_root()}; install one with `aivc peers install NAME`",
+    )
+
+
+@peers_app.command("install")
+def peers_install(
+    name: Annotated[str, typer.Argument(help="Peer name (aivc peers list).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Delete the environment and build it anew.")
+    ] = False,
+    verbosity: Verbosity = "info",
+) -> None:
+    """Create a peer's own virtual environment and install its packages from the package index.
+
+    The environment is CACHE_DIR/peers/NAME (AIVC_CACHE_DIR); torch is held to
+    its CPU build. Nothing is installed into aivc's own environment.
+    """
+    _setup(verbosity, None)
+    from aivc.evaluate._peer_envs import (
+        PeerInstallError,
+        UnknownPeerError,
+        get_peer,
+        install_peer,
+    )
+    from aivc.interfaces._cli_common import working
+
+    try:
+        get_peer(name)
+        with working(f"installing the peer {name}", every=30):
+            path = install_peer(name, force=force)
+    except (UnknownPeerError, PeerInstallError) as e:
+        _fail(str(e))
+    typer.echo(f"ready: {path}")
 
 
 # Commands of each area live beside it; each module only imports typer at the top.

@@ -14,7 +14,8 @@ chooses among them on training data only:
 - :func:`niche_domains` clusters cells into spatial domains from their niche
   embedding averaged over their neighbourhood.
 - :class:`GeneImputer` predicts genes a panel lacks: from a single-cell
-  reference (cells mapped through principal components of the shared genes,
+  reference (cells mapped through principal components of the shared genes
+  to their nearest reference cells, or to the reference's cell types;
   optionally averaged over spatial neighbours) or, without one, from the
   other genes of the panel (ridge regression on own and neighbour
   expression); the variant is chosen by held-out genes or cells of the
@@ -93,6 +94,9 @@ class NicheCellTyper:
         Most blocks held out in turn when choosing (spatial blocks of the training cells).
     unknown
         Answer ``"unknown"`` below the 1% quantile of held-out top probabilities.
+    max_cv_cells
+        Training cells (a seeded sample) the choice is cross-validated on; the
+        chosen feature set is then fitted on all of them.
     seed
         Seed of the classifiers.
     """
@@ -103,6 +107,7 @@ class NicheCellTyper:
         candidates: Sequence[str] = CELLTYPE_CANDIDATES,
         n_folds: int = 4,
         unknown: bool = False,
+        max_cv_cells: int = 20_000,
         seed: int = 0,
     ) -> None:
         bad = [c for c in candidates if c not in CELLTYPE_CANDIDATES]
@@ -112,6 +117,7 @@ class NicheCellTyper:
         self.candidates = tuple(candidates)
         self.n_folds = n_folds
         self.unknown = unknown
+        self.max_cv_cells = max_cv_cells
         self.seed = seed
 
     @staticmethod
@@ -196,12 +202,20 @@ class NicheCellTyper:
             rng = np.random.default_rng([self.seed, 51])
             fold_of = dict(zip(groups, rng.permutation(len(groups)) % self.n_folds, strict=True))
             fit_blocks = np.asarray([fold_of[b] for b in fit_blocks])
+        cv_rows, cv_blocks = rows, fit_blocks
+        if len(rows) > self.max_cv_cells:  # choosing needs a sample, not every cell
+            pick = np.sort(
+                np.random.default_rng([self.seed, 52]).choice(
+                    len(rows), self.max_cv_cells, replace=False
+                )
+            )
+            cv_rows, cv_blocks = rows[pick], fit_blocks[pick]
         folds: dict[str, list[float]] = {}
         held_top: dict[str, np.ndarray] = {}
         for name in candidates:
             f1s, tops = [], []
-            for b in np.unique(fit_blocks):
-                tr, te = rows[fit_blocks != b], rows[fit_blocks == b]
+            for b in np.unique(cv_blocks):
+                tr, te = cv_rows[cv_blocks != b], cv_rows[cv_blocks == b]
                 if len(np.unique(labels[tr])) < 2:
                     continue
                 nt = (
@@ -293,9 +307,15 @@ PANEL_VARIANTS = ("expression-only", "neighbour-mean", "two-hop")
 REFERENCE_VARIANTS = {
     "map-k10": (10, 0.0),
     "map-k30": (30, 0.0),
+    "map-k100": (100, 0.0),
     "map-k10-smooth": (10, 0.5),
     "map-k30-smooth": (30, 0.5),
+    "map-k100-smooth": (100, 0.5),
 }
+#: Variants that need the reference's cell types: the query's type probabilities (a classifier
+#: trained on the reference), optionally averaged over its spatial neighbours, times each type's
+#: mean expression in the reference.
+TYPE_VARIANTS = {"type-mean": 0.0, "type-mean-smooth": 0.5}
 
 
 def _panel_features(name: str, x: np.ndarray, graph: sp.spmatrix) -> np.ndarray:
@@ -305,6 +325,30 @@ def _panel_features(name: str, x: np.ndarray, graph: sp.spmatrix) -> np.ndarray:
     if name == "neighbour-mean":
         return np.hstack([x, one])
     return np.hstack([x, one, neighbour_mean(graph, one)])
+
+
+def _reference_types(
+    spatial: np.ndarray,
+    reference: np.ndarray,
+    reference_targets: np.ndarray,
+    labels: np.ndarray,
+    graph: sp.spmatrix | None,
+    smooth: float,
+    n_components: int = 20,
+) -> np.ndarray:
+    """Targets of each spatial cell: its reference-type probabilities times the types' mean targets."""
+    from sklearn.decomposition import PCA
+
+    scaler = StandardScaler().fit(reference)
+    ref = scaler.transform(reference)
+    n_comp = max(1, min(n_components, ref.shape[1] - 1, ref.shape[0] - 1))
+    pca = PCA(n_components=n_comp, random_state=0).fit(ref)
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit(pca.transform(ref), labels)
+    proba = clf.predict_proba(pca.transform(scaler.transform(spatial)))
+    if smooth > 0 and graph is not None:
+        proba = (1 - smooth) * proba + smooth * neighbour_mean(graph, proba)
+    means = np.stack([reference_targets[labels == c].mean(0) for c in clf.classes_])
+    return proba @ means
 
 
 def _reference_map(
@@ -357,34 +401,51 @@ class GeneImputer:
         reference: np.ndarray,
         reference_targets: np.ndarray,
         graph: sp.spmatrix | None = None,
+        reference_labels: Sequence[object] | np.ndarray | None = None,
     ) -> np.ndarray:
         """Predict ``reference_targets``' genes for the spatial cells.
 
         ``spatial`` and ``reference`` hold log expression of the shared genes
         (same columns); the variant is chosen by predicting held-out shared
-        genes from the others.
+        genes from the others. With ``reference_labels`` (the reference's
+        cell types) the type-probability variants join the candidates.
         """
-        names = self.variants or tuple(REFERENCE_VARIANTS)
+        labels = None if reference_labels is None else np.asarray(reference_labels).astype(str)
+        default = (*REFERENCE_VARIANTS, *(TYPE_VARIANTS if labels is not None else ()))
+        names = self.variants or default
+        if labels is None and any(n in TYPE_VARIANTS for n in names):
+            msg = f"The variants {list(TYPE_VARIANTS)} need reference_labels (the reference's cell types)."
+            raise ValueError(msg)
+
+        def run(name: str, keep: np.ndarray | slice, targets: np.ndarray) -> np.ndarray:
+            if name in TYPE_VARIANTS:
+                return _reference_types(
+                    spatial[:, keep],
+                    reference[:, keep],
+                    targets,
+                    labels,
+                    graph,
+                    TYPE_VARIANTS[name],
+                )
+            k, smooth = REFERENCE_VARIANTS[name]
+            return _reference_map(spatial[:, keep], reference[:, keep], targets, graph, k, smooth)
+
         g = spatial.shape[1]
         fold = np.random.default_rng([self.seed, 61]).permutation(g) % min(self.n_folds, g)
         folds: dict[str, list[float]] = {}
         for name in names:
-            k, smooth = REFERENCE_VARIANTS[name]
             vals = []
             for f in np.unique(fold):
                 keep, held = fold != f, fold == f
                 if keep.sum() < 2:
                     continue
-                pred = _reference_map(
-                    spatial[:, keep], reference[:, keep], reference[:, held], graph, k, smooth
-                )
+                pred = run(name, keep, reference[:, held])
                 vals.append(np.nanmean(per_gene_pearson(pred, spatial[:, held])))
             folds[name] = vals
         best = choose_simplest(names, folds)
         self.scores_ = {c: float(np.mean(v)) if v else float("-inf") for c, v in folds.items()}
         self.chosen_ = best
-        k, smooth = REFERENCE_VARIANTS[best]
-        return _reference_map(spatial, reference, reference_targets, graph, k, smooth)
+        return run(best, slice(None), reference_targets)
 
     def within_panel(
         self,

@@ -45,9 +45,10 @@ when the held-out ligand is knocked out in the unperturbed tissue. Rows
 the other knockouts) and ``aivc-tissue``
 (:class:`~aivc.tissues.TissueManipulator`). Metrics against the simulator's
 noise-free truth, over every gene but the knocked-out ligand:
-``effect_mse`` (all cells), ``effect_mse_receivers`` (cells of the
+``effect_mse`` (all cells; ``effect_mse_rel``: divided by that of
+``no-change``), ``effect_mse_receivers`` (cells of the
 pathway's receiving types) and ``effect_pearson`` (receivers); the removal of a
-sender type from one region is scored the same way (``removal_*``, no
+sender type from the layer where it is most common is scored the same way (``removal_*``, no
 ``mean-effect`` row). ``edge_precision``: of the neighbour → cell edges of
 the manipulator's graph, the share of true signalling edges among the top
 scored (as many as there are true ones), with the share a random ranking
@@ -323,6 +324,7 @@ def _reference_imputation(
     graph: sp.csr_matrix,
     seed: int,
     with_gimvi: bool,
+    cell_type_key: str | None = None,
 ) -> tuple[dict[str, float], list[str], dict[str, float]]:
     from aivc.tissues import GeneImputer, per_gene_pearson
 
@@ -336,6 +338,11 @@ def _reference_imputation(
     ref_panel = ref_all[:, [rcol[g] for g in panel]]
     ref_targets = ref_all[:, [rcol[g] for g in targets]]
     # the simulator's noise-free expression where it is known, the measured one otherwise
+    labels = (
+        reference.obs[cell_type_key].astype(str).to_numpy()
+        if cell_type_key is not None and cell_type_key in reference.obs
+        else None
+    )
     observed = (
         np.asarray(adata.layers["truth"])[:, [col[g] for g in targets]]
         if "truth" in adata.layers
@@ -351,7 +358,7 @@ def _reference_imputation(
     for name, variants in runs.items():
         with ResourceMeter() as meter:
             imp = GeneImputer(variants=variants, seed=seed)
-            pred = imp.from_reference(spatial, ref_panel, ref_targets, graph)
+            pred = imp.from_reference(spatial, ref_panel, ref_targets, graph, labels)
         wall[name] = meter.wall_seconds
         scores[name] = float(np.nanmean(per_gene_pearson(pred, observed)))
         if variants is None:
@@ -480,7 +487,7 @@ def run_spatial(
             add(m, {"imputation_pearson_panel": v})
         if reference is not None and panel is not None:
             ref_scores, chosen, ref_wall = _reference_imputation(
-                full, reference, panel, graph, int(seed), with_gimvi
+                full, reference, panel, graph, int(seed), with_gimvi, schema.cell_type_key
             )
             choices["imputation"] += chosen
             for m, v in ref_scores.items():
@@ -567,9 +574,11 @@ def run_niche_effect(out: Path, dataset: str, seeds: Sequence[int]) -> dict[str,
     world = int(dataset.rsplit("-", 1)[1])
     metrics = (
         "effect_mse",
+        "effect_mse_rel",
         "effect_mse_receivers",
         "effect_pearson",
         "removal_mse",
+        "removal_mse_rel",
         "removal_mse_receivers",
         "removal_pearson",
         "edge_precision",
@@ -632,6 +641,7 @@ def run_niche_effect(out: Path, dataset: str, seeds: Sequence[int]) -> dict[str,
             truth = true_ko - true0
             cols = np.arange(len(genes)) != g
             receivers = np.isin(types0, p.receivers)
+            still = float((truth[:, cols] ** 2).mean())  # the error of predicting no change
             for name, guess in (
                 ("no-change", np.zeros_like(truth)),
                 ("mean-effect", mean_pred),
@@ -642,6 +652,7 @@ def run_niche_effect(out: Path, dataset: str, seeds: Sequence[int]) -> dict[str,
                 t = truth[receivers][:, cols].ravel()
                 values = {
                     "effect_mse": float((d**2).mean()),
+                    "effect_mse_rel": float((d**2).mean()) / still if still > 0 else float("nan"),
                     "effect_mse_receivers": float((d[receivers] ** 2).mean())
                     if receivers.any()
                     else float("nan"),
@@ -660,10 +671,10 @@ def run_niche_effect(out: Path, dataset: str, seeds: Sequence[int]) -> dict[str,
                         **values,
                     }
                 )
-        # removal of the first pathway's first sender type from the first layer
+        # removal of the first pathway's first sender type from the layer where it is most common
         sender = pathways[0].senders[0]
-        region = (
-            str(base["region"].cat.categories[0]) if hasattr(base["region"], "cat") else "layer_1"
+        region = str(
+            base.loc[base["cell_type"].astype(str) == sender, "region"].astype(str).mode()[0]
         )
         kept = tissue.remove_cells(base, sender, region)
         keep = base.index.isin(kept.index)
@@ -678,6 +689,10 @@ def run_niche_effect(out: Path, dataset: str, seeds: Sequence[int]) -> dict[str,
             d = guess - truth
             r, t = guess[receivers].ravel(), truth[receivers].ravel()
             unit[name]["removal_mse"].append(float((d**2).mean()))
+            still = float((truth**2).mean())
+            unit[name]["removal_mse_rel"].append(
+                float((d**2).mean()) / still if still > 0 else float("nan")
+            )
             unit[name]["removal_mse_receivers"].append(
                 float((d[receivers] ** 2).mean()) if receivers.any() else float("nan")
             )
@@ -730,6 +745,14 @@ def run_niche_effect(out: Path, dataset: str, seeds: Sequence[int]) -> dict[str,
             m: {k: summarize(v) for k, v in per_seed[m].items() if v} for m in EFFECT_MODELS
         },
         "metrics": {
+            "effect_mse_rel": {
+                "higher_is_better": False,
+                "description": "effect_mse / that of no-change on the same held-out pathway (below 1: better than no change)",
+            },
+            "removal_mse_rel": {
+                "higher_is_better": False,
+                "description": "removal_mse / that of no-change",
+            },
             "effect_mse": {
                 "higher_is_better": False,
                 "description": "MSE of the change, all cells, genes but the ligand",
