@@ -12,6 +12,14 @@ from aivc.interfaces.cli import app
 from aivc.sim import VirtualTissue
 
 
+@pytest.fixture(autouse=True)
+def no_peer_environments(tmp_path, monkeypatch):
+    """Peers run in their own environments, never in the tests: point the cache at an empty folder."""
+    from aivc import settings
+
+    monkeypatch.setattr(settings, "cache_dir", tmp_path / "cache")
+
+
 @pytest.fixture(scope="module")
 def tissue_file(tmp_path_factory):
     tissue = VirtualTissue(n_genes=120, n_sections=2, seed=3).build()
@@ -60,6 +68,7 @@ def test_spatial_benchmark_reads_a_declared_file(tissue_file, tmp_path, monkeypa
     for name in ("neighbour-composition", "niche-gnn"):
         assert 0 < models[name]["accuracy"]["mean"] <= 1
     assert "cell_type" in res["aivc_choices"]
+    assert res["peers"] == {"cellcharter": "not installed (aivc peers install cellcharter)"}
     assert "| aivc-niche |" in (out / "results.md").read_text()
 
 

@@ -32,8 +32,12 @@
   mapping each spatial cell to its nearest reference cells on the shared
   genes (``expression-only``: 10 neighbours; ``neighbour-mean``: the query
   averaged with its spatial neighbours; ``aivc-niche``: the variant chosen
-  by predicting held-out shared genes) and by gimVI (scvi-tools, trained
-  here from scratch) where scvi-tools is installed.
+  by predicting held-out shared genes, among them the reference's
+  cell-type means weighted by the query's type probabilities) and by the
+  peers gimVI (scvi-tools, trained here from scratch) where scvi-tools is
+  installed and Tangram (its own environment: ``aivc peers install
+  tangram``) where installed. Domains are also clustered by the peer
+  CellCharter (``aivc peers install cellcharter``) where installed.
 
 Variant ``niche-effect`` (the simulator only: ``--dataset sim-tissue-N``):
 a virtual tissue is measured unperturbed and with each signalling
@@ -261,7 +265,13 @@ def _cell_type_scores(
 
 
 def _domain_scores(
-    own: np.ndarray, niche: np.ndarray, graph: sp.csr_matrix, regions: np.ndarray, seed: int
+    own: np.ndarray,
+    niche: np.ndarray,
+    graph: sp.csr_matrix,
+    regions: np.ndarray,
+    seed: int,
+    adata: AnnData | None = None,
+    section_key: str | None = None,
 ) -> dict[str, dict[str, float]]:
     from aivc.tissues import neighbour_mean, niche_domains
 
@@ -273,6 +283,10 @@ def _domain_scores(
         ),
         "aivc-niche": niche_domains(niche, graph, k, hops=2, seed=seed),
     }
+    if adata is not None:  # the CellCharter peer, in its own environment
+        from aivc.evaluate._spatial_peers import cellcharter_domains
+
+        runs["cellcharter"] = cellcharter_domains(adata, k, section_key=section_key, seed=seed)
     return {
         m: {
             "domain_ari": float(adjusted_rand_score(regions, lab)),
@@ -325,6 +339,7 @@ def _reference_imputation(
     seed: int,
     with_gimvi: bool,
     cell_type_key: str | None = None,
+    with_tangram: bool = False,
 ) -> tuple[dict[str, float], list[str], dict[str, float]]:
     from aivc.tissues import GeneImputer, per_gene_pearson
 
@@ -363,6 +378,13 @@ def _reference_imputation(
         scores[name] = float(np.nanmean(per_gene_pearson(pred, observed)))
         if variants is None:
             chosen.append(imp.chosen_)
+    if with_tangram:
+        from aivc.evaluate._spatial_peers import tangram_impute
+
+        with ResourceMeter() as meter:
+            pred = np.log1p(tangram_impute(adata[:, panel].copy(), reference, targets, seed=seed))
+        wall["tangram"] = meter.wall_seconds
+        scores["tangram"] = float(np.nanmean(per_gene_pearson(pred, observed)))
     if with_gimvi:
         with ResourceMeter() as meter:
             pred = _gimvi(adata[:, panel].copy(), reference.copy(), targets, seed)
@@ -391,6 +413,30 @@ def _gimvi(spatial: AnnData, reference: AnnData, targets: list[str], seed: int) 
     ref_genes = list(reference.var_names)
     cols = [ref_genes.index(g) for g in targets]
     return np.log1p(np.asarray(imputed)[:, cols] * 1e4)
+
+
+#: Published spatial models run in their own environments: what each is used for here.
+SPATIAL_PEERS = {"tangram": "imputation", "cellcharter": "domains"}
+
+
+def _spatial_peers(
+    models: Sequence[str] | None, has_reference: bool, has_regions: bool
+) -> dict[str, str]:
+    """Which peers run ("ran"), and why the others do not."""
+    from aivc.evaluate._peer_envs import peer_status
+
+    out = {}
+    for name, use in SPATIAL_PEERS.items():
+        needed = has_reference if use == "imputation" else has_regions
+        if not needed:
+            continue
+        if models is not None and name not in models:
+            out[name] = "not asked for (--models)"
+        elif not peer_status(name).installed:
+            out[name] = f"not installed (aivc peers install {name})"
+        else:
+            out[name] = "ran"
+    return out
 
 
 def _has_scvi() -> bool:
@@ -457,6 +503,7 @@ def run_spatial(
     wall: dict[str, float] = {}
     choices: dict[str, list[str]] = {"cell_type": [], "imputation_panel": [], "imputation": []}
     with_gimvi = reference is not None and _has_scvi() and (models is None or "gimvi" in models)
+    peers = _spatial_peers(models, reference is not None, regions is not None)
 
     def add(model: str, values: dict[str, float]) -> None:
         for k, v in values.items():
@@ -478,7 +525,11 @@ def run_spatial(
         for m, v in ct_wall.items():
             wall[m] = wall.get(m, 0.0) + v
         if regions is not None:
-            for m, v in _domain_scores(own, niche, graph, regions, int(seed)).items():
+            charter = adata if peers.get("cellcharter") == "ran" else None
+            domains = _domain_scores(
+                own, niche, graph, regions, int(seed), charter, schema.section_key
+            )
+            for m, v in domains.items():
                 add(m, v)
         truth = np.asarray(adata.layers["truth"]) if "truth" in adata.layers else None
         panel_scores, chosen = _panel_imputation(x_log, graph, folds, tiles, int(seed), truth)
@@ -487,14 +538,23 @@ def run_spatial(
             add(m, {"imputation_pearson_panel": v})
         if reference is not None and panel is not None:
             ref_scores, chosen, ref_wall = _reference_imputation(
-                full, reference, panel, graph, int(seed), with_gimvi, schema.cell_type_key
+                full,
+                reference,
+                panel,
+                graph,
+                int(seed),
+                with_gimvi,
+                schema.cell_type_key,
+                peers.get("tangram") == "ran",
             )
             choices["imputation"] += chosen
             for m, v in ref_scores.items():
                 add(m, {"imputation_pearson": v})
             for m, v in ref_wall.items():
                 wall[f"{m} (imputation)"] = wall.get(f"{m} (imputation)", 0.0) + v
-    order = [m for m in (*SPATIAL_MODELS, "gimvi") if m in metrics_per_seed]
+    order = [
+        m for m in (*SPATIAL_MODELS, "gimvi", "tangram", "cellcharter") if m in metrics_per_seed
+    ]
     result = {
         "task": "spatial",
         "dataset": dataset if not Path(dataset).exists() else Path(dataset).name,
@@ -515,6 +575,10 @@ def run_spatial(
         },
         "models": {m: {k: summarize(v) for k, v in metrics_per_seed[m].items()} for m in order},
         "aivc_choices": {k: pd.Series(v).value_counts().to_dict() for k, v in choices.items() if v},
+        "peers": {
+            **peers,
+            **({"gimvi": "ran (scvi-tools, aivc's environment)"} if with_gimvi else {}),
+        },
         "metrics": {
             "accuracy": {
                 "higher_is_better": True,
@@ -825,6 +889,8 @@ def spatial_markdown(result: dict[str, Any]) -> str:
                 for k, v in result["aivc_choices"].items()
             ),
         ]
+    if result.get("peers"):
+        lines += ["", "Peers: " + "; ".join(f"{k} {v}" for k, v in result["peers"].items())]
     lines += [
         "",
         "Wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["wall_seconds"].items()),
