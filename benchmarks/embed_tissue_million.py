@@ -2,7 +2,8 @@
 
 1. Simulates a virtual tissue of ``--n-cells`` cells (default 1,000,000; 300
    genes, two sections) with :class:`aivc.sim.VirtualTissue` and writes it to
-   ``<out>/tissue.h5ad`` (skipped with ``--reuse`` when the file exists).
+   ``<out>/tissue.h5ad`` (skipped with ``--reuse`` when the file exists;
+   deleted at the end unless ``--keep-data``).
 2. In a fresh process, reads the file and fits :class:`aivc.tissues.NicheModel`
    on it (principal components from a gene covariance accumulated in blocks;
    the graph autoencoder trained on sampled two-hop subgraphs) and embeds every
@@ -72,7 +73,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n-cells", type=int, default=1_000_000)
-    parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--reuse", action="store_true", help="reuse <out>/tissue.h5ad if kept")
+    parser.add_argument("--keep-data", action="store_true", help="keep <out>/tissue.h5ad")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -90,13 +92,15 @@ def main() -> int:
         check=True,
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not args.keep_data:
+        path.unlink()
     result.update(
         {
             "simulate_seconds": sim_seconds,
             "target_peak_mb": 4096,
             "meets_target": result["peak_rss_mb"] < 4096,
             "machine": {"platform": platform.platform(), "python": platform.python_version()},
-            "command": f"python benchmarks/embed_tissue_million.py --out {args.out} --n-cells {args.n_cells}",
+            "command": f"python benchmarks/embed_tissue_million.py --n-cells {args.n_cells} --out DIR",
         }
     )
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
