@@ -26,7 +26,8 @@
   ``expression-only``; plus neighbour mean: ``neighbour-mean``;
   ``aivc-niche``: :class:`~aivc.tissues.GeneImputer` choosing among those
   and a two-step neighbourhood by blocked cross-validation on the training
-  cells); Pearson per gene over the held-out cells, averaged over genes.
+  cells); Pearson per gene over the held-out cells, averaged over genes
+  (a panel of more than 300 genes is cut to its 300 most variable).
   From a single-cell reference (the simulator gives one:
   ``imputation_pearson``): the genes outside the panel predicted by
   mapping each spatial cell to its nearest reference cells on the shared
@@ -108,6 +109,8 @@ N_NEIGHBORS = 10
 #: Cells of the simulated tissue, of its reference, and genes in its spatial panel.
 SIM_CELLS, SIM_REFERENCE_CELLS, SIM_PANEL = 6000, 3000, 80
 
+#: Most variable genes hidden and predicted within the panel (a larger panel is cut to these).
+PANEL_GENES = 300
 #: Training steps of the niche model (its default).
 NICHE_STEPS = 300
 
@@ -185,15 +188,24 @@ def load_spatial(
     return adata, schema, None, None
 
 
-def _log(x: object) -> np.ndarray:
-    from aivc.data._expression import looks_like_counts
+def _log(x: object, *, max_genes: int | None = None) -> np.ndarray:
+    """Dense log-normalised values (counts: per-cell total 10,000, log1p; else as given).
 
-    m = x.toarray() if sp.issparse(x) else np.asarray(x)
-    m = m.astype(np.float64)
-    if looks_like_counts(x):
-        total = m.sum(1, keepdims=True)
-        m = np.log1p(np.divide(m * 1e4, total, out=np.zeros_like(m), where=total > 0))
-    return m
+    With ``max_genes`` only the most variable genes are kept (in their order
+    in ``x``), so a whole-transcriptome dataset never becomes one dense matrix.
+    """
+    from aivc.data._expression import looks_like_counts
+    from aivc.data._preprocess import log_normalize
+
+    counts = looks_like_counts(x)
+    m = sp.csr_matrix(x, dtype=np.float64)
+    if counts:
+        m, _ = log_normalize(m, target_sum=1e4, dtype=np.float64)
+    if max_genes is not None and m.shape[1] > max_genes:
+        mean = np.asarray(m.mean(0)).ravel()
+        var = np.asarray(m.multiply(m).mean(0)).ravel() - mean**2
+        m = m[:, np.sort(np.argsort(-var)[:max_genes])]
+    return np.asarray(m.toarray(), dtype=np.float64)
 
 
 def _ece(proba: np.ndarray, classes: np.ndarray, truth: np.ndarray, bins: int = 10) -> float:
@@ -498,7 +510,7 @@ def run_spatial(
     )
     graph = spatial_graph(xy, sections, method="knn", n_neighbors=N_NEIGHBORS)
     own = expression_components(adata.X, n_components=30)
-    x_log = _log(adata.X)
+    x_log = _log(adata.X, max_genes=PANEL_GENES)
     metrics_per_seed: dict[str, dict[str, list[float]]] = {}
     wall: dict[str, float] = {}
     choices: dict[str, list[str]] = {"cell_type": [], "imputation_panel": [], "imputation": []}
