@@ -47,7 +47,17 @@ MAX_LINES = 340
 #: Published models of other groups, run in the same command: "peers". Every other model whose
 #: name does not start with "aivc" is a baseline; other "aivc*" models are variants of ours.
 PEERS = frozenset(
-    {"gears", "scvi", "scanvi", "scanvi-retrain", "harmony", "gimvi", "tangram", "cellcharter"}
+    {
+        "gears",
+        "scvi",
+        "scanvi",
+        "scanvi-retrain",
+        "harmony",
+        "gimvi",
+        "tangram",
+        "cellcharter",
+        "novae",
+    }
 )
 #: Prefix of a wrapped model (calibration wraps baselines as ``conformal:<name>``).
 WRAPPER_PREFIX = "conformal:"

@@ -18,7 +18,7 @@ import pytest
 
 from aivc._settings import settings
 from aivc.evaluate import _peer_envs as pe
-from aivc.evaluate._spatial_peers import cellcharter_domains, tangram_impute
+from aivc.evaluate._spatial_peers import cellcharter_domains, novae_domains, tangram_impute
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def _fake_env(cache: Path, name: str) -> Path:
 
 
 def test_the_registry_names_each_peer_once_with_what_it_needs() -> None:
-    assert {"tangram", "cellcharter"} <= set(pe.PEERS)
+    assert {"tangram", "cellcharter", "novae"} <= set(pe.PEERS)
     for name, peer in pe.PEERS.items():
         assert peer.name == name
         assert peer.packages and peer.module and peer.description
@@ -152,6 +152,12 @@ def test_the_spatial_peers_check_their_inputs_before_running(cache) -> None:
         cellcharter_domains(spatial, 2, section_key="slide")
     with pytest.raises(pe.PeerNotInstalledError, match="aivc peers install cellcharter"):
         cellcharter_domains(spatial, 2)
+    with pytest.raises(ValueError, match="obs column"):
+        novae_domains(spatial, 2, section_key="slide")
+    with pytest.raises(ValueError, match="'epochs' parameter of novae_domains"):
+        novae_domains(spatial, 2, epochs=2)
+    with pytest.raises(pe.PeerNotInstalledError, match="aivc peers install novae"):
+        novae_domains(spatial, 2)
 
 
 def test_the_peers_commands_list_and_refuse_unknown_names(cache) -> None:

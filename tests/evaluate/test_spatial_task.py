@@ -68,7 +68,10 @@ def test_spatial_benchmark_reads_a_declared_file(tissue_file, tmp_path, monkeypa
     for name in ("neighbour-composition", "niche-gnn"):
         assert 0 < models[name]["accuracy"]["mean"] <= 1
     assert "cell_type" in res["aivc_choices"]
-    assert res["peers"] == {"cellcharter": "not installed (aivc peers install cellcharter)"}
+    assert res["peers"] == {
+        "cellcharter": "not installed (aivc peers install cellcharter)",
+        "novae": "not installed (aivc peers install novae)",
+    }
     assert "| aivc-niche |" in (out / "results.md").read_text()
 
 

@@ -31,7 +31,7 @@ from aivc.evaluate._peer_envs import (
 )
 from aivc.evaluate._results import summarize, write_results
 from aivc.evaluate._scib import integration_scores
-from aivc.evaluate._spatial_peers import cellcharter_domains, tangram_impute
+from aivc.evaluate._spatial_peers import cellcharter_domains, novae_domains, tangram_impute
 from aivc.evaluate.tasks import Task, get_task, list_tasks, register_task, run_task, task_names
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "list_peers",
     "list_tasks",
     "mse_de20",
+    "novae_domains",
     "pearson_delta",
     "pearson_delta_de20",
     "peer_status",

@@ -1,6 +1,6 @@
 """Published peer models, each in a virtual environment of its own.
 
-A peer model (Tangram, CellCharter ...) is never installed into aivc's
+A peer model (Tangram, CellCharter, Novae ...) is never installed into aivc's
 environment: its dependencies would fight aivc's own. Each peer has an entry
 in a small registry (:data:`PEERS`) naming the pip packages it needs and the
 module that must import; :func:`install_peer` (``aivc peers install NAME``)
@@ -185,6 +185,22 @@ _register(
             "Squidpy's spatial graph, CellCharter's neighbourhood aggregation and its GMM on "
             "PCA of log-normalised expression (scVI would be slow on CPU); "
             "script cellcharter_domains."
+        ),
+    )
+)
+_register(
+    PeerEnv(
+        name="novae",
+        packages=("novae>=1.1.2",),
+        module="novae",
+        description=(
+            "Novae (Blampey et al. 2025): a graph foundation model of spatial transcriptomics "
+            "whose cell representations are clustered into spatial domains."
+        ),
+        note=(
+            "Trained from scratch on CPU (no pretrained weights are downloaded): Novae's graph "
+            "per section, Novae(adata).fit, compute_representations, assign_domains with K "
+            "domains; script novae_domains."
         ),
     )
 )

@@ -1,11 +1,12 @@
 """Published spatial models run as peers, each in its own environment.
 
-:func:`tangram_impute` (Tangram's imputation of unmeasured genes) and
-:func:`cellcharter_domains` (CellCharter's spatial domains) write their
-inputs to temporary ``.h5ad`` files, run the peer's script with
+:func:`tangram_impute` (Tangram's imputation of unmeasured genes),
+:func:`cellcharter_domains` (CellCharter's spatial domains) and
+:func:`novae_domains` (Novae's spatial domains) write their inputs to
+temporary ``.h5ad`` files, run the peer's script with
 :func:`aivc.evaluate._peer_envs.run_peer` and read the ``.npy`` result back
 (never a pickle). Their environments are made with ``aivc peers install
-tangram`` and ``aivc peers install cellcharter``.
+tangram``, ``aivc peers install cellcharter`` and ``aivc peers install novae``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from aivc.evaluate._peer_envs import run_peer
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["cellcharter_domains", "tangram_impute"]
+__all__ = ["cellcharter_domains", "novae_domains", "tangram_impute"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,30 @@ def _read_npy(path: Path, shape: tuple[int, ...], what: str) -> np.ndarray:
         msg = f"The {what} peer script wrote an array of shape {out.shape}; expected {shape}."
         raise RuntimeError(msg)
     return out
+
+
+def _domain_inputs(
+    adata: AnnData, n_clusters: int, section_key: str | None, caller: str
+) -> dict[str, np.ndarray]:
+    """Check the inputs of a spatial-domain peer; the obs columns to write (the sections)."""
+    if "spatial" not in adata.obsm:
+        msg = (
+            f"{caller} needs the cell coordinates in adata.obsm['spatial']; "
+            f"found obsm keys {sorted(adata.obsm)}."
+        )
+        raise ValueError(msg)
+    if not 1 < n_clusters < adata.n_obs:
+        msg = (
+            f"The 'n_clusters' parameter of {caller} must be between 2 and the "
+            f"number of cells less one ({adata.n_obs - 1}). Got {n_clusters} instead."
+        )
+        raise ValueError(msg)
+    obs = {}
+    if section_key is not None:
+        check_known([section_key], set(adata.obs.columns), what="obs column")
+        obs["section"] = adata.obs[section_key].astype(str).to_numpy()
+    _check_counts(adata, "spatial data")
+    return obs
 
 
 def tangram_impute(
@@ -215,23 +240,7 @@ def cellcharter_domains(
     aivc.evaluate._peer_envs.PeerRunError
         CellCharter failed; the message quotes its last lines.
     """
-    if "spatial" not in adata.obsm:
-        msg = (
-            "cellcharter_domains needs the cell coordinates in adata.obsm['spatial']; "
-            f"found obsm keys {sorted(adata.obsm)}."
-        )
-        raise ValueError(msg)
-    if not 1 < n_clusters < adata.n_obs:
-        msg = (
-            f"The 'n_clusters' parameter of cellcharter_domains must be between 2 and the "
-            f"number of cells less one ({adata.n_obs - 1}). Got {n_clusters} instead."
-        )
-        raise ValueError(msg)
-    obs = {}
-    if section_key is not None:
-        check_known([section_key], set(adata.obs.columns), what="obs column")
-        obs["section"] = adata.obs[section_key].astype(str).to_numpy()
-    _check_counts(adata, "spatial data")
+    obs = _domain_inputs(adata, n_clusters, section_key, "cellcharter_domains")
     with tempfile.TemporaryDirectory(prefix="aivc-cellcharter-") as tmp:
         d = Path(tmp)
         _write_h5ad(adata, d / "data.h5ad", obs=obs)
@@ -247,3 +256,88 @@ def cellcharter_domains(
         logger.info("running CellCharter (%d cells, %d domains)", adata.n_obs, n_clusters)
         run_peer("cellcharter", "cellcharter_domains", args)
         return _read_npy(out, (adata.n_obs,), "cellcharter_domains").astype(np.int64, copy=False)
+
+
+#: Fewest training epochs of Novae: its learning-rate schedule warms up for 2 epochs.
+_NOVAE_MIN_EPOCHS = 3
+
+
+def novae_domains(
+    adata: AnnData,
+    n_clusters: int,
+    *,
+    section_key: str | None = None,
+    seed: int = 0,
+    epochs: int = 10,
+) -> np.ndarray:
+    """Novae's spatial domains from a model trained from scratch, in the ``novae`` peer environment.
+
+    Follows Novae's documented workflow for a new model, on CPU and without
+    pretrained weights: Novae's Delaunay graph of the cells of each section
+    (links longer than the 99th percentile removed), a model built from the
+    data (``novae.Novae(adata)``), ``fit`` for at most ``epochs`` epochs (with
+    Novae's early stopping), ``compute_representations`` and
+    ``assign_domains`` with ``n_domains=n_clusters``. Counts are
+    log-normalised first, as Novae's automatic preprocessing does. A cell Novae
+    leaves without a domain (no usable neighbourhood) takes the domain of its
+    nearest cell of the same section.
+
+    Parameters
+    ----------
+    adata
+        Spatial cells: raw counts in ``X``, coordinates in ``obsm["spatial"]``.
+    n_clusters
+        Number of domains.
+    section_key
+        ``obs`` column with the section of each cell (graphs never link two
+        sections, and Novae keeps a prototype queue per section); ``None``: one
+        section.
+    seed
+        Seed of Python's, numpy's and torch's generators in the peer process.
+    epochs
+        Most training epochs, at least 3.
+
+    Returns
+    -------
+    np.ndarray
+        The domain of each cell, integers from 0 to ``n_clusters - 1``.
+
+    Raises
+    ------
+    ValueError
+        No coordinates, an unknown ``section_key``, fewer cells than domains,
+        fewer than 3 epochs, or an ``X`` without raw counts.
+    aivc.evaluate._peer_envs.PeerNotInstalledError
+        The environment is missing: run ``aivc peers install novae``.
+    aivc.evaluate._peer_envs.PeerRunError
+        Novae failed (e.g. no level of its prototype tree gives ``n_clusters``
+        domains); the message quotes its last lines.
+    """
+    obs = _domain_inputs(adata, n_clusters, section_key, "novae_domains")
+    if epochs < _NOVAE_MIN_EPOCHS:
+        msg = (
+            f"The 'epochs' parameter of novae_domains must be at least {_NOVAE_MIN_EPOCHS} "
+            f"(Novae warms its learning rate up for 2 epochs). Got {epochs} instead."
+        )
+        raise ValueError(msg)
+    with tempfile.TemporaryDirectory(prefix="aivc-novae-") as tmp:
+        d = Path(tmp)
+        _write_h5ad(adata, d / "data.h5ad", obs=obs)
+        out = d / "labels.npy"
+        args = [
+            "--data", str(d / "data.h5ad"),
+            "--n-clusters", str(n_clusters),
+            "--labels-out", str(out),
+            "--seed", str(seed),
+            "--epochs", str(epochs),
+        ]  # fmt: skip
+        if section_key is not None:
+            args += ["--section-key", "section"]
+        logger.info(
+            "running Novae (%d cells, %d domains, at most %d epochs)",
+            adata.n_obs,
+            n_clusters,
+            epochs,
+        )
+        run_peer("novae", "novae_domains", args)
+        return _read_npy(out, (adata.n_obs,), "novae_domains").astype(np.int64, copy=False)

@@ -37,8 +37,9 @@
   cell-type means weighted by the query's type probabilities) and by the
   peers gimVI (scvi-tools, trained here from scratch) where scvi-tools is
   installed and Tangram (its own environment: ``aivc peers install
-  tangram``) where installed. Domains are also clustered by the peer
-  CellCharter (``aivc peers install cellcharter``) where installed.
+  tangram``) where installed. Domains are also clustered by the peers
+  CellCharter and Novae (``aivc peers install cellcharter``, ``... novae``;
+  trained from scratch) where installed.
 
 Variant ``niche-effect`` (the simulator only: ``--dataset sim-tissue-N``):
 a virtual tissue is measured unperturbed and with each signalling
@@ -284,6 +285,7 @@ def _domain_scores(
     seed: int,
     adata: AnnData | None = None,
     section_key: str | None = None,
+    peers: Sequence[str] = (),
 ) -> dict[str, dict[str, float]]:
     from aivc.tissues import neighbour_mean, niche_domains
 
@@ -295,10 +297,12 @@ def _domain_scores(
         ),
         "aivc-niche": niche_domains(niche, graph, k, hops=2, seed=seed),
     }
-    if adata is not None:  # the CellCharter peer, in its own environment
-        from aivc.evaluate._spatial_peers import cellcharter_domains
+    if adata is not None:  # the domain peers, each in its own environment
+        from aivc.evaluate import _spatial_peers
 
-        runs["cellcharter"] = cellcharter_domains(adata, k, section_key=section_key, seed=seed)
+        for name in peers:
+            run = getattr(_spatial_peers, f"{name}_domains")
+            runs[name] = run(adata, k, section_key=section_key, seed=seed)
     return {
         m: {
             "domain_ari": float(adjusted_rand_score(regions, lab)),
@@ -428,7 +432,7 @@ def _gimvi(spatial: AnnData, reference: AnnData, targets: list[str], seed: int) 
 
 
 #: Published spatial models run in their own environments: what each is used for here.
-SPATIAL_PEERS = {"tangram": "imputation", "cellcharter": "domains"}
+SPATIAL_PEERS = {"tangram": "imputation", "cellcharter": "domains", "novae": "domains"}
 
 
 def _spatial_peers(
@@ -537,9 +541,16 @@ def run_spatial(
         for m, v in ct_wall.items():
             wall[m] = wall.get(m, 0.0) + v
         if regions is not None:
-            charter = adata if peers.get("cellcharter") == "ran" else None
+            ran = [p for p in ("cellcharter", "novae") if peers.get(p) == "ran"]
             domains = _domain_scores(
-                own, niche, graph, regions, int(seed), charter, schema.section_key
+                own,
+                niche,
+                graph,
+                regions,
+                int(seed),
+                adata if ran else None,
+                schema.section_key,
+                ran,
             )
             for m, v in domains.items():
                 add(m, v)
@@ -564,9 +575,7 @@ def run_spatial(
                 add(m, {"imputation_pearson": v})
             for m, v in ref_wall.items():
                 wall[f"{m} (imputation)"] = wall.get(f"{m} (imputation)", 0.0) + v
-    order = [
-        m for m in (*SPATIAL_MODELS, "gimvi", "tangram", "cellcharter") if m in metrics_per_seed
-    ]
+    order = [m for m in (*SPATIAL_MODELS, "gimvi", *SPATIAL_PEERS) if m in metrics_per_seed]
     result = {
         "task": "spatial",
         "dataset": dataset if not Path(dataset).exists() else Path(dataset).name,
