@@ -886,7 +886,8 @@ class CellAnnotator(Instrument):
         s = _scale(x, self.mean_, self.sd_)
         n = max(1, min(self.n_pcs, s.shape[0] - 1, s.shape[1] - 1))
         pca = PCA(n_components=n, svd_solver="randomized", random_state=self.seed).fit(s)
-        self.novelty_components_, self.novelty_mean_ = pca.components_, pca.mean_
+        self.novelty_components_ = np.ascontiguousarray(pca.components_)
+        self.novelty_mean_ = np.ascontiguousarray(pca.mean_)
         self.ref_pcs_ = pca.transform(s).astype(np.float32)
 
     def _unknown_score(self, components: dict[str, np.ndarray]) -> np.ndarray:
