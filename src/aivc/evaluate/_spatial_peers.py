@@ -241,7 +241,21 @@ def cellcharter_domains(
         CellCharter failed; the message quotes its last lines.
     """
     obs = _domain_inputs(adata, n_clusters, section_key, "cellcharter_domains")
-    with tempfile.TemporaryDirectory(prefix="aivc-cellcharter-") as tmp:
+    logger.info("running CellCharter (%d cells, %d domains)", adata.n_obs, n_clusters)
+    return _run_domains("cellcharter", adata, obs, n_clusters, section_key, seed, [])
+
+
+def _run_domains(
+    peer: str,
+    adata: AnnData,
+    obs: object,
+    n_clusters: int,
+    section_key: str | None,
+    seed: int,
+    extra: list[str],
+) -> np.ndarray:
+    """Run the peer's ``<peer>_domains`` script on ``adata`` and read its labels back."""
+    with tempfile.TemporaryDirectory(prefix=f"aivc-{peer}-") as tmp:
         d = Path(tmp)
         _write_h5ad(adata, d / "data.h5ad", obs=obs)
         out = d / "labels.npy"
@@ -250,12 +264,12 @@ def cellcharter_domains(
             "--n-clusters", str(n_clusters),
             "--labels-out", str(out),
             "--seed", str(seed),
+            *extra,
         ]  # fmt: skip
         if section_key is not None:
             args += ["--section-key", "section"]
-        logger.info("running CellCharter (%d cells, %d domains)", adata.n_obs, n_clusters)
-        run_peer("cellcharter", "cellcharter_domains", args)
-        return _read_npy(out, (adata.n_obs,), "cellcharter_domains").astype(np.int64, copy=False)
+        run_peer(peer, f"{peer}_domains", args)
+        return _read_npy(out, (adata.n_obs,), f"{peer}_domains").astype(np.int64, copy=False)
 
 
 #: Fewest training epochs of Novae: its learning-rate schedule warms up for 2 epochs.
@@ -320,24 +334,9 @@ def novae_domains(
             f"(Novae warms its learning rate up for 2 epochs). Got {epochs} instead."
         )
         raise ValueError(msg)
-    with tempfile.TemporaryDirectory(prefix="aivc-novae-") as tmp:
-        d = Path(tmp)
-        _write_h5ad(adata, d / "data.h5ad", obs=obs)
-        out = d / "labels.npy"
-        args = [
-            "--data", str(d / "data.h5ad"),
-            "--n-clusters", str(n_clusters),
-            "--labels-out", str(out),
-            "--seed", str(seed),
-            "--epochs", str(epochs),
-        ]  # fmt: skip
-        if section_key is not None:
-            args += ["--section-key", "section"]
-        logger.info(
-            "running Novae (%d cells, %d domains, at most %d epochs)",
-            adata.n_obs,
-            n_clusters,
-            epochs,
-        )
-        run_peer("novae", "novae_domains", args)
-        return _read_npy(out, (adata.n_obs,), "novae_domains").astype(np.int64, copy=False)
+    logger.info(
+        "running Novae (%d cells, %d domains, at most %d epochs)", adata.n_obs, n_clusters, epochs
+    )
+    return _run_domains(
+        "novae", adata, obs, n_clusters, section_key, seed, ["--epochs", str(epochs)]
+    )
