@@ -327,6 +327,30 @@ def _panel_features(name: str, x: np.ndarray, graph: sp.spmatrix) -> np.ndarray:
     return np.hstack([x, one, neighbour_mean(graph, one)])
 
 
+def _shared_space(
+    spatial: np.ndarray,
+    reference: np.ndarray,
+    graph: sp.spmatrix | None,
+    smooth: float,
+    n_components: int = 20,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference and spatial cells on the reference's principal components of the shared genes.
+
+    Genes are standardised on the reference; with ``smooth`` each spatial cell
+    is first averaged with its spatial neighbours (weight ``smooth``).
+    """
+    from sklearn.decomposition import PCA
+
+    scaler = StandardScaler().fit(reference)
+    ref = scaler.transform(reference)
+    q = scaler.transform(spatial)
+    if smooth > 0 and graph is not None:
+        q = (1 - smooth) * q + smooth * neighbour_mean(graph, q)
+    n_comp = max(1, min(n_components, ref.shape[1] - 1, ref.shape[0] - 1))
+    pca = PCA(n_components=n_comp, random_state=0).fit(ref)
+    return pca.transform(ref), pca.transform(q)
+
+
 def _reference_types(
     spatial: np.ndarray,
     reference: np.ndarray,
@@ -334,17 +358,11 @@ def _reference_types(
     labels: np.ndarray,
     graph: sp.spmatrix | None,
     smooth: float,
-    n_components: int = 20,
 ) -> np.ndarray:
     """Targets of each spatial cell: its reference-type probabilities times the types' mean targets."""
-    from sklearn.decomposition import PCA
-
-    scaler = StandardScaler().fit(reference)
-    ref = scaler.transform(reference)
-    n_comp = max(1, min(n_components, ref.shape[1] - 1, ref.shape[0] - 1))
-    pca = PCA(n_components=n_comp, random_state=0).fit(ref)
-    clf = LogisticRegression(C=1.0, max_iter=2000).fit(pca.transform(ref), labels)
-    proba = clf.predict_proba(pca.transform(scaler.transform(spatial)))
+    ref, q = _shared_space(spatial, reference, None, 0.0)
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit(ref, labels)
+    proba = clf.predict_proba(q)
     if smooth > 0 and graph is not None:
         proba = (1 - smooth) * proba + smooth * neighbour_mean(graph, proba)
     means = np.stack([reference_targets[labels == c].mean(0) for c in clf.classes_])
@@ -358,20 +376,10 @@ def _reference_map(
     graph: sp.spmatrix | None,
     k: int,
     smooth: float,
-    n_components: int = 20,
 ) -> np.ndarray:
     """Targets of each spatial cell: the mean over its ``k`` nearest reference cells in a shared PCA."""
-    from sklearn.decomposition import PCA
-
-    scaler = StandardScaler().fit(reference)
-    ref = scaler.transform(reference)
-    q = scaler.transform(spatial)
-    if smooth > 0 and graph is not None:
-        q = (1 - smooth) * q + smooth * neighbour_mean(graph, q)
-    n_comp = max(1, min(n_components, ref.shape[1] - 1, ref.shape[0] - 1))
-    pca = PCA(n_components=n_comp, random_state=0).fit(ref)
-    nn = NearestNeighbors(n_neighbors=min(k, len(ref))).fit(pca.transform(ref))
-    _, idx = nn.kneighbors(pca.transform(q))
+    ref, q = _shared_space(spatial, reference, graph, smooth)
+    _, idx = NearestNeighbors(n_neighbors=min(k, len(ref))).fit(ref).kneighbors(q)
     return reference_targets[idx].mean(1)
 
 

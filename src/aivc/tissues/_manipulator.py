@@ -149,15 +149,24 @@ class TissueManipulator:
         out.types_ = sorted(out.coef_)
         return out
 
-    def predict_from(self, neighbour_means: np.ndarray, cell_types: np.ndarray) -> np.ndarray:
-        """Expression predicted from given neighbour means (cells x genes)."""
-        z = (neighbour_means - self.feature_mean_) / self.feature_scale_
-        out = np.tile(self.fallback_, (len(z), 1))
+    def _per_type(self, z: np.ndarray, cell_types: np.ndarray, *, intercept: bool) -> np.ndarray:
+        """Each cell's type's linear map of ``z`` (cells of types without a model: zero change,
+        or the overall mean with ``intercept``)."""
+        out = (
+            np.tile(self.fallback_, (len(z), 1))
+            if intercept
+            else np.zeros((len(z), len(self.fallback_)))
+        )
         for t in self.types_:
             rows = cell_types == t
             if rows.any():
-                out[rows] = z[rows] @ self.coef_[t].T + self.intercept_[t]
+                out[rows] = z[rows] @ self.coef_[t].T + (self.intercept_[t] if intercept else 0.0)
         return out
+
+    def predict_from(self, neighbour_means: np.ndarray, cell_types: np.ndarray) -> np.ndarray:
+        """Expression predicted from given neighbour means (cells x genes)."""
+        z = (neighbour_means - self.feature_mean_) / self.feature_scale_
+        return self._per_type(z, cell_types, intercept=True)
 
     def _delta_z(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         return (after - before) / self.feature_scale_
@@ -200,14 +209,7 @@ class TissueManipulator:
         before = neighbour_mean(self._graph(coordinates, sections, k), x_before)[keep]
         g_after = self._graph(coordinates[keep], sections[keep], k)
         after = neighbour_mean(g_after, x_after[keep])
-        dz = self._delta_z(before, after)
-        out = np.zeros((int(keep.sum()), x_before.shape[1]))
-        kept_types = types[keep]
-        for t in self.types_:
-            rows = kept_types == t
-            if rows.any():
-                out[rows] = dz[rows] @ self.coef_[t].T
-        return out
+        return self._per_type(self._delta_z(before, after), types[keep], intercept=False)
 
     def explain(
         self,

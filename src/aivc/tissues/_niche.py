@@ -26,6 +26,7 @@ import scipy.sparse as sp
 import torch
 
 from aivc.data._expression import looks_like_counts
+from aivc.data._preprocess import log_normalize
 from aivc.data._validate import DataValidationError
 from aivc.instruments._base import Instrument
 from aivc.instruments._registry import register_instrument
@@ -46,13 +47,12 @@ FULL_GRAPH_CELLS = 100_000
 
 
 def _log_rows(x: object, rows: slice, counts: bool) -> np.ndarray:
+    """Dense float64 log expression of a block of rows (counts are normalised here, once)."""
     block = x[rows]  # type: ignore[index]
-    block = block.toarray() if sp.issparse(block) else np.asarray(block)
-    block = block.astype(np.float64)
     if counts:
-        total = block.sum(axis=1, keepdims=True)
-        block = np.log1p(np.divide(block * 1e4, total, out=np.zeros_like(block), where=total > 0))
-    return block
+        return log_normalize(block, target_sum=1e4, dtype=np.float64, dense=True)[0]
+    block = block.toarray() if sp.issparse(block) else np.asarray(block)
+    return block.astype(np.float64)
 
 
 class _Components:

@@ -647,8 +647,9 @@ def _precision_at_k(scores: np.ndarray, truth: np.ndarray) -> float:
 
 def _normalised_log(log_mean: np.ndarray) -> np.ndarray:
     """Noise-free log-normalised expression from true log means (as the models see measured cells)."""
-    mu = np.exp(log_mean)
-    return np.log1p(1e4 * mu / mu.sum(1, keepdims=True))
+    from aivc.data._preprocess import log_normalize
+
+    return log_normalize(np.exp(log_mean), target_sum=1e4, dtype=np.float64, dense=True)[0]
 
 
 def run_niche_effect(out: Path, dataset: str, seeds: Sequence[int]) -> dict[str, Any]:
