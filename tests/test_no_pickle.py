@@ -33,7 +33,14 @@ PERTURBATION_PARAMS = {"conformal": {"base": "linear"}}
 #: Perturbation models that read the gene-knowledge tables (skipped without the data folder).
 NEEDS_KNOWLEDGE = frozenset({"linear-knowledge", "nearest-neighbour"})
 #: Instruments checked elsewhere, and where.
-ELSEWHERE = {"gears": "tests/instruments/test_gears.py::test_save_load_round_trip"}
+ELSEWHERE = {
+    "gears": "tests/instruments/test_gears.py::test_save_load_round_trip",
+    # peers run in their own environments and are never saved by aivc (saving raises)
+    **dict.fromkeys(
+        ("state", "biolord", "cellflow"),
+        "tests/evaluate/test_perturbation_peers.py::test_a_peer_refuses_what_it_cannot_do",
+    ),
+}
 
 
 def test_the_guard_catches_a_pickle(tmp_path) -> None:

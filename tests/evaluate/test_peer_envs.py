@@ -170,7 +170,7 @@ def test_the_peers_commands_list_and_refuse_unknown_names(cache) -> None:
     result = runner.invoke(app, ["peers", "list"])
     assert result.exit_code == 0, result.output
     rows = [line.split("\t") for line in result.output.splitlines()]
-    assert rows[0] == ["name", "installed", "versions", "description", "note"]
+    assert rows[0] == ["name", "installed", "versions", "licence", "description", "note"]
     by_name = {r[0]: r for r in rows[1:]}
     assert by_name["tangram"][1:3] == ["yes", "tangram-sc 1.0.4, torch 2.13.0"]
     assert by_name["cellcharter"][1:3] == ["no", "-"]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aivc.evaluate.tasks.suite import SUITE, _sign_test, suite_matrix
+from aivc.evaluate.tasks.suite import SUITE, _sign_test, peer_matrix, suite_matrix
 
 
 def _result(means: dict[str, dict[str, float]], sd: float = 0.01) -> dict:
@@ -75,3 +75,32 @@ def test_every_entry_names_our_model_and_a_baseline() -> None:
         assert {"train-mean", "control"} <= set(entry.models)
         if entry.task in {"unseen-context", "unseen-cell-type"}:
             assert "perturbation-elsewhere" in entry.models
+
+
+def test_peers_are_compared_on_the_splits_they_ran() -> None:
+    # our model ran on two seeds; the peer on seed 0 only, where our model scored 0.5 on average
+    rows = [
+        {"model": "aivc-perturb", "seed": 0, "split": "s0", "condition": "a", "mse_de20": 0.4},
+        {"model": "aivc-perturb", "seed": 0, "split": "s0", "condition": "b", "mse_de20": 0.6},
+        {"model": "aivc-perturb", "seed": 1, "split": "s1", "condition": "a", "mse_de20": 0.0},
+        {"model": "aivc-perturb", "seed": 1, "split": "s1", "condition": "b", "mse_de20": 0.0},
+        {"model": "state", "seed": 0, "split": "s0", "condition": "a", "mse_de20": 0.3},
+        {"model": "state", "seed": 0, "split": "s0", "condition": "b", "mse_de20": 0.5},
+    ]
+    result = {"wall_seconds": {"aivc-perturb": 20.0, "state": 100.0}}
+    (cell,) = peer_matrix(
+        result, pd.DataFrame(rows), task="t", dataset="d", peers=["state", "biolord"]
+    )
+    assert cell["peer"] == "state" and cell["metric"] == "mse_de20"
+    assert cell["model_mean"] == pytest.approx(0.5)  # seed 0 only, not 0.25 over both seeds
+    assert cell["peer_mean"] == pytest.approx(0.4)
+    assert not cell["wins"]
+    assert cell["wall_ratio"] == pytest.approx(100.0 / 10.0)  # our time per seed
+    assert cell["n_conditions"] == 2
+    json.dumps(cell)
+
+
+def test_the_context_tasks_name_the_one_hot_peers() -> None:
+    for entry in SUITE:
+        if entry.task in {"unseen-context", "unseen-cell-type"} and entry.dataset == "kang2018":
+            assert {"state", "biolord", "cellflow"} <= set(entry.peers)

@@ -91,6 +91,8 @@ class PeerEnv:
         What the model does, in one sentence.
     note
         How it is run here, or why it cannot be.
+    licence
+        The peer's licence, as its package declares it (some forbid commercial use).
     """
 
     name: str
@@ -98,6 +100,7 @@ class PeerEnv:
     module: str
     description: str
     note: str = ""
+    licence: str = ""
 
     def __post_init__(self) -> None:
         if not self.packages:
@@ -170,6 +173,7 @@ _register(
             "Trained from scratch on CPU in 'cells' mode on the genes the two data sets share "
             "(script tangram_impute)."
         ),
+        licence="BSD-3-Clause",
     )
 )
 _register(
@@ -186,6 +190,7 @@ _register(
             "PCA of log-normalised expression (scVI would be slow on CPU); "
             "script cellcharter_domains."
         ),
+        licence="BSD-3-Clause",
     )
 )
 _register(
@@ -202,6 +207,63 @@ _register(
             "per section, Novae(adata).fit, compute_representations, assign_domains with K "
             "domains; script novae_domains."
         ),
+        licence="BSD-3-Clause",
+    )
+)
+
+
+_register(
+    PeerEnv(
+        name="biolord",
+        packages=("biolord>=0.0.3", "scvi-tools>=1.3"),
+        module="biolord",
+        description=(
+            "biolord (Piran et al. 2024): disentangles known attributes (perturbation, cell "
+            "type) from the rest of a cell's state and predicts unseen attribute combinations."
+        ),
+        note=(
+            "Trained from scratch on CPU with the perturbation and the context as categorical "
+            "attributes; checkpointing is switched off (scvi-tools' callback fails with it); "
+            "script perturbation_peer --peer biolord. Only perturbations measured in training "
+            "can be predicted."
+        ),
+        licence="BSD-3-Clause",
+    )
+)
+_register(
+    PeerEnv(
+        name="state",
+        packages=("arc-state>=0.11",),
+        module="state",
+        description=(
+            "State (Adduri et al. 2025, Arc Institute): a transformer over sets of cells that "
+            "maps control cells to perturbed cells given the perturbation and the context."
+        ),
+        note=(
+            "Its state transition model trained from scratch on CPU through its own Lightning "
+            "module with a small configuration (no pretrained weights, no downloads); "
+            "perturbations as one-hot vectors, so only perturbations measured in training can "
+            "be predicted; script perturbation_peer --peer state."
+        ),
+        licence="CC-BY-NC-SA-4.0 (non-commercial)",
+    )
+)
+_register(
+    PeerEnv(
+        name="cellflow",
+        packages=("cellflow-tools>=0.0.9", "requests"),
+        module="cellflow",
+        description=(
+            "CellFlow (Klein et al. 2025, Theis lab): flow matching from control to perturbed "
+            "cell populations, conditioned on perturbation and context embeddings."
+        ),
+        note=(
+            "Trained from scratch on CPU (JAX) on principal components of the training cells, "
+            "with one-hot perturbation and context embeddings; script perturbation_peer "
+            "--peer cellflow. It pins scikit-learn 1.5.1, which is why it cannot share aivc's "
+            "environment."
+        ),
+        licence="PolyForm-Noncommercial-1.0.0 (non-commercial)",
     )
 )
 

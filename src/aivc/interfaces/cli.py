@@ -600,12 +600,13 @@ def peers_list() -> None:
     _setup("warning", None)
     from aivc.evaluate._peer_envs import list_peers, peer_root
 
-    columns = ("name", "installed", "versions", "description", "note")
+    columns = ("name", "installed", "versions", "licence", "description", "note")
     rows = [
         (
             s.peer.name,
             "yes" if s.installed else "no",
             ", ".join(f"{k} {v}" for k, v in s.versions.items()) or "-",
+            s.peer.licence or "-",
             s.peer.description,
             s.peer.note,
         )

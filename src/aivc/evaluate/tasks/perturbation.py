@@ -784,6 +784,20 @@ def task_data(
     return TaskData(adata, schema, dataset_name, fit_known, features, splits)
 
 
+def _peer_record(name: str, info: dict[str, Any]) -> dict[str, Any]:
+    """What the results keep of a published peer's run: version, licence and configuration."""
+    from aivc.evaluate._peer_envs import get_peer
+
+    return {
+        "version": info.get("version", ""),
+        "torch": info.get("torch", ""),
+        "licence": get_peer(name).licence,
+        "steps": info.get("steps"),
+        "config": info.get("config", {}),
+        "n_train_cells": info.get("n_train_cells"),
+    }
+
+
 def run_benchmark(
     task: str,
     *,
@@ -794,7 +808,7 @@ def run_benchmark(
     data_dir: str | Path | None = None,
     n_halvings: int = 5,
     cell_eval: bool | None = None,
-    peers_first_seed: Sequence[str] = ("gears",),
+    peers_first_seed: Sequence[str] = ("gears", "state", "biolord", "cellflow"),
     model_params: dict[str, dict[str, Any]] | None = None,
     notes: str | None = None,
     schema: PerturbationSchema | None = None,
@@ -892,6 +906,7 @@ def run_benchmark(
     peak: dict[str, float] = dict.fromkeys(model_names, 0.0)
     # predictions per model and seed: condition -> (delta, cells)
     preds: dict[tuple[str, int], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    peer_runs: dict[str, dict[str, Any]] = {}  # published peers: version and configuration
     for split in progress(splits, desc=f"{task}: splits", unit="split"):
         train = _training_view(obs, split)
         conds = _test_conditions(obs, split)
@@ -927,6 +942,8 @@ def run_benchmark(
                 )
             wall[name] += meter.wall_seconds
             peak[name] = max(peak[name], meter.peak_increase_mb)
+            if getattr(model, "peer_info_", None):
+                peer_runs[name] = _peer_record(name, model.peer_info_)
             x = cells.X.toarray() if sp.issparse(cells.X) else np.asarray(cells.X)
             table = _pseudobulk_scores(obs, conds, delta)
             energies = []
@@ -995,6 +1012,8 @@ def run_benchmark(
         __version__,
         adata,
     )
+    if peer_runs:
+        result["peer_runs"] = peer_runs
     write_csv_atomic(per_condition, out / "per_condition.csv")
     write_csv_atomic(replicate_table.rename_axis("condition"), out / "replicate.csv", index=True)
     write_results(out, result, results_markdown(result))

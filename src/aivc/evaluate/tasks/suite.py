@@ -33,7 +33,7 @@ from aivc._io import json_safe, write_json_atomic
 from aivc.evaluate._results import fmt, machine_info, write_results
 from aivc.evaluate.tasks import Task, register_task, run_task
 
-__all__ = ["SUITE", "SuiteEntry", "run_suite", "suite_matrix"]
+__all__ = ["SUITE", "SuiteEntry", "peer_matrix", "run_suite", "suite_matrix"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,11 @@ BASELINES = (
     "context-mean",
     "perturbation-elsewhere",
 )
-#: Published models run with ``--peers``.
-PEERS = ("gears",)
+#: Published models run with ``--peers`` (each where it applies; see the entries).
+PEERS = ("gears", "state", "biolord", "cellflow")
+#: Peers that encode perturbations one-hot: they apply where the perturbation is measured in
+#: training and the context is new (unseen-cell-type, unseen-context).
+_CONTEXT_PEERS = ("state", "biolord", "cellflow")
 #: Metrics of the matrix and whether higher is better.
 SUITE_METRICS = {"pearson_delta_de20": True, "mse_de20": False, "mae": False}
 
@@ -124,6 +127,7 @@ SUITE: tuple[SuiteEntry, ...] = (
             "nearest-neighbour",
             OUR_MODEL,
         ),
+        peers=_CONTEXT_PEERS,
     ),
     SuiteEntry(
         "unseen-context",
@@ -137,6 +141,7 @@ SUITE: tuple[SuiteEntry, ...] = (
             "nearest-neighbour",
             OUR_MODEL,
         ),
+        peers=_CONTEXT_PEERS,
     ),
     *_world_entries(range(5)),
 )
@@ -201,6 +206,96 @@ def suite_matrix(
     return cells
 
 
+def peer_matrix(
+    result: dict[str, Any],
+    per_condition: pd.DataFrame,
+    *,
+    task: str,
+    dataset: str,
+    peers: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Our model against each published peer, per metric, on the splits the peer ran.
+
+    Peers run on the first seed's splits only, so our model's mean is taken
+    over the same splits (``per_condition`` rows of that seed), and the
+    wall-time ratio divides the peer's time by our model's time per seed.
+    """
+    cells: list[dict[str, Any]] = []
+    models = set(per_condition["model"])
+    if OUR_MODEL not in models:
+        return cells
+    n_seeds = max(1, per_condition.loc[per_condition["model"] == OUR_MODEL, "seed"].nunique())
+    walls = result.get("wall_seconds", {})
+    for peer in peers:
+        if peer not in models:
+            continue
+        rows = per_condition[per_condition["model"] == peer]
+        same = per_condition[
+            per_condition["seed"].isin(set(rows["seed"]))
+            & per_condition["split"].isin(set(rows["split"]))
+        ]
+        ours_rows = same[same["model"] == OUR_MODEL]
+        for metric, higher in SUITE_METRICS.items():
+            if metric not in per_condition:
+                continue
+            peer_by = rows.groupby("split")[metric].mean()
+            ours_by = ours_rows.groupby("split")[metric].mean()
+            if peer_by.empty or ours_by.empty:
+                continue
+            sign = 1.0 if higher else -1.0
+            peer_mean, ours_mean = float(peer_by.mean()), float(ours_by.mean())
+            diff = (
+                ours_rows.set_index("condition")[metric] - rows.set_index("condition")[metric]
+            ).dropna()
+            ours_wall = float(walls.get(OUR_MODEL, np.nan)) / n_seeds
+            cells.append(
+                {
+                    "task": task,
+                    "dataset": dataset,
+                    "metric": metric,
+                    "higher_is_better": higher,
+                    "model": OUR_MODEL,
+                    "peer": peer,
+                    "model_mean": ours_mean,
+                    "peer_mean": peer_mean,
+                    "peer_sd": float(peer_by.std(ddof=1)) if len(peer_by) > 1 else 0.0,
+                    "wins": bool(sign * (ours_mean - peer_mean) > 0),
+                    "sign_p": _sign_test(sign * diff.to_numpy(dtype=float)),
+                    "n_conditions": int(diff.size),
+                    "peer_wall_seconds": float(walls.get(peer, np.nan)),
+                    "wall_ratio": float(walls.get(peer, np.nan)) / ours_wall
+                    if ours_wall > 0
+                    else float("nan"),
+                }
+            )
+    return cells
+
+
+def _installed_peers(names: Sequence[str]) -> list[str]:
+    """The peers of ``names`` that can run here; the others are named in a warning."""
+    from aivc.evaluate._peer_envs import PEERS as ENVS
+    from aivc.evaluate._peer_envs import peer_status
+
+    ready = []
+    for name in names:
+        if name in ENVS:
+            ok = peer_status(name).installed
+            how = f"aivc peers install {name}"
+        else:  # GEARS runs in aivc's own environment when cell-gears is installed
+            try:
+                import gears  # noqa: F401
+
+                ok = True
+            except ImportError:
+                ok = False
+            how = "pip install cell-gears"
+        if ok:
+            ready.append(name)
+        else:
+            logger.warning("peer %s is not installed, so its rows are left out (%s)", name, how)
+    return ready
+
+
 def run_suite(
     out: Path,
     *,
@@ -227,9 +322,11 @@ def run_suite(
         entries = [e for e in entries if not e.dataset.startswith("sim-world-")]
     out = Path(out)
     cells: list[dict[str, Any]] = []
+    peer_cells: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     for entry in entries:
-        names = [*entry.models, *(entry.peers if peers else ())]
+        entry_peers = _installed_peers(entry.peers) if peers else []
+        names = [*entry.models, *entry_peers]
         entry_seeds = tuple(seeds) if seeds is not None else entry.seeds
         if variant == "quick":
             entry_seeds = entry_seeds[:1]
@@ -246,6 +343,9 @@ def run_suite(
         )
         per_condition = pd.read_csv(folder / "per_condition.csv")
         cells += suite_matrix(result, per_condition, task=entry.task, dataset=entry.dataset)
+        peer_cells += peer_matrix(
+            result, per_condition, task=entry.task, dataset=entry.dataset, peers=entry_peers
+        )
         runs.append(
             {
                 "task": entry.task,
@@ -268,6 +368,7 @@ def run_suite(
             "sign_p = two-sided sign test over held-out conditions"
         ),
         "cells": cells,
+        "peer_cells": peer_cells,
         "runs": runs,
         "machine": machine_info(),
     }
@@ -297,6 +398,22 @@ def suite_markdown(suite: dict[str, Any]) -> str:
         )
     wins = sum(c["wins"] for c in suite["cells"])
     lines += ["", f"{wins} of {len(suite['cells'])} cells won.", ""]
+    if suite.get("peer_cells"):
+        lines += [
+            "## Against the published peers (on the splits each peer ran)",
+            "",
+            "| task | dataset | metric | aivc-perturb | peer | peer mean | wins | sign p | peer wall (s) | wall ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c in suite["peer_cells"]:
+            arrow = "↑" if c["higher_is_better"] else "↓"
+            lines.append(
+                f"| {c['task']} | {c['dataset']} | {c['metric']} {arrow} | {fmt(c['model_mean'])} | "
+                f"{c['peer']} | {fmt(c['peer_mean'])} ± {fmt(c['peer_sd'])} | "
+                f"{'yes' if c['wins'] else 'no'} | {fmt(c['sign_p'], 3)} | "
+                f"{fmt(c['peer_wall_seconds'], 0)} | {fmt(c['wall_ratio'], 1)} |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 
