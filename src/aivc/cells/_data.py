@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
+from aivc.data._ooc import BackedCells, as_csr, open_cells
 from aivc.data._validate import DataValidationError, _check_counts
 
 if TYPE_CHECKING:
@@ -52,111 +51,6 @@ def check_counts(m: Any, *, layer: str | None) -> None:
     except DataValidationError as e:
         msg = f"{e} The cell encoder reads raw counts; pass layer='counts' (or the layer holding them)."
         raise DataValidationError(msg) from None
-
-
-def as_csr(m: Any) -> sp.csr_matrix:
-    """A CSR view (sparse input keeps its dtype) or a float32 CSR copy of a dense block of rows."""
-    if sp.issparse(m):
-        return sp.csr_matrix(m)
-    return sp.csr_matrix(np.asarray(m, dtype=np.float32))
-
-
-@dataclass
-class BackedCells:
-    """A count matrix on disk, read lazily by row blocks.
-
-    Attributes
-    ----------
-    path
-        The ``.h5ad`` file or ``.zarr`` store.
-    var_names
-        Gene names (columns).
-    n_obs
-        Number of cells (rows).
-    matrix
-        Lazily sliced matrix (``matrix[start:stop]``).
-    """
-
-    path: Path
-    var_names: pd.Index
-    n_obs: int
-    matrix: Any
-    _handle: Any = None
-
-    def read(self, start: int, stop: int) -> sp.csr_matrix:
-        """Rows ``start:stop`` as CSR."""
-        return as_csr(self.matrix[start:stop])
-
-    def obs_names(self) -> pd.Index:
-        """Cell names (read from disk on demand)."""
-        from anndata.io import read_elem
-
-        return pd.Index(read_elem(self._group()["obs"]).index)
-
-    def _group(self) -> Any:
-        return self._handle
-
-    def close(self) -> None:
-        """Close the underlying file."""
-        if self._handle is not None and hasattr(self._handle, "close"):
-            self._handle.close()
-        self._handle = None
-
-
-def open_cells(path: str | Path, *, layer: str | None = None) -> BackedCells:
-    """Open an ``.h5ad`` file or ``.zarr`` store for chunked reading.
-
-    Parameters
-    ----------
-    path
-        File written by ``AnnData.write_h5ad`` / ``write_zarr`` or :func:`aivc.sim.write_simulation`.
-    layer
-        Read ``layers[layer]`` instead of ``X``.
-    """
-    from anndata.io import read_elem, sparse_dataset
-
-    path = Path(path)
-    if not path.exists():
-        msg = f"No such file or store: {str(path)!r}."
-        raise FileNotFoundError(msg)
-    if path.name.endswith(".zarr") or path.is_dir():
-        import zarr
-
-        group = zarr.open_group(str(path), mode="r")
-    else:
-        import h5py
-
-        try:
-            group = h5py.File(path, "r")
-        except OSError as e:
-            msg = f"{str(path)!r} is not a readable .h5ad (HDF5) file ({e})."
-            raise DataValidationError(msg) from None
-    try:
-        if layer is None:
-            node = group["X"]
-        else:
-            if "layers" not in group or layer not in group["layers"]:
-                have = sorted(group["layers"]) if "layers" in group else []
-                msg = f"layer={layer!r} is not in {str(path)!r} (layers: {have})."
-                raise DataValidationError(msg)
-            node = group["layers"][layer]
-        var = read_elem(group["var"])
-        encoding = node.attrs.get("encoding-type", "array")
-        matrix = sparse_dataset(node) if encoding in ("csr_matrix", "csc_matrix") else node
-        if encoding == "csc_matrix":
-            logger.warning("%s stores a CSC matrix; reading rows in chunks is slow.", path)
-        n_obs = int(matrix.shape[0])
-    except Exception:
-        if hasattr(group, "close"):
-            group.close()
-        raise
-    return BackedCells(
-        path=path,
-        var_names=pd.Index(var.index.astype(str)),
-        n_obs=n_obs,
-        matrix=matrix,
-        _handle=group,
-    )
 
 
 def iter_chunks(

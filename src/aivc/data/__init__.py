@@ -11,6 +11,7 @@ from aivc.data._expression import (
     log_expression,
     looks_like_counts,
 )
+from aivc.data._ooc import OutOfCorePseudobulk, pseudobulk_from_file
 from aivc.data._preprocess import (
     CONDITION_SEP,
     DOSE_SEP,
@@ -61,6 +62,7 @@ __all__ = [
     "DataValidationError",
     "DatasetEntry",
     "ExpressionInput",
+    "OutOfCorePseudobulk",
     "PerturbationSchema",
     "ProfileSchema",
     "RemoteFile",
@@ -85,6 +87,7 @@ __all__ = [
     "observed_changes",
     "prepare",
     "pseudobulk",
+    "pseudobulk_from_file",
     "read_h5ad",
     "read_profiles",
     "register_dataset",

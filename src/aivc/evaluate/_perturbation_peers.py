@@ -193,7 +193,7 @@ class PeerPerturbationModel(PerturbationModel):
             )
             raise DataValidationError(msg)
         schema = self.schema_
-        ctrl = self._train[self._train.obs["perturbation"] == schema.control_label]
+        ctrl = self._train[self._train.obs["perturbation"] == schema.control_label].copy()
         if control is not None:
             extra = _protocol_cells(control, schema, list(self.genes_))
             # only contexts the training cells lack: their controls are there already
@@ -201,7 +201,8 @@ class PeerPerturbationModel(PerturbationModel):
                 (extra.obs["perturbation"] == schema.control_label)
                 & ~extra.obs["context"].isin(set(ctrl.obs["context"]))
             ]
-            ctrl = ad.concat([ctrl, extra], index_unique="-") if extra.n_obs else ctrl
+            if extra.n_obs:
+                ctrl = ad.concat([ctrl, extra.copy()], index_unique="-")
         query = pd.DataFrame(
             {
                 "perturbation": [p for p, _ in wanted],

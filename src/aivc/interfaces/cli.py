@@ -652,7 +652,14 @@ def peers_install(
 
 
 # Commands of each area live beside it; each module only imports typer at the top.
-for _module in ("_cli_cells", "_cli_models", "_cli_experiments", "_cli_design", "_cli_serve"):
+for _module in (
+    "_cli_cells",
+    "_cli_models",
+    "_cli_experiments",
+    "_cli_design",
+    "_cli_serve",
+    "_cli_scale",
+):
     importlib.import_module(f"aivc.interfaces.{_module}").register(app)
 
 

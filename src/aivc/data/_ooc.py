@@ -1,0 +1,402 @@
+"""Out-of-core pseudobulk: per-condition sums read from disk block by block, on one process or Dask.
+
+A dataset on disk (``.h5ad`` or ``.zarr``, as anndata writes them) is never
+loaded whole: the cell annotations (``obs``, small) are read into memory, the
+count matrix is read in blocks of rows through anndata's own element readers
+(``anndata.io.sparse_dataset`` for sparse matrices, array slicing for dense
+ones), and every block adds its cells to per-condition sums:
+
+- ``count_sums``: raw counts summed per condition. Counts are integers, and a
+  float64 sum of integers below 2**53 is exact whatever the order, so these
+  equal the in-memory sums exactly;
+- ``means``: the mean of the log-normalised expression per condition (each
+  cell scaled to ``target_sum`` and ``log1p``-ed, as :func:`aivc.data.prepare`
+  does; a cell's normalisation involves only that cell, so blocks need nothing
+  from each other). These equal :func:`aivc.data.pseudobulk` of the prepared
+  data up to float64 rounding of the summation order.
+
+With a ``distributed.Client`` (or ``"local"`` for a ``LocalCluster`` of worker
+processes) each block is a task that reads its own rows from the file; the
+partial sums come back and are added in block order on the caller, so the
+result is identical, bit for bit, to the single-process path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from aivc.data._preprocess import condition_labels
+from aivc.data._schema import PerturbationSchema
+from aivc.data._validate import DataValidationError
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = [
+    "DASK_SCHEDULER_ENV",
+    "BackedCells",
+    "OutOfCorePseudobulk",
+    "as_csr",
+    "dask_client",
+    "open_cells",
+    "pseudobulk_from_file",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable naming a running Dask scheduler (``tcp://host:8786``).
+DASK_SCHEDULER_ENV = "AIVC_DASK_SCHEDULER"
+#: Cells per block by default: about 100 MB of a typical sparse matrix.
+DEFAULT_CHUNK = 50_000
+
+
+@dataclass
+class OutOfCorePseudobulk:
+    """Per-condition sums of a dataset read from disk block by block.
+
+    Attributes
+    ----------
+    means
+        Conditions x genes mean log-normalised expression (as :func:`aivc.data.pseudobulk`).
+    count_sums
+        Conditions x genes sums of the raw counts (exact).
+    info
+        One row per condition: ``perturbation``, ``context``, ``dose``, ``n_cells``.
+    n_cells, n_blocks
+        Cells read and blocks they were read in.
+    target_sum
+        Library size every cell was scaled to before ``log1p``.
+    """
+
+    means: pd.DataFrame
+    count_sums: pd.DataFrame
+    info: pd.DataFrame
+    n_cells: int
+    n_blocks: int
+    target_sum: float
+
+
+# ------------------------------------------------------------------------------------ reading
+def as_csr(m: Any) -> sp.csr_matrix:
+    """A CSR view (sparse input keeps its dtype) or a float32 CSR copy of a dense block of rows."""
+    if sp.issparse(m):
+        return sp.csr_matrix(m)
+    return sp.csr_matrix(np.asarray(m, dtype=np.float32))
+
+
+@dataclass
+class BackedCells:
+    """A count matrix on disk, read lazily by row blocks.
+
+    Attributes
+    ----------
+    path
+        The ``.h5ad`` file or ``.zarr`` store.
+    var_names
+        Gene names (columns).
+    n_obs
+        Number of cells (rows).
+    matrix
+        Lazily sliced matrix (``matrix[start:stop]``).
+    """
+
+    path: Path
+    var_names: pd.Index
+    n_obs: int
+    matrix: Any
+    _handle: Any = None
+
+    def read(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows ``start:stop`` as CSR."""
+        return as_csr(self.matrix[start:stop])
+
+    def obs_names(self) -> pd.Index:
+        """Cell names (read from disk on demand)."""
+        from anndata.io import read_elem
+
+        return pd.Index(read_elem(self._group()["obs"]).index)
+
+    def obs(self) -> pd.DataFrame:
+        """The cell annotations (read from disk on demand)."""
+        from anndata.io import read_elem
+
+        return read_elem(self._group()["obs"])
+
+    def _group(self) -> Any:
+        return self._handle
+
+    def close(self) -> None:
+        """Close the underlying file."""
+        if self._handle is not None and hasattr(self._handle, "close"):
+            self._handle.close()
+        self._handle = None
+
+
+def open_cells(path: str | Path, *, layer: str | None = None) -> BackedCells:
+    """Open an ``.h5ad`` file or ``.zarr`` store for chunked reading.
+
+    Parameters
+    ----------
+    path
+        File written by ``AnnData.write_h5ad`` / ``write_zarr`` or :func:`aivc.sim.write_simulation`.
+    layer
+        Read ``layers[layer]`` instead of ``X``.
+    """
+    from anndata.io import read_elem, sparse_dataset
+
+    path = Path(path)
+    if not path.exists():
+        msg = f"No such file or store: {str(path)!r}."
+        raise FileNotFoundError(msg)
+    if path.name.endswith(".zarr") or path.is_dir():
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+    else:
+        import h5py
+
+        try:
+            group = h5py.File(path, "r")
+        except OSError as e:
+            msg = f"{str(path)!r} is not a readable .h5ad (HDF5) file ({e})."
+            raise DataValidationError(msg) from None
+    try:
+        if layer is None:
+            node = group["X"]
+        else:
+            if "layers" not in group or layer not in group["layers"]:
+                have = sorted(group["layers"]) if "layers" in group else []
+                msg = f"layer={layer!r} is not in {str(path)!r} (layers: {have})."
+                raise DataValidationError(msg)
+            node = group["layers"][layer]
+        var = read_elem(group["var"])
+        encoding = node.attrs.get("encoding-type", "array")
+        matrix = sparse_dataset(node) if encoding in ("csr_matrix", "csc_matrix") else node
+        if encoding == "csc_matrix":
+            logger.warning("%s stores a CSC matrix; reading rows in chunks is slow.", path)
+        n_obs = int(matrix.shape[0])
+    except Exception:
+        if hasattr(group, "close"):
+            group.close()
+        raise
+    return BackedCells(
+        path=path,
+        var_names=pd.Index(var.index.astype(str)),
+        n_obs=n_obs,
+        matrix=matrix,
+        _handle=group,
+    )
+
+
+def _condition_codes(
+    obs: pd.DataFrame, schema: PerturbationSchema
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Each cell's condition code and one row of ``info`` per condition (sorted labels).
+
+    Conditions and their ``info`` are those of :func:`aivc.data.pseudobulk`.
+    """
+    import anndata as ad
+
+    for key in schema.obs_keys().values():
+        if key not in obs:
+            msg = f"obs has no column {key!r} named by the schema; its columns are {list(obs.columns)}."
+            raise DataValidationError(msg)
+    cond = condition_labels(ad.AnnData(obs=obs), schema)
+    codes, labels = pd.factorize(cond, sort=True)
+    frame = pd.DataFrame({"perturbation": obs[schema.perturbation_key].astype(str).to_numpy()})
+    frame["context"] = (
+        obs[schema.context_key].astype(str).to_numpy() if schema.context_key is not None else None
+    )
+    frame["dose"] = (
+        pd.to_numeric(obs[schema.dose_key], errors="coerce").fillna(0.0).to_numpy(dtype=float)
+        if schema.dose_key is not None
+        else 0.0
+    )
+    info = frame.groupby(codes).first()
+    info.index = pd.Index(labels)
+    info["n_cells"] = np.bincount(codes, minlength=len(labels))
+    return codes.astype(np.int64), info
+
+
+# ------------------------------------------------------------------------------------ one block
+def _block_sums(
+    path: str,
+    layer: str | None,
+    start: int,
+    stop: int,
+    codes: np.ndarray,
+    n_groups: int,
+    target_sum: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Count sums and log-normalised sums per condition of rows ``start:stop`` (runs on a worker)."""
+    from aivc.data._preprocess import log_normalize
+
+    cells = open_cells(path, layer=layer)
+    try:
+        counts = sp.csr_matrix(cells.read(start, stop), dtype=np.float64)
+    finally:
+        cells.close()
+    values = counts.data
+    if values.size and (values.min() < 0 or not np.array_equal(values, np.round(values))):
+        msg = (
+            f"Rows {start}-{stop - 1} of the count matrix hold negative or non-integer values; "
+            "the out-of-core path reads raw counts (name their layer in the schema's counts_layer)."
+        )
+        raise DataValidationError(msg)
+    logx, _ = log_normalize(counts, target_sum=target_sum)
+    indicator = sp.csr_matrix(
+        (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_groups, len(codes))
+    )
+    count_sums = np.asarray((indicator @ counts).toarray(), dtype=np.float64)
+    log_sums = np.asarray((indicator @ sp.csr_matrix(logx, dtype=np.float64)).toarray())
+    return count_sums, log_sums
+
+
+def _blocks(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+
+
+# ------------------------------------------------------------------------------------ Dask
+@contextmanager
+def dask_client(
+    client: Client | str | None = None, *, n_workers: int = 2
+) -> Iterator[Client | None]:
+    """The Dask client to run blocks on, or None for a single process.
+
+    ``client`` may be a ``distributed.Client``, a scheduler address
+    (``tcp://host:8786``), ``"local"`` (a ``LocalCluster`` of ``n_workers``
+    worker processes with one thread each, closed afterwards) or None; with
+    None, :data:`DASK_SCHEDULER_ENV` names a scheduler when it is set.
+    """
+    if client is None:
+        client = os.environ.get(DASK_SCHEDULER_ENV) or None
+    if client is None:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if isinstance(client, Client):
+        yield client
+        return
+    if not isinstance(client, str):
+        msg = (
+            f"client must be a distributed.Client, a scheduler address or 'local'; got {client!r}."
+        )
+        raise TypeError(msg)
+    if client == "local":
+        cluster = LocalCluster(
+            n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        own = Client(cluster)
+        try:
+            yield own
+        finally:
+            own.close()
+            cluster.close()
+        return
+    own = Client(client)
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+# ------------------------------------------------------------------------------------ public
+def pseudobulk_from_file(
+    path: str | Path,
+    schema: PerturbationSchema,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    target_sum: float = 1e4,
+    client: Client | str | None = None,
+    n_workers: int = 2,
+) -> OutOfCorePseudobulk:
+    """Per-condition count sums and mean log-normalised expression, read from disk in blocks.
+
+    Parameters
+    ----------
+    path
+        An ``.h5ad`` file or a ``.zarr`` folder written by anndata, with raw
+        counts in ``X`` or in the layer ``schema.counts_layer``.
+    schema
+        The dataset's columns (perturbation, control label, context, dose).
+    chunk_size
+        Cells per block; memory holds one block (and, per condition, two
+        rows of sums) at a time.
+    target_sum
+        Library size each cell is scaled to before ``log1p`` (as :func:`aivc.data.prepare`).
+    client
+        Run the blocks on Dask: a ``distributed.Client``, a scheduler
+        address, or ``"local"`` for a ``LocalCluster`` of ``n_workers``
+        processes; None runs them here (or on the scheduler named by
+        ``AIVC_DASK_SCHEDULER``). The result is identical either way.
+    n_workers
+        Worker processes of a ``"local"`` cluster.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    DataValidationError
+        The store is not anndata's, a schema column or the counts layer is
+        missing, or a block holds values that are not counts.
+    """
+    if int(chunk_size) < 1:
+        msg = f"chunk_size must be a positive number of cells. Got {chunk_size}."
+        raise ValueError(msg)
+    path = Path(path)
+    cells = open_cells(path, layer=schema.counts_layer)
+    try:
+        obs, var_names = cells.obs(), cells.var_names
+        n_obs = cells.n_obs
+    finally:
+        cells.close()
+    if n_obs != len(obs):
+        msg = f"The count matrix has {n_obs} rows, but obs has {len(obs)} cells."
+        raise DataValidationError(msg)
+    codes, info = _condition_codes(obs, schema)
+    n_groups = len(info)
+    blocks = _blocks(len(obs), int(chunk_size))
+    args = [
+        (str(path), schema.counts_layer, a, b, codes[a:b], n_groups, float(target_sum))
+        for a, b in blocks
+    ]
+    count_sums = np.zeros((n_groups, len(var_names)))
+    log_sums = np.zeros((n_groups, len(var_names)))
+    with dask_client(client, n_workers=n_workers) as dask:
+        if dask is None:
+            parts: Iterator[tuple[np.ndarray, np.ndarray]] = (_block_sums(*a) for a in args)
+        else:
+            futures = [dask.submit(_block_sums, *a, pure=False) for a in args]
+            parts = (f.result() for f in futures)  # in block order: the same sums as one process
+        for c, s in parts:
+            count_sums += c
+            log_sums += s
+    logger.info(
+        "pseudobulk of %s: %d cells in %d blocks, %d conditions%s",
+        path,
+        len(obs),
+        len(blocks),
+        n_groups,
+        "" if client is None else " (Dask)",
+    )
+    genes = pd.Index(var_names).copy()
+    sizes = info["n_cells"].to_numpy(dtype=float)[:, None]
+    return OutOfCorePseudobulk(
+        means=pd.DataFrame(log_sums / sizes, index=info.index, columns=genes),
+        count_sums=pd.DataFrame(count_sums, index=info.index, columns=genes),
+        info=info,
+        n_cells=len(obs),
+        n_blocks=len(blocks),
+        target_sum=float(target_sum),
+    )

@@ -1,0 +1,114 @@
+"""Commands for data too large for memory (pseudobulk out of core, on one process or Dask).
+
+Imported by :mod:`aivc.interfaces.cli`; heavy libraries are imported inside each command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aivc.interfaces._cli_common import Verbosity
+from aivc.interfaces._cli_common import fail as _fail
+from aivc.interfaces._cli_common import setup as _setup
+
+
+def pseudobulk(
+    data: Annotated[Path, typer.Argument(help="An .h5ad file or .zarr folder with raw counts.")],
+    out: Annotated[Path, typer.Option("--out", help="Pseudobulk .h5ad to write.")],
+    perturbation_key: Annotated[
+        str, typer.Option("--perturbation-key", help="obs column with the perturbation.")
+    ],
+    control_label: Annotated[
+        str, typer.Option("--control-label", help="Label of the control cells.")
+    ],
+    context_key: Annotated[
+        str | None, typer.Option("--context-key", help="obs column with the context.")
+    ] = None,
+    dose_key: Annotated[
+        str | None, typer.Option("--dose-key", help="obs column with the dose.")
+    ] = None,
+    counts_layer: Annotated[
+        str | None, typer.Option("--counts-layer", help="Layer with raw counts (default: X).")
+    ] = None,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Cells read per block.")] = 50_000,
+    dask: Annotated[
+        bool, typer.Option("--dask", help="Run the blocks on a local Dask cluster.")
+    ] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Worker processes of the local Dask cluster.")
+    ] = 2,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="Address of a running Dask scheduler (default: AIVC_DASK_SCHEDULER when set).",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --out.")
+    ] = False,
+    verbosity: Verbosity = "info",
+) -> None:
+    """Mean log-normalised expression and raw-count sums per condition, read from disk in blocks.
+
+    The matrix is never loaded whole: blocks of --chunk-size cells are read,
+    normalised (each cell to 10,000 counts, then log1p) and added to
+    per-condition sums. The result is an .h5ad with one row per condition:
+    X holds the mean log-normalised expression, layers["counts_sum"] the
+    summed raw counts, obs the perturbation, context, dose and n_cells.
+    """
+    _setup(verbosity, None)
+    if out.exists() and not overwrite:
+        _fail(f"{out} exists; pass --overwrite to replace it.")
+    if dask and scheduler is not None:
+        _fail("pass --dask (a local cluster) or --scheduler ADDRESS, not both.")
+    import anndata as ad
+
+    from aivc._io import atomic_path
+    from aivc.data import DataValidationError, PerturbationSchema
+    from aivc.data._ooc import pseudobulk_from_file
+
+    schema = PerturbationSchema(
+        perturbation_key=perturbation_key,
+        control_label=control_label,
+        context_key=context_key,
+        dose_key=dose_key,
+        counts_layer=counts_layer,
+    )
+    client = scheduler if scheduler is not None else ("local" if dask else None)
+    try:
+        res = pseudobulk_from_file(
+            data, schema, chunk_size=chunk_size, client=client, n_workers=workers
+        )
+    except (FileNotFoundError, DataValidationError, ValueError) as e:
+        _fail(str(e))
+    obs = res.info.copy()
+    obs["context"] = obs["context"].astype(str) if context_key is not None else "all"
+    bulk = ad.AnnData(
+        X=res.means.to_numpy(dtype="float32"),
+        obs=obs,
+        layers={"counts_sum": res.count_sums.to_numpy()},
+    )
+    bulk.var_names = res.means.columns.astype(str)
+    bulk.obs_names = res.means.index.astype(str)
+    bulk.uns["aivc_pseudobulk"] = {
+        "source": str(data),
+        "n_cells": res.n_cells,
+        "n_blocks": res.n_blocks,
+        "target_sum": res.target_sum,
+        "schema": schema.to_dict(),
+    }
+    with atomic_path(out) as tmp:
+        bulk.write_h5ad(tmp)
+    typer.echo(
+        f"wrote {out}: {bulk.n_obs} conditions x {bulk.n_vars} genes from {res.n_cells:,} cells "
+        f"in {res.n_blocks} blocks"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's commands to the ``aivc`` app."""
+    app.command("pseudobulk")(pseudobulk)

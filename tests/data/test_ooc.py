@@ -1,0 +1,123 @@
+"""Out-of-core pseudobulk: blocks read from disk give the in-memory sums, on one process or Dask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from numpy.testing import assert_allclose, assert_array_equal
+
+from aivc.data import DataValidationError, prepare, pseudobulk
+from aivc.data._ooc import pseudobulk_from_file
+from aivc.data._synthetic import synthetic_perturbation_data
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    raw, schema = synthetic_perturbation_data(n_singles=5, n_doubles=2, n_contexts=2, seed=4)
+    raw.X = sp.csr_matrix(raw.X, dtype=np.float32)
+    folder = tmp_path_factory.mktemp("ooc")
+    raw.write_h5ad(folder / "cells.h5ad")
+    raw.write_zarr(folder / "cells.zarr")
+    return raw, schema, folder
+
+
+def _in_memory(raw, schema):
+    prepared, new_schema = prepare(raw, schema)
+    means, info = pseudobulk(prepared, new_schema)
+    counts = sp.csr_matrix(raw.X, dtype=np.float64)
+    cond = _labels(prepared, new_schema)
+    sums = np.stack(
+        [np.asarray(counts[np.flatnonzero(cond == c)].sum(axis=0)).ravel() for c in means.index]
+    )
+    return means, info, sums
+
+
+def _labels(adata, schema):
+    from aivc.data import condition_labels
+
+    return condition_labels(adata, schema).to_numpy()
+
+
+@pytest.mark.parametrize("store", ["cells.h5ad", "cells.zarr"])
+def test_blocks_from_disk_give_the_in_memory_pseudobulk(dataset, store) -> None:
+    raw, schema, folder = dataset
+    means, info, sums = _in_memory(raw, schema)
+    out = pseudobulk_from_file(folder / store, schema, chunk_size=37)
+    assert out.n_cells == raw.n_obs and out.n_blocks == -(-raw.n_obs // 37)
+    assert list(out.means.index) == list(means.index)
+    assert list(out.means.columns) == list(raw.var_names)
+    assert_array_equal(out.count_sums.to_numpy(), sums)  # integer sums: exact
+    assert_allclose(out.means.to_numpy(), means.to_numpy(), rtol=0, atol=1e-12)
+    assert_array_equal(out.info["n_cells"].to_numpy(), info["n_cells"].to_numpy())
+    assert list(out.info["perturbation"]) == list(info["perturbation"])
+    assert list(out.info["context"]) == list(info["context"])
+
+
+def test_the_block_size_changes_nothing_but_rounding(dataset) -> None:
+    raw, schema, folder = dataset
+    one = pseudobulk_from_file(folder / "cells.h5ad", schema, chunk_size=raw.n_obs)
+    many = pseudobulk_from_file(folder / "cells.h5ad", schema, chunk_size=11)
+    assert one.n_blocks == 1 and many.n_blocks > 10
+    assert_array_equal(one.count_sums.to_numpy(), many.count_sums.to_numpy())
+    assert_allclose(one.means.to_numpy(), many.means.to_numpy(), rtol=0, atol=1e-12)
+
+
+def test_a_local_dask_cluster_gives_the_same_result_bit_for_bit(dataset) -> None:
+    pytest.importorskip("distributed")
+    _, schema, folder = dataset
+    here = pseudobulk_from_file(folder / "cells.h5ad", schema, chunk_size=50)
+    dask = pseudobulk_from_file(
+        folder / "cells.h5ad", schema, chunk_size=50, client="local", n_workers=2
+    )
+    assert_array_equal(dask.count_sums.to_numpy(), here.count_sums.to_numpy())
+    assert_array_equal(dask.means.to_numpy(), here.means.to_numpy())
+
+
+def test_bad_stores_and_values_get_clear_errors(dataset, tmp_path) -> None:
+    raw, schema, folder = dataset
+    with pytest.raises(FileNotFoundError, match="No such file"):
+        pseudobulk_from_file(tmp_path / "missing.h5ad", schema)
+    (tmp_path / "notes.h5ad").write_text("not hdf5")
+    with pytest.raises(DataValidationError, match="not a readable .h5ad"):
+        pseudobulk_from_file(tmp_path / "notes.h5ad", schema)
+    from dataclasses import replace
+
+    with pytest.raises(DataValidationError, match="no column 'donor'"):
+        pseudobulk_from_file(folder / "cells.h5ad", replace(schema, context_key="donor"))
+    with pytest.raises(DataValidationError, match="layer=.counts. is not in"):
+        pseudobulk_from_file(folder / "cells.h5ad", replace(schema, counts_layer="counts"))
+    logged = raw.copy()
+    logged.X = sp.csr_matrix(np.log1p(raw.X.toarray()), dtype=np.float32)
+    logged.write_h5ad(tmp_path / "logged.h5ad")
+    with pytest.raises(DataValidationError, match="non-integer"):
+        pseudobulk_from_file(tmp_path / "logged.h5ad", schema, chunk_size=100)
+    with pytest.raises(ValueError, match="chunk_size"):
+        pseudobulk_from_file(folder / "cells.h5ad", schema, chunk_size=0)
+
+
+def test_the_pseudobulk_command_writes_one_row_per_condition(dataset, tmp_path) -> None:
+    import anndata as ad
+    from typer.testing import CliRunner
+
+    from aivc.interfaces.cli import app
+
+    raw, schema, folder = dataset
+    out = tmp_path / "bulk.h5ad"
+    args = [
+        "pseudobulk", str(folder / "cells.zarr"), "--out", str(out),
+        "--perturbation-key", schema.perturbation_key,
+        "--control-label", schema.control_label,
+        "--context-key", schema.context_key,
+        "--chunk-size", "64", "--verbosity", "warning",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    bulk = ad.read_h5ad(out)
+    expected = pseudobulk_from_file(folder / "cells.h5ad", schema, chunk_size=64)
+    assert list(bulk.obs_names) == list(expected.means.index)
+    assert_array_equal(bulk.layers["counts_sum"], expected.count_sums.to_numpy())
+    assert bulk.obs["n_cells"].sum() == raw.n_obs
+    # an existing file is kept unless --overwrite
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
