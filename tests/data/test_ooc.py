@@ -79,13 +79,13 @@ def test_bad_stores_and_values_get_clear_errors(dataset, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="No such file"):
         pseudobulk_from_file(tmp_path / "missing.h5ad", schema)
     (tmp_path / "notes.h5ad").write_text("not hdf5")
-    with pytest.raises(DataValidationError, match="not a readable .h5ad"):
+    with pytest.raises(DataValidationError, match=r"not a readable \.h5ad"):
         pseudobulk_from_file(tmp_path / "notes.h5ad", schema)
     from dataclasses import replace
 
     with pytest.raises(DataValidationError, match="no column 'donor'"):
         pseudobulk_from_file(folder / "cells.h5ad", replace(schema, context_key="donor"))
-    with pytest.raises(DataValidationError, match="layer=.counts. is not in"):
+    with pytest.raises(DataValidationError, match=r"layer='counts' is not in"):
         pseudobulk_from_file(folder / "cells.h5ad", replace(schema, counts_layer="counts"))
     logged = raw.copy()
     logged.X = sp.csr_matrix(np.log1p(raw.X.toarray()), dtype=np.float32)

@@ -10,11 +10,13 @@ are renamed to their human one-to-one orthologs first.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -282,6 +284,7 @@ class CellEncoder(Instrument):
         batch_size: int = 256,
         learning_rate: float = 2e-3,
         seed: int = 0,
+        n_processes: int = 1,
     ) -> None:
         self.n_latent = n_latent
         self.n_hidden = n_hidden
@@ -297,6 +300,7 @@ class CellEncoder(Instrument):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.seed = seed
+        self.n_processes = n_processes
 
     def _validate_params(self) -> None:
         _check_int("n_latent", self.n_latent, 1)
@@ -308,6 +312,7 @@ class CellEncoder(Instrument):
         _check_int("max_epochs", self.max_epochs, 1)
         _check_int("batch_size", self.batch_size, 2)
         _check_int("seed", self.seed, 0)
+        _check_int("n_processes", self.n_processes, 1)
         _check_float("mask_rate", self.mask_rate, 0.0, 0.9)
         _check_float("token_dropout", self.token_dropout, 0.0, 1.0)
         _check_float("kl_weight", self.kl_weight, 0.0, 1e3)
@@ -415,7 +420,10 @@ class CellEncoder(Instrument):
         with _torch_threads(_TORCH_THREADS), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.module_ = self._new_module()
-            self.history_ = self._train(x, dec, batch_codes)
+            if int(self.n_processes) > 1:
+                self.history_ = self._train_distributed(x, dec, batch_codes)
+            else:
+                self.history_ = self._train(x, dec, batch_codes)
         self.module_.eval()
         self.fitted_ = True
         return self
@@ -442,21 +450,84 @@ class CellEncoder(Instrument):
             torch.from_numpy(self.has_knowledge_),
         )
 
-    def _train(self, x: sp.csr_matrix, dec: np.ndarray, batch_codes: np.ndarray) -> list[float]:
+    def _objective(self, dec: np.ndarray, batch_codes: np.ndarray) -> torch.nn.Module:
+        """The training loss of ``module_`` as a module (so DistributedDataParallel can wrap it)."""
         import torch
         from torch.nn import functional as F
 
-        from aivc._progress import progress
         from aivc.cells._module import gaussian_kl, nb_log_likelihood, reverse_gradient
 
-        module = self.module_
-        module.train()
-        gen = torch.Generator().manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
         ref_idx, know, has = self._ref_tensors()
         dec_t = torch.from_numpy(dec)
         n_b = len(self.batches_)
         onehot_all = F.one_hot(torch.from_numpy(batch_codes), num_classes=max(n_b, 1)).float()
+        kl_weight, adversarial_weight = self.kl_weight, self.adversarial_weight
+
+        class Objective(torch.nn.Module):
+            def __init__(self, module: torch.nn.Module) -> None:
+                super().__init__()
+                self.module = module
+
+            def forward(
+                self,
+                xb: torch.Tensor,
+                keep: torch.Tensor,
+                tok_keep: torch.Tensor,
+                noise: torch.Tensor,
+                idx: np.ndarray,
+                warm: float,
+            ) -> torch.Tensor:
+                module = self.module
+                xin = xb * keep
+                w = torch.log1p(xin * (_SCALE / xin.sum(1, keepdim=True).clamp(min=1.0)))
+                feats = module.gene_features(ref_idx, know, has, tok_keep)
+                mu, logvar = module.encode_pooled(module.pool(w, feats))
+                z = mu + noise * (0.5 * logvar).exp()
+                onehot = onehot_all[idx]
+                logits, log_theta = module.decode_logits(z, onehot, dec_t, know[dec_t], has[dec_t])
+                xd = xb[:, dec_t]
+                lib = xd.sum(1)
+                rate = lib.unsqueeze(1) * torch.softmax(logits, dim=1)
+                nll = -nb_log_likelihood(xd, rate, log_theta).sum(1)
+                loss = (nll + kl_weight * warm * gaussian_kl(mu, logvar)).mean()
+                if module.adversary is not None:
+                    adv_logits = module.adversary(reverse_gradient(z, adversarial_weight))
+                    loss = loss + F.cross_entropy(adv_logits, onehot.argmax(1)) * xd.shape[1] / 100
+                return loss
+
+        return Objective(self.module_)
+
+    def _train(
+        self,
+        x: sp.csr_matrix,
+        dec: np.ndarray,
+        batch_codes: np.ndarray,
+        *,
+        rank: int = 0,
+        world: int = 1,
+    ) -> list[float]:
+        """Train ``module_``; with ``world > 1`` this is one rank of a DistributedDataParallel run.
+
+        Every rank draws the same global batches (one permutation per epoch from
+        ``seed``) and trains on its share of each (every ``world``-th cell);
+        DistributedDataParallel averages the gradients, so all ranks take the
+        same steps. Masks and noise are drawn per rank (seeded by ``seed`` and
+        the rank); with one process the draws are those of ``seed`` alone.
+        """
+        import torch
+
+        from aivc._progress import progress
+
+        module = self.module_
+        module.train()
+        objective = self._objective(dec, batch_codes)
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            objective = DistributedDataParallel(objective)
+        gen = torch.Generator().manual_seed(self.seed + _RANK_SEED_STEP * rank)
+        rng = np.random.default_rng(self.seed)
+        n_ref = len(self.genes_)
         opt = torch.optim.Adam(module.parameters(), lr=self.learning_rate)
         n = x.shape[0]
         bs = min(self.batch_size, n)
@@ -465,33 +536,19 @@ class CellEncoder(Instrument):
         warmup = max(1, total_steps // 2)
         step = 0
         history: list[float] = []
-        use_adv = module.adversary is not None
-        for _ in progress(range(self.max_epochs), desc="training cell encoder", unit="epoch"):
+        epochs = range(self.max_epochs)
+        if rank == 0:
+            epochs = progress(epochs, desc="training cell encoder", unit="epoch")
+        for _ in epochs:
             perm = rng.permutation(n)
             losses = []
             for s in range(steps_per_epoch):
-                idx = perm[s * bs : (s + 1) * bs]
+                idx = perm[s * bs : (s + 1) * bs][rank::world]
                 xb = torch.from_numpy(x[idx].toarray())
                 keep = (torch.rand(xb.shape, generator=gen) >= self.mask_rate).to(xb.dtype)
-                xin = xb * keep
-                w = torch.log1p(xin * (_SCALE / xin.sum(1, keepdim=True).clamp(min=1.0)))
-                tok_keep = (torch.rand(len(ref_idx), generator=gen) >= self.token_dropout).to(
-                    xb.dtype
-                )
-                feats = module.gene_features(ref_idx, know, has, tok_keep)
-                mu, logvar = module.encode_pooled(module.pool(w, feats))
-                z = mu + torch.randn(mu.shape, generator=gen) * (0.5 * logvar).exp()
-                onehot = onehot_all[idx]
-                logits, log_theta = module.decode_logits(z, onehot, dec_t, know[dec_t], has[dec_t])
-                xd = xb[:, dec_t]
-                lib = xd.sum(1)
-                rate = lib.unsqueeze(1) * torch.softmax(logits, dim=1)
-                nll = -nb_log_likelihood(xd, rate, log_theta).sum(1)
-                beta = self.kl_weight * min(1.0, step / warmup)
-                loss = (nll + beta * gaussian_kl(mu, logvar)).mean()
-                if use_adv:
-                    adv_logits = module.adversary(reverse_gradient(z, self.adversarial_weight))
-                    loss = loss + F.cross_entropy(adv_logits, onehot.argmax(1)) * xd.shape[1] / 100
+                tok_keep = (torch.rand(n_ref, generator=gen) >= self.token_dropout).to(xb.dtype)
+                noise = torch.randn((len(idx), self.n_latent), generator=gen)
+                loss = objective(xb, keep, tok_keep, noise, idx, min(1.0, step / warmup))
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(module.parameters(), 10.0)
@@ -503,6 +560,34 @@ class CellEncoder(Instrument):
                 msg = "Training diverged (loss is not finite); lower learning_rate."
                 raise FloatingPointError(msg)
         return history
+
+    def _train_distributed(
+        self, x: sp.csr_matrix, dec: np.ndarray, batch_codes: np.ndarray
+    ) -> list[float]:
+        """Train on ``n_processes`` CPU processes with DistributedDataParallel (gloo backend)."""
+        import tempfile
+
+        import torch
+        from safetensors.torch import load_file
+
+        world = int(self.n_processes)
+        with tempfile.TemporaryDirectory(prefix="aivc-ddp-") as tmp:
+            torch.multiprocessing.start_processes(
+                _ddp_rank,
+                args=(self, x, dec, batch_codes, world, tmp),
+                nprocs=world,
+                join=True,
+                start_method="spawn",
+            )
+            folder = Path(tmp)
+            sums = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(world)]
+            state = load_file(str(folder / "state.safetensors"))
+        if any(s["checksum"] != sums[0]["checksum"] for s in sums):
+            msg = f"The {world} training processes ended with different weights: {sums}."
+            raise RuntimeError(msg)
+        self.module_.load_state_dict(state)
+        self.ddp_ = {"processes": world, "backend": "gloo", "ranks_in_sync": True}
+        return list(sums[0]["history"])
 
     # ------------------------------------------------------------------------- panels
     def _panel_plan(self, var_names: Sequence[str], *, species: str = "human") -> _PanelPlan:
@@ -853,3 +938,45 @@ def heldout_reconstruction(
         "n_genes": len(genes),
         "n_cells": int(adata.n_obs),
     }
+
+
+#: Seed offset between the random streams (masks, noise) of two training processes.
+_RANK_SEED_STEP = 7919
+
+
+def _ddp_rank(
+    rank: int,
+    encoder: CellEncoder,
+    x: sp.csr_matrix,
+    dec: np.ndarray,
+    batch_codes: np.ndarray,
+    world: int,
+    folder: str,
+) -> None:
+    """One process of :meth:`CellEncoder._train_distributed` (started by torch.multiprocessing)."""
+    import hashlib
+
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(max(1, _TORCH_THREADS // world))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
+    )
+    try:
+        torch.manual_seed(encoder.seed)
+        encoder.module_ = encoder._new_module()
+        history = encoder._train(x, dec, batch_codes, rank=rank, world=world)
+        state = {k: v.detach().contiguous() for k, v in encoder.module_.state_dict().items()}
+        digest = hashlib.sha256()
+        for k in sorted(state):
+            digest.update(state[k].numpy().tobytes())
+        if rank == 0:
+            save_file(state, f"{folder}/state.safetensors")
+        Path(folder, f"rank{rank}.json").write_text(
+            json.dumps({"checksum": digest.hexdigest(), "history": history})
+        )
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

@@ -35,6 +35,13 @@ def train_encoder(
     n_latent: Annotated[int, typer.Option("--n-latent", help="Width of the representation.")] = 16,
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 40,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            help="Train on N CPU processes with PyTorch DistributedDataParallel (gloo).",
+        ),
+    ] = 1,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing --out.")
     ] = False,
@@ -54,7 +61,11 @@ def train_encoder(
     try:
         adata = load(dataset) if dataset is not None else read_h5ad(data)  # type: ignore[arg-type]
         enc = CellEncoder(
-            n_latent=n_latent, gene_embedding=gene_embedding, max_epochs=epochs, seed=seed
+            n_latent=n_latent,
+            gene_embedding=gene_embedding,
+            max_epochs=epochs,
+            seed=seed,
+            n_processes=processes,
         )
         enc.fit(adata, batch_key=batch_key, layer=layer, species=species)
         enc.save(out, overwrite=overwrite)
