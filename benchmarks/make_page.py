@@ -1587,12 +1587,62 @@ SCALE_RUNS = (
 )
 
 
+#: The scaling task's results folder and command.
+SCALING_RUN = ("scaling", "aivc benchmark scaling --out results/scaling")
+
+
+def scaling_lines(root: str | Path) -> list[str]:
+    """The scaling curves (cells, Dask workers, training processes), when they were run."""
+    folder, command = SCALING_RUN
+    path = Path(root) / folder / "results.json"
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    lo, hi = r["slope_target"]
+    slope_met = "met" if lo <= r["slope"] <= hi else "missed"
+    lines = [
+        f"### {folder}",
+        "",
+        f"`{command}`: simulated screens of {r['genes']:,} genes read from zarr in blocks of "
+        f"{r['chunk_size']:,} cells, pseudobulk + the simple baselines fitted and scored on 5 "
+        "folds, each size in a fresh process (peak = its VmHWM). Plot: "
+        "[docs/images/scaling.png](docs/images/scaling.png).",
+        "",
+        "| cells | conditions | seconds | peak memory (MB) |",
+        "|---|---|---|---|",
+    ]
+    for i, n in enumerate(r["cells"]):
+        lines.append(
+            f"| {n:,} | {r['n_conditions'][i]:,} | {r['seconds'][i]:.1f} | "
+            f"{r['peak_memory_mb'][i]:,.0f} |"
+        )
+    d, t = r["dask"], r["ddp"]
+    lines += [
+        "",
+        f"Slope of log time on log cells {r['slope']:.2f} (target {lo}–{hi}: {slope_met}). "
+        f"Dask on {d['cells']:,} cells: "
+        + ", ".join(
+            f"{w} worker(s) {s:.1f} s" for w, s in zip(d["workers"], d["seconds"], strict=True)
+        )
+        + f" (speed-up {d['speedup']:.2f}×, results identical: {all(d['identical_to_one_process'])}). "
+        f"DistributedDataParallel, cell encoder on {t['cells']:,} cells for {t['epochs']} epochs: "
+        + ", ".join(
+            f"{p} process(es) {s:.1f} s, final loss {loss:.1f}"
+            for p, s, loss in zip(t["processes"], t["seconds"], t["final_loss"], strict=True)
+        )
+        + f" (speed-up {t['speedup']:.2f}×).",
+        "",
+    ]
+    return lines
+
+
 def scale_section(root: str | Path) -> list[str]:
     """Lines of the scale runs whose ``results.json`` is under ``root`` (none: no section)."""
     found = [(d, t, c) for d, t, c in SCALE_RUNS if (Path(root) / d / "results.json").exists()]
-    if not found:
+    scaling = scaling_lines(root)
+    if not found and not scaling:
         return []
-    lines = ["## Scale", ""]
+    lines = ["## Scale", "", *scaling]
     for folder, title, command in found:
         r = json.loads((Path(root) / folder / "results.json").read_text())
         target = "met" if r.get("meets_target") else "missed"

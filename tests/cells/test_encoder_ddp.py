@@ -49,3 +49,46 @@ def test_two_processes_train_in_step_and_as_well_as_one(cells, tmp_path) -> None
 def test_the_number_of_processes_is_checked(cells) -> None:
     with pytest.raises(ValueError, match="n_processes"):
         CellEncoder(n_processes=0, gene_embedding="none").fit(cells)
+
+
+SCRIPT = """
+import hashlib, json, os, sys
+from aivc.cells import CellEncoder
+from aivc.data._synthetic import synthetic_perturbation_data
+
+raw, _ = synthetic_perturbation_data(n_genes=60, n_singles=6, n_doubles=0, n_contexts=2, seed=1)
+enc = CellEncoder(n_latent=4, n_hidden=16, gene_embedding="none", max_epochs=2, batch_size=32)
+enc.fit(raw)
+digest = hashlib.sha256()
+for k, v in sorted(enc.module_.state_dict().items()):
+    digest.update(v.numpy().tobytes())
+out = {"ddp": enc.ddp_, "checksum": digest.hexdigest(), "loss": enc.history_[-1]}
+with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.json"), "w") as fh:
+    json.dump(out, fh)
+"""
+
+
+def test_a_torchrun_launch_trains_one_model_over_its_ranks(tmp_path) -> None:
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        torchrun = Path(shutil.which("torchrun") or "torchrun")
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]  # one model, trained over two ranks
+    assert [r["ddp"]["rank"] for r in ranks] == [0, 1]
+    assert all(r["ddp"]["launched_by"] == "torchrun" and r["ddp"]["processes"] == 2 for r in ranks)

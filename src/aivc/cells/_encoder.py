@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -420,7 +421,10 @@ class CellEncoder(Instrument):
         with _torch_threads(_TORCH_THREADS), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.module_ = self._new_module()
-            if int(self.n_processes) > 1:
+            launched = _launched_world()
+            if launched > 1:
+                self.history_ = self._train_launched(x, dec, batch_codes, launched)
+            elif int(self.n_processes) > 1:
                 self.history_ = self._train_distributed(x, dec, batch_codes)
             else:
                 self.history_ = self._train(x, dec, batch_codes)
@@ -559,6 +563,28 @@ class CellEncoder(Instrument):
             if not math.isfinite(history[-1]):
                 msg = "Training diverged (loss is not finite); lower learning_rate."
                 raise FloatingPointError(msg)
+        return history
+
+    def _train_launched(
+        self, x: sp.csr_matrix, dec: np.ndarray, batch_codes: np.ndarray, world: int
+    ) -> list[float]:
+        """Train as one rank of a run started by ``torchrun`` (its environment names the group).
+
+        Every rank reads the same data and ends with the same weights, so any
+        rank (usually rank 0) can save the model.
+        """
+        import torch.distributed as dist
+
+        rank = int(os.environ["RANK"])
+        own = not dist.is_initialized()
+        if own:
+            dist.init_process_group("gloo", init_method="env://")
+        try:
+            history = self._train(x, dec, batch_codes, rank=rank, world=world)
+        finally:
+            if own:
+                dist.destroy_process_group()
+        self.ddp_ = {"processes": world, "backend": "gloo", "launched_by": "torchrun", "rank": rank}
         return history
 
     def _train_distributed(
@@ -942,6 +968,13 @@ def heldout_reconstruction(
 
 #: Seed offset between the random streams (masks, noise) of two training processes.
 _RANK_SEED_STEP = 7919
+
+
+def _launched_world() -> int:
+    """The number of processes when this one was started by ``torchrun`` (1 otherwise)."""
+    if os.environ.get("RANK") is None or os.environ.get("WORLD_SIZE") is None:
+        return 1
+    return max(1, int(os.environ["WORLD_SIZE"]))
 
 
 def _ddp_rank(

@@ -39,6 +39,7 @@ _TASK_MODULES = (
     "time",
     "spatial",
     "suite",
+    "scaling",
 )
 
 #: ``run(out, *, dataset, models, seeds, variant, **options) -> result``.
