@@ -170,3 +170,13 @@ def test_the_peer_script_checks_its_inputs(tmp_path, data) -> None:
     with pytest.raises(SystemExit) as e:
         pp.main(args)
     assert e.value.code == 2
+
+
+def test_peers_are_not_fitted_as_model_directories_or_workspace_models(tmp_path) -> None:
+    from aivc.experiments import perturbation_model
+    from aivc.instruments._model_dir import fit_model_dir
+
+    with pytest.raises(ValueError, match="published peer"):
+        perturbation_model("state")
+    with pytest.raises(ValueError, match="published peer"):
+        fit_model_dir(tmp_path / "m", model="biolord", data=tmp_path / "x.h5ad")

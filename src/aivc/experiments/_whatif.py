@@ -247,6 +247,12 @@ def perturbation_model(instrument: str, params: dict[str, Any] | None = None) ->
     if not issubclass(cls, PerturbationModel):
         msg = f"Instrument {instrument!r} is not a perturbation model; it cannot be fitted here."
         raise ValueError(msg)
+    if getattr(cls, "peer", ""):
+        msg = (
+            f"Instrument {instrument!r} is a published peer: it runs in its own environment "
+            "inside benchmarks (`aivc benchmark ... --models`), not as a workspace model."
+        )
+        raise ValueError(msg)
     try:
         return cls(**dict(params or {}))
     except (TypeError, ValueError) as e:

@@ -545,6 +545,13 @@ def fit_model_dir(
     if not issubclass(cls, PerturbationModel):
         msg = f"{model!r} is not a perturbation model; `aivc instruments list` shows the manipulators."
         raise ValueError(msg)
+    if getattr(cls, "peer", ""):
+        msg = (
+            f"{model!r} is a published peer: it runs in its own environment inside `aivc "
+            "benchmark` (e.g. `aivc benchmark unseen-cell-type --models aivc-perturb,"
+            f"{model}`) and is not kept as an aivc model directory."
+        )
+        raise ValueError(msg)
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     params = dict(params or {})
     unknown = sorted(set(params) - set(allowed))

@@ -408,7 +408,8 @@ class Workspace:
 
         out = []
         for info in list_instruments():
-            if not issubclass(info.cls, PerturbationModel):
+            # published peers run in their own environments inside benchmarks, not here
+            if not issubclass(info.cls, PerturbationModel) or info.kind == "peer":
                 continue
             params = {}
             for p in inspect.signature(info.cls.__init__).parameters.values():
