@@ -1566,8 +1566,9 @@ def make_page(
     if timings is None:
         timings = Path(root) / "timings.txt"
     times = read_timings(timings)
-    text = render(load_results(root, runs, times), load_suite_result(root, suite, times))
-    peers = peer_section(root, times)
+    items = load_results(root, runs, times)
+    text = render(items, load_suite_result(root, suite, times))
+    peers = peer_section(items)
     if peers:
         text += "\n" + "\n".join(peers).rstrip("\n") + "\n"
     scale = scale_section(root)
@@ -1658,55 +1659,50 @@ def scale_section(root: str | Path) -> list[str]:
     return lines
 
 
-#: Suites run with ``--peers`` (published models in their own environments): folder, command.
-PEER_SUITES = (
-    (
-        "suite-peers",
-        "aivc benchmark suite --dataset kang2018 --peers --out results/suite-peers",
-    ),
-)
+def peer_table(cells: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Our model against each published peer, one row per task x dataset x metric x peer."""
+    lines = [
+        "| task · dataset | metric | aivc-perturb | peer | peer mean ± sd (folds) | aivc ahead | p | wall ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        arrow = _ARROWS["higher" if c["higher_is_better"] else "lower"]
+        d = _decimals(max(abs(float(c["model_mean"])), abs(float(c["peer_mean"]))))
+        lines.append(
+            f"| {c['task']} · {c['dataset']} | {c['metric']}{arrow} | "
+            f"{float(c['model_mean']):.{d}f} | {c['peer']} | "
+            f"{mean_sd((c['peer_mean'], c.get('peer_sd') or 0.0), d)} | "
+            f"{'yes' if c['wins'] else '**no**'} | {p_value(c.get('sign_p'))} | "
+            f"{float(c['wall_ratio']):.1f}× |"
+        )
+    return lines
 
 
-def peer_section(root: str | Path, timings: Mapping[str, Timing]) -> list[str]:
-    """Our model against each published peer, from the ``peer_cells`` of the peer suites."""
-    found = [(d, c) for d, c in PEER_SUITES if (Path(root) / d / "suite.json").exists()]
+def peer_section(items: Sequence[Loaded]) -> list[str]:
+    """Published peers side by side: the ``peer_comparison`` of every run that ran peers."""
+    found = [it for it in items if it.result and it.result.get("peer_comparison")]
     if not found:
         return []
     lines = ["## Published peers, side by side", ""]
-    for folder, command in found:
-        data = json.loads((Path(root) / folder / "suite.json").read_text())
-        cells = data.get("peer_cells") or []
-        versions = []
-        for run in data.get("runs") or []:
-            path = Path(root) / folder / run["folder"] / "results.json"
-            if path.exists():
-                for name, info in (json.loads(path.read_text()).get("peer_runs") or {}).items():
-                    versions.append(
-                        f"{name} {info.get('version', '?')} ({info.get('licence', '')}; "
-                        f"{info.get('steps')} steps)"
-                    )
-        lines += [
-            f"`{command}` — {_timing_text(timings.get(folder))}. Every peer is trained from "
-            "scratch on CPU in its own environment (`aivc peers install NAME`) on the first "
-            "seed's splits; aivc-perturb's mean is taken over the same splits; wall ratio = the "
-            "peer's time / aivc-perturb's time per seed. Versions: "
-            + ("; ".join(dict.fromkeys(versions)) or "not recorded")
-            + f". Folders: `{SHOWN_ROOT}/{folder}/<task>/<dataset>/`.",
-            "",
-            "| task · dataset | metric | aivc-perturb | peer | peer mean ± sd (folds) | aivc ahead | p | wall ratio |",
-            "|---|---|---|---|---|---|---|---|",
+    for item in found:
+        versions = [
+            f"{name} {info.get('version', '?')} ({info.get('licence', '')}; "
+            f"{info.get('steps')} steps; {info.get('clipped_values', 0)} generated values clipped "
+            "to [0, 14])"
+            for name, info in (item.result.get("peer_runs") or {}).items()
         ]
-        for c in cells:
-            arrow = _ARROWS["higher" if c["higher_is_better"] else "lower"]
-            d = _decimals(max(abs(float(c["model_mean"])), abs(float(c["peer_mean"]))))
-            lines.append(
-                f"| {c['task']} · {c['dataset']} | {c['metric']}{arrow} | "
-                f"{float(c['model_mean']):.{d}f} | {c['peer']} | "
-                f"{mean_sd((c['peer_mean'], c.get('peer_sd') or 0.0), d)} | "
-                f"{'yes' if c['wins'] else '**no**'} | {p_value(c.get('sign_p'))} | "
-                f"{float(c['wall_ratio']):.1f}× |"
-            )
-        lines.append("")
+        lines += [
+            f"`{item.run.command()}` — {_timing_text(item.timing)}. Each peer is trained from "
+            "scratch on CPU in its own environment (`aivc peers install NAME`, "
+            "[docs/peers.md](docs/peers.md)) on the first seed's splits; aivc-perturb's mean is "
+            "taken over the same splits; p: two-sided sign test over the held-out conditions; "
+            "wall ratio = the peer's time / aivc-perturb's time per seed. "
+            + "; ".join(versions)
+            + ".",
+            "",
+            *peer_table(item.result["peer_comparison"]),
+            "",
+        ]
     return lines
 
 

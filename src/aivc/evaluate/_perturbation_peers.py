@@ -54,6 +54,10 @@ logger = logging.getLogger(__name__)
 
 #: Context name written for data without contexts.
 NO_CONTEXT = "all"
+#: Generated cells are clipped to [0, LOG1P_MAX], the bound of aivc's own generated cells
+#: (:func:`aivc.instruments.shift_cells`): log-normalised expression above it (e^14 counts per
+#: 10,000) is not physical, and cell-eval refuses log1p values above 15.
+LOG1P_MAX = 14.0
 
 
 class PeerPerturbationModel(PerturbationModel):
@@ -170,7 +174,7 @@ class PeerPerturbationModel(PerturbationModel):
         """The peer's own generated cells (sampled to the number asked), not shifted controls."""
         generated = np.asarray(extra)
         take = rng.choice(len(generated), len(cells), replace=len(generated) < len(cells))
-        return np.clip(generated[take], 0.0, None)
+        return generated[take]
 
     # running the peer ------------------------------------------------------------------------
     def _generate(
@@ -248,8 +252,19 @@ class PeerPerturbationModel(PerturbationModel):
             len(wanted),
             time.perf_counter() - t0,
         )
+        info["clipped_values"] = self.peer_info_.get("clipped_values", 0)
         self.peer_info_ = info
         start = 0
+        clipped = int(((cells < 0) | (cells > LOG1P_MAX)).sum())
+        if clipped:
+            logger.info(
+                "%s: %d generated values outside [0, %g] were clipped",
+                self.peer,
+                clipped,
+                LOG1P_MAX,
+            )
+        self.peer_info_["clipped_values"] = self.peer_info_.get("clipped_values", 0) + clipped
+        cells = np.clip(cells, 0.0, LOG1P_MAX)
         for (p, c), n in zip(wanted, query["n_cells"], strict=True):
             self._cells[(p, c)] = cells[start : start + n].astype(np.float64)
             start += n

@@ -795,6 +795,7 @@ def _peer_record(name: str, info: dict[str, Any]) -> dict[str, Any]:
         "steps": info.get("steps"),
         "config": info.get("config", {}),
         "n_train_cells": info.get("n_train_cells"),
+        "clipped_values": info.get("clipped_values", 0),
     }
 
 
@@ -1013,7 +1014,13 @@ def run_benchmark(
         adata,
     )
     if peer_runs:
+        from aivc.evaluate.tasks.suite import peer_matrix
+
         result["peer_runs"] = peer_runs
+        # our model against each peer on the splits the peer ran (peers run the first seed)
+        result["peer_comparison"] = peer_matrix(
+            result, per_condition, task=task, dataset=dataset_name, peers=list(peer_runs)
+        )
     write_csv_atomic(per_condition, out / "per_condition.csv")
     write_csv_atomic(replicate_table.rename_axis("condition"), out / "replicate.csv", index=True)
     write_results(out, result, results_markdown(result))

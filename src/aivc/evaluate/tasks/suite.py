@@ -343,9 +343,7 @@ def run_suite(
         )
         per_condition = pd.read_csv(folder / "per_condition.csv")
         cells += suite_matrix(result, per_condition, task=entry.task, dataset=entry.dataset)
-        peer_cells += peer_matrix(
-            result, per_condition, task=entry.task, dataset=entry.dataset, peers=entry_peers
-        )
+        peer_cells += result.get("peer_comparison", [])  # written by the task's own run
         runs.append(
             {
                 "task": entry.task,
