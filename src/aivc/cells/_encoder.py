@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -422,12 +423,15 @@ class CellEncoder(Instrument):
             torch.manual_seed(self.seed)
             self.module_ = self._new_module()
             launched = _launched_world()
+            t0 = time.perf_counter()
             if launched > 1:
                 self.history_ = self._train_launched(x, dec, batch_codes, launched)
             elif int(self.n_processes) > 1:
                 self.history_ = self._train_distributed(x, dec, batch_codes)
             else:
                 self.history_ = self._train(x, dec, batch_codes)
+            #: seconds of the training loop (of rank 0 when several processes train)
+            self.train_seconds_ = getattr(self, "_rank_seconds", time.perf_counter() - t0)
         self.module_.eval()
         self.fitted_ = True
         return self
@@ -612,6 +616,7 @@ class CellEncoder(Instrument):
             msg = f"The {world} training processes ended with different weights: {sums}."
             raise RuntimeError(msg)
         self.module_.load_state_dict(state)
+        self._rank_seconds = float(sums[0]["seconds"])
         self.ddp_ = {"processes": world, "backend": "gloo", "ranks_in_sync": True}
         return list(sums[0]["history"])
 
@@ -1000,7 +1005,9 @@ def _ddp_rank(
     try:
         torch.manual_seed(encoder.seed)
         encoder.module_ = encoder._new_module()
+        t0 = time.perf_counter()
         history = encoder._train(x, dec, batch_codes, rank=rank, world=world)
+        seconds = time.perf_counter() - t0
         state = {k: v.detach().contiguous() for k, v in encoder.module_.state_dict().items()}
         digest = hashlib.sha256()
         for k in sorted(state):
@@ -1008,7 +1015,7 @@ def _ddp_rank(
         if rank == 0:
             save_file(state, f"{folder}/state.safetensors")
         Path(folder, f"rank{rank}.json").write_text(
-            json.dumps({"checksum": digest.hexdigest(), "history": history})
+            json.dumps({"checksum": digest.hexdigest(), "history": history, "seconds": seconds})
         )
         dist.barrier()
     finally:

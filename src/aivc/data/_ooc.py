@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,11 +126,25 @@ class BackedCells:
 
         return pd.Index(read_elem(self._group()["obs"]).index)
 
-    def obs(self) -> pd.DataFrame:
-        """The cell annotations (read from disk on demand)."""
+    def obs(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The cell annotations (read from disk on demand); only ``columns`` when given.
+
+        Reading only the columns a step needs keeps millions of cells' other
+        annotations (barcodes, QC values) out of memory.
+        """
         from anndata.io import read_elem
 
-        return read_elem(self._group()["obs"])
+        group = self._group()["obs"]
+        if columns is None:
+            return read_elem(group)
+        missing = [c for c in columns if c not in group]
+        if missing:
+            have = [k for k in group.keys() if not k.startswith("_")]
+            msg = f"obs has no column {missing[0]!r} named by the schema; its columns are {have}."
+            raise DataValidationError(msg)
+        frame = pd.DataFrame({c: read_elem(group[c]) for c in columns})
+        frame.index = frame.index.astype(str)  # cell names are not read; AnnData wants strings
+        return frame
 
     def _group(self) -> Any:
         return self._handle
@@ -357,7 +371,7 @@ def pseudobulk_from_file(
     path = Path(path)
     cells = open_cells(path, layer=schema.counts_layer)
     try:
-        obs, var_names = cells.obs(), cells.var_names
+        obs, var_names = cells.obs(list(dict.fromkeys(schema.obs_keys().values()))), cells.var_names
         n_obs = cells.n_obs
     finally:
         cells.close()
