@@ -1628,17 +1628,23 @@ def scaling_lines(root: str | Path) -> list[str]:
         + f" (speed-up {d['speedup']:.2f}×, results identical: {all(d['identical_to_one_process'])}). "
         f"DistributedDataParallel, cell encoder on {t['cells']:,} cells for {t['epochs']} epochs: "
         + ", ".join(
-            f"{p} process(es) {s:.1f} s (training loop {ts:.1f} s), final loss {loss:.1f}"
+            f"{p} process(es) {s:.1f} s"
+            + (f" (training loop {ts:.1f} s)" if ts is not None else "")
+            + f", final loss {loss:.1f}"
             for p, s, ts, loss in zip(
                 t["processes"],
                 t["seconds"],
-                t.get("train_seconds", t["seconds"]),
+                t.get("train_seconds", [None] * len(t["seconds"])),
                 t["final_loss"],
                 strict=True,
             )
         )
-        + f" (speed-up {t['speedup']:.2f}× in all, "
-        f"{t.get('train_speedup', t['speedup']):.2f}× in the training loop).",
+        + f" (speed-up {t['speedup']:.2f}× in all"
+        + (
+            f", {t['train_speedup']:.2f}× in the training loop)."
+            if "train_speedup" in t
+            else "; the start-up of the processes is included)."
+        ),
         "",
     ]
     return lines
