@@ -225,18 +225,28 @@ def _condition_codes(
         if key not in obs:
             msg = f"obs has no column {key!r} named by the schema; its columns are {list(obs.columns)}."
             raise DataValidationError(msg)
-    cond = condition_labels(ad.AnnData(obs=obs), schema)
-    codes, labels = pd.factorize(cond, sort=True)
-    frame = pd.DataFrame({"perturbation": obs[schema.perturbation_key].astype(str).to_numpy()})
+    # one id per distinct (perturbation, dose, context) without building a label per cell
+    # (millions of label strings would be most of the memory), then the labels of those rows
+    keys = [
+        k for k in (schema.perturbation_key, schema.dose_key, schema.context_key) if k is not None
+    ]
+    group = obs.groupby(keys, observed=True, sort=False, dropna=False).ngroup().to_numpy()
+    first = np.unique(group, return_index=True)[1]
+    heads = obs.iloc[first]
+    heads.index = pd.Index([f"g{i}" for i in range(len(heads))])
+    head_labels = condition_labels(ad.AnnData(obs=heads), schema).to_numpy()
+    head_codes, labels = pd.factorize(head_labels, sort=True)
+    codes = head_codes[group]
+    frame = pd.DataFrame({"perturbation": heads[schema.perturbation_key].astype(str).to_numpy()})
     frame["context"] = (
-        obs[schema.context_key].astype(str).to_numpy() if schema.context_key is not None else None
+        heads[schema.context_key].astype(str).to_numpy() if schema.context_key is not None else None
     )
     frame["dose"] = (
-        pd.to_numeric(obs[schema.dose_key], errors="coerce").fillna(0.0).to_numpy(dtype=float)
+        pd.to_numeric(heads[schema.dose_key], errors="coerce").fillna(0.0).to_numpy(dtype=float)
         if schema.dose_key is not None
         else 0.0
     )
-    info = frame.groupby(codes).first()
+    info = frame.groupby(head_codes).first()
     info.index = pd.Index(labels)
     info["n_cells"] = np.bincount(codes, minlength=len(labels))
     return codes.astype(np.int64), info
