@@ -34,6 +34,7 @@ def test_two_processes_train_in_step_and_as_well_as_one(cells, tmp_path) -> None
     # the two ranks ended with the same weights (checked after training), on gloo
     assert two.ddp_ == {"processes": 2, "backend": "gloo", "ranks_in_sync": True}
     assert not hasattr(one, "ddp_")
+    assert two.train_seconds_ > 0 and one.train_seconds_ > 0
     # a different random stream per rank: not the same numbers, the same quality
     assert two.history_ != one.history_
     assert two.history_[-1] < two.history_[0]
@@ -44,6 +45,10 @@ def test_two_processes_train_in_step_and_as_well_as_one(cells, tmp_path) -> None
     path = two.save(tmp_path / "enc")
     again = CellEncoder.load(path)
     np.testing.assert_allclose(again.transform(cells), z2, rtol=1e-5, atol=1e-6)
+    # refitted on one process, the model keeps nothing of the process group
+    two.n_processes = 1
+    two.fit(cells, batch_key="b")
+    assert not hasattr(two, "ddp_")
 
 
 def test_the_number_of_processes_is_checked(cells) -> None:

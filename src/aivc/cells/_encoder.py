@@ -423,15 +423,17 @@ class CellEncoder(Instrument):
             torch.manual_seed(self.seed)
             self.module_ = self._new_module()
             launched = _launched_world()
+            self.__dict__.pop("ddp_", None)  # a refit does not keep the last fit's process group
             t0 = time.perf_counter()
             if launched > 1:
                 self.history_ = self._train_launched(x, dec, batch_codes, launched)
+                self.train_seconds_ = time.perf_counter() - t0
             elif int(self.n_processes) > 1:
-                self.history_ = self._train_distributed(x, dec, batch_codes)
+                # the training loop's seconds as rank 0 measured them (without process start-up)
+                self.history_, self.train_seconds_ = self._train_distributed(x, dec, batch_codes)
             else:
                 self.history_ = self._train(x, dec, batch_codes)
-            #: seconds of the training loop (of rank 0 when several processes train)
-            self.train_seconds_ = getattr(self, "_rank_seconds", time.perf_counter() - t0)
+                self.train_seconds_ = time.perf_counter() - t0
         self.module_.eval()
         self.fitted_ = True
         return self
@@ -593,8 +595,11 @@ class CellEncoder(Instrument):
 
     def _train_distributed(
         self, x: sp.csr_matrix, dec: np.ndarray, batch_codes: np.ndarray
-    ) -> list[float]:
-        """Train on ``n_processes`` CPU processes with DistributedDataParallel (gloo backend)."""
+    ) -> tuple[list[float], float]:
+        """Train on ``n_processes`` CPU processes with DistributedDataParallel (gloo backend).
+
+        Returns rank 0's loss history and its training-loop seconds.
+        """
         import tempfile
 
         import torch
@@ -616,9 +621,8 @@ class CellEncoder(Instrument):
             msg = f"The {world} training processes ended with different weights: {sums}."
             raise RuntimeError(msg)
         self.module_.load_state_dict(state)
-        self._rank_seconds = float(sums[0]["seconds"])
         self.ddp_ = {"processes": world, "backend": "gloo", "ranks_in_sync": True}
-        return list(sums[0]["history"])
+        return list(sums[0]["history"]), float(sums[0]["seconds"])
 
     # ------------------------------------------------------------------------- panels
     def _panel_plan(self, var_names: Sequence[str], *, species: str = "human") -> _PanelPlan:

@@ -432,8 +432,8 @@ def screen(
         Directory for finished chunks; a screen run again with the same
         directory skips them and returns identical results.
     client
-        A ``distributed.Client`` to run the chunks on a Dask cluster, or
-        ``"local"`` to start a local cluster for this call.
+        A ``distributed.Client`` to run the chunks on a Dask cluster, a
+        scheduler address, or ``"local"`` to start a local cluster for this call.
     pairs
         ``"auto"``, ``"composed"`` or ``"exact"``: how pair predictions are made
         (see the module documentation).
@@ -586,37 +586,23 @@ def _run_dask(
     scores: list[np.ndarray | None],
     ckpt: _Checkpoint | None,
 ) -> None:
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import as_completed
 
-    own = None
-    if isinstance(client, str):
-        if client != "local":
-            msg = f"client must be a distributed.Client or 'local'. Got {client!r} instead."
-            raise ValueError(msg)
-        from aivc._settings import settings
+    from aivc._settings import settings
+    from aivc.data._ooc import dask_client
 
-        cluster = LocalCluster(
-            n_workers=max(1, min(settings.n_jobs, 4)),
-            threads_per_worker=1,
-            dashboard_address=None,
-        )
-        own = Client(cluster)
-        client = own
-    try:
-        shared = client.scatter(work, broadcast=True)
-        futures = {client.submit(_score_chunk, shared, k, pure=False): k for k in todo}
+    with dask_client(client, n_workers=max(1, min(settings.n_jobs, 4))) as dask:
+        if dask is None:  # pragma: no cover - _run_dask is only called with a client
+            msg = "No Dask client to run the screen on."
+            raise RuntimeError(msg)
+        shared = dask.scatter(work, broadcast=True)
+        futures = {dask.submit(_score_chunk, shared, k, pure=False): k for k in todo}
         done = as_completed(futures, with_results=True)
         for fut, arr in progress(done, desc="virtual screen (dask)", total=len(todo), unit="chunk"):
             k = futures[fut]
             if ckpt is not None:
                 ckpt.save(k, arr)
             scores[k] = arr
-    finally:
-        if own is not None:
-            cluster = own.cluster
-            own.close()
-            if cluster is not None:
-                cluster.close()
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:

@@ -235,9 +235,7 @@ def screen(
                 read_h5ad(reference), reference_key, genes=list(map(str, model.genes_))
             )
         if scheduler is not None:
-            from distributed import Client
-
-            client = Client(scheduler)
+            client = scheduler  # the screen connects (and disconnects) itself
         elif dask:
             client = "local"
         result = run_screen(
@@ -254,9 +252,6 @@ def screen(
         )
     except (FileNotFoundError, ValueError, KeyError, TypeError, DataValidationError) as e:
         _fail(_message(e))
-    finally:
-        if client is not None and not isinstance(client, str):
-            client.close()
     from aivc._io import write_csv_atomic
 
     write_csv_atomic(result.table, out)
