@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -38,26 +37,11 @@ def simulate(path: Path, n_cells: int) -> float:
     return time.perf_counter() - t0
 
 
-def _own_peak_mb() -> float:
-    """This process's peak resident memory since it started its program (MB).
-
-    ``VmHWM`` of ``/proc/self/status`` belongs to the process's own address
-    space, so the memory of the parent it was forked from is not counted
-    (``getrusage`` would count it: Linux carries the high-water mark across exec).
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def child(path: Path) -> None:
     import anndata as ad
     import numpy as np
 
+    from aivc.evaluate._memory import peak_rss_mb  # VmHWM: this process only, not its parent
     from aivc.tissues import NicheModel
 
     t0 = time.perf_counter()
@@ -69,7 +53,7 @@ def child(path: Path) -> None:
     t2 = time.perf_counter()
     z = model.transform(adata)
     embed = time.perf_counter() - t2
-    peak = _own_peak_mb()
+    peak = peak_rss_mb()
     out = {
         "n_cells": int(adata.n_obs),
         "n_genes": int(adata.n_vars),

@@ -528,3 +528,31 @@ def test_project_suite_rows_point_at_the_suite() -> None:
         "suite/unseen-context/kang2018",
     } <= parts
     assert all(r.command() == "aivc benchmark suite --out results/suite" for r in runs if r.out)
+
+
+def test_the_genome_wide_run_reports_its_targets_and_the_best_baseline(tmp_path: Path) -> None:
+    import numpy as np
+    import scipy.sparse as sp
+
+    from aivc.data._synthetic import synthetic_perturbation_data
+    from aivc.evaluate.tasks.perturbation import run_benchmark
+
+    raw, schema = synthetic_perturbation_data(n_singles=10, n_doubles=0, n_contexts=1, seed=2)
+    raw.X = sp.csr_matrix(raw.X, dtype=np.float32)
+    raw.uns["aivc"] = {"schema": schema.to_dict()}
+    raw.write_zarr(tmp_path / "screen.zarr")
+    folder, _ = make_page.REPLOGLE_RUN
+    run_benchmark(
+        "unseen-single",
+        out=tmp_path / "root" / folder,
+        dataset=str(tmp_path / "screen.zarr"),
+        models=["linear", "control"],
+        seeds=[0],
+    )
+    timings = {folder: make_page.Timing(0, 1200.0, 9000.0)}
+    text = "\n".join(make_page.replogle_lines(tmp_path / "root", timings))
+    assert "target under 15 minutes: missed" in text and "target under 8 GB: missed" in text
+    assert "| control |" in text and "read from the cache" in text
+    # no aivc-perturb row: no verdict line; with one, the best baseline is named
+    assert "best baseline" not in text
+    assert make_page.replogle_lines(tmp_path / "empty") == []

@@ -175,6 +175,18 @@ def test_chunked_file_matches_in_memory(fitted, tiny, tmp_path, fmt):
         np.testing.assert_allclose(zb, z, rtol=1e-5, atol=1e-6)
 
 
+def test_a_local_dask_cluster_embeds_the_same_file(fitted, tiny, tmp_path):
+    pytest.importorskip("distributed")
+    path = tmp_path / "cells.zarr"
+    tiny.write_zarr(path)
+    here = np.load(embed_file(fitted, path, tmp_path / "here.npy", chunk_size=41))
+    dask = np.load(
+        embed_file(fitted, path, tmp_path / "dask.npy", chunk_size=41, client="local", n_workers=2)
+    )
+    np.testing.assert_array_equal(dask, here)  # the same weights and threads: the same numbers
+    assert not (tmp_path / "dask.npy.partial").exists()
+
+
 @pytest.mark.slow
 def test_reference_mapping_of_mouse_cells_through_orthologs(data_dir, caplog):
     from aivc.data import load

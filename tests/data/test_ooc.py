@@ -121,3 +121,59 @@ def test_the_pseudobulk_command_writes_one_row_per_condition(dataset, tmp_path) 
     # an existing file is kept unless --overwrite
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_one_pass_gives_moments_halves_and_a_capped_cell_sample(dataset) -> None:
+    from aivc.data._ooc import condition_statistics_from_file
+
+    raw, schema, folder = dataset
+    prepared, new_schema = prepare(raw, schema)
+    cond = _labels(prepared, new_schema)
+    x = prepared.X.toarray() if sp.issparse(prepared.X) else np.asarray(prepared.X)
+    x = x.astype(np.float64)  # prepared values are float32; the sums are float64
+    stats = condition_statistics_from_file(
+        folder / "cells.zarr", schema, n_halvings=2, cells_per_condition=7, control_cells=30,
+        chunk_size=41, seed=3,
+    )  # fmt: skip
+    bulk = pseudobulk_from_file(folder / "cells.zarr", schema, chunk_size=41)
+    assert_array_equal(stats.pseudobulk.count_sums.to_numpy(), bulk.count_sums.to_numpy())
+    assert_allclose(stats.pseudobulk.means.to_numpy(), bulk.means.to_numpy(), rtol=0, atol=1e-12)
+    for label in stats.variances.index:
+        cells = x[cond == label]
+        assert_allclose(stats.variances.loc[label], cells.var(axis=0, ddof=1), atol=1e-9)
+    # each halving's two halves are disjoint halves of every condition: their mean is the mean
+    # of all its cells (exactly when the condition has an even number of cells)
+    n = stats.pseudobulk.info["n_cells"].to_numpy()
+    even = n % 2 == 0
+    assert len(stats.halves) == 2
+    for a, b in stats.halves:
+        assert_allclose(
+            (a[even] + b[even]) / 2, stats.pseudobulk.means.to_numpy()[even], atol=1e-12
+        )
+        assert not np.allclose(a, b)
+    assert not np.allclose(stats.halves[0][0], stats.halves[1][0])  # independent halvings
+    # the sample: at most 7 cells per perturbed condition, 30 per control, counts as on disk
+    sampled = cond[stats.sample_rows]
+    is_ctrl = prepared.obs[new_schema.perturbation_key].astype(str).to_numpy() == "control"
+    for label in np.unique(cond):
+        cap = 30 if is_ctrl[cond == label][0] else 7
+        assert (sampled == label).sum() == min(cap, (cond == label).sum())
+    counts = sp.csr_matrix(raw.X)[stats.sample_rows].toarray()
+    assert_array_equal(stats.sample.toarray(), counts)
+    assert list(stats.sample_obs[schema.perturbation_key]) == list(
+        raw.obs[schema.perturbation_key].iloc[stats.sample_rows]
+    )
+
+
+def test_the_statistics_on_a_dask_cluster_are_identical(dataset) -> None:
+    pytest.importorskip("distributed")
+    from aivc.data._ooc import condition_statistics_from_file
+
+    _, schema, folder = dataset
+    here = condition_statistics_from_file(folder / "cells.h5ad", schema, chunk_size=60)
+    dask = condition_statistics_from_file(
+        folder / "cells.h5ad", schema, chunk_size=60, client="local", n_workers=2
+    )
+    assert_array_equal(dask.variances.to_numpy(), here.variances.to_numpy())
+    assert_array_equal(dask.halves[0][1], here.halves[0][1])
+    assert_array_equal(dask.sample.toarray(), here.sample.toarray())

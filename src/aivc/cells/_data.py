@@ -77,6 +77,43 @@ def iter_chunks(
         yield start, stop, as_csr(m[start:stop])
 
 
+#: Encoders rebuilt on a Dask worker, by the token of the weights they were sent.
+_WORKER_ENCODERS: dict[str, Any] = {}
+
+
+def _embed_block(
+    token: str,
+    state: tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]],
+    plan: Any,
+    path: str,
+    layer: str | None,
+    start: int,
+    stop: int,
+) -> tuple[np.ndarray, int]:
+    """Latent means of rows ``start:stop`` of a file (runs on a Dask worker).
+
+    The encoder travels as its parameters, weight arrays and configuration (no
+    pickled model) and is rebuilt once per worker process.
+    """
+    from aivc.cells._encoder import _TORCH_THREADS, CellEncoder, _torch_threads
+
+    encoder = _WORKER_ENCODERS.get(token)
+    if encoder is None:
+        params, arrays, meta = state
+        encoder = CellEncoder(**params)
+        encoder._set_state(arrays, meta)
+        encoder.fitted_ = True
+        _WORKER_ENCODERS.clear()  # one model at a time per worker
+        _WORKER_ENCODERS[token] = encoder
+    cells = open_cells(path, layer=layer)
+    try:
+        block = cells.read(start, stop)
+    finally:
+        cells.close()
+    with _torch_threads(_TORCH_THREADS):
+        return encoder._embed_counts(block, plan, layer=layer)
+
+
 def embed_file(
     encoder: CellEncoder,
     path: str | Path,
@@ -85,12 +122,21 @@ def embed_file(
     chunk_size: int = 20_000,
     layer: str | None = None,
     species: str = "human",
+    client: Any = None,
+    n_workers: int = 2,
 ) -> Path:
     """Embed every cell of an ``.h5ad``/``.zarr`` file chunk by chunk into a ``.npy`` file.
 
     The output is a float32 ``n_obs x n_latent`` array written through a
     memory map as each chunk is done, so the whole matrix is never in memory
     at once. It is written to ``<out>.partial`` and renamed when complete.
+
+    With ``client`` (a ``distributed.Client``, a scheduler address, or
+    ``"local"`` for a ``LocalCluster`` of ``n_workers`` processes; or the
+    scheduler named by ``AIVC_DASK_SCHEDULER``), every chunk is a Dask task
+    that reads its own rows and embeds them with the encoder rebuilt from its
+    weights on the worker; chunks are written in order, so the file equals
+    the single-process one.
 
     Parameters
     ----------
@@ -106,12 +152,18 @@ def embed_file(
         Layer with raw counts (default ``X``).
     species
         Species of the input genes (mouse genes are mapped to human orthologs).
+    client, n_workers
+        Run the chunks on Dask (see above).
 
     Returns
     -------
     The path of the written ``.npy`` file.
     """
+    import hashlib
+
     from aivc._progress import progress
+    from aivc.cells._encoder import _TORCH_THREADS, _torch_threads
+    from aivc.data._ooc import _blocks, _ordered_results, dask_client
 
     encoder._check_fitted()
     out = Path(out)
@@ -122,18 +174,36 @@ def embed_file(
         arr = np.lib.format.open_memmap(
             partial, mode="w+", dtype=np.float32, shape=(cells.n_obs, encoder.n_latent)
         )
-        n_chunks = -(-cells.n_obs // chunk_size)
+        blocks = _blocks(cells.n_obs, int(chunk_size))
         empty = 0
-        for start, stop, block in progress(
-            iter_chunks(cells, chunk_size=chunk_size),
-            desc="embedding cells",
-            total=n_chunks,
-            unit="chunk",
-        ):
-            arr[start:stop], n_empty = encoder._embed_counts(block, plan, layer=layer)
-            empty += n_empty
-            if (start // chunk_size) % 8 == 7:
-                arr.flush()
+        with dask_client(client, n_workers=n_workers) as dask:
+            if dask is None:
+                parts: Iterator[tuple[np.ndarray, int]] = (
+                    encoder._embed_counts(block, plan, layer=layer)
+                    for _, _, block in iter_chunks(cells, chunk_size=chunk_size)
+                )
+            else:
+                arrays, meta = encoder._state()
+                token = hashlib.sha256(
+                    b"".join(np.ascontiguousarray(v).tobytes() for v in arrays.values())
+                ).hexdigest()[:16]
+                state = dask.scatter((encoder.get_params(), arrays, meta), broadcast=True)
+                args = [(token, state, plan, str(path), layer, a, b) for a, b in blocks]
+                window = 2 * max(len(dask.scheduler_info()["workers"]), 1)
+                parts = _ordered_results(dask, _embed_block, args, window)
+            with _torch_threads(_TORCH_THREADS):
+                for i, ((start, stop), (emb, n_empty)) in enumerate(
+                    progress(
+                        zip(blocks, parts, strict=True),
+                        desc="embedding cells",
+                        total=len(blocks),
+                        unit="chunk",
+                    )
+                ):
+                    arr[start:stop] = emb
+                    empty += n_empty
+                    if i % 8 == 7:
+                        arr.flush()
         arr.flush()
         del arr
         partial.replace(out)

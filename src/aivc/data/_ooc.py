@@ -46,7 +46,9 @@ __all__ = [
     "DASK_SCHEDULER_ENV",
     "BackedCells",
     "OutOfCorePseudobulk",
+    "OutOfCoreStatistics",
     "as_csr",
+    "condition_statistics_from_file",
     "dask_client",
     "open_cells",
     "pseudobulk_from_file",
@@ -252,6 +254,25 @@ def _condition_codes(
     return codes.astype(np.int64), info
 
 
+def _annotations(
+    path: Path, schema: PerturbationSchema, chunk_size: int
+) -> tuple[pd.DataFrame, pd.Index]:
+    """The schema's obs columns and the gene names of a store, checked against its matrix."""
+    if int(chunk_size) < 1:
+        msg = f"chunk_size must be a positive number of cells. Got {chunk_size}."
+        raise ValueError(msg)
+    cells = open_cells(path, layer=schema.counts_layer)
+    try:
+        obs, var_names = cells.obs(list(dict.fromkeys(schema.obs_keys().values()))), cells.var_names
+        n_obs = cells.n_obs
+    finally:
+        cells.close()
+    if n_obs != len(obs):
+        msg = f"The count matrix has {n_obs} rows, but obs has {len(obs)} cells."
+        raise DataValidationError(msg)
+    return obs, var_names
+
+
 # ------------------------------------------------------------------------------------ one block
 def _block_sums(
     path: str,
@@ -261,8 +282,19 @@ def _block_sums(
     codes: np.ndarray,
     n_groups: int,
     target_sum: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Count sums and log-normalised sums per condition of rows ``start:stop`` (runs on a worker)."""
+    squares: bool = False,
+    halves: np.ndarray | None = None,
+    keep: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Per-condition sums of rows ``start:stop`` (runs on a worker).
+
+    Always ``counts`` (raw count sums) and ``log`` (log-normalised sums); with
+    ``squares`` also ``squares`` (sums of squared log values); with ``halves``
+    (halvings x rows codes into ``2 * n_groups`` half-groups, -1 for a row in
+    neither half) also ``halves`` (halvings x half-groups x genes log sums);
+    with ``keep`` (row offsets within the block) also ``cells``, those rows'
+    raw counts.
+    """
     from aivc.data._preprocess import log_normalize
 
     cells = open_cells(path, layer=layer)
@@ -278,12 +310,25 @@ def _block_sums(
         )
         raise DataValidationError(msg)
     logx, _ = log_normalize(counts, target_sum=target_sum)
-    indicator = sp.csr_matrix(
-        (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_groups, len(codes))
-    )
-    count_sums = np.asarray((indicator @ counts).toarray(), dtype=np.float64)
-    log_sums = np.asarray((indicator @ sp.csr_matrix(logx, dtype=np.float64)).toarray())
-    return count_sums, log_sums
+    logx = sp.csr_matrix(logx, dtype=np.float64)
+    n = len(codes)
+    indicator = sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(n_groups, n))
+    out: dict[str, Any] = {
+        "counts": np.asarray((indicator @ counts).toarray(), dtype=np.float64),
+        "log": np.asarray((indicator @ logx).toarray()),
+    }
+    if squares:
+        out["squares"] = np.asarray((indicator @ logx.multiply(logx)).toarray())
+    if halves is not None:
+        parts = []
+        for h in np.asarray(halves):
+            used = np.flatnonzero(h >= 0)
+            half_ind = sp.csr_matrix((np.ones(len(used)), (h[used], used)), shape=(2 * n_groups, n))
+            parts.append(np.asarray((half_ind @ logx).toarray()))
+        out["halves"] = np.stack(parts) if parts else np.zeros((0, 2 * n_groups, counts.shape[1]))
+    if keep is not None:
+        out["cells"] = sp.csr_matrix(counts[np.asarray(keep, dtype=np.int64)], dtype=np.float32)
+    return out
 
 
 def _blocks(n: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -335,6 +380,30 @@ def dask_client(
         own.close()
 
 
+def _ordered_results(
+    dask: Client | None, func: Any, args: Sequence[tuple[Any, ...]], window: int
+) -> Iterator[Any]:
+    """``func(*a)`` for each ``a`` in order: here, or on Dask with at most ``window`` blocks
+    in flight (a result is released as soon as it is read, so memory holds a few blocks)."""
+    if dask is None:
+        for a in args:
+            yield func(*a)
+        return
+    from collections import deque
+
+    pending: deque[Any] = deque()
+    for a in args:
+        pending.append(dask.submit(func, *a, pure=False))
+        if len(pending) >= window:
+            f = pending.popleft()
+            yield f.result()
+            f.release()
+    while pending:
+        f = pending.popleft()
+        yield f.result()
+        f.release()
+
+
 # ------------------------------------------------------------------------------------ public
 def pseudobulk_from_file(
     path: str | Path,
@@ -375,19 +444,8 @@ def pseudobulk_from_file(
         The store is not anndata's, a schema column or the counts layer is
         missing, or a block holds values that are not counts.
     """
-    if int(chunk_size) < 1:
-        msg = f"chunk_size must be a positive number of cells. Got {chunk_size}."
-        raise ValueError(msg)
     path = Path(path)
-    cells = open_cells(path, layer=schema.counts_layer)
-    try:
-        obs, var_names = cells.obs(list(dict.fromkeys(schema.obs_keys().values()))), cells.var_names
-        n_obs = cells.n_obs
-    finally:
-        cells.close()
-    if n_obs != len(obs):
-        msg = f"The count matrix has {n_obs} rows, but obs has {len(obs)} cells."
-        raise DataValidationError(msg)
+    obs, var_names = _annotations(path, schema, chunk_size)
     codes, info = _condition_codes(obs, schema)
     n_groups = len(info)
     blocks = _blocks(len(obs), int(chunk_size))
@@ -398,14 +456,11 @@ def pseudobulk_from_file(
     count_sums = np.zeros((n_groups, len(var_names)))
     log_sums = np.zeros((n_groups, len(var_names)))
     with dask_client(client, n_workers=n_workers) as dask:
-        if dask is None:
-            parts: Iterator[tuple[np.ndarray, np.ndarray]] = (_block_sums(*a) for a in args)
-        else:
-            futures = [dask.submit(_block_sums, *a, pure=False) for a in args]
-            parts = (f.result() for f in futures)  # in block order: the same sums as one process
-        for c, s in parts:
-            count_sums += c
-            log_sums += s
+        # in block order: the same sums as one process, bit for bit
+        window = 2 * max(len(dask.scheduler_info()["workers"]), 1) if dask is not None else 1
+        for part in _ordered_results(dask, _block_sums, args, window):
+            count_sums += part["counts"]
+            log_sums += part["log"]
     logger.info(
         "pseudobulk of %s: %d cells in %d blocks, %d conditions%s",
         path,
@@ -423,4 +478,149 @@ def pseudobulk_from_file(
         n_cells=len(obs),
         n_blocks=len(blocks),
         target_sum=float(target_sum),
+    )
+
+
+@dataclass
+class OutOfCoreStatistics:
+    """What a perturbation benchmark needs of a dataset on disk, read in one pass.
+
+    Attributes
+    ----------
+    pseudobulk
+        Per-condition sums and means (:class:`OutOfCorePseudobulk`).
+    variances
+        Conditions x genes sample variance of the log-normalised expression
+        (from the sums and sums of squares; 0 for a condition of one cell).
+    halves
+        One ``(a, b)`` pair of conditions x genes means per random halving:
+        each condition's cells shuffled and split into two halves of
+        ``n // 2`` cells (an odd cell left out), as a replicate of the data.
+    sample
+        Raw counts of a seeded sample of cells (at most ``cells_per_condition``
+        of each perturbed condition, ``control_cells`` of each control), for
+        the parts of models that need single cells; ``sample_obs`` holds their
+        schema columns and ``sample_rows`` their rows in the file.
+    """
+
+    pseudobulk: OutOfCorePseudobulk
+    variances: pd.DataFrame
+    halves: list[tuple[np.ndarray, np.ndarray]]
+    sample: sp.csr_matrix
+    sample_obs: pd.DataFrame
+    sample_rows: np.ndarray
+
+
+def _rank_within(codes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's position in a random order of its condition's cells, and its condition's size."""
+    order = np.lexsort((rng.random(len(codes)), codes))
+    sizes = np.bincount(codes)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    pos = np.empty(len(codes), dtype=np.int64)
+    pos[order] = np.arange(len(codes)) - starts[codes[order]]
+    return pos, sizes[codes]
+
+
+def condition_statistics_from_file(
+    path: str | Path,
+    schema: PerturbationSchema,
+    *,
+    n_halvings: int = 3,
+    cells_per_condition: int = 20,
+    control_cells: int = 2000,
+    seed: int = 0,
+    chunk_size: int = DEFAULT_CHUNK,
+    target_sum: float = 1e4,
+    client: Client | str | None = None,
+    n_workers: int = 2,
+) -> OutOfCoreStatistics:
+    """Means, variances, split-half replicates and a cell sample per condition, in one pass.
+
+    Every number is accumulated block by block from the counts on disk (see
+    :func:`pseudobulk_from_file`, whose ``means`` and ``count_sums`` these
+    equal); memory holds one block, a few conditions x genes tables per
+    halving, and the sample. Parameters are those of
+    :func:`pseudobulk_from_file`, and:
+
+    n_halvings
+        Random split-halves of every condition's cells.
+    cells_per_condition, control_cells
+        Size of the cell sample per perturbed condition and per control.
+    seed
+        Seed of the halvings and the sample.
+    """
+    path = Path(path)
+    obs, var_names = _annotations(path, schema, chunk_size)
+    codes, info = _condition_codes(obs, schema)
+    n_groups, n_genes = len(info), len(var_names)
+    rng = np.random.default_rng(seed)
+    halves = np.full((int(n_halvings), len(codes)), -1, dtype=np.int64)
+    for h in range(int(n_halvings)):
+        pos, size = _rank_within(codes, rng)
+        half = size // 2
+        halves[h] = np.where(pos < half, 2 * codes, np.where(pos < 2 * half, 2 * codes + 1, -1))
+    pos, _ = _rank_within(codes, rng)
+    is_ctrl = (info["perturbation"].to_numpy() == schema.control_label)[codes]
+    cap = np.where(is_ctrl, int(control_cells), int(cells_per_condition))
+    sample_rows = np.flatnonzero(pos < cap)
+    blocks = _blocks(len(obs), int(chunk_size))
+    args = [
+        (
+            str(path),
+            schema.counts_layer,
+            a,
+            b,
+            codes[a:b],
+            n_groups,
+            float(target_sum),
+            True,
+            halves[:, a:b],
+            sample_rows[(sample_rows >= a) & (sample_rows < b)] - a,
+        )
+        for a, b in blocks
+    ]
+    count_sums = np.zeros((n_groups, n_genes))
+    log_sums = np.zeros((n_groups, n_genes))
+    sq_sums = np.zeros((n_groups, n_genes))
+    half_sums = np.zeros((int(n_halvings), 2 * n_groups, n_genes))
+    sample: list[sp.csr_matrix] = []
+    with dask_client(client, n_workers=n_workers) as dask:
+        window = 2 * max(len(dask.scheduler_info()["workers"]), 1) if dask is not None else 1
+        for part in _ordered_results(dask, _block_sums, args, window):
+            count_sums += part["counts"]
+            log_sums += part["log"]
+            sq_sums += part["squares"]
+            half_sums += part["halves"]
+            sample.append(part["cells"])
+    sizes = info["n_cells"].to_numpy(dtype=float)[:, None]
+    means = log_sums / sizes
+    var = np.maximum(sq_sums - sizes * means**2, 0.0) / np.maximum(sizes - 1, 1)
+    half_n = np.maximum(sizes // 2, 1)
+    pairs = [(hs[0::2] / half_n, hs[1::2] / half_n) for hs in half_sums]
+    genes = pd.Index(var_names).copy()
+    logger.info(
+        "statistics of %s: %d cells in %d blocks, %d conditions, %d sampled cells",
+        path,
+        len(obs),
+        len(blocks),
+        n_groups,
+        len(sample_rows),
+    )
+    bulk = OutOfCorePseudobulk(
+        means=pd.DataFrame(means, index=info.index, columns=genes),
+        count_sums=pd.DataFrame(count_sums, index=info.index, columns=genes),
+        info=info,
+        n_cells=len(obs),
+        n_blocks=len(blocks),
+        target_sum=float(target_sum),
+    )
+    sample_obs = obs.iloc[sample_rows].copy()
+    sample_obs.index = pd.Index([f"cell{r}" for r in sample_rows])
+    return OutOfCoreStatistics(
+        pseudobulk=bulk,
+        variances=pd.DataFrame(var, index=info.index, columns=genes.copy()),
+        halves=pairs,
+        sample=sp.vstack(sample).tocsr() if sample else sp.csr_matrix((0, n_genes)),
+        sample_obs=sample_obs,
+        sample_rows=sample_rows,
     )

@@ -7,7 +7,22 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
-__all__ = ["ResourceMeter"]
+__all__ = ["ResourceMeter", "peak_rss_mb"]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (``VmHWM``; ``ru_maxrss`` elsewhere), in MB."""
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _rss_mb() -> float:

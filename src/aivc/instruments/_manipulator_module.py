@@ -23,9 +23,11 @@ __all__ = [
     "dose_kernel",
     "fit_kernel_ridge",
     "grouped_loo",
+    "grouped_loo_top",
     "linear_kernel",
     "quiet_de_output",
     "top_gene_error",
+    "top_gene_index",
     "top_right_singular",
     "unit_rows",
 ]
@@ -74,14 +76,31 @@ def context_kernel(za: np.ndarray, zb: np.ndarray, *, scale: float, tau: float) 
     return np.exp(-d2 / max(tau * scale, 1e-12))
 
 
-def top_gene_error(residual: np.ndarray, observed: np.ndarray, *, n_top: int = 20) -> np.ndarray:
+def top_gene_index(observed: np.ndarray, *, n_top: int = 20) -> np.ndarray:
+    """Per row, the columns of its ``n_top`` largest absolute observed changes (unordered)."""
+    k = min(n_top, observed.shape[1])
+    return np.argpartition(-np.abs(observed), k - 1, axis=1)[:, :k]
+
+
+def top_gene_error(
+    residual: np.ndarray,
+    observed: np.ndarray | None,
+    *,
+    n_top: int = 20,
+    top: np.ndarray | None = None,
+) -> np.ndarray:
     """Per row: mean squared residual over that row's ``n_top`` largest observed changes.
 
     A training-data stand-in for the benchmark's ``mse_de20`` (which uses the
-    top differentially expressed genes of each held-out condition).
+    top differentially expressed genes of each held-out condition). ``top``
+    passes :func:`top_gene_index` of ``observed`` when many residuals are
+    scored against the same changes.
     """
-    k = min(n_top, observed.shape[1])
-    top = np.argpartition(-np.abs(observed), k - 1, axis=1)[:, :k]
+    if top is None:
+        if observed is None:
+            msg = "top_gene_error needs the observed changes or their top-gene index."
+            raise ValueError(msg)
+        top = top_gene_index(observed, n_top=n_top)
     return np.take_along_axis(residual, top, axis=1).__pow__(2).mean(axis=1)
 
 
@@ -121,23 +140,67 @@ def grouped_loo(
     groups = np.asarray(groups)
     members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
     uty = u.T @ y
+    # one-member groups (the usual case) in one vectorised step; only the diagonal of A is needed
+    singles = np.array([idx[0] for idx in members if len(idx) == 1], dtype=np.int64)
+    blocks = [idx for idx in members if len(idx) > 1]
     out = []
     for lam in lams:
-        a = (u / (s + lam)) @ u.T
-        alpha = u @ (uty / (s + lam)[:, None])
+        d = 1.0 / (s + lam)
+        alpha = u @ (uty * d[:, None])
         res = np.empty_like(y)
         var = np.empty(n)
-        for idx in members:
-            if len(idx) == 1:
-                inv = 1.0 / a[idx[0], idx[0]]
-                res[idx] = alpha[idx] * inv
-                var[idx] = inv
-            else:
-                block = np.linalg.inv(a[np.ix_(idx, idx)])
-                res[idx] = block @ alpha[idx]
-                var[idx] = np.diag(block)
+        if singles.size:
+            diag = (u[singles] ** 2) @ d
+            res[singles] = alpha[singles] / diag[:, None]
+            var[singles] = 1.0 / diag
+        for idx in blocks:
+            block = np.linalg.inv((u[idx] * d) @ u[idx].T)
+            res[idx] = block @ alpha[idx]
+            var[idx] = np.diag(block)
         out.append((res, var))
     return out
+
+
+def grouped_loo_top(
+    k: np.ndarray,
+    y: np.ndarray,
+    groups: Sequence[int],
+    lams: Sequence[float],
+    top: np.ndarray,
+    *,
+    chunk: int = 256,
+) -> list[np.ndarray]:
+    """:func:`grouped_loo`'s residuals only at each row's columns ``top`` (rows x c), per ``lam``.
+
+    What :func:`top_gene_error` reads of the residuals, without forming the
+    rows x genes residuals for every penalty: with ``A = U diag(d) U'``, the
+    residual of a one-member group ``i`` at gene ``g`` is
+    ``sum_k U_ik d_k (U'y)_kg / A_ii``, so only the ``c`` genes of each row
+    are summed (the genes x rows product ``U'y`` is formed once). Groups of
+    several members take their full rows.
+    """
+    n = k.shape[0]
+    s, u = np.linalg.eigh((k + k.T) / 2)
+    s = np.clip(s, 0.0, None)
+    groups = np.asarray(groups)
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    uty_t = (u.T @ y).T  # genes x eigen-directions
+    d = np.stack([1.0 / (s + lam) for lam in lams])  # lams x directions
+    weights = u[None, :, :] * d[:, None, :]  # lams x rows x directions
+    out = np.empty((len(lams), n, top.shape[1]))
+    for a in range(0, n, chunk):
+        rows = np.arange(a, min(a + chunk, n))
+        gathered = uty_t[top[rows]]  # rows x c x directions
+        out[:, rows] = np.einsum("rcj,lrj->lrc", gathered, weights[:, rows])
+    diag = np.einsum("lrj,rj->lr", weights, u)  # the diagonal of A, per lam
+    singles = np.array([idx[0] for idx in members if len(idx) == 1], dtype=np.int64)
+    out[:, singles] /= diag[:, singles, None]
+    for idx in (m for m in members if len(m) > 1):
+        for li in range(len(lams)):
+            block = np.linalg.inv((u[idx] * d[li]) @ u[idx].T)
+            full = block @ ((u[idx] * d[li]) @ uty_t.T)
+            out[li, idx] = np.take_along_axis(full, top[idx], axis=1)
+    return list(out)
 
 
 def combination_singles(

@@ -10,7 +10,17 @@ from typing import Annotated
 
 import typer
 
-from aivc.interfaces._cli_common import DataDir, DataFile, DatasetName, ModelOut, Verbosity
+from aivc.interfaces._cli_common import (
+    DaskScheduler,
+    DaskWorkers,
+    DataDir,
+    DataFile,
+    DatasetName,
+    ModelOut,
+    UseDask,
+    Verbosity,
+    dask_choice,
+)
 from aivc.interfaces._cli_common import fail as _fail
 from aivc.interfaces._cli_common import setup as _setup
 
@@ -83,17 +93,34 @@ def embed(
     chunk_size: Annotated[
         int, typer.Option("--chunk-size", help="Cells read and embedded at once.")
     ] = 20_000,
+    dask: UseDask = False,
+    workers: DaskWorkers = 2,
+    scheduler: DaskScheduler = None,
     data_dir: DataDir = None,
     verbosity: Verbosity = "info",
 ) -> None:
-    """Embed every cell of a file chunk by chunk (never loading it whole) into a .npy file."""
+    """Embed every cell of a file chunk by chunk (never loading it whole) into a .npy file.
+
+    With --dask or --scheduler, the chunks are Dask tasks (each reads its own rows; the
+    file is the same as on one process).
+    """
     _setup(verbosity, data_dir)
     from aivc.cells import CellEncoder, embed_file
     from aivc.data import DataValidationError
 
+    client = dask_choice(dask, scheduler)
     try:
         enc = CellEncoder.load(model)
-        path = embed_file(enc, data, out, chunk_size=chunk_size, layer=layer, species=species)
+        path = embed_file(
+            enc,
+            data,
+            out,
+            chunk_size=chunk_size,
+            layer=layer,
+            species=species,
+            client=client,
+            n_workers=workers,
+        )
     except (DataValidationError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(f"Wrote {path} ({enc.n_latent} dimensions per cell).")

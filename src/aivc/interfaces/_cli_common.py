@@ -24,6 +24,25 @@ DataFile = Annotated[
     Path | None, typer.Option("--data", help="An .h5ad file with raw counts instead.")
 ]
 Verbosity = Annotated[str, typer.Option("--verbosity", "-v", help="debug, info, warning or error.")]
+UseDask = Annotated[bool, typer.Option("--dask", help="Run the blocks on a local Dask cluster.")]
+DaskWorkers = Annotated[
+    int, typer.Option("--workers", help="Worker processes of the local Dask cluster.")
+]
+DaskScheduler = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Address of a running Dask scheduler (default: AIVC_DASK_SCHEDULER when set).",
+    ),
+]
+
+
+def dask_choice(dask: bool, scheduler: str | None) -> str | None:
+    """The ``client`` argument of the block functions: "local", an address, or None."""
+    if dask and scheduler is not None:
+        fail("pass --dask (a local cluster) or --scheduler ADDRESS, not both.")
+    return "local" if dask else scheduler
+
 
 logger = logging.getLogger("aivc.interfaces.cli")
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from aivc.interfaces._cli_common import Verbosity
+from aivc.interfaces._cli_common import DaskScheduler, DaskWorkers, UseDask, Verbosity, dask_choice
 from aivc.interfaces._cli_common import fail as _fail
 from aivc.interfaces._cli_common import setup as _setup
 
@@ -34,19 +34,9 @@ def pseudobulk(
         str | None, typer.Option("--counts-layer", help="Layer with raw counts (default: X).")
     ] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Cells read per block.")] = 50_000,
-    dask: Annotated[
-        bool, typer.Option("--dask", help="Run the blocks on a local Dask cluster.")
-    ] = False,
-    workers: Annotated[
-        int, typer.Option("--workers", help="Worker processes of the local Dask cluster.")
-    ] = 2,
-    scheduler: Annotated[
-        str | None,
-        typer.Option(
-            "--scheduler",
-            help="Address of a running Dask scheduler (default: AIVC_DASK_SCHEDULER when set).",
-        ),
-    ] = None,
+    dask: UseDask = False,
+    workers: DaskWorkers = 2,
+    scheduler: DaskScheduler = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing --out.")
     ] = False,
@@ -63,8 +53,7 @@ def pseudobulk(
     _setup(verbosity, None)
     if out.exists() and not overwrite:
         _fail(f"{out} exists; pass --overwrite to replace it.")
-    if dask and scheduler is not None:
-        _fail("pass --dask (a local cluster) or --scheduler ADDRESS, not both.")
+    client = dask_choice(dask, scheduler)
     import anndata as ad
 
     from aivc._io import atomic_path
@@ -78,7 +67,6 @@ def pseudobulk(
         dose_key=dose_key,
         counts_layer=counts_layer,
     )
-    client = scheduler if scheduler is not None else ("local" if dask else None)
     try:
         res = pseudobulk_from_file(
             data, schema, chunk_size=chunk_size, client=client, n_workers=workers

@@ -125,6 +125,14 @@ def benchmark(
     peers: Annotated[
         bool, typer.Option("--peers", help="suite: also run the published peer models.")
     ] = False,
+    out_of_core: Annotated[
+        bool,
+        typer.Option(
+            "--out-of-core",
+            help="Perturbation tasks: read the dataset from disk in blocks (default for a "
+            ".zarr store or a sim:<preset> world such as sim:replogle).",
+        ),
+    ] = False,
     perturbation_key: Annotated[
         str | None,
         typer.Option(help="For --dataset FILE.h5ad: obs column with each cell's perturbation."),
@@ -226,7 +234,9 @@ def benchmark(
 
     --dataset takes a registered name or the path of an .h5ad file; a file
     without an aivc schema needs its columns declared (--perturbation-key and
-    --control-label, plus --context-key for the context tasks).
+    --control-label, plus --context-key for the context tasks). Perturbation
+    tasks also take a .zarr store or a simulated world (sim:replogle: 1M cells,
+    8,000 genes, 2,000 knockouts), read from disk in blocks.
     """
     _setup(verbosity, data_dir)
     from aivc.evaluate.tasks import get_task, list_tasks, run_task
@@ -249,6 +259,10 @@ def benchmark(
         if "peers" not in spec.options:
             _fail(f"task {task!r} has no --peers option; peers run inside the suite.")
         options["peers"] = True
+    if out_of_core:
+        if "out_of_core" not in spec.options:
+            _fail(f"task {task!r} has no --out-of-core option; the perturbation tasks do.")
+        options["out_of_core"] = True
     chemical = {
         "split": split,
         "compound_key": compound_key,

@@ -14,15 +14,24 @@ Adding a task is one module in this package that builds its result and calls
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aivc._labels import check_known
 
-__all__ = ["Task", "get_task", "list_tasks", "register_task", "run_task", "task_names"]
+__all__ = [
+    "Task",
+    "get_task",
+    "knowledge_from",
+    "list_tasks",
+    "register_task",
+    "run_task",
+    "task_names",
+]
 
 #: Modules of this package that declare tasks; imported on first lookup.
 _TASK_MODULES = (
@@ -41,6 +50,24 @@ _TASK_MODULES = (
     "suite",
     "scaling",
 )
+
+
+@contextlib.contextmanager
+def knowledge_from(folder: Path | None) -> Iterator[None]:
+    """Models read prior knowledge (gene tables) from ``folder`` meanwhile (a simulated
+    world's knowledge base); ``None`` changes nothing."""
+    from aivc._settings import settings
+
+    if folder is None:
+        yield
+        return
+    before = settings.data_dir
+    settings.data_dir = folder
+    try:
+        yield
+    finally:
+        settings.data_dir = before
+
 
 #: ``run(out, *, dataset, models, seeds, variant, **options) -> result``.
 Runner = Callable[..., dict[str, Any]]

@@ -18,11 +18,10 @@ over seeds, with their sds).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from aivc._io import json_safe
 from aivc._progress import progress
 from aivc.evaluate._memory import ResourceMeter
 from aivc.evaluate._results import machine_info, write_results
-from aivc.evaluate.tasks import Task, register_task
+from aivc.evaluate.tasks import Task, knowledge_from, register_task
 
 __all__ = ["CURVE_MODELS", "run_learning_curve"]
 
@@ -81,19 +80,6 @@ def _world_number(dataset: str | None) -> int:
         msg = f"The learning curve runs on a simulated world named {_WORLD}<N>, e.g. '{_WORLD}0'; got {dataset!r}."
         raise ValueError(msg)
     return int(tail)
-
-
-@contextlib.contextmanager
-def _knowledge_from(folder: Path) -> Iterator[None]:
-    """Models read prior knowledge from ``folder`` (the world's knowledge base) meanwhile."""
-    from aivc._settings import settings
-
-    before = settings.data_dir
-    settings.data_dir = folder
-    try:
-        yield
-    finally:
-        settings.data_dir = before
 
 
 def run_learning_curve(
@@ -185,7 +171,7 @@ def run_learning_curve(
             ctxs = [obs.ctx_of[c] for c in conds]
             control = obs.adata[_controls_of(obs, ctxs)].copy()
             for q, folder in knowledge_dirs.items():
-                with _knowledge_from(folder):
+                with knowledge_from(folder):
                     for name in model_names:
                         cls = get_instrument_class(name)
                         params: dict[str, Any] = {}

@@ -61,6 +61,7 @@ from aivc.evaluate._metrics import (
 )
 from aivc.evaluate._results import fmt, machine_info, summarize, write_results
 from aivc.evaluate.tasks import Task, register_task
+from aivc.evaluate.tasks._out_of_core import is_out_of_core, run_out_of_core
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -813,6 +814,7 @@ def run_benchmark(
     model_params: dict[str, dict[str, Any]] | None = None,
     notes: str | None = None,
     schema: PerturbationSchema | None = None,
+    out_of_core: bool | None = None,
 ) -> dict[str, Any]:
     """Run a benchmark task and write its results.
 
@@ -844,6 +846,11 @@ def run_benchmark(
         A sentence added to the task's notes in the results (e.g. how models ran).
     schema
         The columns of a dataset given by path (default: the schema it carries).
+    out_of_core
+        Read the dataset from disk in blocks instead of loading it
+        (:mod:`aivc.evaluate.tasks._out_of_core`: pseudobulk metrics only,
+        Welch's t for the top-20 DE genes). Default: for a ``sim:`` world
+        (``sim:replogle``) or a ``.zarr`` store.
 
     Returns
     -------
@@ -883,6 +890,13 @@ def run_benchmark(
         get_instrument_class(m)  # fail early on unknown names
     if spec.zero_point not in model_names:
         model_names.insert(0, spec.zero_point)
+    if out_of_core is None:
+        out_of_core = is_out_of_core(dataset)
+    if out_of_core:
+        if dataset is None:
+            msg = "The out-of-core runner reads a dataset from disk; name it (--dataset)."
+            raise ValueError(msg)
+        return _run_out_of_core(spec, out, dataset, model_names, models is None, seeds, schema)
 
     data = task_data(task, dataset, seeds, data_dir=data_dir, schema=schema)
     adata, schema, dataset_name = data.adata, data.schema, data.dataset
@@ -1011,7 +1025,7 @@ def run_benchmark(
         wall,
         peak,
         __version__,
-        adata,
+        (adata.n_obs, adata.n_vars),
     )
     if peer_runs:
         from aivc.evaluate.tasks.suite import peer_matrix
@@ -1028,6 +1042,34 @@ def run_benchmark(
 
 
 _DE_CACHE: dict[Any, Any] = {}
+
+
+def _run_out_of_core(
+    spec: PerturbationSpec,
+    out: Path,
+    dataset: str,
+    model_names: list[str],
+    default_models: bool,
+    seeds: list[int],
+    schema: PerturbationSchema | None,
+) -> dict[str, Any]:
+    """The task on a dataset read from disk in blocks; models that need every cell are refused."""
+    from aivc.instruments._registry import list_instruments
+
+    kinds = {info.name: info.kind for info in list_instruments()}
+    whole = [m for m in model_names if m == "gears" or kinds.get(m) == "peer"]
+    if whole and not default_models:
+        msg = (
+            f"{whole} train on every cell and cannot run out of core; "
+            "leave them out (--models) or run the task on an .h5ad file that fits in memory."
+        )
+        raise ValueError(msg)
+    if whole:
+        logger.info("out of core: %s left out (they train on every cell)", whole)
+    names = [m for m in model_names if m not in whole]
+    return run_out_of_core(
+        spec, out=out, dataset=dataset, model_names=names, seeds=seeds, schema=schema
+    )
 
 
 def _celleval_groups(obs: _Observed) -> dict[str | None, list[str]]:
@@ -1076,7 +1118,7 @@ def _assemble(
     wall: dict[str, float],
     peak: dict[str, float],
     version: str,
-    adata: AnnData,
+    shape: tuple[int, int],
 ) -> dict[str, Any]:
     zero = spec.zero_point
     metric_names = [m for m in METRICS if m in per_condition.columns]
@@ -1141,8 +1183,8 @@ def _assemble(
         "dataset": dataset,
         "description": spec.description,
         "split": split_info,
-        "n_cells": int(adata.n_obs),
-        "n_genes": int(adata.n_vars),
+        "n_cells": int(shape[0]),
+        "n_genes": int(shape[1]),
         "n_conditions": int(per_condition["condition"].nunique()),
         "models": models,
         "replicate": {m: {"mean": v} for m, v in rep_means.items()},
@@ -1262,6 +1304,7 @@ def _task_runner(name: str) -> Callable[..., dict[str, Any]]:
         model_params: dict[str, dict[str, Any]] | None = None,
         notes: str | None = None,
         schema: PerturbationSchema | None = None,
+        out_of_core: bool | None = None,
     ) -> dict[str, Any]:
         del variant  # these tasks have no variants; run_task refuses one
         return run_benchmark(
@@ -1274,6 +1317,7 @@ def _task_runner(name: str) -> Callable[..., dict[str, Any]]:
             model_params=model_params,
             notes=notes,
             schema=schema,
+            out_of_core=out_of_core,
         )
 
     return run
@@ -1288,6 +1332,6 @@ for _spec in PERTURBATION_SPECS.values():
             models=_spec.models,
             seeds=(0, 1, 2),
             run=_task_runner(_spec.name),
-            options=("cell_eval", "model_params", "notes", "schema"),
+            options=("cell_eval", "model_params", "notes", "schema", "out_of_core"),
         )
     )

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from aivc._io import json_safe
+from aivc.evaluate._memory import peak_rss_mb
 from aivc.evaluate._results import fmt, machine_info, write_results
 from aivc.evaluate.tasks import Task, register_task
 
@@ -75,16 +76,6 @@ def _schema_of_store(path: Path) -> Any:
         cells.close()
     stored = dict(stored.get("schema", stored))
     return PerturbationSchema.from_dict(stored)
-
-
-def _peak_mb() -> float:
-    """This process's peak resident memory (VmHWM), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def pipeline_on_file(
@@ -135,7 +126,7 @@ def pipeline_on_file(
         "fit_evaluate_seconds": t2 - t1,
         "seconds": t2 - t0,
         "mse": {k: float(np.mean(v)) for k, v in errors.items()},
-        "peak_memory_mb": _peak_mb(),
+        "peak_memory_mb": peak_rss_mb(),
     }
 
 

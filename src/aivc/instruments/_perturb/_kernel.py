@@ -265,15 +265,16 @@ class KernelRegression:
         best: tuple[float, tuple[str, ...], float] = (np.inf, (), lams[-1])
         if n_targets >= 3:
             yc = y - y.mean(axis=0)
-            base_err = float(mm.top_gene_error(-yc * 1.0, y).mean())
+            top = mm.top_gene_index(y)
+            base_err = float(mm.top_gene_error(-yc * 1.0, y, top=top).mean())
             selection["prior-mean"] = base_err
             best = (base_err, (), lams[-1])
             for cand in candidates:
                 k = row_kernel(cand, tau0)
                 scale = float(np.mean(np.diag(k)))
-                loo = mm.grouped_loo(k, yc, group_ids, [r * scale for r in lams])
-                for lam, (res, _) in zip(lams, loo, strict=True):
-                    err = float(mm.top_gene_error(res, y).mean())
+                loo = mm.grouped_loo_top(k, yc, group_ids, [r * scale for r in lams], top)
+                for lam, res_top in zip(lams, loo, strict=True):
+                    err = float((res_top**2).mean(axis=1).mean())
                     selection[f"{'+'.join(cand)}|ridge={lam}"] = err
                     if err < best[0] - 1e-12:
                         best = (err, cand, lam)
