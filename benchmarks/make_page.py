@@ -1621,7 +1621,13 @@ def scaling_lines(root: str | Path) -> list[str]:
     lines += [
         "",
         f"Slope of log time on log cells {r['slope']:.2f} (target {lo}–{hi}: {slope_met}). "
-        f"Dask on {d['cells']:,} cells: "
+        + (
+            f"Peak memory grew {r['memory_bytes_per_cell']:.0f} bytes per cell from "
+            f"{r['cells'][0]:,} to {r['cells'][-1]:,} cells. "
+            if "memory_bytes_per_cell" in r
+            else ""
+        )
+        + f"Dask on {d['cells']:,} cells: "
         + ", ".join(
             f"{w} worker(s) {s:.1f} s" for w, s in zip(d["workers"], d["seconds"], strict=True)
         )

@@ -128,11 +128,13 @@ class BackedCells:
 
         return pd.Index(read_elem(self._group()["obs"]).index)
 
-    def obs(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    def obs(self, columns: Sequence[str] | None = None, *, names: bool = True) -> pd.DataFrame:
         """The cell annotations (read from disk on demand); only ``columns`` when given.
 
         Reading only the columns a step needs keeps millions of cells' other
-        annotations (barcodes, QC values) out of memory.
+        annotations (barcodes, QC values) out of memory. With ``columns``, the
+        cell names are not read: the index holds row numbers, as strings (what
+        AnnData wants) unless ``names=False`` (a range, which takes no memory).
         """
         from anndata.io import read_elem
 
@@ -145,7 +147,8 @@ class BackedCells:
             msg = f"obs has no column {missing[0]!r} named by the schema; its columns are {have}."
             raise DataValidationError(msg)
         frame = pd.DataFrame({c: read_elem(group[c]) for c in columns})
-        frame.index = frame.index.astype(str)  # cell names are not read; AnnData wants strings
+        if names:
+            frame.index = frame.index.astype(str)
         return frame
 
     def _group(self) -> Any:
@@ -223,8 +226,8 @@ def _condition_codes(
     """
     import anndata as ad
 
-    for key in schema.obs_keys().values():
-        if key not in obs:
+    for key in (schema.perturbation_key, schema.dose_key, schema.context_key):
+        if key is not None and key not in obs:
             msg = f"obs has no column {key!r} named by the schema; its columns are {list(obs.columns)}."
             raise DataValidationError(msg)
     # one id per distinct (perturbation, dose, context) without building a label per cell
@@ -255,16 +258,23 @@ def _condition_codes(
 
 
 def _annotations(
-    path: Path, schema: PerturbationSchema, chunk_size: int
+    path: Path, schema: PerturbationSchema, chunk_size: int, *, conditions_only: bool = False
 ) -> tuple[pd.DataFrame, pd.Index]:
-    """The schema's obs columns and the gene names of a store, checked against its matrix."""
+    """The schema's obs columns and the gene names of a store, checked against its matrix.
+
+    With ``conditions_only``, only the columns that define a condition (perturbation,
+    dose, context): per-cell memory is what pseudobulk needs and no more.
+    """
     if int(chunk_size) < 1:
         msg = f"chunk_size must be a positive number of cells. Got {chunk_size}."
         raise ValueError(msg)
+    keys = schema.obs_keys()
+    if conditions_only:
+        keys = {r: k for r, k in keys.items() if r in ("perturbation", "dose", "context")}
     cells = open_cells(path, layer=schema.counts_layer)
     try:
-        obs, var_names = cells.obs(list(dict.fromkeys(schema.obs_keys().values()))), cells.var_names
-        n_obs = cells.n_obs
+        obs = cells.obs(list(dict.fromkeys(keys.values())), names=False)
+        var_names, n_obs = cells.var_names, cells.n_obs
     finally:
         cells.close()
     if n_obs != len(obs):
@@ -445,7 +455,7 @@ def pseudobulk_from_file(
         missing, or a block holds values that are not counts.
     """
     path = Path(path)
-    obs, var_names = _annotations(path, schema, chunk_size)
+    obs, var_names = _annotations(path, schema, chunk_size, conditions_only=True)
     codes, info = _condition_codes(obs, schema)
     n_groups = len(info)
     blocks = _blocks(len(obs), int(chunk_size))
@@ -554,7 +564,7 @@ def condition_statistics_from_file(
     codes, info = _condition_codes(obs, schema)
     n_groups, n_genes = len(info), len(var_names)
     rng = np.random.default_rng(seed)
-    halves = np.full((int(n_halvings), len(codes)), -1, dtype=np.int64)
+    halves = np.full((int(n_halvings), len(codes)), -1, dtype=np.int32)
     for h in range(int(n_halvings)):
         pos, size = _rank_within(codes, rng)
         half = size // 2

@@ -234,6 +234,12 @@ def run_scaling(
         "mse": [r["mse"] for r in runs],
         "slope": slope,
         "slope_target": [0.85, 1.15],
+        # peak memory added per cell from the smallest to the largest screen (0: flat)
+        "memory_bytes_per_cell": (
+            (runs[-1]["peak_memory_mb"] - runs[0]["peak_memory_mb"])
+            * 2**20
+            / max(runs[-1]["n_cells"] - runs[0]["n_cells"], 1)
+        ),
         "simulate_seconds": {str(k): v for k, v in simulated.items()},
         "dask": dask,
         "ddp": ddp,
@@ -263,7 +269,9 @@ def scaling_markdown(result: dict[str, Any]) -> str:
     lo, hi = result["slope_target"]
     lines += [
         "",
-        f"Slope of log time on log cells: {fmt(result['slope'], 2)} (target {lo}–{hi}).",
+        f"Slope of log time on log cells: {fmt(result['slope'], 2)} (target {lo}–{hi}). "
+        f"Peak memory grew {fmt(result['memory_bytes_per_cell'], 0)} bytes per cell from the "
+        "smallest to the largest screen.",
         "",
     ]
     d, t = result["dask"], result["ddp"]
