@@ -39,6 +39,7 @@ def test_the_report_names_every_curve() -> None:
         "peak_memory_mb": [300.0, 310.0],
         "slope": 1.0,
         "slope_target": [0.85, 1.15],
+        "memory_bytes_per_cell": 11650.8,
         "dask": {"cells": 1000, "workers": [1, 2], "seconds": [2.0, 1.1], "speedup": 1.8,
                  "identical_to_one_process": [True, True]},
         "ddp": {"cells": 200, "epochs": 3, "processes": [1, 2], "seconds": [4.0, 2.5],
@@ -48,6 +49,7 @@ def test_the_report_names_every_curve() -> None:
     text = scaling_markdown(result)
     assert "| 1,000 | 5 | 10.0 |" in text
     assert "Slope of log time on log cells: 1.00" in text
+    assert "Peak memory grew 11651 bytes per cell" in text
     assert "speed-up 1.80×" in text and "identical to one process: True" in text
     assert "2 process(es) 2.5 s, of which training loop 1.6 s (final loss 10.20)" in text
     assert "1.88× in the training loop" in text
