@@ -177,3 +177,53 @@ def test_the_statistics_on_a_dask_cluster_are_identical(dataset) -> None:
     assert_array_equal(dask.variances.to_numpy(), here.variances.to_numpy())
     assert_array_equal(dask.halves[0][1], here.halves[0][1])
     assert_array_equal(dask.sample.toarray(), here.sample.toarray())
+
+
+def test_a_file_is_validated_without_loading_its_matrix(dataset, tmp_path) -> None:
+    from dataclasses import replace
+
+    from aivc.data import validate, validate_file
+
+    raw, schema, folder = dataset
+    validate(raw, schema)  # the in-memory check agrees
+    assert validate_file(folder / "cells.zarr", schema, chunk_size=33) == raw.n_obs
+    with pytest.raises(DataValidationError, match="No cell has the control label 'ctrl'"):
+        validate_file(folder / "cells.h5ad", replace(schema, control_label="ctrl"))
+    with pytest.raises(DataValidationError, match="fewer than 10000 cells"):
+        validate_file(folder / "cells.h5ad", schema, min_cells=10_000)
+    bad = raw.copy()
+    x = bad.X.toarray()
+    x[150, 3] = 2.5  # one non-integer value, in the block of rows 100-149 ... 150-199
+    bad.X = sp.csr_matrix(x, dtype=np.float32)
+    bad.write_zarr(tmp_path / "bad.zarr")
+    with pytest.raises(DataValidationError, match="Rows 150-199 of X must hold raw counts"):
+        validate_file(tmp_path / "bad.zarr", schema, chunk_size=50)
+    pytest.importorskip("distributed")
+    with pytest.raises(DataValidationError, match="Rows 150-199 of X"):
+        validate_file(tmp_path / "bad.zarr", schema, chunk_size=50, client="local", n_workers=2)
+
+
+def test_the_validate_command_reads_the_stored_schema_or_declared_columns(dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from aivc.interfaces.cli import app
+
+    raw, schema, folder = dataset
+    declared = [
+        "validate", str(folder / "cells.h5ad"), "--perturbation-key", schema.perturbation_key,
+        "--control-label", schema.control_label, "--context-key", schema.context_key,
+        "--chunk-size", "64", "--verbosity", "warning",
+    ]  # fmt: skip
+    ok = CliRunner().invoke(app, declared)
+    assert ok.exit_code == 0 and f"valid ({raw.n_obs:,} cells)" in ok.output
+    stored = CliRunner().invoke(app, ["validate", str(folder / "cells.zarr")])  # uns["aivc"]
+    assert stored.exit_code == 0, stored.output
+    bare = raw.copy()
+    bare.uns.pop("aivc", None)
+    bare.write_zarr(tmp_path / "bare.zarr")
+    missing = CliRunner().invoke(app, ["validate", str(tmp_path / "bare.zarr")])
+    assert missing.exit_code == 2 and "carries no aivc schema" in missing.output
+    half = CliRunner().invoke(
+        app, ["validate", str(tmp_path / "bare.zarr"), "--control-label", "x"]
+    )
+    assert half.exit_code == 2 and "both --perturbation-key and --control-label" in half.output

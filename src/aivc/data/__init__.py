@@ -11,7 +11,13 @@ from aivc.data._expression import (
     log_expression,
     looks_like_counts,
 )
-from aivc.data._ooc import OutOfCorePseudobulk, pseudobulk_from_file
+from aivc.data._ooc import (
+    OutOfCorePseudobulk,
+    OutOfCoreStatistics,
+    condition_statistics_from_file,
+    pseudobulk_from_file,
+    validate_file,
+)
 from aivc.data._preprocess import (
     CONDITION_SEP,
     DOSE_SEP,
@@ -63,6 +69,7 @@ __all__ = [
     "DatasetEntry",
     "ExpressionInput",
     "OutOfCorePseudobulk",
+    "OutOfCoreStatistics",
     "PerturbationSchema",
     "ProfileSchema",
     "RemoteFile",
@@ -70,6 +77,7 @@ __all__ = [
     "check_gene_panel",
     "check_perturbation_labels",
     "condition_labels",
+    "condition_statistics_from_file",
     "counts_from_log",
     "dataset_entry",
     "differential_expression",
@@ -95,4 +103,5 @@ __all__ = [
     "schema_of",
     "treatment_labels",
     "validate",
+    "validate_file",
 ]

@@ -52,6 +52,8 @@ __all__ = [
     "dask_client",
     "open_cells",
     "pseudobulk_from_file",
+    "stored_schema",
+    "validate_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -215,6 +217,27 @@ def open_cells(path: str | Path, *, layer: str | None = None) -> BackedCells:
         matrix=matrix,
         _handle=group,
     )
+
+
+def stored_schema(path: str | Path) -> PerturbationSchema:
+    """The schema a store carries in ``uns["aivc"]`` (as aivc writes it), with a clear error."""
+    from anndata.io import read_elem
+
+    cells = open_cells(Path(path))
+    try:
+        group = cells._group()
+        stored = (
+            read_elem(group["uns"]["aivc"]) if "uns" in group and "aivc" in group["uns"] else None
+        )
+    finally:
+        cells.close()
+    if stored is None:
+        msg = (
+            f"{str(path)!r} carries no aivc schema; declare its columns (--perturbation-key, "
+            "--control-label, --context-key, --counts-layer)."
+        )
+        raise ValueError(msg)
+    return PerturbationSchema.from_dict(dict(stored.get("schema", stored)))
 
 
 def _condition_codes(
@@ -634,3 +657,81 @@ def condition_statistics_from_file(
         sample_obs=sample_obs,
         sample_rows=sample_rows,
     )
+
+
+def _block_check(path: str, layer: str | None, start: int, stop: int, counts: bool) -> int:
+    """Check that rows ``start:stop`` hold finite values (raw counts with ``counts``); runs on a worker."""
+    from aivc.data._validate import _check_counts, _check_finite
+
+    cells = open_cells(path, layer=layer)
+    try:
+        block = cells.read(start, stop)
+    finally:
+        cells.close()
+    where = f"Rows {start}-{stop - 1} of {'X' if layer is None else f'layers[{layer!r}]'}"
+    (_check_counts if counts else _check_finite)(block, where)
+    return stop - start
+
+
+def validate_file(
+    path: str | Path,
+    schema: PerturbationSchema,
+    *,
+    known_genes: Sequence[str] | None = None,
+    require_counts: bool = True,
+    require_control: bool = True,
+    min_cells: int = 1,
+    chunk_size: int = DEFAULT_CHUNK,
+    client: Client | str | None = None,
+    n_workers: int = 2,
+) -> int:
+    """:func:`aivc.data.validate` for a dataset on disk, without loading its matrix.
+
+    The annotations (the schema's ``obs`` columns, cell and gene names) are
+    checked in memory as :func:`aivc.data.validate` checks them; the values
+    block by block (finite, and raw counts with ``require_counts``), here or
+    as Dask tasks (``client`` as in :func:`pseudobulk_from_file`). The first
+    problem raises :class:`DataValidationError`, naming the rows of its block.
+
+    Returns
+    -------
+    The number of cells checked.
+    """
+    import anndata as ad
+
+    from aivc.data._validate import validate_annotations
+
+    path = Path(path)
+    if int(chunk_size) < 1:
+        msg = f"chunk_size must be a positive number of cells. Got {chunk_size}."
+        raise ValueError(msg)
+    layer = schema.counts_layer if require_counts else None
+    cells = open_cells(path, layer=layer)
+    try:
+        group = cells._group()["obs"]
+        present = [c for c in dict.fromkeys(schema.obs_keys().values()) if c in group]
+        obs = cells.obs(present, names=False)
+        obs.index = cells.obs_names()
+        var_names, n_obs = cells.var_names, cells.n_obs
+    finally:
+        cells.close()
+    if n_obs != len(obs):
+        msg = f"The count matrix has {n_obs} rows, but obs has {len(obs)} cells."
+        raise DataValidationError(msg)
+    shell = ad.AnnData(obs=obs, var=pd.DataFrame(index=var_names))
+    validate_annotations(
+        shell,
+        schema,
+        known_genes=known_genes,
+        require_control=require_control,
+        min_cells=min_cells,
+    )
+    del shell, obs
+    args = [
+        (str(path), layer, a, b, bool(require_counts)) for a, b in _blocks(n_obs, int(chunk_size))
+    ]
+    with dask_client(client, n_workers=n_workers) as dask:
+        window = 2 * max(len(dask.scheduler_info()["workers"]), 1) if dask is not None else 1
+        checked = sum(_ordered_results(dask, _block_check, args, window))
+    logger.info("validated %s: %d cells x %d genes", path, checked, len(var_names))
+    return int(checked)

@@ -29,6 +29,7 @@ __all__ = [
     "get_counts",
     "read_h5ad",
     "validate",
+    "validate_annotations",
 ]
 
 logger = logging.getLogger(__name__)
@@ -249,6 +250,35 @@ def validate(
     DataValidationError
         On the first problem found, with what to do about it.
     """
+    validate_annotations(
+        adata,
+        schema,
+        known_genes=known_genes,
+        require_control=require_control,
+        min_cells=min_cells,
+    )
+    # values ---------------------------------------------------------------------------
+    _check_finite(adata.X, "adata.X")
+    if require_counts:
+        where = (
+            "adata.X" if schema.counts_layer is None else f"adata.layers[{schema.counts_layer!r}]"
+        )
+        _check_counts(_stored_counts(adata, schema), where)
+
+
+def validate_annotations(
+    adata: AnnData,
+    schema: PerturbationSchema,
+    *,
+    known_genes: Collection[str] | None = None,
+    require_control: bool = True,
+    min_cells: int = 1,
+) -> None:
+    """The checks of :func:`validate` that read only ``obs``, ``obs_names`` and ``var_names``.
+
+    A dataset on disk is validated with these on its annotations and the
+    value checks block by block (:func:`aivc.data.validate_file`).
+    """
     obs = adata.obs
     # columns ------------------------------------------------------------------
     for role, key in schema.obs_keys().items():
@@ -343,13 +373,6 @@ def validate(
         if role == "dose" and (values < 0).any():
             msg = f"obs[{key!r}] (dose) must be non-negative; got minimum {values.min():g}."
             raise DataValidationError(msg)
-    # values ---------------------------------------------------------------------------
-    _check_finite(adata.X, "adata.X")
-    if require_counts:
-        where = (
-            "adata.X" if schema.counts_layer is None else f"adata.layers[{schema.counts_layer!r}]"
-        )
-        _check_counts(_stored_counts(adata, schema), where)
 
 
 def read_h5ad(path: str | Path, *, backed: bool = False) -> AnnData:

@@ -97,6 +97,74 @@ def pseudobulk(
     )
 
 
+def validate(
+    data: Annotated[Path, typer.Argument(help="An .h5ad file or .zarr folder.")],
+    perturbation_key: Annotated[
+        str | None,
+        typer.Option(
+            "--perturbation-key",
+            help="obs column with the perturbation (default: the stored schema).",
+        ),
+    ] = None,
+    control_label: Annotated[
+        str | None, typer.Option("--control-label", help="Label of the control cells.")
+    ] = None,
+    context_key: Annotated[
+        str | None, typer.Option("--context-key", help="obs column with the context.")
+    ] = None,
+    dose_key: Annotated[
+        str | None, typer.Option("--dose-key", help="obs column with the dose.")
+    ] = None,
+    counts_layer: Annotated[
+        str | None, typer.Option("--counts-layer", help="Layer with raw counts (default: X).")
+    ] = None,
+    min_cells: Annotated[
+        int, typer.Option("--min-cells", help="Fewest cells a perturbation may have.")
+    ] = 1,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Cells read per block.")] = 50_000,
+    dask: UseDask = False,
+    workers: DaskWorkers = 2,
+    scheduler: DaskScheduler = None,
+    verbosity: Verbosity = "info",
+) -> None:
+    """Check a dataset on disk without loading its matrix: schema columns, labels, controls,
+    and raw counts block by block (on Dask with --dask or --scheduler)."""
+    _setup(verbosity, None)
+    client = dask_choice(dask, scheduler)
+    from aivc.data import DataValidationError, PerturbationSchema
+    from aivc.data._ooc import stored_schema, validate_file
+
+    try:
+        if perturbation_key is None and control_label is None:
+            schema = stored_schema(data)
+            if counts_layer is not None:
+                from dataclasses import replace
+
+                schema = replace(schema, counts_layer=counts_layer)
+        elif perturbation_key is None or control_label is None:
+            _fail("declare the schema with both --perturbation-key and --control-label.")
+        else:
+            schema = PerturbationSchema(
+                perturbation_key=perturbation_key,
+                control_label=control_label,
+                context_key=context_key,
+                dose_key=dose_key,
+                counts_layer=counts_layer,
+            )
+        n = validate_file(
+            data,
+            schema,
+            min_cells=min_cells,
+            chunk_size=chunk_size,
+            client=client,
+            n_workers=workers,
+        )
+    except (FileNotFoundError, DataValidationError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"{data}: valid ({n:,} cells)")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the ``aivc`` app."""
     app.command("pseudobulk")(pseudobulk)
+    app.command("validate")(validate)

@@ -48,7 +48,7 @@ import pandas as pd
 from aivc._io import json_safe, write_csv_atomic
 from aivc._progress import progress
 from aivc._settings import settings
-from aivc.data._ooc import OutOfCoreStatistics, condition_statistics_from_file
+from aivc.data._ooc import OutOfCoreStatistics, condition_statistics_from_file, stored_schema
 from aivc.data._preprocess import CONDITION_SEP, dose_label, log_normalize
 from aivc.data._schema import PerturbationSchema
 from aivc.data.splits import Split, save_splits
@@ -116,28 +116,6 @@ def world_store(name: str, *, cache_dir: str | Path | None = None) -> tuple[Path
     t0 = time.perf_counter()
     write_world(store, world, preset=preset)
     return store, time.perf_counter() - t0
-
-
-def _schema_of_store(path: Path) -> PerturbationSchema:
-    from anndata.io import read_elem
-
-    from aivc.data._ooc import open_cells
-
-    cells = open_cells(path)
-    try:
-        group = cells._group()
-        stored = (
-            read_elem(group["uns"]["aivc"]) if "uns" in group and "aivc" in group["uns"] else None
-        )
-    finally:
-        cells.close()
-    if stored is None:
-        msg = (
-            f"{str(path)!r} carries no aivc schema; declare its columns (--perturbation-key, "
-            "--control-label, --context-key, --counts-layer)."
-        )
-        raise ValueError(msg)
-    return PerturbationSchema.from_dict(dict(stored.get("schema", stored)))
 
 
 # ----------------------------------------------------------------------------- the truth
@@ -381,7 +359,7 @@ def run_out_of_core(
             msg = f"No such dataset: {dataset!r} (a .zarr store, an .h5ad file or {SIM_PREFIX}<preset>)."
             raise FileNotFoundError(msg)
         name = path.name.removesuffix(".zarr").removesuffix(".h5ad")
-    schema = schema if schema is not None else _schema_of_store(path)
+    schema = schema if schema is not None else stored_schema(path)
     t0 = time.perf_counter()
     stats = condition_statistics_from_file(
         path,

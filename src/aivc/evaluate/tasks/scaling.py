@@ -63,21 +63,6 @@ def _screen(folder: Path, n_cells: int, seed: int) -> tuple[Path, float]:
     return path, time.perf_counter() - t0
 
 
-def _schema_of_store(path: Path) -> Any:
-    from anndata.io import read_elem
-
-    from aivc.data import PerturbationSchema
-    from aivc.data._ooc import open_cells
-
-    cells = open_cells(path)
-    try:
-        stored = read_elem(cells._group()["uns"]["aivc"])
-    finally:
-        cells.close()
-    stored = dict(stored.get("schema", stored))
-    return PerturbationSchema.from_dict(stored)
-
-
 def pipeline_on_file(
     path: str | Path, *, chunk_size: int = CHUNK, n_folds: int = 5
 ) -> dict[str, Any]:
@@ -89,10 +74,10 @@ def pipeline_on_file(
     (perturbation, context) pairs, the seconds of each step and the peak
     memory of the calling process.
     """
-    from aivc.data._ooc import pseudobulk_from_file
+    from aivc.data._ooc import pseudobulk_from_file, stored_schema
 
     path = Path(path)
-    schema = _schema_of_store(path)
+    schema = stored_schema(path)
     t0 = time.perf_counter()
     bulk = pseudobulk_from_file(path, schema, chunk_size=chunk_size)
     t1 = time.perf_counter()
@@ -137,9 +122,9 @@ def _in_fresh_process(path: Path, chunk_size: int) -> dict[str, Any]:
 
 
 def _dask_curve(path: Path, workers: Sequence[int], chunk_size: int) -> dict[str, Any]:
-    from aivc.data._ooc import dask_client, pseudobulk_from_file
+    from aivc.data._ooc import dask_client, pseudobulk_from_file, stored_schema
 
-    schema = _schema_of_store(path)
+    schema = stored_schema(path)
     reference = pseudobulk_from_file(path, schema, chunk_size=chunk_size)
     seconds, identical = [], []
     for w in workers:
