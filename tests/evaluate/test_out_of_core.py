@@ -104,6 +104,24 @@ def test_an_h5ad_file_runs_out_of_core_on_request(store, tmp_path) -> None:
     assert result["out_of_core"]["store"] == "screen.h5ad"
 
 
+def test_a_registered_dataset_runs_out_of_core_with_the_registry_schema(tmp_path) -> None:
+    # papalexi2021 ships inside the package, so this runs with or without a data directory
+    result = run_benchmark(
+        "unseen-single",
+        out=tmp_path / "pap",
+        dataset="papalexi2021",
+        models=["control"],
+        seeds=[0],
+        out_of_core=True,
+    )
+    assert result["dataset"] == "papalexi2021" and result["n_genes"] > 0
+    assert result["out_of_core"]["store"].endswith(".h5ad")
+    # every perturbation is tested once (25 targets), against the control of its context
+    assert result["n_conditions"] == 25
+    with pytest.raises(FileNotFoundError, match="registered dataset"):
+        run_benchmark("unseen-single", out=tmp_path / "x", dataset="nowhere", out_of_core=True)
+
+
 def test_models_that_need_every_cell_are_refused_and_bad_names_explained(store, tmp_path) -> None:
     _, _, folder = store
     with pytest.raises(ValueError, match="cannot run out of core"):

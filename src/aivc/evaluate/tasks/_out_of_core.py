@@ -118,6 +118,34 @@ def world_store(name: str, *, cache_dir: str | Path | None = None) -> tuple[Path
     return store, time.perf_counter() - t0
 
 
+def _dataset_file(
+    dataset: str, data_dir: str | Path | None
+) -> tuple[Path, str, PerturbationSchema | None]:
+    """A dataset's file, its name for the results and the registry's schema (for a registered name)."""
+    from aivc.data._registry import _REGISTRY, dataset_entry, embedded_path
+
+    path = Path(dataset).expanduser()
+    if path.exists():
+        return path, path.name.removesuffix(".zarr").removesuffix(".h5ad"), None
+    if dataset in _REGISTRY:
+        entry = dataset_entry(dataset)
+        file = entry.path(data_dir)
+        if not file.exists() and data_dir is None:
+            file = embedded_path(dataset) or file
+        if not file.exists():
+            msg = (
+                f"Dataset {dataset!r} is not in the data directory (expected {entry.folder}/"
+                f"{entry.filename}); set AIVC_DATA_DIR to the folder that holds it."
+            )
+            raise FileNotFoundError(msg)
+        return file, dataset, entry.schema
+    msg = (
+        f"No such dataset: {dataset!r} (a .zarr store, an .h5ad file, a registered dataset or "
+        f"{SIM_PREFIX}<preset>)."
+    )
+    raise FileNotFoundError(msg)
+
+
 # ----------------------------------------------------------------------------- the truth
 @dataclass
 class _Truth:
@@ -327,11 +355,14 @@ def run_out_of_core(
     schema: PerturbationSchema | None = None,
     chunk_size: int = 50_000,
     client: Any = None,
+    data_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run perturbation task ``spec`` on a dataset read from disk in blocks; write its results.
 
     ``spec`` is a :class:`aivc.evaluate.tasks.perturbation.PerturbationSpec`;
-    ``dataset`` a ``sim:`` world, a ``.zarr`` store or an ``.h5ad`` file.
+    ``dataset`` a ``sim:`` world, a ``.zarr`` store, an ``.h5ad`` file or a
+    registered dataset (read from its file in the data directory, with the
+    registry's schema).
     The results have the in-memory runner's format, with ``out_of_core``
     added: the seconds of the pass over the data, the process's peak
     resident memory and the whole run's wall time.
@@ -354,11 +385,8 @@ def run_out_of_core(
         path, simulate_seconds = world_store(dataset)
         name = dataset
     else:
-        path = Path(dataset).expanduser()
-        if not path.exists():
-            msg = f"No such dataset: {dataset!r} (a .zarr store, an .h5ad file or {SIM_PREFIX}<preset>)."
-            raise FileNotFoundError(msg)
-        name = path.name.removesuffix(".zarr").removesuffix(".h5ad")
+        path, name, registered = _dataset_file(dataset, data_dir)
+        schema = schema if schema is not None else registered
     schema = schema if schema is not None else stored_schema(path)
     t0 = time.perf_counter()
     stats = condition_statistics_from_file(

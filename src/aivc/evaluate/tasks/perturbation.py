@@ -896,7 +896,9 @@ def run_benchmark(
         if dataset is None:
             msg = "The out-of-core runner reads a dataset from disk; name it (--dataset)."
             raise ValueError(msg)
-        return _run_out_of_core(spec, out, dataset, model_names, models is None, seeds, schema)
+        return _run_out_of_core(
+            spec, out, dataset, model_names, models is None, seeds, schema, data_dir
+        )
 
     data = task_data(task, dataset, seeds, data_dir=data_dir, schema=schema)
     adata, schema, dataset_name = data.adata, data.schema, data.dataset
@@ -1052,6 +1054,7 @@ def _run_out_of_core(
     default_models: bool,
     seeds: list[int],
     schema: PerturbationSchema | None,
+    data_dir: str | Path | None,
 ) -> dict[str, Any]:
     """The task on a dataset read from disk in blocks; models that need every cell are refused."""
     from aivc.instruments._registry import list_instruments
@@ -1068,7 +1071,13 @@ def _run_out_of_core(
         logger.info("out of core: %s left out (they train on every cell)", whole)
     names = [m for m in model_names if m not in whole]
     return run_out_of_core(
-        spec, out=out, dataset=dataset, model_names=names, seeds=seeds, schema=schema
+        spec,
+        out=out,
+        dataset=dataset,
+        model_names=names,
+        seeds=seeds,
+        schema=schema,
+        data_dir=data_dir,
     )
 
 
