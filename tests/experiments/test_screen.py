@@ -201,7 +201,7 @@ def test_dask_equals_local(linear):
     singles_local = screen(linear, panel, objective="down:GENE003", chunk_size=4)
     with (
         distributed.LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

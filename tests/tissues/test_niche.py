@@ -194,6 +194,29 @@ def test_sampled_subgraph_training_runs(monkeypatch) -> None:
     assert np.isfinite(model.training_loss_)
 
 
+@pytest.mark.parametrize("sampled", [False, True])
+def test_two_processes_train_the_niche_model_in_step(monkeypatch, sampled) -> None:
+    import aivc.tissues._niche as niche
+
+    if sampled:  # the parent decides whole graph or sampled subgraphs, and tells the ranks
+        monkeypatch.setattr(niche, "FULL_GRAPH_CELLS", 100)
+    a = _zoned_tissue(400)
+    schema = SpatialSchema(section_key="section")
+    params = {"n_components": 4, "n_latent": 3, "steps": 30, "batch_cells": 64, "seed": 2}
+    one = NicheModel(**params).fit(a, schema)
+    two = NicheModel(**params, n_processes=2).fit(a, schema)
+    # the ranks ended with identical weights (checked after training), on gloo
+    assert two.ddp_ == {"processes": 2, "backend": "gloo", "ranks_in_sync": True}
+    assert one.ddp_ is None
+    z1, z2 = one.transform(a, schema), two.transform(a, schema)
+    assert z2.shape == z1.shape and np.isfinite(z2).all()
+    assert not np.array_equal(z1, z2)  # each rank's half of the batch: not the same numbers
+    # the same training, as well: the final loss of 2 processes within a third of one's
+    assert abs(two.training_loss_ - one.training_loss_) < 0.34 * one.training_loss_
+    with pytest.raises(ValueError, match="n_processes"):
+        NicheModel(n_processes=0).fit(a, schema)
+
+
 def test_domains_follow_the_zones() -> None:
     from sklearn.metrics import adjusted_rand_score
 

@@ -10,7 +10,6 @@ are renamed to their human one-to-one orthologs first.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -18,7 +17,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -600,29 +598,29 @@ class CellEncoder(Instrument):
 
         Returns rank 0's loss history and its training-loop seconds.
         """
-        import tempfile
-
-        import torch
-        from safetensors.torch import load_file
+        from aivc._ddp import train_on_processes
 
         world = int(self.n_processes)
-        with tempfile.TemporaryDirectory(prefix="aivc-ddp-") as tmp:
-            torch.multiprocessing.start_processes(
-                _ddp_rank,
-                args=(self, x, dec, batch_codes, world, tmp),
-                nprocs=world,
-                join=True,
-                start_method="spawn",
-            )
-            folder = Path(tmp)
-            sums = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(world)]
-            state = load_file(str(folder / "state.safetensors"))
-        if any(s["checksum"] != sums[0]["checksum"] for s in sums):
-            msg = f"The {world} training processes ended with different weights: {sums}."
-            raise RuntimeError(msg)
+        state, history, seconds = train_on_processes(
+            self,
+            "_train_rank",
+            (x, dec, batch_codes),
+            world,
+            threads=max(1, _TORCH_THREADS // world),
+        )
         self.module_.load_state_dict(state)
         self.ddp_ = {"processes": world, "backend": "gloo", "ranks_in_sync": True}
-        return list(sums[0]["history"]), float(sums[0]["seconds"])
+        return history, seconds
+
+    def _train_rank(
+        self, x: sp.csr_matrix, dec: np.ndarray, batch_codes: np.ndarray, *, rank: int, world: int
+    ) -> tuple[Any, list[float]]:
+        """One process of :meth:`_train_distributed`: a fresh module from the seed, trained."""
+        import torch
+
+        torch.manual_seed(self.seed)
+        self.module_ = self._new_module()
+        return self.module_, self._train(x, dec, batch_codes, rank=rank, world=world)
 
     # ------------------------------------------------------------------------- panels
     def _panel_plan(self, var_names: Sequence[str], *, species: str = "human") -> _PanelPlan:
@@ -984,43 +982,3 @@ def _launched_world() -> int:
     if os.environ.get("RANK") is None or os.environ.get("WORLD_SIZE") is None:
         return 1
     return max(1, int(os.environ["WORLD_SIZE"]))
-
-
-def _ddp_rank(
-    rank: int,
-    encoder: CellEncoder,
-    x: sp.csr_matrix,
-    dec: np.ndarray,
-    batch_codes: np.ndarray,
-    world: int,
-    folder: str,
-) -> None:
-    """One process of :meth:`CellEncoder._train_distributed` (started by torch.multiprocessing)."""
-    import hashlib
-
-    import torch
-    import torch.distributed as dist
-    from safetensors.torch import save_file
-
-    torch.set_num_threads(max(1, _TORCH_THREADS // world))
-    dist.init_process_group(
-        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
-    )
-    try:
-        torch.manual_seed(encoder.seed)
-        encoder.module_ = encoder._new_module()
-        t0 = time.perf_counter()
-        history = encoder._train(x, dec, batch_codes, rank=rank, world=world)
-        seconds = time.perf_counter() - t0
-        state = {k: v.detach().contiguous() for k, v in encoder.module_.state_dict().items()}
-        digest = hashlib.sha256()
-        for k in sorted(state):
-            digest.update(state[k].numpy().tobytes())
-        if rank == 0:
-            save_file(state, f"{folder}/state.safetensors")
-        Path(folder, f"rank{rank}.json").write_text(
-            json.dumps({"checksum": digest.hexdigest(), "history": history, "seconds": seconds})
-        )
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()

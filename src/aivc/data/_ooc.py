@@ -396,8 +396,13 @@ def dask_client(
         )
         raise TypeError(msg)
     if client == "local":
+        # no dashboard, and the scheduler's HTTP endpoints on a free port (two clusters at once
+        # must not compete for the default 8787)
         cluster = LocalCluster(
-            n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=int(n_workers),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
         )
         own = Client(cluster)
         try:

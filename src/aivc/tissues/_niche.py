@@ -139,6 +139,20 @@ def _subgraph(
     return nodes, edges, np.searchsorted(nodes, seeds)
 
 
+class _Loss(torch.nn.Module):
+    """The autoencoder's masked loss as a module's forward (what DistributedDataParallel wraps);
+    0, through every weight, when nothing is masked."""
+
+    def __init__(self, module: NicheGNN) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor, edges: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        if bool(masked.any()):
+            return self.module.loss(x, edges, masked)
+        return sum(p.sum() for p in self.module.parameters()) * 0.0
+
+
 @register_instrument(
     "aivc-niche",
     kind="niche",
@@ -174,6 +188,11 @@ class NicheModel(Instrument):
         Centre the components within each section.
     seed
         Seed of the weights, masks and samples.
+    n_processes
+        Train with DistributedDataParallel on this many CPU processes (gloo): every
+        process draws the same seed cells and masks, trains on its share of them, and
+        the gradients are averaged, so all processes take the same steps. 1 (the
+        default) trains in this process, unchanged.
     """
 
     module_class = NicheGNN
@@ -194,6 +213,7 @@ class NicheModel(Instrument):
         max_genes: int = 2000,
         batch_correct: bool = True,
         seed: int = 0,
+        n_processes: int = 1,
     ) -> None:
         self.n_components = n_components
         self.n_hidden = n_hidden
@@ -208,6 +228,7 @@ class NicheModel(Instrument):
         self.max_genes = max_genes
         self.batch_correct = batch_correct
         self.seed = seed
+        self.n_processes = n_processes
 
     # ------------------------------------------------------------------ features
     def _check(
@@ -250,6 +271,13 @@ class NicheModel(Instrument):
     def fit(self, adata: AnnData, schema: SpatialSchema | None = None) -> Self:
         """Learn the components and train the graph autoencoder on ``adata``."""
         schema, _ = self._check(adata, schema)
+        if (
+            isinstance(self.n_processes, bool)
+            or not isinstance(self.n_processes, int | np.integer)
+            or self.n_processes < 1
+        ):
+            msg = f"The 'n_processes' parameter of NicheModel must be a positive integer. Got {self.n_processes!r} instead."
+            raise ValueError(msg)
         if adata.n_obs < 10:
             msg = f"A niche model needs at least 10 cells; got {adata.n_obs}."
             raise DataValidationError(msg)
@@ -261,43 +289,90 @@ class NicheModel(Instrument):
         self.fitted_ = True
         x = self.features(adata, schema)
         graph = self.spatial_graph(adata, schema)
-        self.module_ = self._train(x, graph)
+        full = x.shape[0] <= FULL_GRAPH_CELLS  # else sampled subgraphs
+        self.ddp_: dict[str, Any] | None = None
+        if int(self.n_processes) > 1:
+            from aivc._ddp import train_on_processes
+
+            state, history, _ = train_on_processes(
+                self, "_train", (x, graph, full), int(self.n_processes)
+            )
+            self.module_ = self._new_module(x.shape[1])
+            self.module_.load_state_dict(state)
+            self.module_.eval()
+            self.training_loss_ = history[-1] if history else float("nan")
+            self.ddp_ = {
+                "processes": int(self.n_processes),
+                "backend": "gloo",
+                "ranks_in_sync": True,
+            }
+        else:
+            self.module_, history = self._train(x, graph, full)
+            self.training_loss_ = history[-1] if history else float("nan")
         return self
 
-    def _train(self, x: np.ndarray, graph: sp.csr_matrix) -> NicheGNN:
+    def _new_module(self, n_input: int) -> NicheGNN:
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
-            module = self.module_class(x.shape[1], self.n_hidden, self.n_latent)
+            return self.module_class(n_input, self.n_hidden, self.n_latent)
+
+    def _train(
+        self, x: np.ndarray, graph: sp.csr_matrix, full: bool, *, rank: int = 0, world: int = 1
+    ) -> tuple[NicheGNN, list[float]]:
+        """Train the graph autoencoder; with ``world > 1``, as one DistributedDataParallel rank.
+
+        Every rank draws the same seed cells and masks (one random stream from
+        the seed) and keeps every ``world``-th of them, so the ranks' shares
+        make up the one-process batch; with one process the draws are those
+        of the single-process loop. Returns the module and the loss of each step.
+        """
+        module = self._new_module(x.shape[1])
         rng = np.random.default_rng([self.seed, 41])
+        model: torch.nn.Module = module
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(_Loss(module))
         opt = torch.optim.Adam(module.parameters(), lr=self.learning_rate)
         features = torch.from_numpy(x)
-        full = x.shape[0] <= FULL_GRAPH_CELLS
         if full:
             coo = graph.tocoo()
             edges = torch.from_numpy(np.vstack([coo.col, coo.row]).astype(np.int64))
         module.train()
+        history: list[float] = []
         for _ in range(self.steps):
             if full:
                 xb, eb = features, edges
-                masked = torch.from_numpy(rng.random(len(x)) < self.mask_rate)
+                hidden = rng.random(len(x)) < self.mask_rate
+                if world > 1:
+                    hidden &= np.arange(len(x)) % world == rank
+                masked = torch.from_numpy(hidden)
             else:
                 seeds = np.sort(
                     rng.choice(len(x), size=min(self.batch_cells, len(x)), replace=False)
                 )
+                if world > 1:
+                    # masks for all seeds first, so every rank consumes the same draws
+                    hide_seed = rng.random(len(seeds)) < self.mask_rate
+                    seeds, hide_seed = seeds[rank::world], hide_seed[rank::world]
                 nodes, eb, local = _subgraph(graph, seeds)
                 xb = features[torch.from_numpy(nodes)]
                 hide = np.zeros(len(nodes), dtype=bool)
-                hide[local[rng.random(len(local)) < self.mask_rate]] = True
+                if world > 1:
+                    hide[local[hide_seed]] = True
+                else:
+                    hide[local[rng.random(len(local)) < self.mask_rate]] = True
                 masked = torch.from_numpy(hide)
-            if not bool(masked.any()):
+            if world == 1 and not bool(masked.any()):
                 continue
             opt.zero_grad()
-            loss = module.loss(xb, eb, masked)
+            # (a rank with nothing masked still takes part in the gradient exchange, with 0)
+            loss = model(xb, eb, masked) if world > 1 else module.loss(xb, eb, masked)
             loss.backward()
             opt.step()
+            history.append(float(loss.detach()))
         module.eval()
-        self.training_loss_ = float(loss.detach())
-        return module
+        return module, history
 
     # ----------------------------------------------------------------- transform
     def transform(self, adata: AnnData, schema: SpatialSchema | None = None) -> np.ndarray:
