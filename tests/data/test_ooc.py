@@ -227,3 +227,25 @@ def test_the_validate_command_reads_the_stored_schema_or_declared_columns(datase
         app, ["validate", str(tmp_path / "bare.zarr"), "--control-label", "x"]
     )
     assert half.exit_code == 2 and "both --perturbation-key and --control-label" in half.output
+
+
+@pytest.mark.parametrize("store", ["h5ad", "zarr"])
+def test_annotations_read_block_by_block_give_the_in_memory_conditions(tmp_path, store) -> None:
+    from dataclasses import replace
+
+    raw, schema = synthetic_perturbation_data(n_singles=4, n_doubles=1, n_contexts=2, seed=9)
+    rng = np.random.default_rng(0)
+    raw = raw[rng.permutation(raw.n_obs)].copy()  # conditions interleaved across blocks
+    raw.obs["dose"] = rng.choice([0.1, 1.0, 10.0], raw.n_obs)
+    raw.obs["dose"] = raw.obs["dose"].where(raw.obs["perturbation"] != "control", 0.0)
+    raw.X = sp.csr_matrix(raw.X, dtype=np.float32)
+    schema = replace(schema, dose_key="dose")
+    path = tmp_path / f"dosed.{store}"
+    raw.write_h5ad(path) if store == "h5ad" else raw.write_zarr(path)
+    means, info, sums = _in_memory(raw, schema)
+    out = pseudobulk_from_file(path, schema, chunk_size=29)
+    assert list(out.means.index) == list(means.index)
+    assert_array_equal(out.info["n_cells"].to_numpy(), info["n_cells"].to_numpy())
+    assert_allclose(out.info["dose"].to_numpy(), info["dose"].to_numpy())
+    assert_array_equal(out.count_sums.to_numpy(), sums)
+    assert_allclose(out.means.to_numpy(), means.to_numpy(), rtol=0, atol=1e-12)

@@ -247,24 +247,41 @@ def _condition_codes(
 
     Conditions and their ``info`` are those of :func:`aivc.data.pseudobulk`.
     """
-    import anndata as ad
-
-    for key in (schema.perturbation_key, schema.dose_key, schema.context_key):
-        if key is not None and key not in obs:
+    keys = _condition_keys(schema)
+    for key in keys:
+        if key not in obs:
             msg = f"obs has no column {key!r} named by the schema; its columns are {list(obs.columns)}."
             raise DataValidationError(msg)
     # one id per distinct (perturbation, dose, context) without building a label per cell
     # (millions of label strings would be most of the memory), then the labels of those rows
-    keys = [
-        k for k in (schema.perturbation_key, schema.dose_key, schema.context_key) if k is not None
-    ]
     group = obs.groupby(keys, observed=True, sort=False, dropna=False).ngroup().to_numpy()
     first = np.unique(group, return_index=True)[1]
-    heads = obs.iloc[first]
+    head_codes, info = _condition_table(obs.iloc[first], schema)
+    codes = head_codes[group]
+    info["n_cells"] = np.bincount(codes, minlength=len(info))
+    return codes.astype(np.int64), info
+
+
+def _condition_keys(schema: PerturbationSchema) -> list[str]:
+    """The obs columns that define a condition: perturbation, dose, context."""
+    return [
+        k for k in (schema.perturbation_key, schema.dose_key, schema.context_key) if k is not None
+    ]
+
+
+def _condition_table(
+    heads: pd.DataFrame, schema: PerturbationSchema
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """The condition code of each distinct annotation row, and one ``info`` row per condition.
+
+    Conditions (sorted labels) and ``info`` are those of :func:`aivc.data.pseudobulk`.
+    """
+    import anndata as ad
+
+    heads = heads.copy()
     heads.index = pd.Index([f"g{i}" for i in range(len(heads))])
     head_labels = condition_labels(ad.AnnData(obs=heads), schema).to_numpy()
     head_codes, labels = pd.factorize(head_labels, sort=True)
-    codes = head_codes[group]
     frame = pd.DataFrame({"perturbation": heads[schema.perturbation_key].astype(str).to_numpy()})
     frame["context"] = (
         heads[schema.context_key].astype(str).to_numpy() if schema.context_key is not None else None
@@ -276,8 +293,85 @@ def _condition_codes(
     )
     info = frame.groupby(head_codes).first()
     info.index = pd.Index(labels)
-    info["n_cells"] = np.bincount(codes, minlength=len(labels))
-    return codes.astype(np.int64), info
+    return head_codes, info
+
+
+def _row_keys(rows: pd.DataFrame, keys: Sequence[str]) -> pd.Index:
+    """One string per annotation row that identifies its condition (the same for equal rows)."""
+    parts = [rows[k].astype(str).to_numpy(dtype=object) for k in keys]
+    out = parts[0]
+    for part in parts[1:]:
+        out = out + "\x1f" + part
+    return pd.Index(out)
+
+
+def _obs_rows(group: Any, columns: Sequence[str], start: int, stop: int) -> pd.DataFrame:
+    """Rows ``start:stop`` of obs columns, sliced on disk (categorical codes, arrays).
+
+    Other encodings are read whole and sliced (correct, not block-bounded).
+    """
+    from anndata.io import read_elem
+
+    out: dict[str, Any] = {}
+    for c in columns:
+        if c not in group["obs"]:
+            have = [k for k in group["obs"].keys() if not k.startswith("_")]
+            msg = f"obs has no column {c!r} named by the schema; its columns are {have}."
+            raise DataValidationError(msg)
+        node = group["obs"][c]
+        encoding = node.attrs.get("encoding-type", "array")
+        if encoding == "categorical":
+            codes = np.asarray(node["codes"][start:stop])
+            out[c] = pd.Categorical.from_codes(codes, categories=read_elem(node["categories"]))
+        elif encoding in ("array", "string-array") and hasattr(node, "shape"):
+            if hasattr(node, "asstr") and node.dtype.kind in ("O", "S"):
+                out[c] = np.asarray(node.asstr()[start:stop], dtype=object)  # HDF5 strings
+            else:
+                out[c] = np.asarray(node[start:stop])
+        else:
+            out[c] = np.asarray(read_elem(node))[start:stop]
+    return pd.DataFrame(out)
+
+
+def _n_rows(group: Any, column: str) -> int:
+    """Number of rows of an obs column on disk."""
+    if column not in group["obs"]:
+        have = [k for k in group["obs"].keys() if not k.startswith("_")]
+        msg = f"obs has no column {column!r} named by the schema; its columns are {have}."
+        raise DataValidationError(msg)
+    node = group["obs"][column]
+    if node.attrs.get("encoding-type") == "categorical":
+        return int(node["codes"].shape[0])
+    if "values" in getattr(node, "keys", lambda: [])():
+        return int(node["values"].shape[0])
+    return int(node.shape[0])
+
+
+def _block_distinct(path: str, keys: Sequence[str], start: int, stop: int) -> pd.DataFrame:
+    """The distinct condition rows of rows ``start:stop`` (runs on a worker)."""
+    cells = open_cells(path)
+    try:
+        rows = _obs_rows(cells._group(), keys, start, stop)
+    finally:
+        cells.close()
+    return rows.iloc[np.unique(_row_keys(rows, keys), return_index=True)[1]]
+
+
+def _block_codes(
+    path: str, keys: Sequence[str], table: pd.Index, code_of: np.ndarray, start: int, stop: int
+) -> np.ndarray:
+    """Condition codes of rows ``start:stop``, from their annotations and the condition table
+    (``table``: the key of each distinct annotation row; ``code_of``: its condition code)."""
+    cells = open_cells(path)
+    try:
+        rows = _obs_rows(cells._group(), keys, start, stop)
+    finally:
+        cells.close()
+    at = table.get_indexer(_row_keys(rows, keys))
+    if (at < 0).any():  # the table was built from these very rows: cannot happen
+        msg = f"Rows {start}-{stop - 1}: annotations changed while the file was read."
+        raise DataValidationError(msg)
+    return code_of[at]
 
 
 def _annotations(
@@ -312,7 +406,7 @@ def _block_sums(
     layer: str | None,
     start: int,
     stop: int,
-    codes: np.ndarray,
+    codes: np.ndarray | tuple[Sequence[str], pd.Index, np.ndarray],
     n_groups: int,
     target_sum: float,
     squares: bool = False,
@@ -326,9 +420,17 @@ def _block_sums(
     (halvings x rows codes into ``2 * n_groups`` half-groups, -1 for a row in
     neither half) also ``halves`` (halvings x half-groups x genes log sums);
     with ``keep`` (row offsets within the block) also ``cells``, those rows'
-    raw counts.
+    raw counts. ``codes`` are the rows' condition codes, or (condition columns, keys
+    of the distinct annotation rows, their codes) to read them from the
+    block's annotations (then ``n``, the cells per condition, is returned too).
     """
     from aivc.data._preprocess import log_normalize
+
+    from_table = isinstance(codes, tuple)
+    if from_table:
+        keys, table, code_of = codes  # type: ignore[misc]
+        codes = _block_codes(path, keys, table, code_of, start, stop)
+    codes = np.asarray(codes)
 
     cells = open_cells(path, layer=layer)
     try:
@@ -361,6 +463,8 @@ def _block_sums(
         out["halves"] = np.stack(parts) if parts else np.zeros((0, 2 * n_groups, counts.shape[1]))
     if keep is not None:
         out["cells"] = sp.csr_matrix(counts[np.asarray(keep, dtype=np.int64)], dtype=np.float32)
+    if from_table:
+        out["n"] = np.bincount(codes, minlength=n_groups)
     return out
 
 
@@ -482,27 +586,61 @@ def pseudobulk_from_file(
         The store is not anndata's, a schema column or the counts layer is
         missing, or a block holds values that are not counts.
     """
+    if int(chunk_size) < 1:
+        msg = f"chunk_size must be a positive number of cells. Got {chunk_size}."
+        raise ValueError(msg)
     path = Path(path)
-    obs, var_names = _annotations(path, schema, chunk_size, conditions_only=True)
-    codes, info = _condition_codes(obs, schema)
-    n_groups = len(info)
-    blocks = _blocks(len(obs), int(chunk_size))
-    args = [
-        (str(path), schema.counts_layer, a, b, codes[a:b], n_groups, float(target_sum))
-        for a, b in blocks
-    ]
-    count_sums = np.zeros((n_groups, len(var_names)))
-    log_sums = np.zeros((n_groups, len(var_names)))
+    keys = _condition_keys(schema)
+    cells = open_cells(path, layer=schema.counts_layer)
+    try:
+        var_names, n_obs = cells.var_names, cells.n_obs
+        n_annotated = _n_rows(cells._group(), keys[0])
+    finally:
+        cells.close()
+    if n_obs != n_annotated:
+        msg = f"The count matrix has {n_obs} rows, but obs has {n_annotated} cells."
+        raise DataValidationError(msg)
+    # the annotations are read block by block too: first the distinct conditions, then each
+    # block's codes where its counts are read, so memory holds no per-cell array
+    blocks = _blocks(n_obs, int(chunk_size))
     with dask_client(client, n_workers=n_workers) as dask:
-        # in block order: the same sums as one process, bit for bit
         window = 2 * max(len(dask.scheduler_info()["workers"]), 1) if dask is not None else 1
+        distinct = list(
+            _ordered_results(
+                dask, _block_distinct, [(str(path), keys, a, b) for a, b in blocks], window
+            )
+        )
+        heads = pd.concat(distinct, ignore_index=True)
+        heads = heads.iloc[np.unique(_row_keys(heads, keys), return_index=True)[1]]
+        head_codes, info = _condition_table(heads, schema)
+        n_groups = len(info)
+        # the table: each distinct row's key, and its condition code
+        table = (_row_keys(heads, keys), np.asarray(head_codes, dtype=np.int64))
+        args = [
+            (
+                str(path),
+                schema.counts_layer,
+                a,
+                b,
+                (keys, *table),
+                n_groups,
+                float(target_sum),
+            )
+            for a, b in blocks
+        ]
+        count_sums = np.zeros((n_groups, len(var_names)))
+        log_sums = np.zeros((n_groups, len(var_names)))
+        n_cells = np.zeros(n_groups, dtype=np.int64)
+        # in block order: the same sums as one process, bit for bit
         for part in _ordered_results(dask, _block_sums, args, window):
             count_sums += part["counts"]
             log_sums += part["log"]
+            n_cells += part["n"]
+    info["n_cells"] = n_cells
     logger.info(
         "pseudobulk of %s: %d cells in %d blocks, %d conditions%s",
         path,
-        len(obs),
+        n_obs,
         len(blocks),
         n_groups,
         "" if client is None else " (Dask)",
@@ -513,7 +651,7 @@ def pseudobulk_from_file(
         means=pd.DataFrame(log_sums / sizes, index=info.index, columns=genes),
         count_sums=pd.DataFrame(count_sums, index=info.index, columns=genes),
         info=info,
-        n_cells=len(obs),
+        n_cells=n_obs,
         n_blocks=len(blocks),
         target_sum=float(target_sum),
     )
