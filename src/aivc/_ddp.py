@@ -9,10 +9,15 @@ each; the method wraps its module in ``DistributedDataParallel`` when
 writes a checksum of its own, and the run fails unless they are all equal
 (DistributedDataParallel averages the gradients, so the ranks take the same
 steps). Each process gets ``threads`` intra-op threads.
+
+The processes are spawned, so a script that trains this way must start its
+work under ``if __name__ == "__main__":`` (each process imports the script).
+A process that waits on a dead one gives up after :data:`WAIT`.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import tempfile
@@ -20,7 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["train_on_processes"]
+__all__ = ["WAIT", "train_on_processes"]
+
+#: Longest wait of a process on the others (joining the group, one gradient exchange).
+WAIT = datetime.timedelta(minutes=10)
 
 
 def _rank_main(
@@ -33,7 +41,11 @@ def _rank_main(
 
     torch.set_num_threads(max(1, threads))
     dist.init_process_group(
-        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
+        "gloo",
+        init_method=f"file://{folder}/rendezvous",
+        rank=rank,
+        world_size=world,
+        timeout=WAIT,
     )
     try:
         t0 = time.perf_counter()
