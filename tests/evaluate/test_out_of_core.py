@@ -158,3 +158,45 @@ def test_the_benchmark_command_takes_out_of_core(store, tmp_path) -> None:
     assert "Run out of core" in (out / "results.md").read_text()
     wrong = CliRunner().invoke(app, ["benchmark", "scaling", "--out-of-core", "--out", str(out)])
     assert wrong.exit_code == 2 and "--out-of-core" in wrong.output
+
+
+def test_a_store_without_a_schema_takes_declared_columns_and_a_counts_layer(
+    store, tmp_path
+) -> None:
+    from typer.testing import CliRunner
+
+    from aivc.data import log_normalize
+    from aivc.interfaces.cli import app
+
+    raw, schema, folder = store
+    bare = raw.copy()
+    bare.uns.pop("aivc", None)
+    bare.layers["raw"] = bare.X.copy()
+    bare.X, _ = log_normalize(bare.X)  # what many public files hold in X
+    bare.write_zarr(tmp_path / "bare.zarr")
+    columns = [
+        "--perturbation-key", schema.perturbation_key, "--control-label", schema.control_label,
+        "--context-key", schema.context_key,
+    ]  # fmt: skip
+    common = ["--models", "control", "--seeds", "0", "--verbosity", "warning"]
+    dataset = ["benchmark", "unseen-single", "--dataset", str(tmp_path / "bare.zarr")]
+    out = tmp_path / "declared"
+    result = CliRunner().invoke(
+        app, [*dataset, *columns, "--counts-layer", "raw", *common, "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    declared = json.loads((out / "results.json").read_text())
+    stored = run_benchmark(
+        "unseen-single",
+        out=tmp_path / "stored",
+        dataset=str(folder / "screen.zarr"),
+        models=["control"],
+        seeds=[0],
+    )
+    # the counts layer gives what counts in X give
+    assert declared["replicate"]["mse_de20"]["mean"] == pytest.approx(
+        stored["replicate"]["mse_de20"]["mean"]
+    )
+    # without the layer, the log values in X are refused as counts, with the rows
+    wrong = CliRunner().invoke(app, [*dataset, *columns, *common, "--out", str(tmp_path / "w")])
+    assert wrong.exit_code == 2 and "non-integer" in wrong.output
