@@ -91,17 +91,17 @@ def test_unseen_single_runs_out_of_core_with_the_results_format(store, tmp_path)
     assert "out_of_core" not in memory
 
 
-def test_an_h5ad_file_runs_out_of_core_on_request(store, tmp_path) -> None:
+def test_an_h5ad_file_runs_out_of_core_on_request_with_one_seed_by_default(store, tmp_path) -> None:
     _, _, folder = store
     result = run_benchmark(
         "unseen-single",
         out=tmp_path / "h5",
         dataset=str(folder / "screen.h5ad"),
         models=["control"],
-        seeds=[0],
         out_of_core=True,
     )
     assert result["out_of_core"]["store"] == "screen.h5ad"
+    assert result["split"]["seeds"] == [0] and result["split"]["n_splits"] == 5
 
 
 def test_a_registered_dataset_runs_out_of_core_with_the_registry_schema(tmp_path) -> None:

@@ -113,7 +113,8 @@ def benchmark(
         list[int] | None,
         typer.Option(
             "--seeds",
-            help="Seeds (repeat the option); default: the task's own (3, or 5 for screens).",
+            help="Seeds (repeat the option); default: the task's own (3, or 5 for screens; "
+            "1 for a perturbation task read out of core).",
         ),
     ] = None,
     variant: Annotated[

@@ -806,7 +806,7 @@ def run_benchmark(
     out: str | Path,
     dataset: str | None = None,
     models: Sequence[str] | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
+    seeds: Sequence[int] | None = None,
     data_dir: str | Path | None = None,
     n_halvings: int = 5,
     cell_eval: bool | None = None,
@@ -830,6 +830,8 @@ def run_benchmark(
         Registered instrument names; default: the task's models (``gears`` only where installed).
     seeds
         Seeds; each seed repeats the splits (for k-fold: reshuffled folds) and cell sampling.
+        Default 0, 1 and 2; 0 alone for a dataset read out of core (every condition is
+        still tested once).
     data_dir
         Data directory (default ``aivc.settings.data_dir``).
     n_halvings
@@ -874,7 +876,10 @@ def run_benchmark(
         cell_eval = spec.cell_eval
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = list(seeds)
+    if out_of_core is None:
+        out_of_core = is_out_of_core(dataset)
+    # a screen read out of core is large: one seed (every condition tested once) unless asked
+    seeds = list(seeds) if seeds is not None else ([0] if out_of_core else [0, 1, 2])
     if len(seeds) < 1:
         msg = "At least one seed is needed."
         raise ValueError(msg)
@@ -890,8 +895,6 @@ def run_benchmark(
         get_instrument_class(m)  # fail early on unknown names
     if spec.zero_point not in model_names:
         model_names.insert(0, spec.zero_point)
-    if out_of_core is None:
-        out_of_core = is_out_of_core(dataset)
     if out_of_core:
         if dataset is None:
             msg = "The out-of-core runner reads a dataset from disk; name it (--dataset)."
@@ -1307,7 +1310,7 @@ def _task_runner(name: str) -> Callable[..., dict[str, Any]]:
         *,
         dataset: str | None = None,
         models: Sequence[str] | None = None,
-        seeds: Sequence[int] = (0, 1, 2),
+        seeds: Sequence[int] | None = None,
         variant: str | None = None,
         cell_eval: bool | None = None,
         model_params: dict[str, dict[str, Any]] | None = None,
