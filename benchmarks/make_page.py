@@ -1659,8 +1659,7 @@ def scaling_lines(root: str | Path) -> list[str]:
 #: The Replogle-sized screen run out of core: folder and command (shown relative to benchmarks/).
 REPLOGLE_RUN = (
     "scale/replogle-unseen-single",
-    "aivc benchmark unseen-single --dataset sim:replogle --seeds 0 "
-    "--out results/scale/replogle-unseen-single",
+    "aivc benchmark unseen-single --dataset sim:replogle --out results/scale/replogle-unseen-single",
 )
 #: The issue's targets for that run: whole command under 15 minutes, peak memory under 8 GB.
 REPLOGLE_TARGETS = (15 * 60.0, 8 * 1024.0)

@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
@@ -64,6 +64,9 @@ from aivc.evaluate._metrics import (
 )
 from aivc.evaluate._results import write_results
 from aivc.evaluate.tasks import knowledge_from
+
+if TYPE_CHECKING:
+    from aivc.evaluate.tasks.perturbation import PerturbationSpec
 
 __all__ = ["SIM_PREFIX", "is_out_of_core", "run_out_of_core", "world_store"]
 
@@ -346,7 +349,7 @@ def _knowledge_of(store: Path) -> Path | None:
 
 # ----------------------------------------------------------------------------- the runner
 def run_out_of_core(
-    spec: Any,
+    spec: PerturbationSpec,
     *,
     out: str | Path,
     dataset: str,
