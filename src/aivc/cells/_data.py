@@ -189,8 +189,7 @@ def embed_file(
                 ).hexdigest()[:16]
                 state = dask.scatter((encoder.get_params(), arrays, meta), broadcast=True)
                 args = [(token, state, plan, str(path), layer, a, b) for a, b in blocks]
-                window = 2 * max(len(dask.scheduler_info()["workers"]), 1)
-                parts = _ordered_results(dask, _embed_block, args, window)
+                parts = _ordered_results(dask, _embed_block, args)
             with _torch_threads(_TORCH_THREADS):
                 for i, ((start, stop), (emb, n_empty)) in enumerate(
                     progress(

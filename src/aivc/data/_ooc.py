@@ -305,6 +305,21 @@ def _row_keys(rows: pd.DataFrame, keys: Sequence[str]) -> pd.Index:
     return pd.Index(out)
 
 
+def _check_chunk(chunk_size: int) -> None:
+    if int(chunk_size) < 1:
+        msg = f"chunk_size must be a positive number of cells. Got {chunk_size}."
+        raise ValueError(msg)
+
+
+def _obs_column(group: Any, column: str) -> Any:
+    """The on-disk node of obs column ``column``, with a clear error when it is missing."""
+    if column not in group["obs"]:
+        have = [k for k in group["obs"].keys() if not k.startswith("_")]
+        msg = f"obs has no column {column!r} named by the schema; its columns are {have}."
+        raise DataValidationError(msg)
+    return group["obs"][column]
+
+
 def _obs_rows(group: Any, columns: Sequence[str], start: int, stop: int) -> pd.DataFrame:
     """Rows ``start:stop`` of obs columns, sliced on disk (categorical codes, arrays).
 
@@ -314,11 +329,7 @@ def _obs_rows(group: Any, columns: Sequence[str], start: int, stop: int) -> pd.D
 
     out: dict[str, Any] = {}
     for c in columns:
-        if c not in group["obs"]:
-            have = [k for k in group["obs"].keys() if not k.startswith("_")]
-            msg = f"obs has no column {c!r} named by the schema; its columns are {have}."
-            raise DataValidationError(msg)
-        node = group["obs"][c]
+        node = _obs_column(group, c)
         encoding = node.attrs.get("encoding-type", "array")
         if encoding == "categorical":
             codes = np.asarray(node["codes"][start:stop])
@@ -335,11 +346,7 @@ def _obs_rows(group: Any, columns: Sequence[str], start: int, stop: int) -> pd.D
 
 def _n_rows(group: Any, column: str) -> int:
     """Number of rows of an obs column on disk."""
-    if column not in group["obs"]:
-        have = [k for k in group["obs"].keys() if not k.startswith("_")]
-        msg = f"obs has no column {column!r} named by the schema; its columns are {have}."
-        raise DataValidationError(msg)
-    node = group["obs"][column]
+    node = _obs_column(group, column)
     if node.attrs.get("encoding-type") == "categorical":
         return int(node["codes"].shape[0])
     if "values" in getattr(node, "keys", lambda: [])():
@@ -358,15 +365,11 @@ def _block_distinct(path: str, keys: Sequence[str], start: int, stop: int) -> pd
 
 
 def _block_codes(
-    path: str, keys: Sequence[str], table: pd.Index, code_of: np.ndarray, start: int, stop: int
+    group: Any, keys: Sequence[str], table: pd.Index, code_of: np.ndarray, start: int, stop: int
 ) -> np.ndarray:
-    """Condition codes of rows ``start:stop``, from their annotations and the condition table
-    (``table``: the key of each distinct annotation row; ``code_of``: its condition code)."""
-    cells = open_cells(path)
-    try:
-        rows = _obs_rows(cells._group(), keys, start, stop)
-    finally:
-        cells.close()
+    """Condition codes of rows ``start:stop`` of an open store, from their annotations and the
+    condition table (``table``: the key of each distinct annotation row; ``code_of``: its code)."""
+    rows = _obs_rows(group, keys, start, stop)
     at = table.get_indexer(_row_keys(rows, keys))
     if (at < 0).any():  # the table was built from these very rows: cannot happen
         msg = f"Rows {start}-{stop - 1}: annotations changed while the file was read."
@@ -375,19 +378,11 @@ def _block_codes(
 
 
 def _annotations(
-    path: Path, schema: PerturbationSchema, chunk_size: int, *, conditions_only: bool = False
+    path: Path, schema: PerturbationSchema, chunk_size: int
 ) -> tuple[pd.DataFrame, pd.Index]:
-    """The schema's obs columns and the gene names of a store, checked against its matrix.
-
-    With ``conditions_only``, only the columns that define a condition (perturbation,
-    dose, context): per-cell memory is what pseudobulk needs and no more.
-    """
-    if int(chunk_size) < 1:
-        msg = f"chunk_size must be a positive number of cells. Got {chunk_size}."
-        raise ValueError(msg)
+    """The schema's obs columns and the gene names of a store, checked against its matrix."""
+    _check_chunk(chunk_size)
     keys = schema.obs_keys()
-    if conditions_only:
-        keys = {r: k for r, k in keys.items() if r in ("perturbation", "dose", "context")}
     cells = open_cells(path, layer=schema.counts_layer)
     try:
         obs = cells.obs(list(dict.fromkeys(keys.values())), names=False)
@@ -427,16 +422,15 @@ def _block_sums(
     from aivc.data._preprocess import log_normalize
 
     from_table = isinstance(codes, tuple)
-    if from_table:
-        keys, table, code_of = codes  # type: ignore[misc]
-        codes = _block_codes(path, keys, table, code_of, start, stop)
-    codes = np.asarray(codes)
-
     cells = open_cells(path, layer=layer)
     try:
+        if from_table:
+            keys, table, code_of = codes  # type: ignore[misc]
+            codes = _block_codes(cells._group(), keys, table, code_of, start, stop)
         counts = sp.csr_matrix(cells.read(start, stop), dtype=np.float64)
     finally:
         cells.close()
+    codes = np.asarray(codes)
     values = counts.data
     if values.size and (values.min() < 0 or not np.array_equal(values, np.round(values))):
         msg = (
@@ -523,15 +517,17 @@ def dask_client(
 
 
 def _ordered_results(
-    dask: Client | None, func: Any, args: Sequence[tuple[Any, ...]], window: int
+    dask: Client | None, func: Any, args: Sequence[tuple[Any, ...]]
 ) -> Iterator[Any]:
-    """``func(*a)`` for each ``a`` in order: here, or on Dask with at most ``window`` blocks
-    in flight (a result is released as soon as it is read, so memory holds a few blocks)."""
+    """``func(*a)`` for each ``a`` in order: here, or on Dask with at most two blocks per
+    worker in flight (a result is released as soon as it is read, so memory holds a few)."""
     if dask is None:
         for a in args:
             yield func(*a)
         return
     from collections import deque
+
+    window = 2 * max(len(dask.scheduler_info()["workers"]), 1)
 
     pending: deque[Any] = deque()
     for a in args:
@@ -586,9 +582,7 @@ def pseudobulk_from_file(
         The store is not anndata's, a schema column or the counts layer is
         missing, or a block holds values that are not counts.
     """
-    if int(chunk_size) < 1:
-        msg = f"chunk_size must be a positive number of cells. Got {chunk_size}."
-        raise ValueError(msg)
+    _check_chunk(chunk_size)
     path = Path(path)
     keys = _condition_keys(schema)
     cells = open_cells(path, layer=schema.counts_layer)
@@ -604,11 +598,8 @@ def pseudobulk_from_file(
     # block's codes where its counts are read, so memory holds no per-cell array
     blocks = _blocks(n_obs, int(chunk_size))
     with dask_client(client, n_workers=n_workers) as dask:
-        window = 2 * max(len(dask.scheduler_info()["workers"]), 1) if dask is not None else 1
         distinct = list(
-            _ordered_results(
-                dask, _block_distinct, [(str(path), keys, a, b) for a, b in blocks], window
-            )
+            _ordered_results(dask, _block_distinct, [(str(path), keys, a, b) for a, b in blocks])
         )
         heads = pd.concat(distinct, ignore_index=True)
         heads = heads.iloc[np.unique(_row_keys(heads, keys), return_index=True)[1]]
@@ -632,7 +623,7 @@ def pseudobulk_from_file(
         log_sums = np.zeros((n_groups, len(var_names)))
         n_cells = np.zeros(n_groups, dtype=np.int64)
         # in block order: the same sums as one process, bit for bit
-        for part in _ordered_results(dask, _block_sums, args, window):
+        for part in _ordered_results(dask, _block_sums, args):
             count_sums += part["counts"]
             log_sums += part["log"]
             n_cells += part["n"]
@@ -761,8 +752,7 @@ def condition_statistics_from_file(
     half_sums = np.zeros((int(n_halvings), 2 * n_groups, n_genes))
     sample: list[sp.csr_matrix] = []
     with dask_client(client, n_workers=n_workers) as dask:
-        window = 2 * max(len(dask.scheduler_info()["workers"]), 1) if dask is not None else 1
-        for part in _ordered_results(dask, _block_sums, args, window):
+        for part in _ordered_results(dask, _block_sums, args):
             count_sums += part["counts"]
             log_sums += part["log"]
             sq_sums += part["squares"]
@@ -845,9 +835,7 @@ def validate_file(
     from aivc.data._validate import validate_annotations
 
     path = Path(path)
-    if int(chunk_size) < 1:
-        msg = f"chunk_size must be a positive number of cells. Got {chunk_size}."
-        raise ValueError(msg)
+    _check_chunk(chunk_size)
     layer = schema.counts_layer if require_counts else None
     cells = open_cells(path, layer=layer)
     try:
@@ -874,7 +862,6 @@ def validate_file(
         (str(path), layer, a, b, bool(require_counts)) for a, b in _blocks(n_obs, int(chunk_size))
     ]
     with dask_client(client, n_workers=n_workers) as dask:
-        window = 2 * max(len(dask.scheduler_info()["workers"]), 1) if dask is not None else 1
-        checked = sum(_ordered_results(dask, _block_check, args, window))
+        checked = sum(_ordered_results(dask, _block_check, args))
     logger.info("validated %s: %d cells x %d genes", path, checked, len(var_names))
     return int(checked)

@@ -14,6 +14,15 @@ from aivc.interfaces._cli_common import DaskScheduler, DaskWorkers, UseDask, Ver
 from aivc.interfaces._cli_common import fail as _fail
 from aivc.interfaces._cli_common import setup as _setup
 
+ContextKey = Annotated[
+    str | None, typer.Option("--context-key", help="obs column with the context.")
+]
+DoseKey = Annotated[str | None, typer.Option("--dose-key", help="obs column with the dose.")]
+CountsLayer = Annotated[
+    str | None, typer.Option("--counts-layer", help="Layer with raw counts (default: X).")
+]
+ChunkSize = Annotated[int, typer.Option("--chunk-size", help="Cells read per block.")]
+
 
 def pseudobulk(
     data: Annotated[Path, typer.Argument(help="An .h5ad file or .zarr folder with raw counts.")],
@@ -24,16 +33,10 @@ def pseudobulk(
     control_label: Annotated[
         str, typer.Option("--control-label", help="Label of the control cells.")
     ],
-    context_key: Annotated[
-        str | None, typer.Option("--context-key", help="obs column with the context.")
-    ] = None,
-    dose_key: Annotated[
-        str | None, typer.Option("--dose-key", help="obs column with the dose.")
-    ] = None,
-    counts_layer: Annotated[
-        str | None, typer.Option("--counts-layer", help="Layer with raw counts (default: X).")
-    ] = None,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Cells read per block.")] = 50_000,
+    context_key: ContextKey = None,
+    dose_key: DoseKey = None,
+    counts_layer: CountsLayer = None,
+    chunk_size: ChunkSize = 50_000,
     dask: UseDask = False,
     workers: DaskWorkers = 2,
     scheduler: DaskScheduler = None,
@@ -109,19 +112,13 @@ def validate(
     control_label: Annotated[
         str | None, typer.Option("--control-label", help="Label of the control cells.")
     ] = None,
-    context_key: Annotated[
-        str | None, typer.Option("--context-key", help="obs column with the context.")
-    ] = None,
-    dose_key: Annotated[
-        str | None, typer.Option("--dose-key", help="obs column with the dose.")
-    ] = None,
-    counts_layer: Annotated[
-        str | None, typer.Option("--counts-layer", help="Layer with raw counts (default: X).")
-    ] = None,
+    context_key: ContextKey = None,
+    dose_key: DoseKey = None,
+    counts_layer: CountsLayer = None,
     min_cells: Annotated[
         int, typer.Option("--min-cells", help="Fewest cells a perturbation may have.")
     ] = 1,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Cells read per block.")] = 50_000,
+    chunk_size: ChunkSize = 50_000,
     dask: UseDask = False,
     workers: DaskWorkers = 2,
     scheduler: DaskScheduler = None,
