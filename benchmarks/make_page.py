@@ -60,6 +60,7 @@ PEERS = frozenset(
         "state",
         "biolord",
         "cellflow",
+        "prescient",
     }
 )
 #: Prefix of a wrapped model (calibration wraps baselines as ``conformal:<name>``).

@@ -149,3 +149,24 @@ def test_training_view_for_context_and_dose_splits(drug_data):
     is_drug = (train.obs["perturbation"] == drug).to_numpy()
     assert is_drug.any() and level not in set(train.obs["dose"][is_drug])
     assert {obs.treatment_of[c] for c in _test_conditions(obs, dose_split)} == {label}
+
+
+def test_a_drug_genetic_world_pairs_every_knockout_with_every_drug():
+    from aivc.evaluate.tasks.perturbation import DRUG_GENETIC_DOSE, task_data
+
+    data = task_data("combinations", "sim-drug-genetic-0", [0])
+    labels = set(data.adata.obs[data.schema.perturbation_key].astype(str))
+    pairs = sorted(p for p in labels if "+" in p)
+    drugs = sorted({p.split("+")[1] for p in pairs})
+    knockouts = sorted({p.split("+")[0] for p in pairs})
+    assert len(drugs) == 3 and len(knockouts) == 8 and len(pairs) == 24
+    assert set(drugs) | set(knockouts) <= labels  # both singles measured
+    dose = data.adata.obs.groupby(data.schema.perturbation_key, observed=True)["dose"].first()
+    assert (dose[pairs + drugs] == DRUG_GENETIC_DOSE).all() and (dose[knockouts] == 0).all()
+    # each pair is held out once, with its two singles in training
+    assert sorted(t for s in data.splits for t in s.test_perturbations) == pairs
+    for split in data.splits:
+        (pair,) = split.test_perturbations
+        assert set(pair.split("+")) <= set(split.train_perturbations)
+    with pytest.raises(ValueError, match="sim-drug-genetic-<seed>"):
+        task_data("combinations", "sim-drug-genetic-x", [0])

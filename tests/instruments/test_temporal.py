@@ -80,6 +80,7 @@ def test_time_benchmark_reads_a_declared_file(tmp_path):
         variant="interpolate",
         time_key="hours",
         expression="log",
+        models=["nearest-time", "linear-time", "ot-interpolation", "aivc-time"],
     )
     assert result["split"]["held_out_times"] == [1.0, 2.0, 3.0]
     models = result["models"]

@@ -267,6 +267,26 @@ _register(
     )
 )
 
+_register(
+    PeerEnv(
+        name="prescient",
+        packages=("prescient==0.1.0",),
+        module="prescient.train",
+        description=(
+            "PRESCIENT (Yeo et al. 2021): a potential whose gradient drives a stochastic "
+            "differential equation, learned from a time course with a Sinkhorn loss; it "
+            "simulates cells forward to any time."
+        ),
+        note=(
+            "Trained from scratch on CPU by its own training loop on the benchmark's principal "
+            "components, options at its train_model defaults, time in units of the mean gap "
+            "between measured time points; cells of the first time point simulated to the "
+            "query time; script prescient_course."
+        ),
+        licence="MIT",
+    )
+)
+
 
 def get_peer(name: str) -> PeerEnv:
     """The registered peer ``name``.

@@ -228,6 +228,44 @@ def build_world(seed: int) -> tuple[AnnData, list[str], pd.DataFrame | None]:
     return adata, [str(g) for g in sim.genes], None
 
 
+#: Prefix of the simulated drug x genetic worlds (``sim-drug-genetic-0``): one cell type, 8
+#: knockouts of regulators, 3 drugs at 1 µM, and every knockout combined with every drug.
+DRUG_GENETIC_PREFIX = "sim-drug-genetic-"
+#: Concentration (µM) of every drug of a drug x genetic world: inside the simulated drugs'
+#: potency range (EC50 0.01-10 µM), so most drugs act without saturating.
+DRUG_GENETIC_DOSE = 1.0
+
+
+def build_drug_genetic_world(seed: int) -> tuple[AnnData, list[str], pd.DataFrame | None]:
+    """The world ``sim-drug-genetic-<seed>``: knockouts, drugs and every knockout + drug pair.
+
+    400 genes, one cell type; 8 regulators knocked out, the simulator's first 3
+    drugs at :data:`DRUG_GENETIC_DOSE`, and the 24 pairs of a knockout with a
+    drug (labels ``GENE+D001``, the dose in ``obs["dose"]``); 150 cells per
+    condition and 600 controls. The combinations task holds out each pair in
+    turn and predicts it from the singles and the other pairs.
+    """
+    from aivc.sim import CONTROL, VirtualCellSimulator
+
+    sim = VirtualCellSimulator(n_genes=400, n_cell_types=1, seed=seed).build()
+    net = sim.network_
+    rng = np.random.default_rng([seed, 43])
+    knockouts = [str(net.gene_names[g]) for g in np.sort(rng.permutation(net.regulators)[:8])]
+    drugs = [str(d) for d in sim.drugs[:3]]
+    pairs = [f"{k}+{d}" for k in knockouts for d in drugs]
+    labels = [CONTROL, *knockouts, *drugs, *pairs]
+    design = pd.DataFrame(
+        {
+            "perturbation": labels,
+            "cell_type": sim.cell_types[0],
+            "dose": [0.0 if p in (CONTROL, *knockouts) else DRUG_GENETIC_DOSE for p in labels],
+            "n_cells": [600] + [150] * (len(labels) - 1),
+        }
+    )
+    adata, _ = sim.simulate(design, n_batches=2, seed=seed)
+    return adata, [*map(str, sim.genes), *drugs], None
+
+
 def _world_seed(dataset: str | None) -> int | None:
     if dataset is None or not dataset.startswith(WORLD_PREFIX):
         return None
@@ -731,6 +769,14 @@ def task_data(
     elif world is not None:
         dataset_name = str(dataset)
         raw, known, features = build_world(world)
+        schema = schema or schema_of(raw)
+    elif dataset is not None and dataset.startswith(DRUG_GENETIC_PREFIX):
+        tail = dataset[len(DRUG_GENETIC_PREFIX) :]
+        if not tail.isdigit():
+            msg = f"A drug x genetic world is named {DRUG_GENETIC_PREFIX}<seed>, e.g. '{DRUG_GENETIC_PREFIX}0'; got {dataset!r}."
+            raise ValueError(msg)
+        dataset_name = dataset
+        raw, known, features = build_drug_genetic_world(int(tail))
         schema = schema or schema_of(raw)
     else:
         dataset_name, raw = _read_dataset(dataset or spec.dataset, data_dir)

@@ -21,6 +21,11 @@
   ``fate_accuracy`` and ``fate_log_loss`` against the branch the simulator
   sent it on.
 
+Peers: PRESCIENT (``prescient``) runs beside them, from scratch on CPU in
+its own environment, when ``aivc peers install prescient`` has made it
+(:mod:`aivc.evaluate._time_peers`); otherwise ``peers_not_run`` in the
+results says so.
+
 Every model fits the same representation on the same training cells (log
 expression of the most variable genes, principal components; see
 :mod:`aivc.instruments._temporal`) and predicts cells at the held-out time;
@@ -179,10 +184,24 @@ def run_time(
             msg = "The perturbation variant runs on the simulator: --dataset sim-perturbed-timecourse-N."
             raise ValueError(msg)
         return run_time_perturbation(out, dataset, seeds, models)
-    models = list(models or TIME_MODELS)
-    unknown = [m for m in models if m not in TEMPORAL_MODELS]
+    from aivc.evaluate._time_peers import BENCHMARK_OPTIONS, TIME_PEERS, installed_time_peers
+
+    known = {**TEMPORAL_MODELS, **TIME_PEERS}
+    ready, peers_not_run = installed_time_peers()
+    if models is None:
+        models = [*TIME_MODELS, *ready]
+    else:
+        peers_not_run = {k: v for k, v in peers_not_run.items() if k in models}
+    models = list(models)
+    unknown = [m for m in models if m not in known]
     if unknown:
-        msg = f"Unknown time model(s) {unknown}; choose from {sorted(TEMPORAL_MODELS)}."
+        msg = f"Unknown time model(s) {unknown}; choose from {sorted(known)}."
+        raise ValueError(msg)
+    missing = [m for m in models if m in peers_not_run]
+    if missing:
+        msg = f"Peer(s) {missing} are not installed: " + "; ".join(
+            peers_not_run[m] for m in missing
+        )
         raise ValueError(msg)
     if "nearest-time" not in models:
         models.insert(0, "nearest-time")  # the reference of energy_distance_rel
@@ -212,7 +231,7 @@ def run_time(
             ed_nearest = None
             for m in models:
                 with ResourceMeter() as meter:
-                    model = TEMPORAL_MODELS[m](seed=int(seed)).fit(
+                    model = known[m](seed=int(seed), **BENCHMARK_OPTIONS.get(m, {})).fit(
                         train, time_key=key, expression=kind, layer=lay
                     )
                     observed = model.transform(test)
@@ -269,6 +288,8 @@ def run_time(
         },
         "models": {m: {k: summarize(v) for k, v in per_seed[m].items()} for m in models},
         "aivc_time_choices": pd.Series(choices).value_counts().to_dict() if choices else {},
+        "peers_not_run": peers_not_run,
+        "peer_options": {m: BENCHMARK_OPTIONS[m] for m in models if m in BENCHMARK_OPTIONS},
         "metrics": {
             "energy_distance": {
                 "higher_is_better": False,
