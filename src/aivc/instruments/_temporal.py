@@ -21,9 +21,7 @@ back to genes.
   (k-nearest-neighbour regression of each cell's velocity, integrated from
   the last time point) and a mean that relaxes exponentially towards a
   plateau (one time constant for all components, least squares) for
-  forecasting, and damped continuations (the nearest population moved 10%,
-  25% or 50% of the way the straight line of the means goes); it picks one per
-  use on its own time points: interpolation by leaving each inner training
+  forecasting; it picks one per use on its own time points: interpolation by leaving each inner training
   time point out, forecasting by predicting each training time point from the
   earlier ones (every origin with two or more time points before it; energy
   distance relative to ``nearest-time`` there, averaged); a time point held out
@@ -334,9 +332,6 @@ class TemporalModel(Instrument):
             return self._ot(time, n, rng, entropic=True)
         if name == "relaxation":
             return self._relaxation(time)
-        if name.startswith("damped-"):
-            cells = self._nearest(time)
-            return cells + float(name.removeprefix("damped-")) * (self._linear(time) - cells)
         if time <= self.times_[-1]:  # the drift forecasts; inside the measured times, OT
             return self._ot(time, n, rng)
         return self._drift(time, n, rng)
@@ -408,11 +403,7 @@ class OTInterpolation(TemporalModel):
         return self._ot(time, n, rng)
 
 
-#: Shares of the straight continuation the damped forecasts take (``damped-0.25``: the last
-#: population moved a quarter of the way the line through the last two means goes).
-_DAMPING = (0.1, 0.25, 0.5)
-
-#: Candidates of each use: the drift, the relaxing mean and the damped continuations forecast.
+#: Candidates of each use: the drift and the relaxing mean are forecasting models.
 _CANDIDATES = {
     "interpolate": ("nearest-time", "linear-time", "ot-interpolation", "ot-sinkhorn"),
     "forecast": (
@@ -422,7 +413,6 @@ _CANDIDATES = {
         "ot-sinkhorn",
         "ot-drift",
         "relaxation",
-        *(f"damped-{a:g}" for a in _DAMPING),
     ),
 }
 
