@@ -21,12 +21,12 @@ back to genes.
   (k-nearest-neighbour regression of each cell's velocity, integrated from
   the last time point) and a mean that relaxes exponentially towards a
   plateau (one time constant for all components, least squares) for
-  forecasting; it picks one per use on its own time points: interpolation by leaving each inner training
-  time point out, forecasting by predicting each training time point from the
-  earlier ones (every origin with two or more time points before it; energy
-  distance relative to ``nearest-time`` there, averaged); a time point held out
-  this way is left out of the representation too.
-  With too few time points to validate (fewer than three), it keeps
+  forecasting; it picks one per use on its own time points: interpolation by
+  leaving each inner training time point out, forecasting by predicting each
+  training time point from the earlier ones (every origin with two or more
+  time points before it; energy distance relative to ``nearest-time`` there,
+  averaged); a time point held out this way is left out of the representation
+  too. With too few time points to validate (fewer than three), it keeps
   ``ot-interpolation`` between measured times (the community's standard) and
   ``nearest-time`` beyond them, and says so in ``selection_``.
 """
@@ -457,14 +457,10 @@ class TemporalManipulator(TemporalModel):
                     values = {name: v / ref for name, v in values.items()}
                 for name, v in values.items():
                     scores[use].setdefault(name, []).append(v)
-        self._inner_scores = {
-            use: {name: float(np.mean(v)) for name, v in s.items()} for use, s in scores.items()
-        }
-        return super().fit(adata, time_key=time_key, expression=expression, layer=layer)
-
-    def _fit_model(self) -> None:
+        super().fit(adata, time_key=time_key, expression=expression, layer=layer)
         self.selection_ = {}
-        for use, s in self._inner_scores.items():
+        for use, values in scores.items():
+            s = {name: float(np.mean(v)) for name, v in values.items()}
             if s:
                 chosen = min(s, key=lambda k: (s[k], _CANDIDATES[use].index(k)))
                 self.selection_[use] = {
@@ -487,7 +483,7 @@ class TemporalManipulator(TemporalModel):
                     "energy_distance": {},
                     "rule": "fewer than three training time points: a fixed default, not validated here",
                 }
-        del self._inner_scores
+        return self
 
     def _predict(self, time: float, n: int, rng: np.random.Generator) -> np.ndarray:
         use = "forecast" if time > self.times_[-1] else "interpolate"
@@ -518,6 +514,17 @@ def _de20_scores(observed: np.ndarray, predicted: np.ndarray) -> dict[str, np.nd
 
 
 _RIDGE_GRID = (0.01, 0.1, 1.0, 10.0)
+
+
+def _kernel_ridge(
+    features: np.ndarray, targets: np.ndarray, query: np.ndarray
+) -> dict[float, np.ndarray]:
+    """Linear-kernel ridge predictions for ``query``, one per penalty of :data:`_RIDGE_GRID`
+    (a fraction of the kernel's mean diagonal)."""
+    K = features @ features.T
+    scale = float(np.trace(K)) / max(len(K), 1) or 1.0
+    k_q = query @ features.T
+    return {r: k_q @ np.linalg.solve(K + r * scale * np.eye(len(K)), targets) for r in _RIDGE_GRID}
 
 
 @register_instrument(
@@ -568,23 +575,15 @@ class EffectCourse(Instrument):
         den = float((early * early).sum())
         alpha = float((early * late).sum()) / den if den > 0 else 0.0
         out["scaled-persistence"] = alpha * query
-        K = early @ early.T
-        scale = float(np.trace(K)) / max(len(K), 1) or 1.0
-        k_q = query @ early.T
-        for r in _RIDGE_GRID:
-            coef = np.linalg.solve(K + r * scale * np.eye(len(K)), late)
-            out[f"kernel-ridge-{r:g}"] = k_q @ coef
+        for r, pred in _kernel_ridge(early, late, query).items():
+            out[f"kernel-ridge-{r:g}"] = pred
         # the early change persists, plus how the training effects moved on together since
         drift = late - early
         shared = drift.mean(0)
         out["persistence-drift"] = query + shared
         centre = early.mean(0)
-        Kc = (early - centre) @ (early - centre).T
-        scale_c = float(np.trace(Kc)) / max(len(Kc), 1) or 1.0
-        kq_c = (query - centre) @ (early - centre).T
-        for r in _RIDGE_GRID:
-            coef = np.linalg.solve(Kc + r * scale_c * np.eye(len(Kc)), drift - shared)
-            out[f"persistence-drift-kernel-{r:g}"] = query + shared + kq_c @ coef
+        for r, pred in _kernel_ridge(early - centre, drift - shared, query - centre).items():
+            out[f"persistence-drift-kernel-{r:g}"] = query + shared + pred
         return out
 
     def fit(self, early: np.ndarray, late: dict[float, np.ndarray], genes: list[str]) -> Self:
