@@ -181,6 +181,12 @@ RULES: dict[str, Rule] = {
     "learning-curve": Rule(
         "aivc-perturb", "pearson_delta_de20", "higher", ("pearson_delta_de20", "mse_de20")
     ),
+    "knowledge": Rule(
+        "ridge-fused",
+        "mse_rel",
+        "lower",
+        ("mse_rel", "mse_rel_effect", "pearson_delta", "coverage"),
+    ),
     "chemical": Rule(
         "aivc-chem",
         "pearson_delta_top20",
@@ -682,6 +688,30 @@ def _curve_blocks(label: str, result: Mapping[str, Any], rule: Rule) -> list[Blo
     return blocks
 
 
+def _knowledge_blocks(label: str, result: Mapping[str, Any], rule: Rule) -> list[Block]:
+    """One comparison per knowledge quality, from perfect to useless."""
+    blocks = []
+    for quality in result["split"]["knowledge"]:
+        models = {
+            m: {k: dict(v) for k, v in entry["by_knowledge"].get(quality, {}).items()}
+            for m, entry in result["models"].items()
+        }
+        blocks.append(
+            Block(
+                f"{label}, {quality} knowledge",
+                rule,
+                models,
+                _present(rule.columns, models),
+                _directions(result, rule),
+                _numbers(result.get("wall_seconds")),
+                {},
+                part=f"{quality} knowledge",
+                zero="no-change" if "no-change" in models else None,
+            )
+        )
+    return blocks
+
+
 def result_label(run: Run, result: Mapping[str, Any] | None) -> str:
     """``task · dataset[, variant]`` of a run (from the results when present)."""
     dataset = None
@@ -717,6 +747,8 @@ def blocks_of(run: Run, result: Mapping[str, Any]) -> list[Block]:
         return [_lab_loop_block(label, result, rule)]
     if task == "learning-curve":
         return _curve_blocks(label, result, rule)
+    if task == "knowledge":
+        return _knowledge_blocks(label, result, rule)
     return [_plain_block(label, result, rule)]
 
 

@@ -43,6 +43,7 @@ _TASK_MODULES = (
     "rna_to_protein",
     "lab_loop",
     "learning_curve",
+    "knowledge",
     "chemical",
     "segmentation",
     "time",
