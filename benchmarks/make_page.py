@@ -176,7 +176,10 @@ RULES: dict[str, Rule] = {
     ),
     "rna-to-protein": Rule("aivc-protein", "pearson", "higher", ("pearson", "rmse")),
     "lab-loop": Rule(
-        "aivc-design", "hit_ratio_final", "higher", ("hit_ratio_final", "error_auc", "final_error")
+        "aivc-design",
+        "hit_ratio_final",
+        "higher",
+        ("hit_ratio_final", "error_auc", "final_error", "final_error_rel"),
     ),
     "learning-curve": Rule(
         "aivc-perturb", "pearson_delta_de20", "higher", ("pearson_delta_de20", "mse_de20")
@@ -251,6 +254,7 @@ _DIRECTIONS = {
     "hit_ratio_final": "higher",
     "error_auc": "lower",
     "final_error": "lower",
+    "final_error_rel": "lower",
 }
 _ARROWS = {"higher": " ↑", "lower": " ↓", "target": "", "band": ""}
 
@@ -643,6 +647,16 @@ def _lab_loop_block(label: str, result: Mapping[str, Any], rule: Rule) -> Block:
         stat = next((e[key] for e in result["models"].values() if _is_stat(e.get(key))), None)
         if stat is not None and stat.get("mean") is not None:
             block.references[text] = {"final_error": float(stat["mean"])}
+            # relative to each world's no-change error (simulator worlds of their own scale)
+            rel = next(
+                (e.get(f"{key}_rel") for e in result["models"].values() if "error_rel" in e), None
+            )
+            if key == "no_change_error" and any(
+                "error_rel" in e for e in result["models"].values()
+            ):
+                block.references[text]["final_error_rel"] = 1.0
+            elif _is_stat(rel):
+                block.references[text]["final_error_rel"] = float(rel["mean"])
     return block
 
 

@@ -335,8 +335,23 @@ def test_simulator_loop_end_to_end(tmp_path, monkeypatch):
     md = (tmp_path / "results.md").read_text()
     assert "error_auc" in md and "true mean change of the whole pool" in md
     assert result["pool"]["n_hits"] == 4
-    with pytest.raises(ValueError, match="no variants"):
+    with pytest.raises(ValueError, match="has variants \\['knowledge'\\]"):
         run_lab_loop(tmp_path, variant="no-essential")
+    for entry in saved["models"].values():  # each world's error over its own no-change error
+        rel = np.asarray(entry["per_seed_error"])[:, -1] / entry["per_seed_no_change_error"]
+        assert entry["final_error_rel"]["mean"] == pytest.approx(rel.mean())
+
+    # the knowledge variant: a world with modules, features from its simulated knowledge base
+    knowing = run_lab_loop(
+        tmp_path / "knowledge", models=["random"], seeds=[0], variant="knowledge"
+    )
+    assert knowing["variant"] == "knowledge" and knowing["protocol"]["knowledge"] == "good"
+    assert "knowledge embedding" in knowing["features"]["all"]
+    assert (
+        knowing["models"]["random"]["no_change_error"]
+        != saved["models"]["random"]["no_change_error"]
+    )
+    assert 0 < knowing["models"]["random"]["pool_oracle_error_rel"]["mean"] <= 1.0
 
     # the same campaigns kept in a ledger: one round per batch, and the same numbers
     from aivc.experiments import Ledger

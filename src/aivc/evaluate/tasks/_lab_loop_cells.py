@@ -110,6 +110,11 @@ CELL_PROTOCOLS: dict[str, dict[str, Any]] = {
     },
 }
 
+#: The ``knowledge`` variant on the simulator: worlds with functional modules (the presets'
+#: share of genes in complexes and pathways) and gene features from their simulated
+#: knowledge base of this quality instead of co-expression.
+KNOWLEDGE_PROTOCOL: dict[str, Any] = {"module_fraction": 0.2, "knowledge": "good"}
+
 AIVC_DESIGN_PARAMS: dict[str, Any] = {"beta": 1.0}
 #: aivc-design on the simulator, chosen on worlds 100, 101 and 103 (never on the evaluated
 #: seeds) among beta in {0, 1}, prior_share in {0, 0.5, 0.75} and prior-slope shrinkage
@@ -259,19 +264,31 @@ def _record_round(
 
 
 def _fit_and_score(
-    adata: AnnData, schema: Any, test: Sequence[str], true_delta: np.ndarray
+    adata: AnnData,
+    schema: Any,
+    test: Sequence[str],
+    true_delta: np.ndarray,
+    *,
+    knowledge: Path | None = None,
 ) -> float:
-    """MSE of the predicted change of the test perturbations, each target's own gene left out."""
+    """MSE of the predicted change of the test perturbations, each target's own gene left out.
+
+    The model is the ``linear`` instrument; with a ``knowledge`` folder (a simulated
+    knowledge base) it is ``linear`` on the fused knowledge embedding read from there.
+    """
     from aivc.data import prepare
+    from aivc.evaluate.tasks import knowledge_from
     from aivc.instruments import make_instrument
 
     prepared, pschema = prepare(adata, schema, validate_input=False)
-    model = make_instrument("linear")
-    model.fit(prepared, pschema, known_genes=list(test))
+    params = {} if knowledge is None else {"perturbation_embedding": "fused"}
+    model = make_instrument("linear", **params)
     contexts = None
     if pschema.context_key is not None:
         contexts = [str(prepared.obs[pschema.context_key].iloc[0])] * len(test)
-    pred = np.asarray(model.predict_delta(list(test), contexts=contexts), dtype=float)
+    with knowledge_from(knowledge):
+        model.fit(prepared, pschema, known_genes=list(test))
+        pred = np.asarray(model.predict_delta(list(test), contexts=contexts), dtype=float)
     names = list(prepared.var_names.astype(str))
     keep = np.ones_like(pred, dtype=bool)
     for i, t in enumerate(test):
@@ -311,16 +328,58 @@ def _error_auc(n: Sequence[int], err: Sequence[float]) -> float:
     return float(np.trapezoid(e, n_arr) / (n_arr[-1] - n_arr[0]))
 
 
+def knowledge_features(folder: Path, genes: Sequence[str]) -> tuple[pd.DataFrame, pd.Series]:
+    """The fused knowledge embedding of ``genes`` (zeros where a gene has no record) and
+    each gene's number of records (annotations and interactions): how well studied it is."""
+    from aivc.genes import fused_embedding
+
+    emb = fused_embedding(data_dir=folder)[0].reindex([str(g) for g in genes]).fillna(0.0)
+    tables = folder / "genes"
+    counts = pd.concat(
+        [
+            pd.read_csv(tables / "human_go_annotations.tsv.gz", sep="\t", usecols=["symbol"])[
+                "symbol"
+            ],
+            *(
+                pd.read_csv(tables / name, sep="\t", usecols=["symbol_a", "symbol_b"]).stack()
+                for name in (
+                    "string_v12_human_notextmining_700_top3.tsv.gz",
+                    "huri_ppi_luck2020.tsv.gz",
+                )
+            ),
+        ]
+    ).value_counts()
+    degree = counts.reindex(emb.index).fillna(0.0).astype(float)
+    return emb, degree
+
+
 def _simulator_campaign(
-    strategy: str, seed: int, proto: dict[str, Any], ledger: Ledger, project: str
+    strategy: str,
+    seed: int,
+    proto: dict[str, Any],
+    ledger: Ledger,
+    project: str,
+    knowledge_dir: Path | None = None,
 ) -> tuple[_Campaign, dict[str, Any]]:
     import anndata as ad
 
     from aivc.experiments import SimulatorLab, run_loop
-    from aivc.sim import CONTROL, VirtualCellSimulator, VirtualLab, simulation_schema
+    from aivc.sim import (
+        CONTROL,
+        VirtualCellSimulator,
+        VirtualLab,
+        simulated_knowledge,
+        simulation_schema,
+        write_knowledge,
+    )
 
     schema = simulation_schema()
-    sim = VirtualCellSimulator(n_genes=proto["n_genes"], n_cell_types=1, seed=seed)
+    sim = VirtualCellSimulator(
+        n_genes=proto["n_genes"],
+        n_cell_types=1,
+        seed=seed,
+        module_fraction=proto.get("module_fraction", 0.0),
+    )
     lab = VirtualLab(simulator=sim, seed=seed)
     cell_type = lab.cell_types[0]
     genes = np.asarray(lab.genes)
@@ -343,9 +402,17 @@ def _simulator_campaign(
     true_test = delta[pool.size :]
 
     controls = lab.run([CONTROL], n_cells=proto["initial_control_cells"], cell_type=cell_type)
-    emb, degree = coexpression_features(
-        _log_norm(controls.X), genes, n_components=proto["n_components"]
-    )
+    if knowledge_dir is None:
+        emb, degree = coexpression_features(
+            _log_norm(controls.X), genes, n_components=proto["n_components"]
+        )
+    else:  # the world's knowledge base, written once per world and shared by the strategies
+        folder = knowledge_dir / f"world-{seed}"
+        if not folder.exists():  # the lab has built the simulator by now
+            tables = simulated_knowledge(sim.network_, sim.modules_, proto["knowledge"], seed=seed)
+            write_knowledge(folder, tables)
+        emb, degree = knowledge_features(folder, genes)
+        degree = np.log1p(degree)
     features = _unit_rows(emb.loc[pool].to_numpy())
     test_features = _unit_rows(emb.loc[test].to_numpy())
     if strategy == "aivc-design":
@@ -385,7 +452,15 @@ def _simulator_campaign(
         parts.append(data)
         merged = ad.concat(parts, join="inner", merge="same")
         merged.uns["aivc"] = data.uns["aivc"]
-        camp.error.append(_fit_and_score(merged, schema, test_labels, true_test))
+        camp.error.append(
+            _fit_and_score(
+                merged,
+                schema,
+                test_labels,
+                true_test,
+                knowledge=None if knowledge_dir is None else knowledge_dir / f"world-{seed}",
+            )
+        )
         _record_round(camp, outcome, row, hits)
 
     run_loop(
@@ -539,13 +614,16 @@ def _n_to_reach(n: Sequence[int], err: Sequence[float], target: float) -> float 
 
 
 def compare_to_random(results: dict[str, Any]) -> None:
-    """Add, per strategy, the number measured at which it reaches random's final error and its hits vs random."""
+    """Add, per strategy, the number measured at which it reaches random's final error (relative
+    to no change where that is known) and its hits vs random."""
     if "random" not in results:
         return
     base = results["random"]
-    target = base["final_error"]["mean"]
+    # worlds weigh alike where each has its own scale (the simulator's relative errors)
+    key = "error_rel" if "error_rel" in base else "error"
+    target = base[key][-1]["mean"]
     for r in results.values():
-        mean_err = [e["mean"] for e in r["error"]]
+        mean_err = [e["mean"] for e in r[key]]
         r["n_to_reach_random_final_error"] = _n_to_reach(r["n_measured"], mean_err, target)
         r["hits_vs_random"] = (
             r["hit_ratio_final"]["mean"] / base["hit_ratio_final"]["mean"]
@@ -560,18 +638,27 @@ def run_cell_loop(
     models: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     ledger: Ledger | str | Path | None = None,
+    variant: str | None = None,
 ) -> dict[str, Any]:
     """Design campaigns on the simulator or papalexi2021 for every strategy and seed.
 
     Each campaign is a project ``"<dataset>:<strategy>:seed<seed>"`` in ``ledger``
     (see :func:`aivc.evaluate.tasks.lab_loop.campaign_ledger`; the projects must
-    not exist yet).
+    not exist yet). ``variant="knowledge"`` (simulator only) runs the campaigns on
+    worlds with functional modules, with gene features, degree and the scored
+    model's perturbation embedding from each world's simulated knowledge base
+    (:data:`KNOWLEDGE_PROTOCOL`).
     """
+    import tempfile
+
     from aivc.evaluate._memory import ResourceMeter
     from aivc.evaluate.tasks.lab_loop import campaign_ledger
 
     if dataset not in CELL_PROTOCOLS:
         msg = f"cell lab-loop datasets are {sorted(CELL_PROTOCOLS)}; received {dataset!r}."
+        raise ValueError(msg)
+    if variant not in (None, "knowledge") or (variant is not None and dataset != "simulator"):
+        msg = f"lab-loop on {dataset!r} has variants {['knowledge'] if dataset == 'simulator' else []}; received {variant!r}."
         raise ValueError(msg)
     models = list(CELL_MODELS if models is None else models)
     unknown = [m for m in models if m not in STRATEGIES]
@@ -579,18 +666,26 @@ def run_cell_loop(
         msg = f"unknown strategies {unknown}; expected names from {sorted(STRATEGIES)}."
         raise ValueError(msg)
     proto = CELL_PROTOCOLS[dataset]
+    if variant == "knowledge":
+        proto = {**proto, **KNOWLEDGE_PROTOCOL}
     cache: dict[str, Any] = {}
     results: dict[str, Any] = {}
     wall, peak = {}, {}
     info: dict[str, Any] = {}
-    with campaign_ledger(ledger) as led:
+    with (
+        campaign_ledger(ledger) as led,
+        tempfile.TemporaryDirectory(prefix="aivc-lab-loop-knowledge-") as tmp,
+    ):
+        knowledge_dir = Path(tmp) if variant == "knowledge" else None
         for name in models:
             camps = []
             with ResourceMeter() as meter:
                 for seed in seeds:
                     project = f"{dataset}:{name}:seed{int(seed)}"
                     if dataset == "simulator":
-                        camp, info = _simulator_campaign(name, int(seed), proto, led, project)
+                        camp, info = _simulator_campaign(
+                            name, int(seed), proto, led, project, knowledge_dir
+                        )
                     else:
                         camp, info = _papalexi_campaign(name, int(seed), proto, cache, led, project)
                     camps.append(camp)
@@ -598,6 +693,17 @@ def run_cell_loop(
             hr = np.array([c.hit_ratio for c in camps])
             err = np.array([c.error for c in camps])
             n_meas = camps[0].n_measured
+            relative = {}
+            if dataset == "simulator":  # each world's error over its own no-change error
+                rel = err / np.array([[c.no_change_error] for c in camps])
+                relative = {
+                    "error_rel": [summarize(rel[:, t]) for t in range(rel.shape[1])],
+                    "final_error_rel": summarize(rel[:, -1]),
+                    "pool_oracle_error_rel": summarize(
+                        [c.pool_oracle_error / c.no_change_error for c in camps]
+                    ),
+                    "per_seed_no_change_error": [c.no_change_error for c in camps],
+                }
             results[name] = {
                 "hit_ratio": [summarize(hr[:, t]) for t in range(hr.shape[1])],
                 "hit_ratio_final": summarize(hr[:, -1]),
@@ -614,6 +720,7 @@ def run_cell_loop(
                     for key in REFERENCE_ERRORS
                 },
                 "chosen": [c.chosen for c in camps],
+                **relative,
             }
             logger.info(
                 "%s: hit_ratio_final %.3f, error_auc %.4f",
@@ -626,30 +733,44 @@ def run_cell_loop(
         "simulator": "mechanistic simulator (aivc.sim.VirtualLab, hidden ground truth): knockouts of single genes",
         "papalexi2021": "Papalexi 2021 THP-1 ECCITE-seq CRISPR screen, revealed retrospectively one target at a time",
     }[dataset]
+    features = {
+        "all": "unit-length co-expression embedding of the target gene from control cells"
+        + (" plus 16-d STRING embedding" if dataset == "papalexi2021" else ""),
+        "degree-prior": "co-expression degree (loading norm on control-cell principal axes 2-6)"
+        + (" + STRING embedding norm" if dataset == "papalexi2021" else ""),
+        "aivc-design": (
+            "linear-kernel GP on the features, prior mean from the mechanistic knockout prior "
+            "(log norm of -mean(x_g) Cov(x_g, x_j) / Var(x_g) over genes j, control cells), "
+            f"GP-BUCB {SIMULATOR_DESIGN_PARAMS}"
+            if dataset == "simulator"
+            else f"linear-kernel GP on the features, prior mean from the degree prior, GP-BUCB {AIVC_DESIGN_PARAMS}"
+        ),
+        "perturbation model": "aivc 'linear' instrument refitted after every round on all measured "
+        "cells (changes against batch-matched controls where pooled controls would bias them)",
+    }
+    if variant == "knowledge":
+        description = (
+            "mechanistic simulator with functional modules (complexes, pathways) and a "
+            f"{proto['knowledge']} simulated knowledge base: knockouts of single genes"
+        )
+        features = {
+            **features,
+            "all": "unit-length fused knowledge embedding (GO, STRING, HuRI) of the target gene, "
+            "built from the world's simulated knowledge base",
+            "degree-prior": "log(1 + number of knowledge records of the gene): how well studied it is",
+            "perturbation model": "aivc 'linear' instrument on the fused knowledge embedding, refitted "
+            "after every round on all measured cells",
+        }
     return {
         "task": "lab-loop",
         "dataset": dataset,
-        "variant": None,
+        "variant": variant,
         "description": description,
         "protocol": {k: v for k, v in proto.items()},
         "pool": info,
         "seeds": [int(s) for s in seeds],
         "models": results,
-        "features": {
-            "all": "unit-length co-expression embedding of the target gene from control cells"
-            + (" plus 16-d STRING embedding" if dataset == "papalexi2021" else ""),
-            "degree-prior": "co-expression degree (loading norm on control-cell principal axes 2-6)"
-            + (" + STRING embedding norm" if dataset == "papalexi2021" else ""),
-            "aivc-design": (
-                "linear-kernel GP on the features, prior mean from the mechanistic knockout prior "
-                "(log norm of -mean(x_g) Cov(x_g, x_j) / Var(x_g) over genes j, control cells), "
-                f"GP-BUCB {SIMULATOR_DESIGN_PARAMS}"
-                if dataset == "simulator"
-                else f"linear-kernel GP on the features, prior mean from the degree prior, GP-BUCB {AIVC_DESIGN_PARAMS}"
-            ),
-            "perturbation model": "aivc 'linear' instrument refitted after every round on all measured "
-            "cells (changes against batch-matched controls where pooled controls would bias them)",
-        },
+        "features": features,
         "notes": "hits = largest true effect norm (target gene itself excluded); error = MSE of the "
         "predicted log-expression change (target gene left out) on held-out perturbations that no strategy may choose; "
         "measured y fed back to strategies = log1p of the excess mean squared z-score of the measured "

@@ -12,6 +12,8 @@ Datasets (``aivc benchmark lab-loop --dataset D``):
   core essential machinery (:data:`~aivc.experiments._screens_data.ESSENTIAL_GO_TERMS`)
   from the pool and recomputes the hits on what remains.
 * ``simulator`` (default) and ``papalexi2021``: see :mod:`aivc.evaluate.tasks._lab_loop_cells`.
+  ``--variant knowledge`` runs the simulator campaigns on worlds with functional
+  modules and gene features from each world's simulated knowledge base.
 
 Every campaign is run by the production driver :func:`aivc.experiments.run_loop`:
 each round is proposed, measured, recorded and committed to a ledger (one
@@ -566,10 +568,13 @@ def lab_loop_markdown(result: dict[str, Any]) -> str:
     models = result["models"]
     n_rounds = proto["n_rounds"]
     has_error = any("error_auc" in m for m in models.values())
+    has_rel = any("final_error_rel" in m for m in models.values())
     head = "| strategy | " + " | ".join(f"hit_ratio r{t + 1}" for t in range(n_rounds))
     head += " | hit_ratio_final ↑ |" + (" error_auc ↓ | final error ↓ |" if has_error else "")
+    head += " final error / no change ↓ | measured to reach random's final |" if has_rel else ""
     head += " wall s | peak MB |"
-    lines += [head, "|---|" + "---|" * (n_rounds + 3 + (2 if has_error else 0))]
+    n_cols = n_rounds + 3 + (2 if has_error else 0) + (2 if has_rel else 0)
+    lines += [head, "|---|" + "---|" * n_cols]
     for name, m in models.items():
         row = f"| {name} | " + " | ".join(f"{x['mean']:.3f}" for x in m["hit_ratio"])
         row += f" | {fmt_summary(m['hit_ratio_final'])} |"
@@ -579,6 +584,9 @@ def lab_loop_markdown(result: dict[str, Any]) -> str:
                 if "error_auc" in m
                 else " | |"
             )
+        if has_rel:
+            reach = m.get("n_to_reach_random_final_error")
+            row += f" {fmt_summary(m['final_error_rel'], 3)} | {'never' if reach is None else f'{reach:.0f}'} |"
         row += f" {result['wall_seconds'].get(name, 0):.1f} | {result['peak_memory_mb'].get(name, 0):.0f} |"
         lines.append(row)
     lines.append("")
@@ -633,7 +641,9 @@ def run_lab_loop(
     seeds
         One campaign per seed and strategy; default 0-4 on screens, 0-2 otherwise.
     variant
-        ``"no-essential"`` for screens (removes core essential machinery).
+        ``"no-essential"`` for screens (removes core essential machinery);
+        ``"knowledge"`` for the simulator (worlds with functional modules, gene
+        features from their simulated knowledge base).
 
     The campaigns are recorded in a temporary ledger; :func:`run_screen_loop`
     and :func:`~aivc.evaluate.tasks._lab_loop_cells.run_cell_loop` take a
@@ -648,12 +658,14 @@ def run_lab_loop(
         chosen = result.pop("chosen_genes")
         write_json_atomic(out / "chosen_genes.json", chosen)
     elif dataset in _CELL_DATASETS:
-        if variant is not None:
-            msg = f"lab-loop on {dataset!r} has no variants; received {variant!r}."
-            raise ValueError(msg)
         from aivc.evaluate.tasks._lab_loop_cells import run_cell_loop
 
-        result = run_cell_loop(dataset, models=models, seeds=(0, 1, 2) if seeds is None else seeds)
+        result = run_cell_loop(
+            dataset,
+            models=models,
+            seeds=(0, 1, 2) if seeds is None else seeds,
+            variant=variant,
+        )
     else:
         msg = f"lab-loop datasets are {[*_CELL_DATASETS, *_SCREEN_DATASETS]}; received {dataset!r}."
         raise ValueError(msg)
@@ -669,6 +681,6 @@ register_task(
         models=SCREEN_MODELS,
         seeds=(),
         run=run_lab_loop,
-        variants=("no-essential",),
+        variants=("no-essential", "knowledge"),
     )
 )
