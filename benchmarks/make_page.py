@@ -1621,6 +1621,9 @@ def make_page(
     scale = scale_section(root, times)
     if scale:
         text += "\n" + "\n".join(scale).rstrip("\n") + "\n"
+    realism = realism_section(root, times)
+    if realism:
+        text += "\n" + "\n".join(realism).rstrip("\n") + "\n"
     write_atomic(out, text)
     return text
 
@@ -1633,6 +1636,34 @@ SCALE_RUNS = (
         "python benchmarks/embed_tissue_million.py --out benchmarks/results/embed-tissue-million",
     ),
 )
+
+
+#: The simulator's realism check (a script, not a benchmark task): folder and command.
+REALISM_RUN = (
+    "simulator-realism",
+    "python benchmarks/sim_realism.py --out benchmarks/results/simulator-realism",
+)
+
+
+def realism_section(root: str | Path, timings: Mapping[str, Timing] | None = None) -> list[str]:
+    """The simulated-vs-real statistics, as the script wrote them (none: no section)."""
+    folder, command = REALISM_RUN
+    path = Path(root) / folder / "results.md"
+    if not path.exists():
+        return []
+    body = path.read_text().replace("\n## ", "\n#### ")
+    t = (timings or {}).get(folder)
+    return [
+        "## Simulator realism",
+        "",
+        f"Does the simulator look like real screens? Each real design is copied onto a simulated "
+        f"world of the same size; DE genes by Welch t-test, BH FDR 0.05; partners are STRING "
+        f"pairs (the real table for the real data, the world's simulated one for the simulated "
+        f"data). `{command}` — {_timing_text(t)}.",
+        "",
+        body.rstrip("\n"),
+        "",
+    ]
 
 
 #: The scaling task's results folder and command.

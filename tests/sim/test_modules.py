@@ -200,3 +200,21 @@ def test_cli_writes_a_world(tmp_path) -> None:
         app, ["simulate", "--world", "2", "--preset", "nope", "--out", str(out)]
     )
     assert bad.exit_code != 0 and "preset" in bad.output
+
+
+def test_string_records_only_its_share_of_regulatory_pairs(world) -> None:
+    net, mods = world.network_, world.modules_
+    n_reg = len(
+        {tuple(sorted(p)) for p in zip(net.source, net.target, strict=True) if p[0] != p[1]}
+    )
+
+    def true_pairs(share: float) -> int:
+        tables = simulated_knowledge(net, mods, "perfect", regulatory_share=share)
+        return int(tables["truth_records.tsv.gz"].attrs["summary"]["true_string_pairs"])
+
+    everything, physical_only, tenth = true_pairs(1.0), true_pairs(0.0), true_pairs(0.1)
+    assert everything - physical_only == pytest.approx(n_reg, abs=n_reg * 0.05 + 2)
+    expected = physical_only + 0.1 * (everything - physical_only)
+    assert abs(tenth - expected) < 4 * np.sqrt(0.1 * 0.9 * (everything - physical_only)) + 1
+    with pytest.raises(ValueError, match="regulatory_share"):
+        simulated_knowledge(net, mods, "good", regulatory_share=1.5)
