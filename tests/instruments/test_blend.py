@@ -200,6 +200,7 @@ def test_blended_intervals_use_the_quantile_of_their_stratum():
             weights={"target": np.ones((1, 1))},
             simple=None,  # type: ignore[arg-type]
             linear=None,  # type: ignore[arg-type]
+            neighbour=None,  # type: ignore[arg-type]
             scores={
                 "target/0": np.linspace(0.0, 1.0, 1001),
                 "target/1": np.linspace(0.0, 10.0, 1001),
@@ -225,6 +226,7 @@ def test_intervals_widen_with_the_predicted_change_by_the_chosen_weight():
             weights={"target": np.ones((1, 1))},
             simple=None,  # type: ignore[arg-type]
             linear=None,  # type: ignore[arg-type]
+            neighbour=None,  # type: ignore[arg-type]
             scores={"target/0": np.full(1001, 2.0)},
             n_units={"target": 100},
             change_weight={"target": 0.5},
@@ -260,6 +262,7 @@ def test_few_held_out_conditions_keep_the_regressions_intervals():
         weights={"pair": np.ones((1, 1))},
         simple=None,  # type: ignore[arg-type]
         linear=None,  # type: ignore[arg-type]
+        neighbour=None,  # type: ignore[arg-type]
         scores={"pair/0": np.full(1001, 1e6)},
         n_units={"pair": MIN_CALIBRATION_UNITS - 1},
         change_weight={"pair": 0.0},
@@ -268,3 +271,30 @@ def test_few_held_out_conditions_keep_the_regressions_intervals():
     assert not Blend(state).calibrates("pair")
     state.n_units["pair"] = MIN_CALIBRATION_UNITS
     assert Blend(state).calibrates("pair")
+
+
+def test_the_nearest_neighbour_baseline_is_a_candidate_and_is_saved(
+    contexts_data, tmp_path, monkeypatch
+):
+    from aivc._settings import settings
+
+    adata, schema, unseen, _ = contexts_data
+    # the synthetic genes have no Gene Ontology record: the candidate is left out
+    model = PerturbModel(**FAST).fit(adata, schema)
+    assert "nearest-neighbour" not in model.stages_["blend"].state.candidates["target"]
+    assert model.stages_["blend"].state.neighbour.model is None
+    # without Gene Ontology tables it uses the data embedding, which knows every target
+    monkeypatch.setattr(settings, "data_dir", tmp_path / "no-knowledge")
+    model = PerturbModel(**FAST).fit(adata, schema)
+    state = model.stages_["blend"].state
+    assert "nearest-neighbour" in state.candidates["target"]
+    assert state.neighbour.model.perturbation_embedding == "data"
+    assert "nearest-neighbour" in model.selection_["blend_target"]["mse"]
+    loaded = PerturbModel.load(model.save(tmp_path / "m"))
+    kept = loaded.stages_["blend"].state.neighbour
+    assert kept.model.get_params() == state.neighbour.model.get_params()
+    base = np.stack([model.control_mean_["type1"]])
+    assert_array_equal(
+        kept.predict([unseen], [0.0], base, ["type1"]),
+        state.neighbour.predict([unseen], [0.0], base, ["type1"]),
+    )

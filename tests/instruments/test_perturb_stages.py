@@ -381,7 +381,7 @@ def test_save_writes_every_declared_field(fitted, tmp_path):
     config = json.loads((path / "config.json").read_text())
     arrays = load_file(str(path / "weights.safetensors"))
     state = config["state"]
-    assert state["perturb_format_version"] == 3
+    assert state["perturb_format_version"] == 4
     assert set(model.stages_) == {
         "kernel", "context", "target", "shrinkage", "measured", "interactions", "inferred",
         "cells", "calibration", "blend",

@@ -133,8 +133,9 @@ logger = logging.getLogger(__name__)
 
 #: Version of the layout of an ``aivc-perturb`` state (``state.perturb_format_version`` in
 #: ``config.json``). Version 2 stores one entry per fitting stage; version 3 adds the blend
-#: with the simple baselines; loading refuses others.
-PERTURB_FORMAT_VERSION = 3
+#: with the simple baselines; version 4 the nearest-neighbour baseline among them; loading
+#: refuses others.
+PERTURB_FORMAT_VERSION = 4
 
 #: The dispersion of a prediction's neighbours, under its former name (used by benchmarks).
 _neighbour_dispersion = neighbour_dispersion

@@ -3,7 +3,8 @@
 A user who would otherwise predict an unmeasured perturbation with the mean
 change of the training perturbations, the mean change in the same context,
 the same perturbation's change in other contexts, the sum of the measured
-singles or a linear model on the training changes must not do worse with
+singles, a linear model on the training changes or the change of the nearest
+training target in Gene Ontology space must not do worse with
 ``aivc-perturb``. So those baselines are candidates inside the model, beside
 the regression's own prediction (``"kernel"``: the stages before this one),
 and the model predicts a convex combination of them, weighted per block of
@@ -69,7 +70,7 @@ __all__ = [
 
 #: Candidates of each kind of query, the regression first.
 BLEND_KINDS: dict[str, tuple[str, ...]] = {
-    "target": ("kernel", "control", "train-mean", "context-mean", "linear"),
+    "target": ("kernel", "control", "train-mean", "context-mean", "linear", "nearest-neighbour"),
     "pair": (
         "kernel",
         "control",
@@ -313,11 +314,15 @@ class LinearCandidate:
     def __init__(self, model: Any = None) -> None:
         self.model = model
 
-    @classmethod
-    def fit(cls, summary: PerturbationSummary, adata: AnnData) -> LinearCandidate:
+    @staticmethod
+    def _model_class() -> type:
         from aivc.instruments._baselines import LinearModel
 
-        return cls(LinearModel()._fit_summary(summary, adata))
+        return LinearModel
+
+    @classmethod
+    def fit(cls, summary: PerturbationSummary, adata: AnnData) -> Any:
+        return cls(cls._model_class()()._fit_summary(summary, adata))
 
     def attach(self, schema: Any, genes: Any) -> None:
         """Give a loaded candidate the host model's schema and genes."""
@@ -325,7 +330,11 @@ class LinearCandidate:
             self.model.schema_, self.model.genes_ = schema, genes
 
     def predict(
-        self, perturbations: list[str], doses: list[float], control_mean: np.ndarray
+        self,
+        perturbations: list[str],
+        doses: list[float],
+        control_mean: np.ndarray,
+        contexts: list[str | None],
     ) -> np.ndarray:
         return self.model._predict_raw(perturbations, doses, control_mean)
 
@@ -336,15 +345,51 @@ class LinearCandidate:
         return arrays, {"params": self.model.get_params(), "state": meta}
 
     @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> LinearCandidate:
-        from aivc.instruments._baselines import LinearModel
-
+    def from_state(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
         if not meta:
             return cls()
-        model = LinearModel(**meta["params"])
+        model = cls._model_class()(**meta["params"])
         model._set_model_state(arrays, meta["state"])
         model.fitted_ = True
         return cls(model)
+
+
+class NeighbourCandidate(LinearCandidate):
+    """The ``nearest-neighbour`` baseline (its default Gene Ontology embedding) inside the blend.
+
+    Where no Gene Ontology tables are installed it uses the data embedding (the
+    principal components of the training changes); the saved parameters say which.
+    """
+
+    @staticmethod
+    def _model_class() -> type:
+        from aivc.instruments._baselines import NearestNeighbourModel
+
+        return NearestNeighbourModel
+
+    @classmethod
+    def fit(cls, summary: PerturbationSummary, adata: AnnData) -> Any:
+        model_class = cls._model_class()
+        try:
+            return cls(model_class()._fit_summary(summary, adata))
+        except FileNotFoundError:
+            return cls(model_class(perturbation_embedding="data")._fit_summary(summary, adata))
+
+    def predict(
+        self,
+        perturbations: list[str],
+        doses: list[float],
+        control_mean: np.ndarray,
+        contexts: list[str | None],
+    ) -> np.ndarray:
+        return self.model._predict_delta(perturbations, contexts, control_mean, doses)
+
+
+#: Blend candidates that are fitted baseline models: name -> their class in the blend.
+MODEL_CANDIDATES: dict[str, type[LinearCandidate]] = {
+    "linear": LinearCandidate,
+    "nearest-neighbour": NeighbourCandidate,
+}
 
 
 @dataclass
@@ -361,13 +406,27 @@ class HeldOut:
     n_conditions: int
 
 
-def candidates_of(kind: str, summary: PerturbationSummary) -> tuple[str, ...]:
+def candidates_of(
+    kind: str, summary: PerturbationSummary, *, neighbour: bool = True
+) -> tuple[str, ...]:
     """The candidates of ``kind`` that differ on this data (``context-mean`` is
-    ``train-mean`` when there is one context)."""
+    ``train-mean`` when there is one context; ``nearest-neighbour`` is left out
+    when ``neighbour`` is false: its embedding knows too few training targets)."""
     names = BLEND_KINDS[kind]
     if len(set(summary.contexts)) < 2:
         names = tuple(n for n in names if n not in {"context-mean", "perturbation-plus-context"})
+    if not neighbour:
+        names = tuple(n for n in names if n != "nearest-neighbour")
     return names
+
+
+def neighbour_usable(fitted: NeighbourCandidate) -> bool:
+    """Whether a fitted nearest-neighbour candidate embeds at least two training conditions
+    (otherwise its "nearest" condition is arbitrary, not a neighbour)."""
+    if fitted.model is None:
+        return False
+    norms = np.linalg.norm(np.asarray(fitted.model.train_pert_features_), axis=1)
+    return int((norms > 1e-12).sum()) >= 2
 
 
 def _folds(n: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -408,6 +467,7 @@ def held_out_candidates(
     *,
     knowledge: dict[str, Any],
     rng: np.random.Generator,
+    neighbour: bool = True,
 ) -> HeldOut | None:
     """Held-out predictions of every candidate of ``kind`` on the training conditions.
 
@@ -424,7 +484,7 @@ def held_out_candidates(
     schema = summary.schema
     perts = summary.perturbations
     doses = summary.doses or [0.0] * len(perts)
-    names = candidates_of(kind, summary)
+    names = candidates_of(kind, summary, neighbour=neighbour)
     ys, sds, masks, fold_ids = [], [], [], []
     preds: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for f, fold in enumerate(_folds(len(groups), rng)):
@@ -450,8 +510,9 @@ def held_out_candidates(
         for n in names:
             if n == "kernel":
                 preds[n].append(mean)
-            elif n == "linear":
-                preds[n].append(LinearCandidate.fit(inner, adata).predict(hp, hd, base))
+            elif n in MODEL_CANDIDATES:
+                fitted = MODEL_CANDIDATES[n].fit(inner, adata)
+                preds[n].append(fitted.predict(hp, hd, base, hc))
             else:
                 preds[n].append(simple.predict(n, targets, hc))
         mask = np.ones_like(mean, dtype=bool)
@@ -523,6 +584,7 @@ class BlendState(FittedState):
     weights: dict[str, np.ndarray]
     simple: SimpleCandidates
     linear: LinearCandidate
+    neighbour: NeighbourCandidate
     scores: dict[str, np.ndarray]
     n_units: dict[str, int]
     change_weight: dict[str, float]
@@ -549,6 +611,7 @@ class Blend:
                 weights={},
                 simple=SimpleCandidates.fit(summary),
                 linear=LinearCandidate(),
+                neighbour=NeighbourCandidate(),
                 scores={},
                 n_units={},
                 change_weight={},
@@ -574,13 +637,24 @@ class Blend:
         state.blocks = blocks
         state.strata = strata = variability_blocks(summary.delta, 10, centre=True)
         state.linear = LinearCandidate.fit(summary, adata)
+        if any("nearest-neighbour" in candidates_of(k, summary) for k in BLEND_KINDS):
+            state.neighbour = NeighbourCandidate.fit(summary, adata)
+        usable = neighbour_usable(state.neighbour)
+        if not usable:
+            state.neighbour = NeighbourCandidate()
         for kind in BLEND_KINDS:
             held = held_out_candidates(
-                model, summary, adata, kind, knowledge=knowledge, rng=np.random.default_rng(seed)
+                model,
+                summary,
+                adata,
+                kind,
+                knowledge=knowledge,
+                rng=np.random.default_rng(seed),
+                neighbour=usable,
             )
             if held is None:
                 continue
-            names = candidates_of(kind, summary)
+            names = candidates_of(kind, summary, neighbour=usable)
             choice, losses = _choose(held, names, blocks, n_blocks)
             if choice == "blend":
                 weights = _fit_weights(held, names, blocks, n_blocks, np.ones(len(held.y), bool))
@@ -617,6 +691,7 @@ class Blend:
 
     def attach(self, schema: Any, genes: Any) -> None:
         self.state.linear.attach(schema, genes)
+        self.state.neighbour.attach(schema, genes)
 
     def calibrates(self, kind: str) -> bool:
         """Whether blended predictions of ``kind`` get the blend's own intervals (enough
@@ -647,9 +722,13 @@ class Blend:
         for n in names:
             if n == "kernel":
                 preds[n] = kernel[rows]
-            elif n == "linear":
-                preds[n] = state.linear.predict(
-                    [perturbations[i] for i in rows], [doses[i] for i in rows], control_mean[rows]
+            elif n in MODEL_CANDIDATES:
+                fitted = state.linear if n == "linear" else state.neighbour
+                preds[n] = fitted.predict(
+                    [perturbations[i] for i in rows],
+                    [doses[i] for i in rows],
+                    control_mean[rows],
+                    [contexts[i] for i in rows],
                 )
             else:
                 preds[n] = state.simple.predict(
