@@ -43,3 +43,31 @@ def test_perfect_knowledge_predicts_better_than_useless(tmp_path) -> None:
 def test_knowledge_rejects_a_real_dataset(tmp_path) -> None:
     with pytest.raises(ValueError, match="simulated worlds"):
         run_task("knowledge", tmp_path, dataset="papalexi2021", seeds=[0], variant="quick")
+
+
+@pytest.mark.slow
+def test_module_worlds_give_models_their_own_knowledge_base(tmp_path) -> None:
+    from aivc.evaluate.tasks.perturbation import task_data
+
+    data = task_data("unseen-single", "sim-module-world-0", [0])
+    assert data.knowledge is not None
+    assert (data.knowledge / "genes" / "human_go_annotations.tsv.gz").exists()
+    before = settings.data_dir
+    result = run_task(
+        "unseen-single",
+        tmp_path,
+        dataset="sim-module-world-0",
+        models=["linear-knowledge"],
+        seeds=[0],
+        cell_eval=False,
+    )
+    assert settings.data_dir == before
+    # the simulated genes are known to the world's Gene Ontology, so the knowledge model
+    # is not the training mean it would fall back to with the real tables
+    models = result["models"]
+    assert (
+        models["linear-knowledge"]["pearson_delta_de20"]["mean"]
+        != models["train-mean"]["pearson_delta_de20"]["mean"]
+    )
+    with pytest.raises(ValueError, match="sim-module-world-<seed>"):
+        task_data("unseen-single", "sim-module-world-x", [0])

@@ -60,7 +60,7 @@ from aivc.evaluate._metrics import (
     top_de_mask,
 )
 from aivc.evaluate._results import fmt, machine_info, summarize, write_results
-from aivc.evaluate.tasks import Task, register_task
+from aivc.evaluate.tasks import Task, knowledge_from, register_task
 from aivc.evaluate.tasks._out_of_core import is_out_of_core, run_out_of_core
 
 if TYPE_CHECKING:
@@ -226,6 +226,34 @@ def build_world(seed: int) -> tuple[AnnData, list[str], pd.DataFrame | None]:
     )
     adata, _ = sim.simulate(design, n_batches=2, seed=seed)
     return adata, [str(g) for g in sim.genes], None
+
+
+#: Prefix of the simulated worlds with functional modules and a knowledge base
+#: (``sim-module-world-3``): the shape of ``sim-world-<seed>`` with 20 % of the genes in
+#: complexes and pathways (the presets' share), and the world's "good" simulated knowledge
+#: base, which the models read instead of the real gene tables while they run.
+MODULE_WORLD_PREFIX = "sim-module-world-"
+
+
+def build_module_world(seed: int) -> tuple[AnnData, list[str], pd.DataFrame | None, Path]:
+    """The world ``sim-module-world-<seed>``: raw counts, its targets, no features, and the
+    folder of its simulated knowledge base (under the cache directory; rewritten each time)."""
+    from aivc.sim import VirtualCellSimulator, default_design, simulated_knowledge, write_knowledge
+
+    sim = VirtualCellSimulator(n_genes=400, n_cell_types=3, seed=seed, module_fraction=0.2).build()
+    design = default_design(
+        sim,
+        n_cells=15_000,
+        max_singles=80,
+        double_fraction=0.0,
+        n_design_drugs=0,
+        min_cells_per_condition=40,
+        seed=seed,
+    )
+    adata, _ = sim.simulate(design, n_batches=2, seed=seed)
+    folder = Path(settings.cache_dir) / "worlds" / f"{MODULE_WORLD_PREFIX}{seed}" / "knowledge"
+    write_knowledge(folder, simulated_knowledge(sim.network_, sim.modules_, "good", seed=seed))
+    return adata, [str(g) for g in sim.genes], None, folder
 
 
 #: Prefix of the simulated drug x genetic worlds (``sim-drug-genetic-0``): one cell type, 8
@@ -743,6 +771,7 @@ class TaskData:
     known: list[str]
     features: pd.DataFrame | None
     splits: list[Split]
+    knowledge: Path | None = None
 
 
 def task_data(
@@ -761,6 +790,7 @@ def task_data(
     """
     spec = PERTURBATION_SPECS[task]
     features: pd.DataFrame | None = None
+    knowledge: Path | None = None
     world = _world_seed(dataset)
     if spec.build is not None and dataset is None:
         dataset_name = spec.dataset
@@ -769,6 +799,14 @@ def task_data(
     elif world is not None:
         dataset_name = str(dataset)
         raw, known, features = build_world(world)
+        schema = schema or schema_of(raw)
+    elif dataset is not None and dataset.startswith(MODULE_WORLD_PREFIX):
+        tail = dataset[len(MODULE_WORLD_PREFIX) :]
+        if not tail.isdigit():
+            msg = f"A simulated world with modules is named {MODULE_WORLD_PREFIX}<seed>, e.g. '{MODULE_WORLD_PREFIX}0'; got {dataset!r}."
+            raise ValueError(msg)
+        dataset_name = dataset
+        raw, known, features, knowledge = build_module_world(int(tail))
         schema = schema or schema_of(raw)
     elif dataset is not None and dataset.startswith(DRUG_GENETIC_PREFIX):
         tail = dataset[len(DRUG_GENETIC_PREFIX) :]
@@ -828,7 +866,7 @@ def task_data(
             for s in seeds
             for sp_ in splits
         ]
-    return TaskData(adata, schema, dataset_name, fit_known, features, splits)
+    return TaskData(adata, schema, dataset_name, fit_known, features, splits, knowledge)
 
 
 def _peer_record(name: str, info: dict[str, Any]) -> dict[str, Any]:
@@ -992,7 +1030,7 @@ def run_benchmark(
             if "seed" in inspect.signature(cls.__init__).parameters:
                 params["seed"] = rng_seed  # seeded models follow the split's seed
             model = cls(**params)
-            with ResourceMeter() as meter:
+            with ResourceMeter() as meter, knowledge_from(data.knowledge):
                 model.fit(train, schema, known_genes=fit_known, perturbation_features=features)
                 delta = model.predict_delta(perts, contexts=ctxs, doses=doses, control=control)
                 n_cells = [min(len(_cells(obs, c)), 300) for c in conds]
