@@ -210,11 +210,13 @@ def _build_simulation(seed: int) -> tuple[AnnData, list[str], pd.DataFrame]:
 WORLD_PREFIX = "sim-world-"
 
 
-def build_world(seed: int) -> tuple[AnnData, list[str], pd.DataFrame | None]:
-    """The simulated world ``sim-world-<seed>``: raw counts, its known targets, no features."""
+def _simulate_world(seed: int, module_fraction: float = 0.0) -> tuple[AnnData, Any]:
+    """The measured cells of a ``sim-world``-shaped world, and its simulator."""
     from aivc.sim import VirtualCellSimulator, default_design
 
-    sim = VirtualCellSimulator(n_genes=400, n_cell_types=3, seed=seed).build()
+    sim = VirtualCellSimulator(
+        n_genes=400, n_cell_types=3, seed=seed, module_fraction=module_fraction
+    ).build()
     design = default_design(
         sim,
         n_cells=15_000,
@@ -225,6 +227,12 @@ def build_world(seed: int) -> tuple[AnnData, list[str], pd.DataFrame | None]:
         seed=seed,
     )
     adata, _ = sim.simulate(design, n_batches=2, seed=seed)
+    return adata, sim
+
+
+def build_world(seed: int) -> tuple[AnnData, list[str], pd.DataFrame | None]:
+    """The simulated world ``sim-world-<seed>``: raw counts, its known targets, no features."""
+    adata, sim = _simulate_world(seed)
     return adata, [str(g) for g in sim.genes], None
 
 
@@ -238,19 +246,9 @@ MODULE_WORLD_PREFIX = "sim-module-world-"
 def build_module_world(seed: int) -> tuple[AnnData, list[str], pd.DataFrame | None, Path]:
     """The world ``sim-module-world-<seed>``: raw counts, its targets, no features, and the
     folder of its simulated knowledge base (under the cache directory; rewritten each time)."""
-    from aivc.sim import VirtualCellSimulator, default_design, simulated_knowledge, write_knowledge
+    from aivc.sim import simulated_knowledge, write_knowledge
 
-    sim = VirtualCellSimulator(n_genes=400, n_cell_types=3, seed=seed, module_fraction=0.2).build()
-    design = default_design(
-        sim,
-        n_cells=15_000,
-        max_singles=80,
-        double_fraction=0.0,
-        n_design_drugs=0,
-        min_cells_per_condition=40,
-        seed=seed,
-    )
-    adata, _ = sim.simulate(design, n_batches=2, seed=seed)
+    adata, sim = _simulate_world(seed, module_fraction=0.2)
     folder = Path(settings.cache_dir) / "worlds" / f"{MODULE_WORLD_PREFIX}{seed}" / "knowledge"
     write_knowledge(folder, simulated_knowledge(sim.network_, sim.modules_, "good", seed=seed))
     return adata, [str(g) for g in sim.genes], None, folder
