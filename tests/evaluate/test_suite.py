@@ -70,6 +70,7 @@ def test_sign_test() -> None:
 def test_every_entry_names_our_model_and_a_baseline() -> None:
     worlds = {e.dataset for e in SUITE if e.dataset.startswith("sim-world-")}
     assert len(worlds) >= 5
+    assert len({e.dataset for e in SUITE if e.dataset.startswith("sim-module-world-")}) >= 10
     for entry in SUITE:
         assert "aivc-perturb" in entry.models
         assert {"train-mean", "control"} <= set(entry.models)

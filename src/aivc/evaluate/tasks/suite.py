@@ -14,8 +14,9 @@ of every dataset x metric:
   condition's value averaged over seeds), model against that baseline.
 
 The matrix is ``DIR/suite.json`` (``{"cells": [...]}``) and ``DIR/results.md``.
-Simulated worlds (``sim-world-<seed>``) are separate regulatory networks, so
-a choice tuned to one world shows on the others.
+Simulated worlds (``sim-world-<seed>``, and ``sim-module-world-<seed>`` with
+complexes, pathways and a simulated knowledge base) are separate regulatory
+networks, so a choice tuned to one world shows on the others.
 """
 
 from __future__ import annotations
@@ -109,7 +110,22 @@ def _world_entries(seeds: Sequence[int]) -> list[SuiteEntry]:
     return out
 
 
-#: The suite: real datasets first, then five simulated worlds.
+def _module_world_entries(seeds: Sequence[int]) -> list[SuiteEntry]:
+    """Unseen singles on worlds with modules, every model reading the world's knowledge base."""
+    return [
+        SuiteEntry(
+            "unseen-single",
+            f"sim-module-world-{w}",
+            (*_KNOWLEDGE, OUR_MODEL),
+            seeds=(0,),
+            cell_eval=False,
+        )
+        for w in seeds
+    ]
+
+
+#: The suite: real datasets first, then five simulated worlds, then ten worlds with modules
+#: and a simulated knowledge base.
 SUITE: tuple[SuiteEntry, ...] = (
     SuiteEntry("unseen-single", "papalexi2021", (*_KNOWLEDGE, OUR_MODEL), peers=("gears",)),
     SuiteEntry("unseen-single", "norman2019_subset", (*_KNOWLEDGE, OUR_MODEL)),
@@ -144,6 +160,7 @@ SUITE: tuple[SuiteEntry, ...] = (
         peers=_CONTEXT_PEERS,
     ),
     *_world_entries(range(5)),
+    *_module_world_entries(range(10)),
 )
 
 
@@ -319,7 +336,7 @@ def run_suite(
         msg = f"No suite entry uses dataset {dataset!r}; entries use {sorted({e.dataset for e in SUITE})}."
         raise ValueError(msg)
     if variant == "quick":
-        entries = [e for e in entries if not e.dataset.startswith("sim-world-")]
+        entries = [e for e in entries if not e.dataset.startswith("sim-")]
     out = Path(out)
     cells: list[dict[str, Any]] = []
     peer_cells: list[dict[str, Any]] = []
