@@ -141,8 +141,11 @@ def _true_terms(
     )
 
 
-def _true_pairs(network: GeneNetwork, modules: FunctionalModules) -> tuple[np.ndarray, np.ndarray]:
-    """Physical pairs (complexes, pathway steps) and all pairs (plus regulator-target)."""
+def _true_pairs(
+    network: GeneNetwork, modules: FunctionalModules
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Physical pairs (complexes, pathway steps), all pairs (plus regulator-target), and
+    which of all the pairs are regulatory only."""
     physical: set[tuple[int, int]] = set()
     for m in range(modules.n_modules):
         genes = modules.module_genes(m)
@@ -158,8 +161,10 @@ def _true_pairs(network: GeneNetwork, modules: FunctionalModules) -> tuple[np.nd
         if a != b
     }
     phys = np.asarray(sorted(physical), dtype=np.int64).reshape(-1, 2)
-    every = np.asarray(sorted(physical | regulatory), dtype=np.int64).reshape(-1, 2)
-    return phys, every
+    all_pairs = sorted(physical | regulatory)
+    every = np.asarray(all_pairs, dtype=np.int64).reshape(-1, 2)
+    only_regulatory = np.asarray([p not in physical for p in all_pairs], dtype=bool)
+    return phys, every, only_regulatory
 
 
 def _degrade(
@@ -236,10 +241,8 @@ def simulated_knowledge(
         )
         raise ValueError(msg)
     terms, parents, members = _true_terms(network, modules, rng)
-    phys, every = _true_pairs(network, modules)
+    phys, every, regulatory = _true_pairs(network, modules)
     if share < 1.0:  # the regulator-target pairs in the STRING-like table's scope
-        physical = {tuple(p) for p in phys.tolist()}
-        regulatory = np.asarray([tuple(p) not in physical for p in every.tolist()], dtype=bool)
         scope = rng.random(len(every)) < share
         every = every[~regulatory | scope]
     degree = np.bincount(

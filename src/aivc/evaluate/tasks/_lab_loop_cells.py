@@ -402,12 +402,13 @@ def _simulator_campaign(
     true_test = delta[pool.size :]
 
     controls = lab.run([CONTROL], n_cells=proto["initial_control_cells"], cell_type=cell_type)
-    if knowledge_dir is None:
+    # the world's knowledge base, written once per world and shared by the strategies
+    folder = None if knowledge_dir is None else knowledge_dir / f"world-{seed}"
+    if folder is None:
         emb, degree = coexpression_features(
             _log_norm(controls.X), genes, n_components=proto["n_components"]
         )
-    else:  # the world's knowledge base, written once per world and shared by the strategies
-        folder = knowledge_dir / f"world-{seed}"
+    else:
         if not folder.exists():  # the lab has built the simulator by now
             tables = simulated_knowledge(sim.network_, sim.modules_, proto["knowledge"], seed=seed)
             write_knowledge(folder, tables)
@@ -458,7 +459,7 @@ def _simulator_campaign(
                 schema,
                 test_labels,
                 true_test,
-                knowledge=None if knowledge_dir is None else knowledge_dir / f"world-{seed}",
+                knowledge=folder,
             )
         )
         _record_round(camp, outcome, row, hits)

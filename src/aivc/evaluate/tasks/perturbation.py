@@ -292,14 +292,26 @@ def build_drug_genetic_world(seed: int) -> tuple[AnnData, list[str], pd.DataFram
     return adata, [*map(str, sim.genes), *drugs], None
 
 
-def _world_seed(dataset: str | None) -> int | None:
-    if dataset is None or not dataset.startswith(WORLD_PREFIX):
+#: Families of simulated datasets named by seed: prefix -> (what it is, its builder).
+_WORLD_FAMILIES: dict[str, tuple[str, Callable[[int], tuple[Any, ...]]]] = {
+    WORLD_PREFIX: ("A simulated world", build_world),
+    MODULE_WORLD_PREFIX: ("A simulated world with modules", build_module_world),
+    DRUG_GENETIC_PREFIX: ("A drug x genetic world", build_drug_genetic_world),
+}
+
+
+def _world_of(dataset: str | None) -> tuple[str, int] | None:
+    """``(prefix, seed)`` of a dataset named ``<prefix><seed>`` of a simulated family."""
+    if dataset is None:
         return None
-    tail = dataset[len(WORLD_PREFIX) :]
-    if not tail.isdigit():
-        msg = f"A simulated world is named {WORLD_PREFIX}<seed>, e.g. '{WORLD_PREFIX}3'; got {dataset!r}."
-        raise ValueError(msg)
-    return int(tail)
+    for prefix, (what, _) in _WORLD_FAMILIES.items():
+        if dataset.startswith(prefix):
+            tail = dataset[len(prefix) :]
+            if not tail.isdigit():
+                msg = f"{what} is named {prefix}<seed>, e.g. '{prefix}0'; got {dataset!r}."
+                raise ValueError(msg)
+            return prefix, int(tail)
+    return None
 
 
 def _simulator_splits(
@@ -789,30 +801,16 @@ def task_data(
     spec = PERTURBATION_SPECS[task]
     features: pd.DataFrame | None = None
     knowledge: Path | None = None
-    world = _world_seed(dataset)
+    world = _world_of(dataset)
     if spec.build is not None and dataset is None:
         dataset_name = spec.dataset
         raw, known, features = spec.build(seeds[0])
         schema = schema or schema_of(raw)
     elif world is not None:
+        prefix, seed = world
         dataset_name = str(dataset)
-        raw, known, features = build_world(world)
-        schema = schema or schema_of(raw)
-    elif dataset is not None and dataset.startswith(MODULE_WORLD_PREFIX):
-        tail = dataset[len(MODULE_WORLD_PREFIX) :]
-        if not tail.isdigit():
-            msg = f"A simulated world with modules is named {MODULE_WORLD_PREFIX}<seed>, e.g. '{MODULE_WORLD_PREFIX}0'; got {dataset!r}."
-            raise ValueError(msg)
-        dataset_name = dataset
-        raw, known, features, knowledge = build_module_world(int(tail))
-        schema = schema or schema_of(raw)
-    elif dataset is not None and dataset.startswith(DRUG_GENETIC_PREFIX):
-        tail = dataset[len(DRUG_GENETIC_PREFIX) :]
-        if not tail.isdigit():
-            msg = f"A drug x genetic world is named {DRUG_GENETIC_PREFIX}<seed>, e.g. '{DRUG_GENETIC_PREFIX}0'; got {dataset!r}."
-            raise ValueError(msg)
-        dataset_name = dataset
-        raw, known, features = build_drug_genetic_world(int(tail))
+        raw, known, features, *rest = _WORLD_FAMILIES[prefix][1](seed)
+        knowledge = rest[0] if rest else None
         schema = schema or schema_of(raw)
     else:
         dataset_name, raw = _read_dataset(dataset or spec.dataset, data_dir)

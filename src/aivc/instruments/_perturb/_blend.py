@@ -637,8 +637,7 @@ class Blend:
         state.blocks = blocks
         state.strata = strata = variability_blocks(summary.delta, 10, centre=True)
         state.linear = LinearCandidate.fit(summary, adata)
-        if any("nearest-neighbour" in candidates_of(k, summary) for k in BLEND_KINDS):
-            state.neighbour = NeighbourCandidate.fit(summary, adata)
+        state.neighbour = NeighbourCandidate.fit(summary, adata)
         usable = neighbour_usable(state.neighbour)
         if not usable:
             state.neighbour = NeighbourCandidate()
