@@ -638,7 +638,16 @@ def _lab_loop_block(label: str, result: Mapping[str, Any], rule: Rule) -> Block:
                 block.models[m][f"hits r{t + 1}"] = dict(stat)
     for column in extra:
         block.directions[column] = "higher"
-    block.columns = _present([*extra, *rule.columns], block.models)
+    # how many measured knockouts each strategy needs to reach random design's final error
+    reach = "measured to reach random's final"
+    texts: dict[str, dict[str, str]] = {}
+    for m, entry in result["models"].items():
+        if "final_error_rel" in entry:  # simulator worlds, where the no-change error is known
+            n = entry.get("n_to_reach_random_final_error")
+            texts[m] = {reach: "n/a" if n is None else f"{n:.0f}"}
+    block.texts = texts
+    block.directions[reach] = "lower"
+    block.columns = _present([*extra, *rule.columns, reach], block.models, texts)
     # reference errors, the same for every strategy (simulator only)
     for key, text in (
         ("no_change_error", "*no change (reference)*"),

@@ -380,6 +380,63 @@ def test_simulator_loop_end_to_end(tmp_path, monkeypatch):
             assert led.project_config(project)["lab"]["series"]["first_experiment"] == 2
 
 
+def _batched_changes(seed, common=0.0, signal=1.0, batch_noise=3.0):
+    rng = np.random.default_rng(seed)
+    n_batches, per_batch, n_feat, n_genes = 4, 30, 6, 40
+    w = rng.normal(size=(n_feat, n_genes)) * signal
+    x = rng.normal(size=(n_batches * per_batch, n_feat))
+    x_new = rng.normal(size=(50, n_feat))
+    offsets = rng.normal(scale=batch_noise, size=(n_batches, n_genes))
+    batches = np.repeat([f"b{i}" for i in range(n_batches)], per_batch)
+    truth = x @ w + common
+    measured = truth + offsets[np.repeat(np.arange(n_batches), per_batch)]
+    measured += rng.normal(scale=0.1, size=measured.shape)
+    return x, measured, batches, x_new, x_new @ w + common
+
+
+def test_batch_aware_ridge_does_not_learn_the_rounds_shared_control_noise():
+    from aivc.evaluate.tasks._lab_loop_cells import batch_aware_ridge
+
+    x, y, batches, x_new, truth = _batched_changes(0)
+    pred, chosen = batch_aware_ridge(x, y, batches, x_new)
+    # every condition of a round shares its offset: held out by round, the mean change does not
+    # transfer, so it is left out, and the slope is still learned
+    assert chosen["intercept_share"] <= 0.25 and np.isfinite(chosen["ridge"])
+    no_change = np.mean(truth**2)
+    with_mean = np.mean((pred + (1 - chosen["intercept_share"]) * y.mean(axis=0) - truth) ** 2)
+    assert np.mean((pred - truth) ** 2) < 0.1 * no_change < with_mean
+
+    # a change every knockout shares is kept
+    x, y, batches, x_new, truth = _batched_changes(1, common=3.0, batch_noise=0.3)
+    pred, chosen = batch_aware_ridge(x, y, batches, x_new)
+    assert chosen["intercept_share"] == 1.0
+    assert np.mean((pred - truth) ** 2) < 0.05 * np.mean(truth**2)
+
+    # nothing learnable: exactly no change
+    x, y, batches, x_new, _ = _batched_changes(2, signal=0.0)
+    pred, chosen = batch_aware_ridge(x, y, batches, x_new)
+    assert chosen == {"ridge": np.inf, "intercept_share": 0.0}
+    assert not pred.any()
+
+    # one round: its offset cannot be told from a shared change, so no intercept
+    one = batches == "b0"
+    _, chosen = batch_aware_ridge(x[one], y[one] + 5.0, batches[one], x_new)
+    assert chosen["intercept_share"] == 0.0
+
+
+def test_denoised_changes_shrink_each_change_by_its_signal_to_noise():
+    from aivc.evaluate.tasks._lab_loop_cells import denoised_changes
+
+    rng = np.random.default_rng(0)
+    z = np.vstack([rng.normal(size=500) * 0.9, rng.normal(size=500) * 10.0])
+    delta = z * 0.1
+    out = denoised_changes(delta, z)
+    assert not out[0].any()  # noise-sized z-scores: no change
+    factor = out[1] / delta[1]
+    assert np.allclose(factor, 1.0 - 1.0 / np.mean(z[1] ** 2))
+    assert 0.98 < factor[0] < 1.0
+
+
 # ------------------------------------------------------------------ real data
 @pytest.mark.slow
 def test_real_schmidt_screens(data_dir):

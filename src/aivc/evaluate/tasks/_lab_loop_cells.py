@@ -3,11 +3,16 @@
 Each campaign alternates design and measurement. A strategy proposes a batch
 of single-gene perturbations; the lab measures them (the simulator's
 :class:`~aivc.sim.VirtualLab`, or, retrospectively, the cells of an existing
-screen); the aivc ``linear`` instrument is refitted on everything measured so
-far and scored on a fixed held-out set of perturbations that no strategy may
-choose. Each simulated round is a batch with its own controls, so the changes
-the model fits are against batch-matched controls (see
-:class:`aivc.instruments.PerturbationSummary`). Two metrics per round:
+screen); a perturbation model is refitted on everything measured so far and
+scored on a fixed held-out set of perturbations that no strategy may choose.
+Each simulated round is a batch with its own controls, so the changes the
+model fits are against batch-matched controls (see
+:class:`aivc.instruments.PerturbationSummary`). On the simulator the scored
+model is :func:`batch_aware_ridge` on the strategies' gene features (the
+``linear`` instrument's intercept, the mean measured change, carries the
+rounds' shared control noise, and its leave-one-condition-out choice of
+penalty is flattered by it); on papalexi2021 it is the ``linear``
+instrument. Two metrics per round:
 
 * ``hit_ratio`` -- fraction of the pool's hits measured so far (hits = the
   candidates with the largest true effect norm, read from the ground truth
@@ -268,33 +273,121 @@ def _fit_and_score(
     schema: Any,
     test: Sequence[str],
     true_delta: np.ndarray,
-    *,
-    knowledge: Path | None = None,
 ) -> float:
-    """MSE of the predicted change of the test perturbations, each target's own gene left out.
-
-    The model is the ``linear`` instrument; with a ``knowledge`` folder (a simulated
-    knowledge base) it is ``linear`` on the fused knowledge embedding read from there.
-    """
+    """MSE of the ``linear`` instrument's predicted change of the test perturbations (papalexi2021),
+    each target's own gene left out."""
     from aivc.data import prepare
-    from aivc.evaluate.tasks import knowledge_from
     from aivc.instruments import make_instrument
 
     prepared, pschema = prepare(adata, schema, validate_input=False)
-    params = {} if knowledge is None else {"perturbation_embedding": "fused"}
-    model = make_instrument("linear", **params)
+    model = make_instrument("linear")
     contexts = None
     if pschema.context_key is not None:
         contexts = [str(prepared.obs[pschema.context_key].iloc[0])] * len(test)
-    with knowledge_from(knowledge):
-        model.fit(prepared, pschema, known_genes=list(test))
-        pred = np.asarray(model.predict_delta(list(test), contexts=contexts), dtype=float)
+    model.fit(prepared, pschema, known_genes=list(test))
+    pred = np.asarray(model.predict_delta(list(test), contexts=contexts), dtype=float)
     names = list(prepared.var_names.astype(str))
     keep = np.ones_like(pred, dtype=bool)
     for i, t in enumerate(test):
         if t in names:
             keep[i, names.index(t)] = False
     return float(np.mean(((pred - true_delta) ** 2)[keep]))
+
+
+#: The simulator campaigns' scored model: ridge penalties tried (``inf``: no slope) and the
+#: share of the measured mean change kept as the intercept (0: no change, 1: the mean change),
+#: so the model holds both baselines and picks among them on the measured rounds only.
+#: Chosen on worlds 100 and 101 (never on the evaluated seeds), see docs/benchmarks/defaults.md.
+RIDGE_GRID: tuple[float, ...] = (0.1, 1.0, 3.0, 10.0, 30.0, 100.0, 1e3, np.inf)
+INTERCEPT_SHARES: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
+
+
+def denoised_changes(delta: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Each measured change shrunk toward no change by its own signal-to-noise.
+
+    The James–Stein factor ``max(0, 1 - 1 / mean(z²))`` over the genes: a knockout whose
+    z-scores are no larger than noise (mean square 1) becomes no change, a strong one
+    keeps nearly all of its measured change.
+    """
+    ms = np.mean(np.asarray(z, dtype=float) ** 2, axis=1)
+    factor = np.maximum(0.0, 1.0 - 1.0 / np.maximum(ms, 1e-12))
+    return np.asarray(delta, dtype=float) * factor[:, None]
+
+
+def _ridge_fit_predict(
+    x: np.ndarray, y: np.ndarray, x_new: np.ndarray, lam: float, share: float
+) -> np.ndarray:
+    """Centred ridge from features to changes plus ``share`` of the mean change."""
+    intercept = share * y.mean(axis=0)
+    if np.isinf(lam):
+        return np.broadcast_to(intercept, (len(x_new), y.shape[1])).copy()
+    xm = x.mean(axis=0)
+    xc = x - xm
+    w = np.linalg.solve(xc.T @ xc + lam * np.eye(x.shape[1]), xc.T @ (y - y.mean(axis=0)))
+    return (x_new - xm) @ w + intercept
+
+
+def batch_aware_ridge(
+    x: np.ndarray, y: np.ndarray, batches: np.ndarray, x_new: np.ndarray
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Predicted changes of ``x_new`` from a ridge whose settings are cross-validated by batch.
+
+    Every condition of a batch is compared with that batch's controls, so they share the
+    controls' noise: holding out one condition at a time would let the rest of its batch
+    fit that noise and flatter the mean change. The penalty and the intercept share
+    (:data:`RIDGE_GRID`, :data:`INTERCEPT_SHARES`) are chosen holding out one batch at a
+    time; with a single batch, five folds of conditions choose the penalty and the
+    intercept is left out (its noise cannot be told from signal within one batch).
+    """
+    batches = np.asarray(batches).astype(str)
+    if np.unique(batches).size >= 2:
+        groups, shares = batches, INTERCEPT_SHARES
+    else:
+        groups, shares = np.arange(len(y)) % 5, (0.0,)
+    best = (np.inf, np.inf, 0.0)
+    for lam in RIDGE_GRID:
+        for share in shares:
+            err = 0.0
+            for g in np.unique(groups):
+                held = groups == g
+                pred = _ridge_fit_predict(x[~held], y[~held], x[held], lam, share)
+                err += float(np.sum((pred - y[held]) ** 2))
+            if err < best[0]:
+                best = (err, lam, share)
+    _, lam, share = best
+    return _ridge_fit_predict(x, y, x_new, lam, share), {"ridge": lam, "intercept_share": share}
+
+
+def _score_batch_aware(
+    adata: AnnData,
+    schema: PerturbationSchema,
+    measured: Sequence[str],
+    features: np.ndarray,
+    test_features: np.ndarray,
+    true_test: np.ndarray,
+    keep: np.ndarray,
+    col: dict[str, int],
+) -> float:
+    """MSE on the test perturbations of :func:`batch_aware_ridge` fitted on the measured changes.
+
+    The training changes are against each round's own controls, each target's own gene
+    set to zero and each change denoised (:func:`denoised_changes`).
+    """
+    delta, z = _batch_zscores(adata, schema, measured)
+    rows = np.arange(len(measured))
+    own = np.asarray([col[g] for g in measured], dtype=int)
+    delta[rows, own] = 0.0
+    z[rows, own] = 0.0
+    batch_of = (
+        adata.obs[[schema.perturbation_key, schema.batch_key]]
+        .astype(str)
+        .drop_duplicates(schema.perturbation_key)
+        .set_index(schema.perturbation_key)[schema.batch_key]
+    )
+    pred, _ = batch_aware_ridge(
+        features, denoised_changes(delta, z), batch_of.loc[list(measured)].to_numpy(), test_features
+    )
+    return float(np.mean(((pred - true_test) ** 2)[keep]))
 
 
 def _oracle_error(
@@ -438,7 +531,6 @@ def _simulator_campaign(
     params = dict(SIMULATOR_DESIGN_PARAMS) if strategy == "aivc-design" else {}
     candidates = [str(g) for g in pool]
     row = {g: i for i, g in enumerate(candidates)}
-    test_labels = [str(g) for g in test]
     parts: list[AnnData] = [controls]
 
     def noise_aware_effect(cells: AnnData, perturbations: list[str]) -> np.ndarray:
@@ -453,13 +545,17 @@ def _simulator_campaign(
         parts.append(data)
         merged = ad.concat(parts, join="inner", merge="same")
         merged.uns["aivc"] = data.uns["aivc"]
+        chosen = [str(g) for g in outcome.measured]
         camp.error.append(
-            _fit_and_score(
+            _score_batch_aware(
                 merged,
                 schema,
-                test_labels,
+                chosen,
+                features[[row[g] for g in chosen]],
+                test_features,
                 true_test,
-                knowledge=folder,
+                test_keep,
+                col,
             )
         )
         _record_round(camp, outcome, row, hits)
@@ -623,9 +719,14 @@ def compare_to_random(results: dict[str, Any]) -> None:
     # worlds weigh alike where each has its own scale (the simulator's relative errors)
     key = "error_rel" if "error_rel" in base else "error"
     target = base[key][-1]["mean"]
+    # where random's final model is no better than predicting no change (relative error 1),
+    # reaching it is not learning: the count is left empty
+    learned = key != "error_rel" or target < 1.0
     for r in results.values():
         mean_err = [e["mean"] for e in r[key]]
-        r["n_to_reach_random_final_error"] = _n_to_reach(r["n_measured"], mean_err, target)
+        r["n_to_reach_random_final_error"] = (
+            _n_to_reach(r["n_measured"], mean_err, target) if learned else None
+        )
         r["hits_vs_random"] = (
             r["hit_ratio_final"]["mean"] / base["hit_ratio_final"]["mean"]
             if base["hit_ratio_final"]["mean"] > 0
@@ -749,6 +850,13 @@ def run_cell_loop(
         "perturbation model": "aivc 'linear' instrument refitted after every round on all measured "
         "cells (changes against batch-matched controls where pooled controls would bias them)",
     }
+    if dataset == "simulator":
+        features["perturbation model"] = (
+            "ridge from the gene features to the measured changes (against each round's controls, "
+            "each shrunk toward no change by its signal-to-noise), penalty and intercept share "
+            "(no change ... the mean change) chosen holding out one round at a time; refitted "
+            "after every round"
+        )
     if variant == "knowledge":
         description = (
             "mechanistic simulator with functional modules (complexes, pathways) and a "
@@ -759,8 +867,6 @@ def run_cell_loop(
             "all": "unit-length fused knowledge embedding (GO, STRING, HuRI) of the target gene, "
             "built from the world's simulated knowledge base",
             "degree-prior": "log(1 + number of knowledge records of the gene): how well studied it is",
-            "perturbation model": "aivc 'linear' instrument on the fused knowledge embedding, refitted "
-            "after every round on all measured cells",
         }
     return {
         "task": "lab-loop",

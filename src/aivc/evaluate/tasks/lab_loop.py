@@ -574,6 +574,9 @@ def lab_loop_markdown(result: dict[str, Any]) -> str:
     head += " final error / no change ↓ | measured to reach random's final |" if has_rel else ""
     head += " wall s | peak MB |"
     n_cols = n_rounds + 3 + (2 if has_error else 0) + (2 if has_rel else 0)
+    # random's final model no better than no change: reaching it is not learning
+    random_rel = models.get("random", {}).get("final_error_rel") or {}
+    unlearned = random_rel.get("mean") is not None and random_rel["mean"] >= 1.0
     lines += [head, "|---|" + "---|" * n_cols]
     for name, m in models.items():
         row = f"| {name} | " + " | ".join(f"{x['mean']:.3f}" for x in m["hit_ratio"])
@@ -586,10 +589,17 @@ def lab_loop_markdown(result: dict[str, Any]) -> str:
             )
         if has_rel:
             reach = m.get("n_to_reach_random_final_error")
-            row += f" {fmt_summary(m['final_error_rel'], 3)} | {'never' if reach is None else f'{reach:.0f}'} |"
+            reached = "n/a" if unlearned else "never" if reach is None else f"{reach:.0f}"
+            row += f" {fmt_summary(m['final_error_rel'], 3)} | {reached} |"
         row += f" {result['wall_seconds'].get(name, 0):.1f} | {result['peak_memory_mb'].get(name, 0):.0f} |"
         lines.append(row)
     lines.append("")
+    if has_rel and unlearned:
+        lines += [
+            "Random design's final model is no better than predicting no change, so no number "
+            "measured is needed to reach it (n/a).",
+            "",
+        ]
     phrases = {
         "no_change_error": "predicting no change for the held-out perturbations gives an error of",
         "pool_mean_error": "predicting the true mean change of the whole pool,",
