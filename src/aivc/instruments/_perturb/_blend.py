@@ -4,7 +4,8 @@ A user who would otherwise predict an unmeasured perturbation with the mean
 change of the training perturbations, the mean change in the same context,
 the same perturbation's change in other contexts, the sum of the measured
 singles, a linear model on the training changes or the change of the nearest
-training target in Gene Ontology space must not do worse with
+training target in Gene Ontology space (for a target measured in other
+contexts, the nearest training condition by target and context) must not do worse with
 ``aivc-perturb``. So those baselines are candidates inside the model, beside
 the regression's own prediction (``"kernel"``: the stages before this one),
 and the model predicts a convex combination of them, weighted per block of
@@ -79,6 +80,7 @@ BLEND_KINDS: dict[str, tuple[str, ...]] = {
         "perturbation-elsewhere",
         "perturbation-plus-context",
         "linear",
+        "nearest-neighbour",
     ),
     "combination": ("kernel", "control", "train-mean", "additive", "linear"),
 }
@@ -420,11 +422,18 @@ def candidates_of(
     return names
 
 
-def neighbour_usable(fitted: NeighbourCandidate) -> bool:
-    """Whether a fitted nearest-neighbour candidate embeds at least two training conditions
-    (otherwise its "nearest" condition is arbitrary, not a neighbour)."""
+def neighbour_usable(fitted: NeighbourCandidate, kind: str = "target") -> bool:
+    """Whether a fitted nearest-neighbour candidate has neighbours for queries of ``kind``.
+
+    A never-measured target needs at least two embedded training conditions
+    (otherwise its "nearest" condition is arbitrary, not a neighbour); a target
+    measured in other contexts also finds its neighbour by context, so there
+    context features suffice.
+    """
     if fitted.model is None:
         return False
+    if kind == "pair" and np.asarray(fitted.model.train_context_features_).shape[1] > 0:
+        return True
     norms = np.linalg.norm(np.asarray(fitted.model.train_pert_features_), axis=1)
     return int((norms > 1e-12).sum()) >= 2
 
@@ -638,8 +647,8 @@ class Blend:
         state.strata = strata = variability_blocks(summary.delta, 10, centre=True)
         state.linear = LinearCandidate.fit(summary, adata)
         state.neighbour = NeighbourCandidate.fit(summary, adata)
-        usable = neighbour_usable(state.neighbour)
-        if not usable:
+        usable = {kind: neighbour_usable(state.neighbour, kind) for kind in BLEND_KINDS}
+        if not any(usable.values()):
             state.neighbour = NeighbourCandidate()
         for kind in BLEND_KINDS:
             held = held_out_candidates(
@@ -649,11 +658,11 @@ class Blend:
                 kind,
                 knowledge=knowledge,
                 rng=np.random.default_rng(seed),
-                neighbour=usable,
+                neighbour=usable[kind],
             )
             if held is None:
                 continue
-            names = candidates_of(kind, summary, neighbour=usable)
+            names = candidates_of(kind, summary, neighbour=usable[kind])
             choice, losses = _choose(held, names, blocks, n_blocks)
             if choice == "blend":
                 weights = _fit_weights(held, names, blocks, n_blocks, np.ones(len(held.y), bool))
