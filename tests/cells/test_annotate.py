@@ -207,6 +207,8 @@ def test_mouse_query_on_human_reference(data_dir) -> None:
         batch_key="donor",
         candidates=("logistic-c0.1",),
         n_top_genes=500,
+        n_pcs=20,
+        n_folds=3,
         seed=0,
     )
     ann.fit(human, species="human")
