@@ -318,7 +318,10 @@ def test_simulator_loop_end_to_end(tmp_path, monkeypatch):
         "n_components": 4,
     }
     monkeypatch.setitem(_lab_loop_cells.CELL_PROTOCOLS, "simulator", small)
-    result = run_lab_loop(tmp_path, models=["random", "aivc-design"], seeds=[0])
+    result = run_lab_loop(
+        tmp_path, models=["random", "aivc-design"], seeds=[0], variant="coexpression"
+    )
+    assert result["variant"] == "coexpression"
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["models"].keys() == {"random", "aivc-design"}
     for entry in saved["models"].values():
@@ -335,16 +338,14 @@ def test_simulator_loop_end_to_end(tmp_path, monkeypatch):
     md = (tmp_path / "results.md").read_text()
     assert "error_auc" in md and "true mean change of the whole pool" in md
     assert result["pool"]["n_hits"] == 4
-    with pytest.raises(ValueError, match="has variants \\['knowledge'\\]"):
+    with pytest.raises(ValueError, match="has variants \\['knowledge', 'coexpression'\\]"):
         run_lab_loop(tmp_path, variant="no-essential")
     for entry in saved["models"].values():  # each world's error over its own no-change error
         rel = np.asarray(entry["per_seed_error"])[:, -1] / entry["per_seed_no_change_error"]
         assert entry["final_error_rel"]["mean"] == pytest.approx(rel.mean())
 
-    # the knowledge variant: a world with modules, features from its simulated knowledge base
-    knowing = run_lab_loop(
-        tmp_path / "knowledge", models=["random"], seeds=[0], variant="knowledge"
-    )
+    # the default: a world with modules, features from its simulated knowledge base
+    knowing = run_lab_loop(tmp_path / "knowledge", models=["random"], seeds=[0])
     assert knowing["variant"] == "knowledge" and knowing["protocol"]["knowledge"] == "good"
     assert "knowledge embedding" in knowing["features"]["all"]
     assert (
@@ -358,7 +359,11 @@ def test_simulator_loop_end_to_end(tmp_path, monkeypatch):
 
     ledger = tmp_path / "ledger" / "lab-loop.db"
     kept = _lab_loop_cells.run_cell_loop(
-        "simulator", models=["random", "aivc-design"], seeds=[0], ledger=ledger
+        "simulator",
+        models=["random", "aivc-design"],
+        seeds=[0],
+        ledger=ledger,
+        variant="coexpression",
     )
     with Ledger(ledger) as led:
         assert [p["name"] for p in led.list_projects()] == [

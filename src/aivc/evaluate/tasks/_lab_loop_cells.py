@@ -21,7 +21,11 @@ instrument. Two metrics per round:
   change of the held-out perturbations; ``error_auc`` is its area under the
   error-vs-number-measured curve divided by the range (lower is better).
 
-Gene features need no knowledge base: a co-expression embedding of the genes
+On the simulator the campaigns run by default on worlds with functional
+modules (complexes, pathways) and gene features from each world's simulated
+knowledge base (:data:`KNOWLEDGE_PROTOCOL`; ``variant="knowledge"`` says the
+same). ``variant="coexpression"`` runs them on worlds without modules, where
+gene features need no knowledge base: a co-expression embedding of the genes
 from control cells measured before the first round (principal axes of the
 standardised control cells, the global first axis dropped), and as prior the
 co-expression degree (loading norm on the leading programmes), the analogue
@@ -115,10 +119,13 @@ CELL_PROTOCOLS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: The ``knowledge`` variant on the simulator: worlds with functional modules (the presets'
-#: share of genes in complexes and pathways) and gene features from their simulated
-#: knowledge base of this quality instead of co-expression.
+#: The simulator's default (``knowledge``) campaigns: worlds with functional modules (the
+#: presets' share of genes in complexes and pathways) and gene features from their simulated
+#: knowledge base of this quality; ``coexpression`` keeps worlds without modules and
+#: co-expression features.
 KNOWLEDGE_PROTOCOL: dict[str, Any] = {"module_fraction": 0.2, "knowledge": "good"}
+#: The simulator's variants, the default first.
+SIMULATOR_VARIANTS: tuple[str, ...] = ("knowledge", "coexpression")
 
 AIVC_DESIGN_PARAMS: dict[str, Any] = {"beta": 1.0}
 #: aivc-design on the simulator, chosen on worlds 100, 101 and 103 (never on the evaluated
@@ -746,10 +753,10 @@ def run_cell_loop(
 
     Each campaign is a project ``"<dataset>:<strategy>:seed<seed>"`` in ``ledger``
     (see :func:`aivc.evaluate.tasks.lab_loop.campaign_ledger`; the projects must
-    not exist yet). ``variant="knowledge"`` (simulator only) runs the campaigns on
-    worlds with functional modules, with gene features, degree and the scored
-    model's perturbation embedding from each world's simulated knowledge base
-    (:data:`KNOWLEDGE_PROTOCOL`).
+    not exist yet). On the simulator the campaigns run on worlds with functional
+    modules, with gene features and degree from each world's simulated knowledge
+    base (:data:`KNOWLEDGE_PROTOCOL`; ``variant=None`` or ``"knowledge"``), or with
+    ``variant="coexpression"`` on worlds without modules and co-expression features.
     """
     import tempfile
 
@@ -759,9 +766,12 @@ def run_cell_loop(
     if dataset not in CELL_PROTOCOLS:
         msg = f"cell lab-loop datasets are {sorted(CELL_PROTOCOLS)}; received {dataset!r}."
         raise ValueError(msg)
-    if variant not in (None, "knowledge") or (variant is not None and dataset != "simulator"):
-        msg = f"lab-loop on {dataset!r} has variants {['knowledge'] if dataset == 'simulator' else []}; received {variant!r}."
+    allowed = SIMULATOR_VARIANTS if dataset == "simulator" else ()
+    if variant is not None and variant not in allowed:
+        msg = f"lab-loop on {dataset!r} has variants {list(allowed)}; received {variant!r}."
         raise ValueError(msg)
+    if dataset == "simulator":
+        variant = variant or "knowledge"
     models = list(CELL_MODELS if models is None else models)
     unknown = [m for m in models if m not in STRATEGIES]
     if unknown:
@@ -832,7 +842,8 @@ def run_cell_loop(
             )
     compare_to_random(results)
     description = {
-        "simulator": "mechanistic simulator (aivc.sim.VirtualLab, hidden ground truth): knockouts of single genes",
+        "simulator": "mechanistic simulator without functional modules (aivc.sim.VirtualLab, hidden "
+        "ground truth): knockouts of single genes",
         "papalexi2021": "Papalexi 2021 THP-1 ECCITE-seq CRISPR screen, revealed retrospectively one target at a time",
     }[dataset]
     features = {

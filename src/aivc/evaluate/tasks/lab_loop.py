@@ -12,8 +12,9 @@ Datasets (``aivc benchmark lab-loop --dataset D``):
   core essential machinery (:data:`~aivc.experiments._screens_data.ESSENTIAL_GO_TERMS`)
   from the pool and recomputes the hits on what remains.
 * ``simulator`` (default) and ``papalexi2021``: see :mod:`aivc.evaluate.tasks._lab_loop_cells`.
-  ``--variant knowledge`` runs the simulator campaigns on worlds with functional
-  modules and gene features from each world's simulated knowledge base.
+  The simulator campaigns run on worlds with functional modules and gene features
+  from each world's simulated knowledge base (``--variant knowledge``, the
+  default); ``--variant coexpression`` runs them on worlds without modules.
 
 Every campaign is run by the production driver :func:`aivc.experiments.run_loop`:
 each round is proposed, measured, recorded and committed to a ledger (one
@@ -651,9 +652,10 @@ def run_lab_loop(
     seeds
         One campaign per seed and strategy; default 0-4 on screens, 0-2 otherwise.
     variant
-        ``"no-essential"`` for screens (removes core essential machinery);
-        ``"knowledge"`` for the simulator (worlds with functional modules, gene
-        features from their simulated knowledge base).
+        ``"no-essential"`` for screens (removes core essential machinery); on the
+        simulator ``"knowledge"`` (the default: worlds with functional modules, gene
+        features from their simulated knowledge base) or ``"coexpression"`` (worlds
+        without modules, co-expression features).
 
     The campaigns are recorded in a temporary ledger; :func:`run_screen_loop`
     and :func:`~aivc.evaluate.tasks._lab_loop_cells.run_cell_loop` take a
@@ -691,6 +693,6 @@ register_task(
         models=SCREEN_MODELS,
         seeds=(),
         run=run_lab_loop,
-        variants=("no-essential", "knowledge"),
+        variants=("no-essential", "knowledge", "coexpression"),
     )
 )
