@@ -321,17 +321,15 @@ def denoised_changes(delta: np.ndarray, z: np.ndarray) -> np.ndarray:
     return np.asarray(delta, dtype=float) * factor[:, None]
 
 
-def _ridge_fit_predict(
-    x: np.ndarray, y: np.ndarray, x_new: np.ndarray, lam: float, share: float
-) -> np.ndarray:
-    """Centred ridge from features to changes plus ``share`` of the mean change."""
-    intercept = share * y.mean(axis=0)
+def _ridge_slope(x: np.ndarray, y: np.ndarray, x_new: np.ndarray, lam: float) -> np.ndarray:
+    """The centred ridge's part of the predicted changes of ``x_new`` (zero for ``lam = inf``);
+    the prediction adds a share of the mean change ``y.mean(axis=0)``."""
     if np.isinf(lam):
-        return np.broadcast_to(intercept, (len(x_new), y.shape[1])).copy()
+        return np.zeros((len(x_new), y.shape[1]))
     xm = x.mean(axis=0)
     xc = x - xm
     w = np.linalg.solve(xc.T @ xc + lam * np.eye(x.shape[1]), xc.T @ (y - y.mean(axis=0)))
-    return (x_new - xm) @ w + intercept
+    return (x_new - xm) @ w
 
 
 def batch_aware_ridge(
@@ -351,18 +349,18 @@ def batch_aware_ridge(
         groups, shares = batches, INTERCEPT_SHARES
     else:
         groups, shares = np.arange(len(y)) % 5, (0.0,)
-    best = (np.inf, np.inf, 0.0)
-    for lam in RIDGE_GRID:
-        for share in shares:
-            err = 0.0
-            for g in np.unique(groups):
-                held = groups == g
-                pred = _ridge_fit_predict(x[~held], y[~held], x[held], lam, share)
-                err += float(np.sum((pred - y[held]) ** 2))
-            if err < best[0]:
-                best = (err, lam, share)
-    _, lam, share = best
-    return _ridge_fit_predict(x, y, x_new, lam, share), {"ridge": lam, "intercept_share": share}
+    errors = np.zeros((len(RIDGE_GRID), len(shares)))
+    for g in np.unique(groups):
+        held = groups == g
+        mean = y[~held].mean(axis=0)
+        for i, lam in enumerate(RIDGE_GRID):
+            slope = _ridge_slope(x[~held], y[~held], x[held], lam)
+            for j, share in enumerate(shares):
+                errors[i, j] += float(np.sum((slope + share * mean - y[held]) ** 2))
+    i, j = np.unravel_index(int(np.argmin(errors)), errors.shape)
+    lam, share = RIDGE_GRID[i], shares[j]
+    pred = _ridge_slope(x, y, x_new, lam) + share * y.mean(axis=0)
+    return pred, {"ridge": lam, "intercept_share": share}
 
 
 def _score_batch_aware(
