@@ -295,6 +295,10 @@ class ResponseTable:
         ``{compound: SMILES or None}`` from the schema's SMILES columns.
     moa
         ``{compound: mechanism-of-action string or None}``.
+    vehicle
+        The vehicle wells, each minus its plate's vehicle mean (wells x
+        features), for models that learn from the vehicle population; ``None``
+        when the table was built without them (e.g. restored from a saved model).
     """
 
     compounds: np.ndarray
@@ -305,6 +309,7 @@ class ResponseTable:
     vehicle_sd: np.ndarray
     smiles: dict[str, str | None]
     moa: dict[str, str | None]
+    vehicle: np.ndarray | None = None
 
     def subset(self, rows: np.ndarray) -> ResponseTable:
         """The conditions ``rows`` (a boolean mask or indices)."""
@@ -318,6 +323,7 @@ class ResponseTable:
             vehicle_sd=self.vehicle_sd,
             smiles=self.smiles,
             moa=self.moa,
+            vehicle=self.vehicle,
         )
 
     @property
@@ -391,6 +397,7 @@ def response_table(adata: AnnData, schema: ProfileSchema) -> ResponseTable:
         vehicle_sd=vehicle_sd,
         smiles=smiles,
         moa=moa,
+        vehicle=resid,
     )
 
 

@@ -84,6 +84,34 @@ def _sources(control: ad.AnnData, query: pd.DataFrame, seed: int) -> list[np.nda
 
 
 # ------------------------------------------------------------------------------------- biolord
+#: biolord's module and optimiser settings of its published perturbation examples.
+BIOLORD_MODULE = {
+    "decoder_width": 1024,
+    "decoder_depth": 4,
+    "attribute_nn_width": 512,
+    "attribute_nn_depth": 2,
+    "gene_likelihood": "normal",
+    "reconstruction_penalty": 1e2,
+    "unknown_attribute_penalty": 1e1,
+    "unknown_attribute_noise_param": 1e-1,
+    "attribute_dropout_rate": 0.1,
+    "use_batch_norm": False,
+    "use_layer_norm": False,
+}
+BIOLORD_PLAN = {
+    "n_epochs_warmup": 0,
+    "latent_lr": 1e-4,
+    "latent_wd": 1e-4,
+    "decoder_lr": 1e-4,
+    "decoder_wd": 1e-4,
+    "attribute_nn_lr": 1e-2,
+    "attribute_nn_wd": 4e-8,
+    "step_size_lr": 45,
+    "cosine_scheduler": True,
+    "scheduler_final_lr": 1e-5,
+}
+
+
 def run_biolord(
     train: ad.AnnData,
     control: ad.AnnData,
@@ -111,33 +139,8 @@ def run_biolord(
         categorical_attributes_keys=["perturbation", "context"],
         retrieval_attribute_key=None,
     )
-    module_params = {
-        "decoder_width": 1024,
-        "decoder_depth": 4,
-        "attribute_nn_width": 512,
-        "attribute_nn_depth": 2,
-        "n_latent_attribute_categorical": 4,
-        "gene_likelihood": "normal",
-        "reconstruction_penalty": 1e2,
-        "unknown_attribute_penalty": 1e1,
-        "unknown_attribute_noise_param": 1e-1,
-        "attribute_dropout_rate": 0.1,
-        "use_batch_norm": False,
-        "use_layer_norm": False,
-        "seed": seed,
-    }
-    plan = {
-        "n_epochs_warmup": 0,
-        "latent_lr": 1e-4,
-        "latent_wd": 1e-4,
-        "decoder_lr": 1e-4,
-        "decoder_wd": 1e-4,
-        "attribute_nn_lr": 1e-2,
-        "attribute_nn_wd": 4e-8,
-        "step_size_lr": 45,
-        "cosine_scheduler": True,
-        "scheduler_final_lr": 1e-5,
-    }
+    module_params = {**BIOLORD_MODULE, "n_latent_attribute_categorical": 4, "seed": seed}
+    plan = dict(BIOLORD_PLAN)
     model = biolord.Biolord(
         adata=train,
         n_latent=32,

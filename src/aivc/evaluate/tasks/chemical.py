@@ -44,6 +44,7 @@ import pandas as pd
 from aivc._io import write_csv_atomic
 from aivc.data._profiles import ProfileSchema, ResponseTable, load_profiles, response_table
 from aivc.data._validate import DataValidationError
+from aivc.evaluate._chemical_peers import CHEMICAL_PEERS
 from aivc.evaluate._memory import ResourceMeter
 from aivc.evaluate._results import fmt_summary, machine_info, summarize, write_results
 from aivc.evaluate.tasks import Task, register_task
@@ -215,9 +216,9 @@ def run_chemical(
     }
     table, schema, name = _load(dataset, options)
     models = list(models or _MODELS[split])
-    unknown = [m for m in models if m not in CHEMICAL_MODELS]
+    unknown = [m for m in models if m not in CHEMICAL_MODELS and m not in CHEMICAL_PEERS]
     if unknown:
-        msg = f"Unknown chemical model(s) {unknown}; choose from {sorted(CHEMICAL_MODELS)}."
+        msg = f"Unknown chemical model(s) {unknown}; choose from {sorted(CHEMICAL_MODELS)} or the peers {sorted(CHEMICAL_PEERS)}."
         raise ValueError(msg)
     if split == "unseen-compound" and "dose-interpolation" in models:
         msg = "dose-interpolation predicts measured compounds only; it has no place in the unseen-compound split."
@@ -230,6 +231,7 @@ def run_chemical(
     peak = dict.fromkeys(models, 0.0)
     rows: list[dict[str, Any]] = []
     choices: list[dict[str, Any]] = []
+    peer_runs: dict[str, dict[str, Any]] = {}
     for seed in seeds:
         masks = _splits(table, split, int(seed))
         held = np.zeros(len(table.compounds), dtype=bool)
@@ -246,11 +248,12 @@ def run_chemical(
             query = compounds if split == "unseen-dose" else [table.smiles[c] for c in compounds]
             for m in models:
                 with ResourceMeter() as meter:
-                    model = (
-                        CHEMICAL_MODELS[m](seed=int(seed))
-                        if m == "aivc-chem"
-                        else CHEMICAL_MODELS[m]()
-                    )
+                    if m in CHEMICAL_PEERS:
+                        model = CHEMICAL_PEERS[m](seed=int(seed))
+                    elif m == "aivc-chem":
+                        model = CHEMICAL_MODELS[m](seed=int(seed))
+                    else:
+                        model = CHEMICAL_MODELS[m]()
                     model.fit(train)
                     if m == "aivc-chem":
                         interval = model.predict_interval(query, test_t.doses, level=0.9)
@@ -265,6 +268,14 @@ def run_chemical(
                         )
                     else:
                         pred = model.predict_delta(query, test_t.doses).to_numpy()
+                    if m in CHEMICAL_PEERS:
+                        info = model.peer_info_
+                        peer_runs.setdefault(
+                            m, {k: info.get(k) for k in ("version", "torch", "steps", "config")}
+                        )
+                        peer_runs[m].setdefault("train_seconds", []).append(
+                            info.get("train_seconds")
+                        )
                 wall[m] += meter.wall_seconds
                 peak[m] = max(peak[m], meter.peak_increase_mb)
                 preds[m][test] = pred
@@ -327,6 +338,7 @@ def run_chemical(
         },
         "replicate": {"map_moa": summarize(ceiling)},
         "aivc_chem_choices": choices,
+        "peers": peer_runs,
         "metrics": {
             "pearson_delta": {
                 "higher_is_better": True,
@@ -408,6 +420,15 @@ def chemical_markdown(result: dict[str, Any]) -> str:
                     f"- {'measured compound, new dose' if fam == 'seen' else 'new compound'}: "
                     + ", ".join(f"{k} ×{v}" for k, v in counts.items())
                 )
+    for peer, info in result.get("peers", {}).items():
+        seconds = [v for v in info.get("train_seconds", []) if v is not None]
+        lines += [
+            "",
+            f"{peer} {info.get('version') or ''} (torch {info.get('torch') or '?'}), trained from scratch "
+            f"in its own environment for {info.get('steps')} steps per fit"
+            + (f", {np.mean(seconds):.0f} s of training per fit" if seconds else "")
+            + ".",
+        ]
     m = result["machine"]
     lines += ["", f"Machine: {m['cpus']} CPUs, Python {m['python']}, aivc {m['aivc']}.", ""]
     return "\n".join(lines)
