@@ -75,6 +75,8 @@ _MODELS = {
         "aivc-chem",
     ),
 }
+#: The unit of each peer's training length.
+_PEER_STEPS = {"biolord": "epochs", "cellflow": "optimiser steps"}
 _METRICS = ("pearson_delta", "pearson_delta_top20", "mse_top20", "mse")
 
 
@@ -422,10 +424,12 @@ def chemical_markdown(result: dict[str, Any]) -> str:
                 )
     for peer, info in result.get("peers", {}).items():
         seconds = [v for v in info.get("train_seconds", []) if v is not None]
+        unit = _PEER_STEPS.get(peer, "steps")
+        torch = f", torch {info['torch']}" if info.get("torch") else ""
         lines += [
             "",
-            f"{peer} {info.get('version') or ''} (torch {info.get('torch') or '?'}), trained from scratch "
-            f"in its own environment for {info.get('steps')} steps per fit"
+            f"{peer} {info.get('version') or ''}{torch}: trained from scratch in its own environment "
+            f"for {info.get('steps')} {unit} per fit"
             + (f", {np.mean(seconds):.0f} s of training per fit" if seconds else "")
             + ".",
         ]
