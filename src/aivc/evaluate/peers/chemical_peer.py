@@ -65,6 +65,8 @@ from perturbation_peer import (
     _dense,
     _fail,
     _version,
+    biolord_epochs,
+    train_biolord,
 )
 
 
@@ -91,7 +93,7 @@ def run_biolord(
     import biolord
     import torch
 
-    epochs = int(steps) if steps is not None else int(min(round(20000 / train.n_obs * 400), 400))
+    epochs = biolord_epochs(train.n_obs, steps)
     train = train.copy()
     train.X = _dense(train.X)
     compound = train.obs["compound"].astype(str).to_numpy()
@@ -118,27 +120,9 @@ def run_biolord(
     )
     module_params = {**BIOLORD_MODULE, "n_latent_attribute_ordered": 16, "seed": seed}
     plan = dict(BIOLORD_PLAN)
-    model = biolord.Biolord(
-        adata=train,
-        n_latent=32,
-        model_name="aivc_chemical_peer",
-        module_params=module_params,
-        train_classifiers=False,
-        split_key="split",
+    model, seconds = train_biolord(
+        train, module_params, plan, epochs=epochs, name="aivc_chemical_peer"
     )
-    t0 = time.perf_counter()
-    model.train(
-        max_epochs=epochs,
-        batch_size=512,
-        plan_kwargs=plan,
-        early_stopping=False,
-        check_val_every_n_epoch=max(1, epochs),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        logger=False,
-    )
-    seconds = time.perf_counter() - t0
     source = train.X[vehicle]
     blocks = []
     for idx, (c, d) in zip(

@@ -112,39 +112,21 @@ BIOLORD_PLAN = {
 }
 
 
-def run_biolord(
-    train: ad.AnnData,
-    control: ad.AnnData,
-    query: pd.DataFrame,
-    *,
-    control_label: str,
-    steps: int | None,
-    seed: int,
-) -> tuple[np.ndarray, dict]:
-    import biolord
-    import torch
+def biolord_epochs(n_obs: int, steps: int | None) -> int:
+    """``steps``, or biolord's own rule for the number of epochs when none is given (its ``train`` default)."""
+    return int(steps) if steps is not None else int(min(round(20000 / n_obs * 400), 400))
 
-    # biolord's own rule for the number of epochs when none is given (its ``train`` default)
-    epochs = int(steps) if steps is not None else int(min(round(20000 / train.n_obs * 400), 400))
-    train = train.copy()
-    train.X = _dense(train.X)
-    rng = np.random.default_rng(seed)
-    train.obs["split"] = np.where(rng.random(train.n_obs) < 0.1, "test", "train")
-    train.obs["split"] = train.obs["split"].astype("category")
-    for key in ("perturbation", "context"):
-        train.obs[key] = train.obs[key].astype(str).astype("category")
-    biolord.Biolord.setup_anndata(
-        train,
-        ordered_attributes_keys=[],
-        categorical_attributes_keys=["perturbation", "context"],
-        retrieval_attribute_key=None,
-    )
-    module_params = {**BIOLORD_MODULE, "n_latent_attribute_categorical": 4, "seed": seed}
-    plan = dict(BIOLORD_PLAN)
+
+def train_biolord(
+    train: ad.AnnData, module_params: dict, plan: dict, *, epochs: int, name: str
+) -> tuple[object, float]:
+    """A ``biolord.Biolord`` on ``train`` (set up already, ``split`` column), trained on CPU; and its seconds."""
+    import biolord
+
     model = biolord.Biolord(
         adata=train,
         n_latent=32,
-        model_name="aivc_peer",
+        model_name=name,
         module_params=module_params,
         train_classifiers=False,
         split_key="split",
@@ -161,7 +143,38 @@ def run_biolord(
         accelerator="cpu",
         logger=False,
     )
-    seconds = time.perf_counter() - t0
+    return model, time.perf_counter() - t0
+
+
+def run_biolord(
+    train: ad.AnnData,
+    control: ad.AnnData,
+    query: pd.DataFrame,
+    *,
+    control_label: str,
+    steps: int | None,
+    seed: int,
+) -> tuple[np.ndarray, dict]:
+    import biolord
+    import torch
+
+    epochs = biolord_epochs(train.n_obs, steps)
+    train = train.copy()
+    train.X = _dense(train.X)
+    rng = np.random.default_rng(seed)
+    train.obs["split"] = np.where(rng.random(train.n_obs) < 0.1, "test", "train")
+    train.obs["split"] = train.obs["split"].astype("category")
+    for key in ("perturbation", "context"):
+        train.obs[key] = train.obs[key].astype(str).astype("category")
+    biolord.Biolord.setup_anndata(
+        train,
+        ordered_attributes_keys=[],
+        categorical_attributes_keys=["perturbation", "context"],
+        retrieval_attribute_key=None,
+    )
+    module_params = {**BIOLORD_MODULE, "n_latent_attribute_categorical": 4, "seed": seed}
+    plan = dict(BIOLORD_PLAN)
+    model, seconds = train_biolord(train, module_params, plan, epochs=epochs, name="aivc_peer")
     cats = {k: train.obs[k].cat.categories for k in ("perturbation", "context")}
     blocks = []
     for idx, (p, c) in zip(
