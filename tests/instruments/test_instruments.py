@@ -135,6 +135,13 @@ def test_not_fitted_and_unknown_gene(prepared):
         model.predict_delta(["GENE001+FOO"])
 
 
+def test_raw_counts_are_refused_with_the_way_to_log_normalise(synthetic, prepared):
+    counts, schema = synthetic
+    with pytest.raises(DataValidationError, match=r"looks like raw counts.*aivc\.data\.prepare"):
+        TrainMeanModel().fit(counts, schema)
+    TrainMeanModel().fit(*prepared)  # the same cells log-normalised are accepted
+
+
 def test_save_load_is_safe(prepared, tmp_path):
     adata, schema = prepared
     model = LinearModel().fit(adata, schema)

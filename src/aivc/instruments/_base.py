@@ -402,6 +402,21 @@ def _json_default(o: object) -> object:
     raise TypeError(msg)
 
 
+def _check_log_normalised(adata: AnnData) -> None:
+    """Refuse raw counts in ``X``: models fit and generate cells on log-normalised values."""
+
+    from aivc.data._expression import looks_like_counts
+
+    x = adata.X
+    if (isinstance(x, np.ndarray) or sp.issparse(x)) and looks_like_counts(x):
+        msg = (
+            "adata.X looks like raw counts (non-negative integers, some above 14), but perturbation "
+            "models are fitted on log-normalised values. Run aivc.data.prepare(adata, schema) (or "
+            "aivc.data.log_normalize) first; the raw counts stay in the schema's counts layer."
+        )
+        raise DataValidationError(msg)
+
+
 def shift_cells(cells: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Move log-normalised cells so that each gene's mean is ``target``.
 
@@ -543,6 +558,7 @@ class PerturbationModel(Instrument):
             accepted as targets; models that use features read them from here.
         """
         schema = schema if schema is not None else schema_of(adata)
+        _check_log_normalised(adata)
         summary = PerturbationSummary.from_adata(adata, schema)
         if perturbation_features is not None:
             values = np.asarray(perturbation_features, dtype=np.float64)
