@@ -139,7 +139,11 @@ def test_raw_counts_are_refused_with_the_way_to_log_normalise(synthetic, prepare
     counts, schema = synthetic
     with pytest.raises(DataValidationError, match=r"looks like raw counts.*aivc\.data\.prepare"):
         TrainMeanModel().fit(counts, schema)
-    TrainMeanModel().fit(*prepared)  # the same cells log-normalised are accepted
+    model = TrainMeanModel().fit(*prepared)  # the same cells log-normalised are accepted
+    with pytest.raises(DataValidationError, match=r"control AnnData's X looks like raw counts"):
+        model.predict_delta(
+            ["GENE001"], control=counts[counts.obs[schema.perturbation_key] == schema.control_label]
+        )
 
 
 def test_save_load_is_safe(prepared, tmp_path):

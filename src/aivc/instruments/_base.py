@@ -402,16 +402,15 @@ def _json_default(o: object) -> object:
     raise TypeError(msg)
 
 
-def _check_log_normalised(adata: AnnData) -> None:
-    """Refuse raw counts in ``X``: models fit and generate cells on log-normalised values."""
-
+def _check_log_normalised(adata: AnnData, what: str = "adata.X") -> None:
+    """Refuse raw counts in ``X``: models fit, predict and generate cells on log-normalised values."""
     from aivc.data._expression import looks_like_counts
 
     x = adata.X
     if (isinstance(x, np.ndarray) or sp.issparse(x)) and looks_like_counts(x):
         msg = (
-            "adata.X looks like raw counts (non-negative integers, some above 14), but perturbation "
-            "models are fitted on log-normalised values. Run aivc.data.prepare(adata, schema) (or "
+            f"{what} looks like raw counts (non-negative integers, some above 14), but perturbation "
+            "models work on log-normalised values. Run aivc.data.prepare(adata, schema) (or "
             "aivc.data.log_normalize) first; the raw counts stay in the schema's counts layer."
         )
         raise DataValidationError(msg)
@@ -646,6 +645,7 @@ class PerturbationModel(Instrument):
 
     def _control_means_from(self, control: AnnData) -> dict[str | None, np.ndarray]:
         schema = self.schema_
+        _check_log_normalised(control, "the control AnnData's X")
         idx = check_gene_panel(control.var_names, list(self.genes_))
         labels = (
             control.obs[schema.perturbation_key].astype(str).to_numpy()
