@@ -116,7 +116,9 @@ def test_neighbourhood_wins_where_the_label_is_the_neighbourhood() -> None:
     only = NicheCellTyper(candidates=("expression-only",)).fit(
         own, graph, labels, ~test, blocks, niche=niche
     )
+    assert only.chosen_ == "expression-only" and only.scores_ == {}  # nothing to choose
     typer = NicheCellTyper().fit(own, graph, labels, ~test, blocks, niche=niche)
+    assert set(typer.scores_) == {"expression-only", "neighbour-mean", "niche", "neighbour-types"}
     acc_only = (only.predict(np.flatnonzero(test)) == labels[test]).mean()
     acc = (typer.predict(np.flatnonzero(test)) == labels[test]).mean()
     assert typer.chosen_ != "expression-only"

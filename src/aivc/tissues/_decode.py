@@ -96,7 +96,9 @@ class NicheCellTyper:
         Answer ``"unknown"`` below the 1% quantile of held-out top probabilities.
     max_cv_cells
         Training cells (a seeded sample) the choice is cross-validated on; the
-        chosen feature set is then fitted on all of them.
+        chosen feature set is then fitted on all of them. With one feature set
+        and ``unknown=False`` there is nothing to choose and nothing is
+        cross-validated (``scores_`` is then empty).
     seed
         Seed of the classifiers.
     """
@@ -212,7 +214,9 @@ class NicheCellTyper:
             cv_rows, cv_blocks = rows[pick], fit_blocks[pick]
         folds: dict[str, list[float]] = {}
         held_top: dict[str, np.ndarray] = {}
-        for name in candidates:
+        # one feature set and no unknown threshold: nothing to choose or calibrate on held-out
+        # blocks, so the cross-validation is skipped (the fitted classifier is the same)
+        for name in candidates if len(candidates) > 1 or self.unknown else ():
             f1s, tops = [], []
             for b in np.unique(cv_blocks):
                 tr, te = cv_rows[cv_blocks != b], cv_rows[cv_blocks == b]
@@ -230,11 +234,12 @@ class NicheCellTyper:
                 tops.append(p.max(1))
             folds[name] = f1s
             held_top[name] = np.concatenate(tops) if tops else np.zeros(0)
-        best = choose_simplest(candidates, folds)
+        best = choose_simplest(candidates, folds) if folds else candidates[0]
         self.scores_ = {c: float(np.mean(v)) if v else float("-inf") for c, v in folds.items()}
         scores = self.scores_
         self.chosen_ = best
-        self.threshold_ = float(np.quantile(held_top[best], 0.01)) if len(held_top[best]) else 0.0
+        top = held_top.get(best, np.zeros(0))
+        self.threshold_ = float(np.quantile(top, 0.01)) if len(top) else 0.0
         self._own, self._graph, self._niche = own, graph, niche
         nt = (
             self._neighbour_types(own, labels, rows, graph, blocks)
