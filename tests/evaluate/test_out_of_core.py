@@ -113,6 +113,7 @@ def test_a_registered_dataset_runs_out_of_core_with_the_registry_schema(tmp_path
         models=["control"],
         seeds=[0],
         out_of_core=True,
+        cell_eval=False,  # the cell-level metrics are tested elsewhere; this is about the reading
     )
     assert result["dataset"] == "papalexi2021" and result["n_genes"] > 0
     assert result["out_of_core"]["store"].endswith(".h5ad")
