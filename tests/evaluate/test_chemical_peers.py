@@ -28,7 +28,7 @@ from tests._profiles import SCHEMA, STRUCTURES, plate
 from aivc._settings import settings
 from aivc.data import DataValidationError, response_table
 from aivc.evaluate import _peer_envs as pe
-from aivc.evaluate._chemical_peers import CHEMICAL_PEERS, BiolordChemical
+from aivc.evaluate._chemical_peers import CHEMICAL_PEERS, BiolordChemical, CellFlowChemical
 from aivc.evaluate.tasks.chemical import run_chemical
 
 SHIPPED = Path(pe._script_path("chemical_peer")).parent
@@ -184,3 +184,10 @@ def test_the_peer_script_checks_its_inputs(tmp_path, table) -> None:
 
 def test_the_chemical_peers_are_named_as_the_benchmark_names_them() -> None:
     assert sorted(CHEMICAL_PEERS) == ["biolord", "cellflow"]
+
+
+def test_bad_peer_settings_are_refused_before_any_run(table) -> None:
+    with pytest.raises(ValueError, match="n_cells must be at least 2"):
+        BiolordChemical(n_cells=1).fit(table)
+    with pytest.raises(ValueError, match="steps must be a positive"):
+        CellFlowChemical(steps=0).fit(table)

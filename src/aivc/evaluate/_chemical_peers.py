@@ -38,7 +38,7 @@ from aivc.chem import featurize
 from aivc.data._validate import DataValidationError
 from aivc.instruments._chemical import ChemicalModel
 
-from ._peer_envs import run_peer
+from ._peer_envs import check_peer_settings, run_peer
 
 __all__ = ["CHEMICAL_PEERS", "BiolordChemical", "CellFlowChemical", "ChemicalPeer"]
 
@@ -80,12 +80,7 @@ class ChemicalPeer(ChemicalModel):
         self.seed = seed
 
     def _fit_model(self) -> None:
-        if self.steps is not None and int(self.steps) < 1:
-            msg = f"steps must be a positive number of training steps or None. Got {self.steps}."
-            raise ValueError(msg)
-        if int(self.n_cells) < 2:
-            msg = f"n_cells must be at least 2. Got {self.n_cells}."
-            raise ValueError(msg)
+        check_peer_settings(self.steps, self.n_cells)
         if self.table_.vehicle is None or len(self.table_.vehicle) == 0:
             msg = f"The peer {self.peer!r} starts from the vehicle wells; this response table has none."
             raise DataValidationError(msg)

@@ -47,6 +47,7 @@ __all__ = [
     "PeerRunError",
     "PeerStatus",
     "UnknownPeerError",
+    "check_peer_settings",
     "constraints_text",
     "get_peer",
     "install_peer",
@@ -583,6 +584,17 @@ def _run(
         )
         raise PeerRunError(msg)
     return proc
+
+
+def check_peer_settings(steps: int | None, n_cells: int) -> None:
+    """Raise ``ValueError`` unless ``steps`` (training steps, or ``None`` for the peer's own
+    rule) and ``n_cells`` (cells a peer samples per condition) are usable."""
+    if steps is not None and int(steps) < 1:
+        msg = f"steps must be a positive number of training steps or None. Got {steps}."
+        raise ValueError(msg)
+    if int(n_cells) < 2:
+        msg = f"n_cells must be at least 2. Got {n_cells}."
+        raise ValueError(msg)
 
 
 def run_peer(

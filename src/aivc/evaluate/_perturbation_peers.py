@@ -46,7 +46,7 @@ from aivc.data import DataValidationError, PerturbationSchema
 from aivc.instruments._base import PerturbationModel, PerturbationSummary
 from aivc.instruments._registry import register_instrument
 
-from ._peer_envs import run_peer
+from ._peer_envs import check_peer_settings, run_peer
 
 __all__ = ["BiolordPeer", "CellFlowPeer", "PeerPerturbationModel", "StatePeer"]
 
@@ -101,12 +101,7 @@ class PeerPerturbationModel(PerturbationModel):
         self.seed = seed
 
     def _check_params(self) -> None:
-        if self.steps is not None and int(self.steps) < 1:
-            msg = f"steps must be a positive number of training steps or None. Got {self.steps}."
-            raise ValueError(msg)
-        if int(self.n_cells) < 2:
-            msg = f"n_cells must be at least 2. Got {self.n_cells}."
-            raise ValueError(msg)
+        check_peer_settings(self.steps, self.n_cells)
         if int(self.max_train_cells) < 100:
             msg = f"max_train_cells must be at least 100. Got {self.max_train_cells}."
             raise ValueError(msg)

@@ -44,7 +44,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 import sys
@@ -64,8 +63,8 @@ from perturbation_peer import (
     CELLFLOW_CPU,
     _dense,
     _fail,
-    _version,
     biolord_epochs,
+    run_and_save,
     train_biolord,
 )
 
@@ -288,26 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"no structure features for the compounds {missing[:5]}.")
     if not np.isfinite(features.to_numpy(float)).all():
         _fail("the structure features hold values that are not finite.")
-    run, dist = PEERS[args.peer]
-    t0 = time.perf_counter()
-    cells, info = run(
-        train, features, query, control_label=args.control_label, steps=args.steps, seed=args.seed
-    )
-    info = {
-        "peer": args.peer,
-        "version": _version(dist),
-        "torch": _version("torch"),
-        "seed": args.seed,
-        "n_train_profiles": int(train.n_obs),
-        "total_seconds": time.perf_counter() - t0,
-        **info,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    np.save(args.out / "cells.npy", np.asarray(cells, dtype=np.float32), allow_pickle=False)
-    (args.out / "info.json").write_text(json.dumps(info, indent=1, default=str))
-    print(
-        f"{args.peer}: {len(query)} conditions, {cells.shape[0]} profiles, {info['total_seconds']:.1f} s"
-    )
+    run_and_save(args, PEERS[args.peer], train, features, query, unit="profiles")
 
 
 if __name__ == "__main__":

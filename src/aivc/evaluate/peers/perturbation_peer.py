@@ -490,17 +490,31 @@ def main(argv: list[str] | None = None) -> None:
     missing = sorted(set(query["context"]) - set(control.obs["context"].astype(str)))
     if missing:
         _fail(f"no control cells for the queried contexts {missing}.")
-    run, dist = PEERS[args.peer]
+    run_and_save(args, PEERS[args.peer], train, control, query, unit="cells")
+
+
+def run_and_save(
+    args: argparse.Namespace,
+    peer: tuple,
+    train: ad.AnnData,
+    second: object,
+    query: pd.DataFrame,
+    *,
+    unit: str,
+) -> None:
+    """Train and sample the peer ``(run, distribution)``, then write ``cells.npy`` and
+    ``info.json`` (its version, seed and timings) under ``args.out``: the protocol's output."""
+    run, dist = peer
     t0 = time.perf_counter()
     cells, info = run(
-        train, control, query, control_label=args.control_label, steps=args.steps, seed=args.seed
+        train, second, query, control_label=args.control_label, steps=args.steps, seed=args.seed
     )
     info = {
         "peer": args.peer,
         "version": _version(dist),
         "torch": _version("torch"),
         "seed": args.seed,
-        "n_train_cells": int(train.n_obs),
+        f"n_train_{unit}": int(train.n_obs),
         "total_seconds": time.perf_counter() - t0,
         **info,
     }
@@ -508,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
     np.save(args.out / "cells.npy", np.asarray(cells, dtype=np.float32), allow_pickle=False)
     (args.out / "info.json").write_text(json.dumps(info, indent=1, default=str))
     print(
-        f"{args.peer}: {len(query)} conditions, {cells.shape[0]} cells, {info['total_seconds']:.1f} s"
+        f"{args.peer}: {len(query)} conditions, {cells.shape[0]} {unit}, {info['total_seconds']:.1f} s"
     )
 
 
